@@ -1,0 +1,1 @@
+"""Degraded modes: early-exit choice, distilled fallback, admission and shedding. Filled by the degraded-modes issue."""

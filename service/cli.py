@@ -1,0 +1,105 @@
+"""The `actionmesh` command: one entry point, a subcommand per job, `--help` on each."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from service import config
+from service.config import (
+    BenchSettings,
+    ClusterSettings,
+    CoordinatorSettings,
+    DemoSettings,
+    Settings,
+    ShardSettings,
+)
+
+_BENCH_RENAMES = {"json_output": "--json"}
+
+
+def _up(args: argparse.Namespace) -> int:
+    from service.local_cluster import LocalCluster
+
+    settings = config.load(ClusterSettings, "up", args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalCluster(settings) as cluster:
+        print(f"coordinator {cluster.address}  redis {cluster.redis_url}  logs {cluster.log_dir}")
+        for k, address in enumerate(cluster.stage_addresses()):
+            print(f"stage {k}: shard {address}")
+        print("press Ctrl-C to stop every process")
+        stop.wait()
+    print("stopped")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service import demo
+
+    return demo.run(config.load(DemoSettings, "demo", args))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from service import bench
+
+    return bench.main(config.load(BenchSettings, "bench", args))
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from service.coordinator import server
+
+    server.run(config.load(CoordinatorSettings, "coordinator", args))
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from service.shard import server
+
+    server.run(config.load(ShardSettings, "shard", args))
+    return 0
+
+
+_COMMANDS: list[tuple[str, type[Settings], Callable[[argparse.Namespace], int], str]] = [
+    ("up", ClusterSettings, _up, "Start a local cluster (Redis, one shard per stage, a coordinator) and wait."),
+    ("demo", DemoSettings, _demo, "Start a local cluster and drive a simulated robot against it."),
+    ("bench", BenchSettings, _bench, "Measure in-process against cluster step latency, and throughput."),
+    ("coordinator", CoordinatorSettings, _coordinator, "Serve the session API to robots (actionmesh.v1.SessionService)."),
+    ("shard", ShardSettings, _shard, "Serve one pipeline stage (actionmesh.internal.v1.StageService)."),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actionmesh",
+        description="Serve recurrent robot action models split into pipeline stages across nodes. "
+        "Settings come from a TOML file ([<command>] table), then ACTIONMESH_* env vars, then flags.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="Python log level (default: INFO).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, settings_cls, handler, help_text in _COMMANDS:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        renames = _BENCH_RENAMES if settings_cls is BenchSettings else None
+        config.add_flags(sub, settings_cls, renames)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

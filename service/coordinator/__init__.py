@@ -1,0 +1,1 @@
+"""The coordinator process: serves the session API, drives the stages, commits session state."""

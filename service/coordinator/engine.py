@@ -1,0 +1,184 @@
+"""The step contract: validate, load, batch through the stages, commit on seq, reply.
+
+Knows no gRPC: the servicer maps its exceptions (service.errors) to status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from service.coordinator import replies
+from service.coordinator.batcher import Batched, DynamicBatcher
+from service.coordinator.pipeline import PipelineInput, PipelineOutput
+from service.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelVersionMismatch,
+    SeqConflict,
+    SessionNotFound,
+    Unavailable,
+)
+from service.metrics import STORED_REPLIES
+from service.model.config import ModelConfig
+from state.session import CommitStatus, SessionId, SessionRecord, StageIndex, StageState
+from state.store import SessionStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    session_id: str
+    ttl_s: float
+    model_version: str
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    record: SessionRecord
+    ttl_left_s: float
+
+
+@dataclass(frozen=True)
+class StepAnswer:
+    reply: bytes  # a serialized actionmesh.v1.StepReply
+    serve_mode: str
+    recomputed: bool
+
+
+class SessionEngine:
+    def __init__(
+        self,
+        store: SessionStore,
+        batcher: DynamicBatcher[PipelineInput, PipelineOutput],
+        model: ModelConfig,
+        model_version: str,
+        default_ttl_s: float,
+        max_ttl_s: float,
+    ) -> None:
+        self.store, self.batcher, self.model, self.model_version = store, batcher, model, model_version
+        self.default_ttl_s, self.max_ttl_s = default_ttl_s, max_ttl_s
+
+    def open(self, ttl_s: float, client_id: str) -> OpenedSession:
+        if ttl_s < 0:
+            raise InvalidInput(f"ttl_s must be >= 0 (0 means the default), got {ttl_s}")
+        ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
+        session_id = SessionId(secrets.token_urlsafe(18))
+        record = SessionRecord(session_id, 0, self.model_version, ttl, client_id)
+        with _store_errors():
+            self.store.create(record)
+        log.info("session=%s opened client=%r ttl=%.1fs", session_id, client_id, ttl)
+        return OpenedSession(session_id, ttl, self.model_version)
+
+    def get(self, session_id: str) -> SessionSummary:
+        with _store_errors():
+            record = self.store.load(SessionId(session_id))
+            ttl_left = self.store.ttl_left_s(SessionId(session_id))
+        if record is None or ttl_left is None:
+            raise _not_found(session_id)
+        return SessionSummary(record, ttl_left)
+
+    def close(self, session_id: str) -> bool:
+        with _store_errors():
+            closed = self.store.delete(SessionId(session_id))
+        log.info("session=%s closed existed=%s", session_id, closed)
+        return closed
+
+    def check_observation(self, observation: torch.Tensor) -> None:
+        want = [self.model.observation_dim]
+        if observation.dtype != torch.float32:
+            raise InvalidInput(
+                f"observation dtype must be float32, got {str(observation.dtype).removeprefix('torch.')}"
+            )
+        if list(observation.shape) != want:
+            raise InvalidInput(f"observation shape must be {want}, got {list(observation.shape)}")
+        if not bool(torch.isfinite(observation).all()):
+            bad = (~torch.isfinite(observation)).nonzero().flatten().tolist()
+            raise InvalidInput(f"observation has NaN or Inf at index {bad}")
+
+    def step(
+        self, session_id: str, seq: int, observation: torch.Tensor, timestamp_s: float, deadline: float
+    ) -> StepAnswer:
+        received = time.perf_counter()
+        self.check_observation(observation)
+        sid = SessionId(session_id)
+        with _store_errors():
+            record = self.store.load(sid)
+        if record is None:
+            raise _not_found(session_id)
+        if seq == record.seq and record.last_reply:
+            STORED_REPLIES.inc()
+            return StepAnswer(record.last_reply, "FULL", recomputed=False)
+        if seq != record.seq + 1:
+            raise SeqConflict(session_id, record.seq, seq)
+        if record.model_version != self.model_version:
+            raise ModelVersionMismatch(
+                f"session={session_id} runs model {record.model_version}; this coordinator serves "
+                f"{self.model_version}: open a new session"
+            )
+        states = [
+            record.stage_states.get(StageIndex(k), StageState(0, b"")).data
+            for k in range(self.model.n_stages)
+        ]
+        done = self._compute(PipelineInput(session_id, seq, observation, states, deadline), deadline)
+        output = done.value
+        outcome = replies.StepOutcome(
+            session_id=session_id, seq=seq, action=output.action, serve_mode="FULL",
+            confidence=1.0, model_version=self.model_version, queue_ms=done.queue_s * 1e3,
+            stages_ms=sum(output.stage_ms), total_ms=(time.perf_counter() - received) * 1e3,
+            stage_ms=output.stage_ms, observation_timestamp_s=timestamp_s,
+            batch_size=done.batch_size,
+        )
+        reply = replies.encode(outcome)
+        new_states = {StageIndex(k): StageState(seq, data) for k, data in enumerate(output.states)}
+        return self._commit(record, seq, new_states, reply)
+
+    def _compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
+        future = self.batcher.submit(item)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout as exc:
+            raise DeadlineExceeded(
+                f"session={item.session_id} seq={item.seq}: not computed before the deadline; "
+                "the session was not advanced, retry the same seq"
+            ) from exc
+
+    def _commit(
+        self, record: SessionRecord, seq: int, states: dict[StageIndex, StageState], reply: bytes
+    ) -> StepAnswer:
+        with _store_errors():
+            outcome = self.store.commit(record.session_id, record.seq, seq, states, reply, record.ttl_s)
+        if outcome.status is CommitStatus.COMMITTED:
+            return StepAnswer(reply, "FULL", recomputed=True)
+        if outcome.status is CommitStatus.GONE:
+            raise _not_found(record.session_id)
+        with _store_errors():
+            current = self.store.load(record.session_id)
+        if current is not None and current.seq == seq:  # another coordinator committed this step
+            log.info("session=%s seq=%d lost the commit race; returning the stored reply", record.session_id, seq)
+            return StepAnswer(current.last_reply, "FULL", recomputed=False)
+        raise SeqConflict(record.session_id, outcome.current_seq or 0, seq)
+
+
+def _not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(
+        f"session={session_id} not found: unknown, closed, or expired (a session expires when no "
+        "step arrives within its TTL); open a new session"
+    )
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Turns an unreachable store into Unavailable: the step was not advanced."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise Unavailable(f"session store unavailable: {exc}; retry the same seq") from exc

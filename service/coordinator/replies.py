@@ -1,0 +1,48 @@
+"""The step reply codec: the bytes stored with a commit are the bytes a retry gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from service import tensor_codec
+from service.proto import session_pb2
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    session_id: str
+    seq: int
+    action: torch.Tensor
+    serve_mode: str  # FULL / EARLY_EXIT / FALLBACK
+    confidence: float
+    model_version: str
+    queue_ms: float
+    stages_ms: float
+    total_ms: float
+    stage_ms: list[float]
+    observation_timestamp_s: float
+    batch_size: int
+    exit_stage: int = 0
+
+
+def encode(outcome: StepOutcome) -> bytes:
+    reply = session_pb2.StepReply(
+        session_id=outcome.session_id,
+        seq=outcome.seq,
+        action=tensor_codec.encode(outcome.action),
+        serve_mode=session_pb2.ServeMode.Value(outcome.serve_mode),
+        exit_stage=outcome.exit_stage,
+        confidence=outcome.confidence,
+        model_version=outcome.model_version,
+        timing=session_pb2.StepTiming(
+            queue_ms=outcome.queue_ms,
+            stages_ms=outcome.stages_ms,
+            total_ms=outcome.total_ms,
+            stage_ms=outcome.stage_ms,
+        ),
+        observation_timestamp_s=outcome.observation_timestamp_s,
+        batch_size=outcome.batch_size,
+    )
+    return reply.SerializeToString(deterministic=True)

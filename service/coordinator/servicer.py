@@ -1,0 +1,143 @@
+"""SessionService: decode, call one engine method, map errors to status codes in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from service import metrics, tensor_codec
+from service.coordinator.engine import SessionEngine, StepAnswer
+from service.errors import (
+    ActionmeshError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelVersionMismatch,
+    SeqConflict,
+    SessionNotFound,
+    Unavailable,
+)
+from service.proto import session_pb2, session_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[ActionmeshError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    SessionNotFound: grpc.StatusCode.NOT_FOUND,
+    SeqConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelVersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_of(exc: ActionmeshError) -> grpc.StatusCode:
+    return _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+
+
+class SessionServicer(session_pb2_grpc.SessionServiceServicer):
+    def __init__(self, engine: SessionEngine, step_timeout_s: float, max_observation_bytes: int):
+        self.engine, self.step_timeout_s = engine, step_timeout_s
+        self.max_observation_bytes = max_observation_bytes
+        cfg = engine.model
+        self.action_spec = session_pb2.ActionSpec(
+            observation_dim=cfg.observation_dim, horizon=cfg.horizon, joints=cfg.joints
+        )
+
+    def OpenSession(  # noqa: N802 (gRPC naming)
+        self, request: session_pb2.OpenSessionRequest, context: grpc.ServicerContext
+    ) -> session_pb2.OpenSessionReply:
+        try:
+            opened = self.engine.open(request.ttl_s, request.client_id)
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        return session_pb2.OpenSessionReply(
+            session_id=opened.session_id, ttl_s=opened.ttl_s,
+            model_version=opened.model_version, action_spec=self.action_spec,
+        )
+
+    def Step(  # noqa: N802
+        self, request: session_pb2.StepRequest, context: grpc.ServicerContext
+    ) -> session_pb2.StepReply:
+        try:
+            answer = self._step(request, context.time_remaining())
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        return session_pb2.StepReply.FromString(answer.reply)
+
+    def StreamSteps(  # noqa: N802
+        self, request_iterator: Iterator[session_pb2.StepRequest], context: grpc.ServicerContext
+    ) -> Iterator[session_pb2.StreamStepsReply]:
+        for request in request_iterator:
+            try:
+                answer = self._step(request, None)
+            except ActionmeshError as exc:
+                current = exc.current_seq if isinstance(exc, SeqConflict) else 0
+                error = session_pb2.StepError(
+                    code=status_of(exc).value[0], message=str(exc), current_seq=current
+                )
+                yield session_pb2.StreamStepsReply(seq=request.seq, error=error)
+                continue
+            reply = session_pb2.StepReply.FromString(answer.reply)
+            yield session_pb2.StreamStepsReply(seq=request.seq, reply=reply)
+
+    def GetSession(  # noqa: N802
+        self, request: session_pb2.GetSessionRequest, context: grpc.ServicerContext
+    ) -> session_pb2.SessionInfo:
+        try:
+            summary = self.engine.get(request.session_id)
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        record = summary.record
+        return session_pb2.SessionInfo(
+            session_id=record.session_id, seq=record.seq, ttl_left_s=summary.ttl_left_s,
+            model_version=record.model_version, client_id=record.client_id,
+            stage_states=[
+                session_pb2.StageStateInfo(stage=k, seq=s.seq)
+                for k, s in sorted(record.stage_states.items())
+            ],
+        )
+
+    def CloseSession(  # noqa: N802
+        self, request: session_pb2.CloseSessionRequest, context: grpc.ServicerContext
+    ) -> session_pb2.CloseSessionReply:
+        try:
+            closed = self.engine.close(request.session_id)
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        return session_pb2.CloseSessionReply(closed=closed)
+
+    def _step(self, request: session_pb2.StepRequest, time_remaining: float | None) -> StepAnswer:
+        """One step with its metrics; raises ActionmeshError for the caller to map."""
+        started = time.perf_counter()
+        try:
+            size = len(request.observation.data)
+            if size > self.max_observation_bytes:
+                raise InvalidInput(
+                    f"observation is {size} bytes; the limit is {self.max_observation_bytes} "
+                    "(coordinator setting max_observation_bytes)"
+                )
+            try:
+                observation = tensor_codec.decode(request.observation)
+            except tensor_codec.TensorDecodeError as exc:
+                raise InvalidInput(f"observation: {exc}") from exc
+            budget = self.step_timeout_s if time_remaining is None else time_remaining
+            answer = self.engine.step(
+                request.session_id, request.seq, observation, request.timestamp_s,
+                time.monotonic() + budget,
+            )
+        except ActionmeshError as exc:
+            code = status_of(exc)
+            metrics.STEP_ERRORS.labels(code.name).inc()
+            log.info("session=%s seq=%d %s: %s", request.session_id, request.seq, code.name, exc)
+            raise
+        metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
+        return answer
+
+
+def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
+    if isinstance(exc, SeqConflict):
+        context.set_trailing_metadata((("actionmesh-current-seq", str(exc.current_seq)),))
+    context.abort(status_of(exc), str(exc))

@@ -1,0 +1,38 @@
+"""What can go wrong in a step, split by what the caller can do about it."""
+
+from __future__ import annotations
+
+
+class ActionmeshError(Exception):
+    """Base: the message is meant for the robot engineer reading it."""
+
+
+class InvalidInput(ActionmeshError):
+    """Your input is wrong: fix it, do not retry as is."""
+
+
+class SessionNotFound(ActionmeshError):
+    """Unknown, closed or expired session: open a new one."""
+
+
+class SeqConflict(ActionmeshError):
+    """The step's seq is neither the next one nor a retry of the last one."""
+
+    def __init__(self, session_id: str, current_seq: int, got_seq: int) -> None:
+        super().__init__(
+            f"session={session_id} is at seq {current_seq}; got seq {got_seq}. Send seq "
+            f"{current_seq + 1} for the next step, or {current_seq} to fetch the last reply again."
+        )
+        self.current_seq = current_seq
+
+
+class ModelVersionMismatch(ActionmeshError):
+    """The session was opened on a model this cluster no longer serves."""
+
+
+class Unavailable(ActionmeshError):
+    """Nothing could serve this step now; the session was not advanced: retry the same seq."""
+
+
+class DeadlineExceeded(ActionmeshError):
+    """The step could not finish before its deadline; the session was not advanced."""

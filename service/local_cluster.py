@@ -1,0 +1,109 @@
+"""A whole cluster on this machine: private Redis, one shard per stage, one coordinator."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from service.child_process import ChildProcess
+from service.config import ClusterSettings
+from service.model import weights
+from service.model.action_model import ActionModel
+from service.model.config import ModelConfig
+from state.embedded_redis import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+
+class LocalCluster:
+    """Start with `with LocalCluster(settings) as cluster:`; leaving the block stops everything."""
+
+    def __init__(self, settings: ClusterSettings, model: ModelConfig | None = None) -> None:
+        self.settings = settings
+        self.model = model or ModelConfig(n_stages=settings.stages, seed=settings.seed)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.work_dir = settings.work_dir or Path(".")
+        self.redis: EmbeddedRedis | None = None
+        self.redis_url = settings.redis_url or ""
+        self.shards: list[ChildProcess] = []
+        self.coordinator: ChildProcess | None = None
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.work_dir / "weights"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    @property
+    def address(self) -> str:
+        assert self.coordinator is not None, "cluster not started"
+        return f"127.0.0.1:{self.coordinator.ports['grpc_port']}"
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.settings.work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="actionmesh-")
+            self.work_dir = Path(self._tmp.name)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.weights_dir / weights.MANIFEST).exists():
+            weights.save(ActionModel(self.model), self.weights_dir)
+        if not self.redis_url:
+            self.redis = EmbeddedRedis(self.work_dir / "redis", start_timeout_s=self.settings.start_timeout_s).start()
+            self.redis_url = self.redis.url
+        self.shards = [self.start_shard(k) for k in range(self.model.n_stages)]
+        for shard in self.shards:
+            shard.wait_ready(self.settings.start_timeout_s)
+        self.coordinator = self.start_coordinator("coordinator", self.settings.port)
+        log.info("cluster up: coordinator=%s redis=%s logs=%s", self.address, self.redis_url, self.log_dir)
+
+    def start_shard(self, stage: int) -> ChildProcess:
+        args = ChildProcess.actionmesh(
+            "shard", "--stage", str(stage), "--weights-dir", str(self.weights_dir),
+            "--port", "0", "--torch-threads", str(self.settings.torch_threads),
+        )
+        return ChildProcess(f"shard-{stage}", args, self.log_dir).start()
+
+    def stage_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{s.ports['grpc_port']}" for s in self.shards]
+
+    def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
+        """Start (and wait for) a coordinator on this cluster's shards and Redis."""
+        args = ChildProcess.actionmesh(
+            "coordinator", "--port", str(port), "--redis-url", self.redis_url,
+            "--stage-addresses", ",".join(self.stage_addresses()),
+            "--batch-max-size", str(self.settings.batch_max_size),
+            "--batch-max-wait-ms", str(self.settings.batch_max_wait_ms),
+            "--session-ttl-s", str(self.settings.session_ttl_s), *extra,
+        )
+        child = ChildProcess(name, args, self.log_dir).start()
+        child.wait_ready(self.settings.start_timeout_s)
+        return child
+
+    def stop(self) -> None:
+        """Coordinator first (no new steps), then shards, then Redis; each by its PID."""
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        for shard in self.shards:
+            shard.stop()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

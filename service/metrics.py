@@ -1,0 +1,40 @@
+"""Prometheus metrics of the coordinator and shard processes (names: actionmesh_*)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+STEP_LATENCY = Histogram(
+    "actionmesh_step_latency_seconds",
+    "Server-side time of one step, from receipt to reply.",
+    ["serve_mode"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+STAGE_CALL_LATENCY = Histogram(
+    "actionmesh_stage_call_latency_seconds",
+    "Coordinator-side time of one stage Forward call, transport included.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+BATCH_SIZE = Histogram(
+    "actionmesh_batch_size",
+    "Steps of different sessions pushed through the stages together.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+STEP_ERRORS = Counter(
+    "actionmesh_step_errors_total", "Steps answered with an error, by gRPC status code.", ["code"]
+)
+STORED_REPLIES = Counter(
+    "actionmesh_stored_replies_total", "Retried steps answered from the stored reply, not recomputed."
+)
+SHARD_FORWARD_LATENCY = Histogram(
+    "actionmesh_shard_forward_latency_seconds",
+    "Shard-side compute time of one Forward batch.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+SHARD_FORWARD_ITEMS = Counter(
+    "actionmesh_shard_forward_items_total", "Session items computed by this shard.", ["stage"]
+)

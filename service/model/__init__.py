@@ -1,0 +1,1 @@
+"""The recurrent, stage-sharded action model family, its student, and their weights."""

@@ -1,0 +1,1 @@
+"""Protos and their generated code. Regenerate with `python -m service.proto.generate`."""

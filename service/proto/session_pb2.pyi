@@ -1,0 +1,175 @@
+from service.proto import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ServeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVE_MODE_UNSPECIFIED: _ClassVar[ServeMode]
+    FULL: _ClassVar[ServeMode]
+    EARLY_EXIT: _ClassVar[ServeMode]
+    FALLBACK: _ClassVar[ServeMode]
+
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    SAFETY: _ClassVar[Priority]
+    NORMAL: _ClassVar[Priority]
+    BEST_EFFORT: _ClassVar[Priority]
+SERVE_MODE_UNSPECIFIED: ServeMode
+FULL: ServeMode
+EARLY_EXIT: ServeMode
+FALLBACK: ServeMode
+PRIORITY_UNSPECIFIED: Priority
+SAFETY: Priority
+NORMAL: Priority
+BEST_EFFORT: Priority
+
+class ActionSpec(_message.Message):
+    __slots__ = ("observation_dim", "horizon", "joints")
+    OBSERVATION_DIM_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    JOINTS_FIELD_NUMBER: _ClassVar[int]
+    observation_dim: int
+    horizon: int
+    joints: int
+    def __init__(self, observation_dim: _Optional[int] = ..., horizon: _Optional[int] = ..., joints: _Optional[int] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("ttl_s", "client_id")
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: float
+    client_id: str
+    def __init__(self, ttl_s: _Optional[float] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class OpenSessionReply(_message.Message):
+    __slots__ = ("session_id", "ttl_s", "model_version", "action_spec")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_SPEC_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ttl_s: float
+    model_version: str
+    action_spec: ActionSpec
+    def __init__(self, session_id: _Optional[str] = ..., ttl_s: _Optional[float] = ..., model_version: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ...) -> None: ...
+
+class StepRequest(_message.Message):
+    __slots__ = ("session_id", "seq", "observation", "priority", "timestamp_s")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    seq: int
+    observation: _tensor_pb2.Tensor
+    priority: Priority
+    timestamp_s: float
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., observation: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., timestamp_s: _Optional[float] = ...) -> None: ...
+
+class StepTiming(_message.Message):
+    __slots__ = ("queue_ms", "stages_ms", "total_ms", "stage_ms")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    stages_ms: float
+    total_ms: float
+    stage_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, queue_ms: _Optional[float] = ..., stages_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., stage_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class StepReply(_message.Message):
+    __slots__ = ("session_id", "seq", "action", "serve_mode", "exit_stage", "confidence", "model_version", "timing", "observation_timestamp_s", "batch_size")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SERVE_MODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_STAGE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    seq: int
+    action: _tensor_pb2.Tensor
+    serve_mode: ServeMode
+    exit_stage: int
+    confidence: float
+    model_version: str
+    timing: StepTiming
+    observation_timestamp_s: float
+    batch_size: int
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class StepError(_message.Message):
+    __slots__ = ("code", "message", "current_seq")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    current_seq: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., current_seq: _Optional[int] = ...) -> None: ...
+
+class StreamStepsReply(_message.Message):
+    __slots__ = ("seq", "reply", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    reply: StepReply
+    error: StepError
+    def __init__(self, seq: _Optional[int] = ..., reply: _Optional[_Union[StepReply, _Mapping]] = ..., error: _Optional[_Union[StepError, _Mapping]] = ...) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class StageStateInfo(_message.Message):
+    __slots__ = ("stage", "seq")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    stage: int
+    seq: int
+    def __init__(self, stage: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session_id", "seq", "ttl_left_s", "model_version", "stage_states", "observation_log_depth", "client_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TTL_LEFT_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_STATES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_LOG_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    seq: int
+    ttl_left_s: float
+    model_version: str
+    stage_states: _containers.RepeatedCompositeFieldContainer[StageStateInfo]
+    observation_log_depth: int
+    client_id: str
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., ttl_left_s: _Optional[float] = ..., model_version: _Optional[str] = ..., stage_states: _Optional[_Iterable[_Union[StageStateInfo, _Mapping]]] = ..., observation_log_depth: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionReply(_message.Message):
+    __slots__ = ("closed",)
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    closed: bool
+    def __init__(self, closed: _Optional[bool] = ...) -> None: ...

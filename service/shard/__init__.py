@@ -1,0 +1,1 @@
+"""The shard process: serves one pipeline stage, holds no session state."""

@@ -1,0 +1,1 @@
+"""Session state (Redis) and, later, stage leadership (etcd). Knows nothing of gRPC."""
