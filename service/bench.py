@@ -38,7 +38,9 @@ def inprocess_latencies(settings: BenchSettings, cluster: LocalCluster) -> list[
     return samples
 
 
-def cluster_latencies(stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings) -> list[float]:
+def cluster_latencies(
+    stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
+) -> list[float]:
     """Unary Step round trips of one session, as a robot sees them."""
     opened = stub.OpenSession(session_pb2.OpenSessionRequest(client_id="bench"), timeout=10)
     spec = opened.action_spec
@@ -46,7 +48,9 @@ def cluster_latencies(stub: session_pb2_grpc.SessionServiceStub, settings: Bench
     samples = []
     for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
         request = session_pb2.StepRequest(
-            session_id=opened.session_id, seq=seq, observation=tensor_codec.encode(arm.observation())
+            session_id=opened.session_id,
+            seq=seq,
+            observation=tensor_codec.encode(arm.observation()),
         )
         started = time.perf_counter()
         reply = stub.Step(request, timeout=10)
@@ -57,20 +61,27 @@ def cluster_latencies(stub: session_pb2_grpc.SessionServiceStub, settings: Bench
     return samples
 
 
-def throughput(stub: session_pb2_grpc.SessionServiceStub, sessions: int, duration_s: float) -> float:
+def throughput(
+    stub: session_pb2_grpc.SessionServiceStub, sessions: int, duration_s: float
+) -> float:
     """Steps/s with `sessions` robots each stepping back to back for duration_s."""
     counts = [0] * sessions
     stop_at = time.monotonic() + duration_s
 
     def robot(i: int) -> None:
-        opened = stub.OpenSession(session_pb2.OpenSessionRequest(client_id=f"bench-{i}"), timeout=10)
+        opened = stub.OpenSession(
+            session_pb2.OpenSessionRequest(client_id=f"bench-{i}"), timeout=10
+        )
         spec = opened.action_spec
         arm = SimulatedArm(spec.observation_dim, spec.joints, seed=i)
         seq = 0
         while time.monotonic() < stop_at:
             seq += 1
             obs = tensor_codec.encode(arm.observation())
-            reply = stub.Step(session_pb2.StepRequest(session_id=opened.session_id, seq=seq, observation=obs), timeout=10)
+            reply = stub.Step(
+                session_pb2.StepRequest(session_id=opened.session_id, seq=seq, observation=obs),
+                timeout=10,
+            )
             arm.apply(tensor_codec.decode(reply.action), 0.02)
             counts[i] += 1
         stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
@@ -90,7 +101,10 @@ def run(settings: BenchSettings) -> dict[str, object]:
         with grpc.insecure_channel(cluster.address) as channel:
             stub = session_pb2_grpc.SessionServiceStub(channel)
             remote = cluster_latencies(stub, settings)
-            rates = {str(c): round(throughput(stub, c, settings.throughput_s), 1) for c in settings.concurrency}
+            rates = {
+                str(c): round(throughput(stub, c, settings.throughput_s), 1)
+                for c in settings.concurrency
+            }
     in_p50, cl_p50 = percentile_ms(inproc, 50), percentile_ms(remote, 50)
     result: dict[str, object] = {
         "stages": cluster.model.n_stages,
@@ -108,7 +122,9 @@ def run(settings: BenchSettings) -> dict[str, object]:
 
 
 def print_table(result: dict[str, object]) -> None:
-    print(f"stages={result['stages']} torch_threads/shard={result['torch_threads_per_shard']} steps={result['steps']}")
+    print(
+        f"stages={result['stages']} torch_threads/shard={result['torch_threads_per_shard']} steps={result['steps']}"
+    )
     print(f"{'':<12} {'p50 ms':>9} {'p99 ms':>9}")
     print(f"{'in-process':<12} {result['inprocess_p50_ms']:>9} {result['inprocess_p99_ms']:>9}")
     print(f"{'cluster':<12} {result['cluster_p50_ms']:>9} {result['cluster_p99_ms']:>9}")

@@ -55,8 +55,12 @@ class ChildProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self._proc = subprocess.Popen(
-                self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         log.info("%s started pid=%d log=%s", self.name, self._proc.pid, self.log_path)
         return self
@@ -90,7 +94,9 @@ class ChildProcess:
         try:
             self._proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            log.warning("%s pid=%d ignored SIGTERM for %.0fs; killing", self.name, self._proc.pid, timeout_s)
+            log.warning(
+                "%s pid=%d ignored SIGTERM for %.0fs; killing", self.name, self._proc.pid, timeout_s
+            )
             self.kill()
 
     def log_tail(self, lines: int = 30) -> str:

@@ -66,11 +66,31 @@ def _shard(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: list[tuple[str, type[Settings], Callable[[argparse.Namespace], int], str]] = [
-    ("up", ClusterSettings, _up, "Start a local cluster (Redis, one shard per stage, a coordinator) and wait."),
+    (
+        "up",
+        ClusterSettings,
+        _up,
+        "Start a local cluster (Redis, one shard per stage, a coordinator) and wait.",
+    ),
     ("demo", DemoSettings, _demo, "Start a local cluster and drive a simulated robot against it."),
-    ("bench", BenchSettings, _bench, "Measure in-process against cluster step latency, and throughput."),
-    ("coordinator", CoordinatorSettings, _coordinator, "Serve the session API to robots (actionmesh.v1.SessionService)."),
-    ("shard", ShardSettings, _shard, "Serve one pipeline stage (actionmesh.internal.v1.StageService)."),
+    (
+        "bench",
+        BenchSettings,
+        _bench,
+        "Measure in-process against cluster step latency, and throughput.",
+    ),
+    (
+        "coordinator",
+        CoordinatorSettings,
+        _coordinator,
+        "Serve the session API to robots (actionmesh.v1.SessionService).",
+    ),
+    (
+        "shard",
+        ShardSettings,
+        _shard,
+        "Serve one pipeline stage (actionmesh.internal.v1.StageService).",
+    ),
 ]
 
 

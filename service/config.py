@@ -28,48 +28,95 @@ class Settings(BaseModel):
 class CoordinatorSettings(Settings):
     host: str = Field("127.0.0.1", description="Address to serve the session API on.")
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    metrics_port: int = Field(0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one.")
-    stage_addresses: list[str] = Field(default_factory=list, description="host:port of each stage's shard, in stage order.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one."
+    )
+    stage_addresses: list[str] = Field(
+        default_factory=list, description="host:port of each stage's shard, in stage order."
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Session state store.")
-    session_ttl_s: float = Field(60.0, gt=0, description="Default session TTL, refreshed on every step.")
-    max_session_ttl_s: float = Field(3600.0, gt=0, description="Upper bound on the TTL a client may ask for.")
+    session_ttl_s: float = Field(
+        60.0, gt=0, description="Default session TTL, refreshed on every step."
+    )
+    max_session_ttl_s: float = Field(
+        3600.0, gt=0, description="Upper bound on the TTL a client may ask for."
+    )
     step_timeout_s: float = Field(2.0, gt=0, description="Step deadline when the client sets none.")
     stage_timeout_s: float = Field(1.0, gt=0, description="Deadline of one stage's Forward call.")
-    stage_connect_timeout_s: float = Field(30.0, gt=0, description="How long to wait at start-up for every stage to answer Info.")
-    batch_max_size: int = Field(16, ge=1, description="Most steps of different sessions batched into one Forward per stage.")
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest a step waits for others to batch with, while another batch is in flight.")
-    max_inflight_batches: int = Field(2, ge=1, description="Batches in the pipeline at once (stage k works on one while stage k+1 works on another).")
-    max_observation_bytes: int = Field(65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT.")
+    stage_connect_timeout_s: float = Field(
+        30.0, gt=0, description="How long to wait at start-up for every stage to answer Info."
+    )
+    batch_max_size: int = Field(
+        16, ge=1, description="Most steps of different sessions batched into one Forward per stage."
+    )
+    batch_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a step waits for others to batch with, while another batch is in flight.",
+    )
+    max_inflight_batches: int = Field(
+        2,
+        ge=1,
+        description="Batches in the pipeline at once (stage k works on one while stage k+1 works on another).",
+    )
+    max_observation_bytes: int = Field(
+        65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
+    )
     redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout of each Redis call.")
-    grpc_workers: int = Field(64, ge=1, description="Threads serving gRPC calls (each open stream holds one).")
-    ready_file: Path | None = Field(None, description="Write the bound ports here as JSON once serving.")
+    grpc_workers: int = Field(
+        64, ge=1, description="Threads serving gRPC calls (each open stream holds one)."
+    )
+    ready_file: Path | None = Field(
+        None, description="Write the bound ports here as JSON once serving."
+    )
 
 
 class ShardSettings(Settings):
     stage: int = Field(0, ge=0, description="Which pipeline stage this shard serves.")
     host: str = Field("127.0.0.1", description="Address to serve StageService on.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    metrics_port: int = Field(0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one.")
-    weights_dir: Path | None = Field(None, description="Directory with model.json and stage-K.safetensors; without it, weights are initialised from --seed.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one."
+    )
+    weights_dir: Path | None = Field(
+        None,
+        description="Directory with model.json and stage-K.safetensors; without it, weights are initialised from --seed.",
+    )
     n_stages: int = Field(3, ge=1, description="Stages of the model when initialising from --seed.")
     seed: int = Field(0, description="Initialisation seed when no --weights-dir is given.")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads; several shards on one node must share its cores.")
-    replica_id: str = Field("", description="Name of this replica in logs and Info; default stage-K@host:port.")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads; several shards on one node must share its cores.",
+    )
+    replica_id: str = Field(
+        "", description="Name of this replica in logs and Info; default stage-K@host:port."
+    )
     grpc_workers: int = Field(8, ge=1, description="Threads serving gRPC calls.")
-    ready_file: Path | None = Field(None, description="Write the bound ports here as JSON once serving.")
+    ready_file: Path | None = Field(
+        None, description="Write the bound ports here as JSON once serving."
+    )
 
 
 class ClusterSettings(Settings):
     stages: int = Field(3, ge=1, description="Number of pipeline stages (one shard process each).")
     seed: int = Field(0, description="Model initialisation seed.")
-    redis_url: str | None = Field(None, description="Use this Redis; without it a private redis-server is started.")
-    work_dir: Path | None = Field(None, description="Where weights, logs and sockets go; default a temp dir removed on exit.")
-    port: int = Field(50050, ge=0, le=65535, description="Coordinator gRPC port; 0 picks a free one.")
+    redis_url: str | None = Field(
+        None, description="Use this Redis; without it a private redis-server is started."
+    )
+    work_dir: Path | None = Field(
+        None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
+    )
+    port: int = Field(
+        50050, ge=0, le=65535, description="Coordinator gRPC port; 0 picks a free one."
+    )
     torch_threads: int = Field(1, ge=1, description="torch threads per shard.")
     batch_max_size: int = Field(16, ge=1, description="Coordinator batch size limit.")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="Coordinator batching wait.")
     session_ttl_s: float = Field(60.0, gt=0, description="Default session TTL.")
-    start_timeout_s: float = Field(60.0, gt=0, description="How long each process may take to become ready.")
+    start_timeout_s: float = Field(
+        60.0, gt=0, description="How long each process may take to become ready."
+    )
 
 
 class DemoSettings(ClusterSettings):
@@ -82,8 +129,13 @@ class DemoSettings(ClusterSettings):
 class BenchSettings(ClusterSettings):
     port: int = Field(0, ge=0, le=65535, description="Coordinator gRPC port; 0 picks a free one.")
     steps: int = Field(200, ge=10, description="Sequential steps measured for each latency figure.")
-    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], description="Concurrent sessions for the throughput figures.")
-    throughput_s: float = Field(5.0, gt=0, description="Seconds measured at each concurrency level.")
+    concurrency: list[int] = Field(
+        default_factory=lambda: [1, 4, 16],
+        description="Concurrent sessions for the throughput figures.",
+    )
+    throughput_s: float = Field(
+        5.0, gt=0, description="Seconds measured at each concurrency level."
+    )
     json_output: bool = Field(False, description="Print one JSON object instead of a table.")
 
 
@@ -98,15 +150,23 @@ def _is_list(annotation: Any) -> bool:
     return typing.get_origin(annotation) is list
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], renames: dict[str, str] | None = None) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type[Settings], renames: dict[str, str] | None = None
+) -> None:
     """One flag per field; unset flags stay None so they do not override file or env values."""
-    parser.add_argument("--config", type=Path, default=None, help=f"TOML config file (or ${CONFIG_ENV}).")
+    parser.add_argument(
+        "--config", type=Path, default=None, help=f"TOML config file (or ${CONFIG_ENV})."
+    )
     for name, field in cls.model_fields.items():
         flag = (renames or {}).get(name, _flag(name))
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description or ''} (default: {default}; env {ENV_PREFIX}{name.upper()})"
+        help_text = (
+            f"{field.description or ''} (default: {default}; env {ENV_PREFIX}{name.upper()})"
+        )
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 
@@ -121,7 +181,9 @@ def _from_env(cls: type[Settings], environ: typing.Mapping[str, str]) -> dict[st
 
 
 def _parse_text(raw: str, annotation: Any) -> Any:
-    return [part.strip() for part in raw.split(",") if part.strip()] if _is_list(annotation) else raw
+    return (
+        [part.strip() for part in raw.split(",") if part.strip()] if _is_list(annotation) else raw
+    )
 
 
 def load(

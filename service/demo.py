@@ -23,7 +23,9 @@ def _code_name(code: int) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
-def _requests(outbox: queue.SimpleQueue[session_pb2.StepRequest | None]) -> Iterator[session_pb2.StepRequest]:
+def _requests(
+    outbox: queue.SimpleQueue[session_pb2.StepRequest | None],
+) -> Iterator[session_pb2.StepRequest]:
     while (request := outbox.get()) is not None:
         yield request
 
@@ -40,7 +42,9 @@ def drive_robot(address: str, settings: DemoSettings) -> int:
     arm = SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
     period_s = 1.0 / settings.rate_hz
     total = max(1, round(settings.duration_s * settings.rate_hz))
-    print(f"session {opened.session_id} model {opened.model_version}: {total} steps at {settings.rate_hz:g} Hz")
+    print(
+        f"session {opened.session_id} model {opened.model_version}: {total} steps at {settings.rate_hz:g} Hz"
+    )
     print(_HEADER)
     outbox: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
     replies = stub.StreamSteps(_requests(outbox))
@@ -50,15 +54,22 @@ def drive_robot(address: str, settings: DemoSettings) -> int:
     try:
         for seq in range(1, total + 1):
             sent = time.monotonic()
-            outbox.put(session_pb2.StepRequest(
-                session_id=opened.session_id, seq=seq, timestamp_s=time.time(),
-                observation=tensor_codec.encode(arm.observation()), priority=session_pb2.NORMAL,
-            ))
+            outbox.put(
+                session_pb2.StepRequest(
+                    session_id=opened.session_id,
+                    seq=seq,
+                    timestamp_s=time.time(),
+                    observation=tensor_codec.encode(arm.observation()),
+                    priority=session_pb2.NORMAL,
+                )
+            )
             item = next(replies)
             latency = time.monotonic() - sent
             if item.HasField("error"):
                 failures += 1
-                print(f"{seq:>6} {'-':>10} {'-':>9} {_code_name(item.error.code):<10} {item.error.message}")
+                print(
+                    f"{seq:>6} {'-':>10} {'-':>9} {_code_name(item.error.code):<10} {item.error.message}"
+                )
             else:
                 latencies.append(latency)
                 late += latency > period_s
@@ -66,7 +77,9 @@ def drive_robot(address: str, settings: DemoSettings) -> int:
                 if seq % settings.print_every == 0 or seq == 1:
                     r = item.reply
                     mode = session_pb2.ServeMode.Name(r.serve_mode)
-                    print(f"{seq:>6} {latency * 1e3:>10.2f} {r.timing.total_ms:>9.2f} {mode:<10} {r.batch_size:>5}  {r.model_version}")
+                    print(
+                        f"{seq:>6} {latency * 1e3:>10.2f} {r.timing.total_ms:>9.2f} {mode:<10} {r.batch_size:>5}  {r.model_version}"
+                    )
             next_tick += period_s
             time.sleep(max(0.0, next_tick - time.monotonic()))
     finally:
@@ -87,7 +100,9 @@ def drive_robot(address: str, settings: DemoSettings) -> int:
 def run(settings: DemoSettings) -> int:
     torch.set_num_threads(1)
     with LocalCluster(settings) as cluster:
-        print(f"cluster up: coordinator {cluster.address}, redis {cluster.redis_url}, logs {cluster.log_dir}")
+        print(
+            f"cluster up: coordinator {cluster.address}, redis {cluster.redis_url}, logs {cluster.log_dir}"
+        )
         failures = drive_robot(cluster.address, settings)
     print("cluster stopped")
     return 1 if failures else 0

@@ -52,7 +52,10 @@ class LocalCluster:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -64,18 +67,32 @@ class LocalCluster:
         if not (self.weights_dir / weights.MANIFEST).exists():
             weights.save(ActionModel(self.model), self.weights_dir)
         if not self.redis_url:
-            self.redis = EmbeddedRedis(self.work_dir / "redis", start_timeout_s=self.settings.start_timeout_s).start()
+            self.redis = EmbeddedRedis(
+                self.work_dir / "redis", start_timeout_s=self.settings.start_timeout_s
+            ).start()
             self.redis_url = self.redis.url
         self.shards = [self.start_shard(k) for k in range(self.model.n_stages)]
         for shard in self.shards:
             shard.wait_ready(self.settings.start_timeout_s)
         self.coordinator = self.start_coordinator("coordinator", self.settings.port)
-        log.info("cluster up: coordinator=%s redis=%s logs=%s", self.address, self.redis_url, self.log_dir)
+        log.info(
+            "cluster up: coordinator=%s redis=%s logs=%s",
+            self.address,
+            self.redis_url,
+            self.log_dir,
+        )
 
     def start_shard(self, stage: int) -> ChildProcess:
         args = ChildProcess.actionmesh(
-            "shard", "--stage", str(stage), "--weights-dir", str(self.weights_dir),
-            "--port", "0", "--torch-threads", str(self.settings.torch_threads),
+            "shard",
+            "--stage",
+            str(stage),
+            "--weights-dir",
+            str(self.weights_dir),
+            "--port",
+            "0",
+            "--torch-threads",
+            str(self.settings.torch_threads),
         )
         return ChildProcess(f"shard-{stage}", args, self.log_dir).start()
 
@@ -85,11 +102,20 @@ class LocalCluster:
     def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
         """Start (and wait for) a coordinator on this cluster's shards and Redis."""
         args = ChildProcess.actionmesh(
-            "coordinator", "--port", str(port), "--redis-url", self.redis_url,
-            "--stage-addresses", ",".join(self.stage_addresses()),
-            "--batch-max-size", str(self.settings.batch_max_size),
-            "--batch-max-wait-ms", str(self.settings.batch_max_wait_ms),
-            "--session-ttl-s", str(self.settings.session_ttl_s), *extra,
+            "coordinator",
+            "--port",
+            str(port),
+            "--redis-url",
+            self.redis_url,
+            "--stage-addresses",
+            ",".join(self.stage_addresses()),
+            "--batch-max-size",
+            str(self.settings.batch_max_size),
+            "--batch-max-wait-ms",
+            str(self.settings.batch_max_wait_ms),
+            "--session-ttl-s",
+            str(self.settings.session_ttl_s),
+            *extra,
         )
         child = ChildProcess(name, args, self.log_dir).start()
         child.wait_ready(self.settings.start_timeout_s)

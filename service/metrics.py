@@ -27,7 +27,8 @@ STEP_ERRORS = Counter(
     "actionmesh_step_errors_total", "Steps answered with an error, by gRPC status code.", ["code"]
 )
 STORED_REPLIES = Counter(
-    "actionmesh_stored_replies_total", "Retried steps answered from the stored reply, not recomputed."
+    "actionmesh_stored_replies_total",
+    "Retried steps answered from the stored reply, not recomputed.",
 )
 SHARD_FORWARD_LATENCY = Histogram(
     "actionmesh_shard_forward_latency_seconds",

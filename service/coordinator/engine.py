@@ -64,7 +64,12 @@ class SessionEngine:
         default_ttl_s: float,
         max_ttl_s: float,
     ) -> None:
-        self.store, self.batcher, self.model, self.model_version = store, batcher, model, model_version
+        self.store, self.batcher, self.model, self.model_version = (
+            store,
+            batcher,
+            model,
+            model_version,
+        )
         self.default_ttl_s, self.max_ttl_s = default_ttl_s, max_ttl_s
 
     def open(self, ttl_s: float, client_id: str) -> OpenedSession:
@@ -105,7 +110,12 @@ class SessionEngine:
             raise InvalidInput(f"observation has NaN or Inf at index {bad}")
 
     def step(
-        self, session_id: str, seq: int, observation: torch.Tensor, timestamp_s: float, deadline: float
+        self,
+        session_id: str,
+        seq: int,
+        observation: torch.Tensor,
+        timestamp_s: float,
+        deadline: float,
     ) -> StepAnswer:
         received = time.perf_counter()
         self.check_observation(observation)
@@ -128,13 +138,22 @@ class SessionEngine:
             record.stage_states.get(StageIndex(k), StageState(0, b"")).data
             for k in range(self.model.n_stages)
         ]
-        done = self._compute(PipelineInput(session_id, seq, observation, states, deadline), deadline)
+        done = self._compute(
+            PipelineInput(session_id, seq, observation, states, deadline), deadline
+        )
         output = done.value
         outcome = replies.StepOutcome(
-            session_id=session_id, seq=seq, action=output.action, serve_mode="FULL",
-            confidence=1.0, model_version=self.model_version, queue_ms=done.queue_s * 1e3,
-            stages_ms=sum(output.stage_ms), total_ms=(time.perf_counter() - received) * 1e3,
-            stage_ms=output.stage_ms, observation_timestamp_s=timestamp_s,
+            session_id=session_id,
+            seq=seq,
+            action=output.action,
+            serve_mode="FULL",
+            confidence=1.0,
+            model_version=self.model_version,
+            queue_ms=done.queue_s * 1e3,
+            stages_ms=sum(output.stage_ms),
+            total_ms=(time.perf_counter() - received) * 1e3,
+            stage_ms=output.stage_ms,
+            observation_timestamp_s=timestamp_s,
             batch_size=done.batch_size,
         )
         reply = replies.encode(outcome)
@@ -155,7 +174,9 @@ class SessionEngine:
         self, record: SessionRecord, seq: int, states: dict[StageIndex, StageState], reply: bytes
     ) -> StepAnswer:
         with _store_errors():
-            outcome = self.store.commit(record.session_id, record.seq, seq, states, reply, record.ttl_s)
+            outcome = self.store.commit(
+                record.session_id, record.seq, seq, states, reply, record.ttl_s
+            )
         if outcome.status is CommitStatus.COMMITTED:
             return StepAnswer(reply, "FULL", recomputed=True)
         if outcome.status is CommitStatus.GONE:
@@ -163,7 +184,11 @@ class SessionEngine:
         with _store_errors():
             current = self.store.load(record.session_id)
         if current is not None and current.seq == seq:  # another coordinator committed this step
-            log.info("session=%s seq=%d lost the commit race; returning the stored reply", record.session_id, seq)
+            log.info(
+                "session=%s seq=%d lost the commit race; returning the stored reply",
+                record.session_id,
+                seq,
+            )
             return StepAnswer(current.last_reply, "FULL", recomputed=False)
         raise SeqConflict(record.session_id, outcome.current_seq or 0, seq)
 

@@ -53,7 +53,9 @@ class StageClient:
         )
         return reply
 
-    def forward(self, request: stage_pb2.ForwardRequest, timeout_s: float) -> stage_pb2.ForwardReply:
+    def forward(
+        self, request: stage_pb2.ForwardRequest, timeout_s: float
+    ) -> stage_pb2.ForwardReply:
         try:
             reply: stage_pb2.ForwardReply = self._stub.Forward(request, timeout=timeout_s)
         except grpc.RpcError as exc:
@@ -73,7 +75,11 @@ class Pipeline:
     """Runs a batch of steps through every stage in order; any stage failure fails the batch."""
 
     def __init__(self, clients: list[StageClient], model_version: str, stage_timeout_s: float):
-        self.clients, self.model_version, self.stage_timeout_s = clients, model_version, stage_timeout_s
+        self.clients, self.model_version, self.stage_timeout_s = (
+            clients,
+            model_version,
+            stage_timeout_s,
+        )
 
     def run(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
         inputs = [tensor_codec.encode(item.observation) for item in batch]
@@ -89,7 +95,9 @@ class Pipeline:
                         session_id=item.session_id,
                         seq=item.seq,
                         input=inputs[i],
-                        state=tensor_pb2.Tensor.FromString(item.states[k]) if item.states[k] else None,
+                        state=tensor_pb2.Tensor.FromString(item.states[k])
+                        if item.states[k]
+                        else None,
                     )
                     for i, item in enumerate(batch)
                 ],

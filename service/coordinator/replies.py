@@ -32,7 +32,7 @@ def encode(outcome: StepOutcome) -> bytes:
         session_id=outcome.session_id,
         seq=outcome.seq,
         action=tensor_codec.encode(outcome.action),
-        serve_mode=session_pb2.ServeMode.Value(outcome.serve_mode),
+        serve_mode=outcome.serve_mode,
         exit_stage=outcome.exit_stage,
         confidence=outcome.confidence,
         model_version=outcome.model_version,

@@ -42,9 +42,16 @@ def connect_stages(settings: CoordinatorSettings) -> tuple[list[StageClient], Mo
         if info.stage != k:
             problems.append(f"serves stage {info.stage}, expected {k}")
         if info.n_stages != len(clients):
-            problems.append(f"is part of a {info.n_stages}-stage model, {len(clients)} addresses given")
-        if (info.model_version, info.model_config_json) != (first.model_version, first.model_config_json):
-            problems.append(f"serves model {info.model_version}, stage 0 serves {first.model_version}")
+            problems.append(
+                f"is part of a {info.n_stages}-stage model, {len(clients)} addresses given"
+            )
+        if (info.model_version, info.model_config_json) != (
+            first.model_version,
+            first.model_config_json,
+        ):
+            problems.append(
+                f"serves model {info.model_version}, stage 0 serves {first.model_version}"
+            )
         if problems:
             raise SystemExit(f"coordinator: {clients[k].address}: " + "; ".join(problems))
     return clients, ModelConfig(**json.loads(first.model_config_json)), first.model_version
@@ -57,7 +64,9 @@ def run(settings: CoordinatorSettings) -> None:
     clients, model, version = connect_stages(settings)
     pipeline = Pipeline(clients, version, settings.stage_timeout_s)
     batcher = DynamicBatcher(
-        pipeline.run, settings.batch_max_size, settings.batch_max_wait_ms / 1e3,
+        pipeline.run,
+        settings.batch_max_size,
+        settings.batch_max_wait_ms / 1e3,
         settings.max_inflight_batches,
     )
     engine = SessionEngine(
@@ -70,10 +79,20 @@ def run(settings: CoordinatorSettings) -> None:
         return [session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name]
 
     process = GrpcProcess(
-        "coordinator", settings.host, settings.port, settings.metrics_port, settings.grpc_workers,
-        register, is_ready=store.ping,
+        "coordinator",
+        settings.host,
+        settings.port,
+        settings.metrics_port,
+        settings.grpc_workers,
+        register,
+        is_ready=store.ping,
     )
-    log.info("coordinator model=%s stages=%s redis=%s", version, settings.stage_addresses, settings.redis_url)
+    log.info(
+        "coordinator model=%s stages=%s redis=%s",
+        version,
+        settings.stage_addresses,
+        settings.redis_url,
+    )
     process.start(settings.ready_file)
     try:
         process.run_until_signal()

@@ -54,8 +54,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.OpenSessionReply(
-            session_id=opened.session_id, ttl_s=opened.ttl_s,
-            model_version=opened.model_version, action_spec=self.action_spec,
+            session_id=opened.session_id,
+            ttl_s=opened.ttl_s,
+            model_version=opened.model_version,
+            action_spec=self.action_spec,
         )
 
     def Step(  # noqa: N802
@@ -92,8 +94,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             _abort(context, exc)
         record = summary.record
         return session_pb2.SessionInfo(
-            session_id=record.session_id, seq=record.seq, ttl_left_s=summary.ttl_left_s,
-            model_version=record.model_version, client_id=record.client_id,
+            session_id=record.session_id,
+            seq=record.seq,
+            ttl_left_s=summary.ttl_left_s,
+            model_version=record.model_version,
+            client_id=record.client_id,
             stage_states=[
                 session_pb2.StageStateInfo(stage=k, seq=s.seq)
                 for k, s in sorted(record.stage_states.items())
@@ -125,7 +130,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 raise InvalidInput(f"observation: {exc}") from exc
             budget = self.step_timeout_s if time_remaining is None else time_remaining
             answer = self.engine.step(
-                request.session_id, request.seq, observation, request.timestamp_s,
+                request.session_id,
+                request.seq,
+                observation,
+                request.timestamp_s,
                 time.monotonic() + budget,
             )
         except ActionmeshError as exc:

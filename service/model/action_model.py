@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -23,8 +25,7 @@ class ActionModel(nn.Module):
         self.eval()
 
     def stage(self, index: int) -> Stage:
-        stage: Stage = self.stages[index]
-        return stage
+        return cast(Stage, self.stages[index])
 
     def fresh_states(self, batch: int) -> list[torch.Tensor]:
         return [self.stage(k).fresh_memory(batch) for k in range(self.cfg.n_stages)]

@@ -32,7 +32,8 @@ class Block(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         )
         x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.norm2(x))
+        out: torch.Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class ObservationEmbedding(nn.Module):
@@ -45,7 +46,8 @@ class ObservationEmbedding(nn.Module):
         self.position = nn.Parameter(torch.randn(cfg.tokens, cfg.d_model) * 0.02)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.proj(obs).view(-1, self.tokens, self.d_model) + self.position
+        tokens: torch.Tensor = self.proj(obs).view(-1, self.tokens, self.d_model)
+        return tokens + self.position
 
 
 class ActionHead(nn.Module):

@@ -37,9 +37,7 @@ class Stage(nn.Module):
     def fresh_memory(self, batch: int) -> torch.Tensor:
         return self.initial_memory.detach().unsqueeze(0).expand(batch, -1, -1).clone()
 
-    def forward(
-        self, x: torch.Tensor, memory: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, observation_dim] for stage 0 else [B, tokens, d_model]; memory: [B, M, d_model]."""
         if self.embed is not None:
             x = self.embed(x)

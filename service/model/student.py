@@ -21,9 +21,7 @@ class Student(nn.Module):
     def fresh_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.hidden_size)
 
-    def forward(
-        self, obs: torch.Tensor, state: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         new_state: torch.Tensor = self.cell(obs, state)
         action = torch.tanh(self.out(new_state)).view(-1, self.horizon, self.joints)
         return action, new_state

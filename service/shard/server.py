@@ -33,7 +33,9 @@ def run(settings: ShardSettings) -> None:
     torch.set_num_interop_threads(1)
     stage, version = load_stage(settings)
     if not 0 <= settings.stage < stage.cfg.n_stages:
-        raise SystemExit(f"--stage {settings.stage} out of range: the model has {stage.cfg.n_stages} stages")
+        raise SystemExit(
+            f"--stage {settings.stage} out of range: the model has {stage.cfg.n_stages} stages"
+        )
     replica_id = settings.replica_id or f"stage-{settings.stage}@{settings.host}:{settings.port}"
     servicer = StageServicer(stage, version, replica_id)
 
@@ -42,12 +44,21 @@ def run(settings: ShardSettings) -> None:
         return [stage_pb2.DESCRIPTOR.services_by_name["StageService"].full_name]
 
     process = GrpcProcess(
-        f"shard-{settings.stage}", settings.host, settings.port, settings.metrics_port,
-        settings.grpc_workers, register,
+        f"shard-{settings.stage}",
+        settings.host,
+        settings.port,
+        settings.metrics_port,
+        settings.grpc_workers,
+        register,
     )
     log.info(
         "stage=%d layers=%d..%d model=%s threads=%d replica=%s",
-        stage.index, stage.layer_start, stage.layer_end, version, settings.torch_threads, replica_id,
+        stage.index,
+        stage.layer_start,
+        stage.layer_end,
+        version,
+        settings.torch_threads,
+        replica_id,
     )
     process.start(settings.ready_file)
     process.run_until_signal()
