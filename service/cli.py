@@ -19,8 +19,6 @@ from service.config import (
     ShardSettings,
 )
 
-_BENCH_RENAMES = {"json_output": "--json"}
-
 
 def _up(args: argparse.Namespace) -> int:
     from service.local_cluster import LocalCluster
@@ -104,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, settings_cls, handler, help_text in _COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        renames = _BENCH_RENAMES if settings_cls is BenchSettings else None
-        config.add_flags(sub, settings_cls, renames)
+        config.add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler)
     return parser
 

@@ -41,7 +41,11 @@ class CoordinatorSettings(Settings):
     max_session_ttl_s: float = Field(
         3600.0, gt=0, description="Upper bound on the TTL a client may ask for."
     )
-    step_timeout_s: float = Field(2.0, gt=0, description="Step deadline when the client sets none.")
+    step_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Step deadline when the client sets none, and the cap on one it sets.",
+    )
     stage_timeout_s: float = Field(1.0, gt=0, description="Deadline of one stage's Forward call.")
     stage_connect_timeout_s: float = Field(
         30.0, gt=0, description="How long to wait at start-up for every stage to answer Info."
@@ -142,23 +146,25 @@ class BenchSettings(ClusterSettings):
 S = TypeVar("S", bound=Settings)
 
 
+# Flags whose name is not the field's (kept stable: scripts use them).
+_FLAG_NAMES = {"json_output": "--json"}
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def _is_list(annotation: Any) -> bool:
     return typing.get_origin(annotation) is list
 
 
-def add_flags(
-    parser: argparse.ArgumentParser, cls: type[Settings], renames: dict[str, str] | None = None
-) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
     """One flag per field; unset flags stay None so they do not override file or env values."""
     parser.add_argument(
         "--config", type=Path, default=None, help=f"TOML config file (or ${CONFIG_ENV})."
     )
     for name, field in cls.model_fields.items():
-        flag = (renames or {}).get(name, _flag(name))
+        flag = _flag(name)
         default = field.get_default(call_default_factory=True)
         help_text = (
             f"{field.description or ''} (default: {default}; env {ENV_PREFIX}{name.upper()})"

@@ -18,6 +18,8 @@ _TO_PROTO: dict[torch.dtype, int] = {
 }
 _FROM_PROTO: dict[int, torch.dtype] = {v: k for k, v in _TO_PROTO.items()}
 
+_MAX_DIM = 2**31 - 1
+
 if sys.byteorder != "little":  # the wire format is little-endian; we do not byte-swap
     raise ImportError("actionmesh's tensor codec supports little-endian hosts only")
 
@@ -32,10 +34,13 @@ def dtype_name(dtype: int) -> str:
 
 def encode(tensor: torch.Tensor) -> tensor_pb2.Tensor:
     t = tensor.detach().contiguous().cpu()
+    dtype = _TO_PROTO.get(t.dtype)
+    if dtype is None:
+        raise ValueError(f"cannot send {t.dtype} tensors; supported: {sorted(map(str, _TO_PROTO))}")
     return tensor_pb2.Tensor(
-        dtype=_TO_PROTO[t.dtype],  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
         shape=list(t.shape),
-        data=t.view(torch.uint8).numpy().tobytes() if t.numel() else b"",
+        data=t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"",
     )
 
 
@@ -45,8 +50,8 @@ def decode(message: tensor_pb2.Tensor) -> torch.Tensor:
     if dtype is None:
         raise TensorDecodeError(f"unsupported dtype {dtype_name(message.dtype)}")
     shape = list(message.shape)
-    if any(d < 0 for d in shape):
-        raise TensorDecodeError(f"negative dimension in shape {shape}")
+    if any(not 0 <= d <= _MAX_DIM for d in shape):
+        raise TensorDecodeError(f"dimension out of range 0..{_MAX_DIM} in shape {shape}")
     itemsize = torch.empty((), dtype=dtype).element_size()
     expected = math.prod(shape) * itemsize
     if len(message.data) != expected:

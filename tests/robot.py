@@ -15,7 +15,9 @@ def observations(seed: int, steps: int, dim: int) -> list[torch.Tensor]:
 
 
 def open_session(stub: session_pb2_grpc.SessionServiceStub, ttl_s: float = 0.0) -> str:
-    reply = stub.OpenSession(session_pb2.OpenSessionRequest(ttl_s=ttl_s, client_id="test"), timeout=10)
+    reply = stub.OpenSession(
+        session_pb2.OpenSessionRequest(ttl_s=ttl_s, client_id="test"), timeout=10
+    )
     return str(reply.session_id)
 
 

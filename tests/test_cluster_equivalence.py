@@ -37,7 +37,9 @@ def check_against_reference(
     want_actions, want_states = reference_run(model, obs)
     for seq, (got, want) in enumerate(zip(actions, want_actions, strict=True), start=1):
         assert torch.allclose(got, want, atol=ATOL), f"session={session_id} seq={seq} differs"
-    for k, (got, want) in enumerate(zip(stored_states(cluster, session_id), want_states, strict=True)):
+    for k, (got, want) in enumerate(
+        zip(stored_states(cluster, session_id), want_states, strict=True)
+    ):
         assert torch.allclose(got, want, atol=ATOL), f"session={session_id} stage {k} state differs"
 
 

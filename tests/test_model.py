@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -63,13 +64,15 @@ def rollout(
     ("n_layers", "n_stages"),
     [(1, 1), (3, 3), (6, 3), (7, 3), (8, 3), (10, 4), (5, 2), (6, 1), (11, 5)],
 )
-def test_layer_range_partitions_layers_contiguously_and_evenly(n_layers: int, n_stages: int) -> None:
+def test_layer_range_partitions_layers_contiguously_and_evenly(
+    n_layers: int, n_stages: int
+) -> None:
     cfg = ModelConfig(n_layers=n_layers, n_stages=n_stages)
     ranges = [cfg.layer_range(k) for k in range(n_stages)]
 
     assert ranges[0][0] == 0
     assert ranges[-1][1] == n_layers
-    for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(ranges):
         assert end == start, ranges
     sizes = [end - start for start, end in ranges]
     assert min(sizes) >= 1, ranges
@@ -166,7 +169,9 @@ def test_batch_of_sessions_equals_each_session_alone(model: ActionModel) -> None
     for s in range(BATCH):
         alone_actions, alone_states = rollout(model, per_session[s])
         for t in range(3):
-            torch.testing.assert_close(batch_actions[t][s : s + 1], alone_actions[t], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                batch_actions[t][s : s + 1], alone_actions[t], atol=1e-5, rtol=0
+            )
         for got, want in zip(batch_states, alone_states, strict=True):
             torch.testing.assert_close(got[s : s + 1], want, atol=1e-5, rtol=0)
     # The sessions had different histories, so the batch really held different rows.

@@ -20,7 +20,9 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     assert fresh, "the generator wrote nothing"
     for path in fresh:
         checked_in = PROTO_DIR / path.name
-        assert checked_in.exists(), f"{path.name} is not checked in: run python -m service.proto.generate"
+        assert checked_in.exists(), (
+            f"{path.name} is not checked in: run python -m service.proto.generate"
+        )
         assert checked_in.read_bytes() == path.read_bytes(), (
             f"{path.name} is stale: run python -m service.proto.generate"
         )
@@ -37,5 +39,9 @@ def listed_services(address: str) -> set[str]:
 @pytest.mark.parametrize("which", ["coordinator", "shard"])
 def test_reflection_lists_the_api_and_health(cluster: LocalCluster, which: str) -> None:
     address = cluster.address if which == "coordinator" else cluster.stage_addresses()[0]
-    api = "actionmesh.v1.SessionService" if which == "coordinator" else "actionmesh.internal.v1.StageService"
+    api = (
+        "actionmesh.v1.SessionService"
+        if which == "coordinator"
+        else "actionmesh.internal.v1.StageService"
+    )
     assert {api, "grpc.health.v1.Health"} <= listed_services(address)

@@ -54,11 +54,21 @@ def test_retry_of_last_seq_returns_stored_reply_without_recompute(
         first = step(stub, sid, seq, obs[seq - 1])
     before = forward_items(cluster)
     again = stub.Step(step_request(sid, 3, obs[2]), timeout=10)
-    assert again.SerializeToString(deterministic=True) == first.SerializeToString(deterministic=True)
+    assert again.SerializeToString(deterministic=True) == first.SerializeToString(
+        deterministic=True
+    )
     assert forward_items(cluster) == before, "a retried step ran the stages again"
     # The next step is computed normally after a retry.
     assert step(stub, sid, 4, obs[0]).seq == 4
     assert [b + 1 for b in before] == forward_items(cluster)
+
+
+def test_step_without_a_client_deadline_is_served(
+    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    sid = open_session(stub)
+    reply = stub.Step(step_request(sid, 1, torch.zeros(cluster.model.observation_dim)))
+    assert reply.seq == 1
 
 
 def test_seq_gap_and_replay_of_old_seq_are_refused_with_the_current_seq(

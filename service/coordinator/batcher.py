@@ -51,6 +51,7 @@ class DynamicBatcher(Generic[T, R]):
         self._run_batch, self._max_size, self._max_wait_s = run_batch, max_size, max_wait_s
         self._queue: queue.SimpleQueue[_Pending[T, Batched[R]] | None] = queue.SimpleQueue()
         self._in_flight = 0
+        self._closed = False
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True)
@@ -60,11 +61,14 @@ class DynamicBatcher(Generic[T, R]):
             thread.start()
 
     def submit(self, item: T) -> Future[Batched[R]]:
+        if self._closed:
+            raise RuntimeError("batcher is closed")
         pending: _Pending[T, Batched[R]] = _Pending(item)
         self._queue.put(pending)
         return pending.future
 
     def close(self) -> None:
+        self._closed = True
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -96,6 +100,8 @@ class DynamicBatcher(Generic[T, R]):
                 self._in_flight += 1
             try:
                 results = self._run_batch([p.item for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
             except Exception as exc:  # delivered to every waiting step, which maps it
                 for p in batch:
                     p.future.set_exception(exc)

@@ -128,7 +128,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 observation = tensor_codec.decode(request.observation)
             except tensor_codec.TensorDecodeError as exc:
                 raise InvalidInput(f"observation: {exc}") from exc
-            budget = self.step_timeout_s if time_remaining is None else time_remaining
+            # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
+            budget = self.step_timeout_s
+            if time_remaining is not None:
+                budget = min(budget, time_remaining)
             answer = self.engine.step(
                 request.session_id,
                 request.seq,
