@@ -1,7 +1,9 @@
 """Our own child processes (shards, coordinators): start, wait until ready, stop by PID.
 
-Children die with their parent (PR_SET_PDEATHSIG), so a killed `actionmesh up` or test run
-leaves nothing running.
+Children die with their parent: each is started with `--die-with-parent PID` and asks the
+kernel for SIGTERM when that parent goes (PR_SET_PDEATHSIG), so a killed `actionmesh up` or
+test run leaves nothing running. The child does it itself at start-up, not in a preexec_fn:
+code between fork and exec is unsafe in a parent that runs gRPC threads.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Called first thing in a child: SIGTERM when the parent exits (or already has)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        raise SystemExit(f"parent {parent_pid} is gone; not starting")
 
 
 class ChildExited(RuntimeError):
@@ -43,7 +48,7 @@ class ChildProcess:
     @staticmethod
     def actionmesh(*argv: str) -> list[str]:
         """The command line that runs `actionmesh <argv>` with this interpreter."""
-        return [sys.executable, "-m", "service.cli", *argv]
+        return [sys.executable, "-m", "service.cli", "--die-with-parent", str(os.getpid()), *argv]
 
     @property
     def pid(self) -> int:
@@ -60,7 +65,6 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         log.info("%s started pid=%d log=%s", self.name, self._proc.pid, self.log_path)
         return self
@@ -87,7 +91,13 @@ class ChildProcess:
             os.kill(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting: a graceful stop begins."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+
     def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, wait, SIGKILL after timeout_s."""
         if self._proc is None or self._proc.poll() is not None:
             return
         self._proc.terminate()

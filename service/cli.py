@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from service import config
+from service.child_process import die_with_parent
 from service.config import (
     BenchSettings,
     ClusterSettings,
@@ -17,6 +18,7 @@ from service.config import (
     DemoSettings,
     Settings,
     ShardSettings,
+    StatusSettings,
 )
 
 
@@ -28,9 +30,11 @@ def _up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with LocalCluster(settings) as cluster:
-        print(f"coordinator {cluster.address}  redis {cluster.redis_url}  logs {cluster.log_dir}")
-        for k, address in enumerate(cluster.stage_addresses()):
-            print(f"stage {k}: shard {address}")
+        print(f"coordinator {cluster.address}  redis {cluster.redis_url}  etcd {cluster.etcd_url}")
+        print(f"logs {cluster.log_dir}")
+        print(
+            f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
+        )
         print("press Ctrl-C to stop every process")
         stop.wait()
     print("stopped")
@@ -47,6 +51,12 @@ def _bench(args: argparse.Namespace) -> int:
     from service import bench
 
     return bench.main(config.load(BenchSettings, "bench", args))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from service import status
+
+    return status.main(config.load(StatusSettings, "status", args))
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -78,6 +88,12 @@ _COMMANDS: list[tuple[str, type[Settings], Callable[[argparse.Namespace], int], 
         "Measure in-process against cluster step latency, and throughput.",
     ),
     (
+        "status",
+        StatusSettings,
+        _status,
+        "Show who leads each stage and who stands by, live from etcd, with health.",
+    ),
+    (
         "coordinator",
         CoordinatorSettings,
         _coordinator,
@@ -99,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Settings come from a TOML file ([<command>] table), then ACTIONMESH_* env vars, then flags.",
     )
     parser.add_argument("--log-level", default="INFO", help="Python log level (default: INFO).")
+    parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, settings_cls, handler, help_text in _COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -109,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.die_with_parent is not None:
+        die_with_parent(args.die_with_parent)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

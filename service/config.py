@@ -31,8 +31,16 @@ class CoordinatorSettings(Settings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one."
     )
+    etcd: str | None = Field(
+        None,
+        description="etcd URL (etcd://h1:2379,h2:2379): stage leaders and standbys are found there.",
+    )
+    cluster: str = Field(
+        "default", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+    )
     stage_addresses: list[str] = Field(
-        default_factory=list, description="host:port of each stage's shard, in stage order."
+        default_factory=list,
+        description="Without --etcd: host:port of each stage's one shard, in stage order.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Session state store.")
     session_ttl_s: float = Field(
@@ -46,9 +54,17 @@ class CoordinatorSettings(Settings):
         gt=0,
         description="Step deadline when the client sets none, and the cap on one it sets.",
     )
-    stage_timeout_s: float = Field(1.0, gt=0, description="Deadline of one stage's Forward call.")
+    stage_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        description="Deadline of one stage call; a replica that misses it is suspected and the stage retried elsewhere.",
+    )
+    ban_base_s: float = Field(
+        0.5, gt=0, description="First ban of a suspected replica; doubles on each failure in a row."
+    )
+    ban_max_s: float = Field(30.0, gt=0, description="Longest ban of a suspected replica.")
     stage_connect_timeout_s: float = Field(
-        30.0, gt=0, description="How long to wait at start-up for every stage to answer Info."
+        30.0, gt=0, description="How long to wait at start-up for every stage to have a replica."
     )
     batch_max_size: int = Field(
         16, ge=1, description="Most steps of different sessions batched into one Forward per stage."
@@ -94,7 +110,20 @@ class ShardSettings(Settings):
         description="torch intra-op threads; several shards on one node must share its cores.",
     )
     replica_id: str = Field(
-        "", description="Name of this replica in logs and Info; default stage-K@host:port."
+        "", description="Name of this replica in logs, Info and etcd; default stage-K@host:port."
+    )
+    etcd: str | None = Field(
+        None,
+        description="etcd URL (etcd://h1:2379,h2:2379): register and campaign for stage leader.",
+    )
+    cluster: str = Field(
+        "default", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+    )
+    lease_ttl_s: float = Field(
+        2.0, gt=0, description="Leader lease TTL; keepalive every third of it."
+    )
+    advertise_address: str = Field(
+        "", description="host:port others reach this shard at; default host and the bound port."
     )
     grpc_workers: int = Field(8, ge=1, description="Threads serving gRPC calls.")
     ready_file: Path | None = Field(
@@ -103,7 +132,17 @@ class ShardSettings(Settings):
 
 
 class ClusterSettings(Settings):
-    stages: int = Field(3, ge=1, description="Number of pipeline stages (one shard process each).")
+    stages: int = Field(3, ge=1, description="Number of pipeline stages.")
+    replicas: int = Field(
+        1, ge=1, description="Shard processes per stage: one leader, the rest hot standbys."
+    )
+    etcd: str | None = Field(
+        None, description="Use this etcd; without it a private single-node etcd is started."
+    )
+    cluster: str = Field(
+        "local", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+    )
+    lease_ttl_s: float = Field(2.0, gt=0, description="Stage leader lease TTL.")
     seed: int = Field(0, description="Model initialisation seed.")
     redis_url: str | None = Field(
         None, description="Use this Redis; without it a private redis-server is started."
@@ -140,6 +179,17 @@ class BenchSettings(ClusterSettings):
     throughput_s: float = Field(
         5.0, gt=0, description="Seconds measured at each concurrency level."
     )
+    json_output: bool = Field(False, description="Print one JSON object instead of a table.")
+
+
+class StatusSettings(Settings):
+    etcd: str | None = Field(
+        None, description="etcd URL of the cluster (`actionmesh up` prints it)."
+    )
+    cluster: str = Field(
+        "local", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+    )
+    probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
     json_output: bool = Field(False, description="Print one JSON object instead of a table.")
 
 

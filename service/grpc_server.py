@@ -65,10 +65,16 @@ class GrpcProcess:
             ready_file.write(ready_path, grpc_port=self.port, metrics_port=self.ops.port)
         log.info("%s serving grpc=%d metrics=%d", self.name, self.port, self.ops.port)
 
-    def run_until_signal(self, grace_s: float = 2.0) -> None:
+    def run_until_signal(
+        self, grace_s: float = 2.0, before_stop: Callable[[], None] | None = None
+    ) -> None:
+        """Serve until SIGTERM/SIGINT; then `before_stop` (e.g. give up leadership), then stop
+        accepting calls and let those in flight finish within grace_s."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
         self._stopped.wait()
+        if before_stop is not None:
+            before_stop()
         log.info("%s stopping (grace %.1fs)", self.name, grace_s)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()

@@ -1,4 +1,4 @@
-"""A whole cluster on this machine: private Redis, one shard per stage, one coordinator."""
+"""A whole cluster on this machine: private Redis and etcd, shards for every stage, a coordinator."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from service.config import ClusterSettings
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
+from state.embedded_etcd import EmbeddedEtcd
 from state.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ class LocalCluster:
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url or ""
-        self.shards: list[ChildProcess] = []
+        self.etcd: EmbeddedEtcd | None = None
+        self.etcd_url = settings.etcd or ""
+        self.shards: list[ChildProcess] = []  # stage by stage, replica by replica
         self.coordinator: ChildProcess | None = None
 
     @property
@@ -71,7 +74,16 @@ class LocalCluster:
                 self.work_dir / "redis", start_timeout_s=self.settings.start_timeout_s
             ).start()
             self.redis_url = self.redis.url
-        self.shards = [self.start_shard(k) for k in range(self.model.n_stages)]
+        if not self.etcd_url:
+            self.etcd = EmbeddedEtcd(
+                self.work_dir / "etcd", start_timeout_s=self.settings.start_timeout_s
+            ).start()
+            self.etcd_url = self.etcd.url
+        self.shards = [
+            self.start_shard(k, r)
+            for k in range(self.model.n_stages)
+            for r in range(self.settings.replicas)
+        ]
         for shard in self.shards:
             shard.wait_ready(self.settings.start_timeout_s)
         self.coordinator = self.start_coordinator("coordinator", self.settings.port)
@@ -82,21 +94,38 @@ class LocalCluster:
             self.log_dir,
         )
 
-    def start_shard(self, stage: int) -> ChildProcess:
+    def start_shard(
+        self, stage: int, replica: int, weights_dir: Path | None = None
+    ) -> ChildProcess:
+        """Start (not wait for) replica `replica` of `stage`; it registers in etcd once ready."""
         args = ChildProcess.actionmesh(
             "shard",
             "--stage",
             str(stage),
+            "--replica-id",
+            f"stage-{stage}-r{replica}",
+            "--etcd",
+            self.etcd_url,
+            "--cluster",
+            self.settings.cluster,
+            "--lease-ttl-s",
+            str(self.settings.lease_ttl_s),
             "--weights-dir",
-            str(self.weights_dir),
+            str(weights_dir or self.weights_dir),
             "--port",
             "0",
             "--torch-threads",
             str(self.settings.torch_threads),
         )
-        return ChildProcess(f"shard-{stage}", args, self.log_dir).start()
+        return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
+
+    def replica_process(self, replica_id: str) -> ChildProcess:
+        """The shard process that registered as `replica_id` (stage-K-rR)."""
+        name = "shard-" + replica_id.removeprefix("stage-")
+        return next(s for s in self.shards if s.name == name)
 
     def stage_addresses(self) -> list[str]:
+        """Every shard's address, stage by stage, replica by replica."""
         return [f"127.0.0.1:{s.ports['grpc_port']}" for s in self.shards]
 
     def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
@@ -107,8 +136,10 @@ class LocalCluster:
             str(port),
             "--redis-url",
             self.redis_url,
-            "--stage-addresses",
-            ",".join(self.stage_addresses()),
+            "--etcd",
+            self.etcd_url,
+            "--cluster",
+            self.settings.cluster,
             "--batch-max-size",
             str(self.settings.batch_max_size),
             "--batch-max-wait-ms",
@@ -122,14 +153,19 @@ class LocalCluster:
         return child
 
     def stop(self) -> None:
-        """Coordinator first (no new steps), then shards, then Redis; each by its PID."""
+        """Coordinator first (no new steps), then shards (all at once), then Redis and etcd."""
         if self.coordinator is not None:
             self.coordinator.stop()
+        for shard in self.shards:
+            shard.terminate()
         for shard in self.shards:
             shard.stop()
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -39,3 +39,8 @@ SHARD_FORWARD_LATENCY = Histogram(
 SHARD_FORWARD_ITEMS = Counter(
     "actionmesh_shard_forward_items_total", "Session items computed by this shard.", ["stage"]
 )
+REPLICA_SUSPECTED = Counter(
+    "actionmesh_replica_suspected_total",
+    "Stage calls that failed or missed their deadline; the replica was banned and the stage retried.",
+    ["stage"],
+)

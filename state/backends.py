@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from state.leadership import ReplicaInfo, ReplicaMembership, RoutingTable
 from state.store import SessionStore
 
 
@@ -14,3 +15,23 @@ def open_session_store(url: str, timeout_s: float) -> SessionStore:
 
         return RedisSessionStore(url, socket_timeout_s=timeout_s)
     raise ValueError(f"unsupported session store URL {url!r}: use redis://host:port/db")
+
+
+def open_replica_membership(
+    url: str, cluster: str, info: ReplicaInfo, lease_ttl_s: float
+) -> ReplicaMembership:
+    """A replica's registration and campaign for its stage; call start() to begin."""
+    if urlparse(url).scheme == "etcd":
+        from state.etcd_leadership import EtcdReplicaMembership
+
+        return EtcdReplicaMembership(url, cluster, info, lease_ttl_s)
+    raise ValueError(f"unsupported leadership URL {url!r}: use etcd://host:port[,host:port...]")
+
+
+def open_routing_table(url: str, cluster: str) -> RoutingTable:
+    """A coordinator's view of every stage's leader and replicas; call start() to load it."""
+    if urlparse(url).scheme == "etcd":
+        from state.etcd_leadership import EtcdRoutingTable
+
+        return EtcdRoutingTable(url, cluster)
+    raise ValueError(f"unsupported leadership URL {url!r}: use etcd://host:port[,host:port...]")

@@ -1,68 +1,50 @@
-"""Start a coordinator: reach the state store and every stage, then serve the session API."""
+"""Start a coordinator: reach the state store and the stages' replicas, then serve sessions."""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
 import grpc
 
 from service.config import CoordinatorSettings
 from service.coordinator.batcher import DynamicBatcher
+from service.coordinator.discovery import discover_model, static_table
 from service.coordinator.engine import SessionEngine
-from service.coordinator.pipeline import Pipeline, StageClient
+from service.coordinator.pipeline import Pipeline
+from service.coordinator.router import BanPolicy
 from service.coordinator.servicer import SessionServicer
+from service.coordinator.stage_router import StageRouter
 from service.grpc_server import GrpcProcess
-from service.model.config import ModelConfig
-from service.proto import session_pb2, session_pb2_grpc, stage_pb2
-from state.backends import open_session_store
+from service.proto import session_pb2, session_pb2_grpc
+from state.backends import open_routing_table, open_session_store
+from state.leadership import RoutingTable
 
 log = logging.getLogger(__name__)
 
 
-def connect_stages(settings: CoordinatorSettings) -> tuple[list[StageClient], ModelConfig, str]:
-    """Clients for every stage, after checking they serve one model, split as configured."""
+def routing_table(settings: CoordinatorSettings) -> RoutingTable:
+    if settings.etcd:
+        table = open_routing_table(settings.etcd, settings.cluster)
+        table.start()
+        return table
     if not settings.stage_addresses:
-        raise SystemExit("coordinator: no stages configured; pass --stage-addresses host:port,...")
-    clients = [StageClient(k, a) for k, a in enumerate(settings.stage_addresses)]
-    deadline = time.monotonic() + settings.stage_connect_timeout_s
-    infos: list[stage_pb2.InfoReply] = []
-    for client in clients:
-        try:
-            infos.append(client.info(max(0.1, deadline - time.monotonic())))
-        except grpc.RpcError as exc:
-            raise SystemExit(
-                f"coordinator: stage {client.stage} at {client.address} did not answer within "
-                f"stage_connect_timeout_s={settings.stage_connect_timeout_s}: {exc}"
-            ) from exc
-    first = infos[0]
-    for k, info in enumerate(infos):
-        problems = []
-        if info.stage != k:
-            problems.append(f"serves stage {info.stage}, expected {k}")
-        if info.n_stages != len(clients):
-            problems.append(
-                f"is part of a {info.n_stages}-stage model, {len(clients)} addresses given"
-            )
-        if (info.model_version, info.model_config_json) != (
-            first.model_version,
-            first.model_config_json,
-        ):
-            problems.append(
-                f"serves model {info.model_version}, stage 0 serves {first.model_version}"
-            )
-        if problems:
-            raise SystemExit(f"coordinator: {clients[k].address}: " + "; ".join(problems))
-    return clients, ModelConfig(**json.loads(first.model_config_json)), first.model_version
+        raise SystemExit(
+            "coordinator: no stages configured; pass --etcd etcd://host:port (stages register "
+            "there) or --stage-addresses host:port,... (one shard per stage)"
+        )
+    return static_table(settings.stage_addresses, settings.stage_connect_timeout_s)
 
 
 def run(settings: CoordinatorSettings) -> None:
     store = open_session_store(settings.redis_url, settings.redis_timeout_s)
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
-    clients, model, version = connect_stages(settings)
-    pipeline = Pipeline(clients, version, settings.stage_timeout_s)
+    table = routing_table(settings)
+    model, version = discover_model(table, settings.stage_connect_timeout_s)
+    router = StageRouter(
+        table, version, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+    )
+    pipeline = Pipeline(router, model.n_stages)
     batcher = DynamicBatcher(
         pipeline.run,
         settings.batch_max_size,
@@ -88,9 +70,10 @@ def run(settings: CoordinatorSettings) -> None:
         is_ready=store.ping,
     )
     log.info(
-        "coordinator model=%s stages=%s redis=%s",
+        "coordinator model=%s stages=%d routing=%s redis=%s",
         version,
-        settings.stage_addresses,
+        model.n_stages,
+        settings.etcd or settings.stage_addresses,
         settings.redis_url,
     )
     process.start(settings.ready_file)
@@ -98,5 +81,6 @@ def run(settings: CoordinatorSettings) -> None:
         process.run_until_signal()
     finally:
         batcher.close()
-        pipeline.close()
+        router.close()
+        table.stop()
         store.close()

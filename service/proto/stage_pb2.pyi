@@ -54,7 +54,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("stage", "n_stages", "layer_start", "layer_end", "model_version", "model_config_json", "forward_calls_total", "forward_items_total", "replica_id")
+    __slots__ = ("stage", "n_stages", "layer_start", "layer_end", "model_version", "model_config_json", "forward_calls_total", "forward_items_total", "replica_id", "role")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     N_STAGES_FIELD_NUMBER: _ClassVar[int]
     LAYER_START_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class InfoReply(_message.Message):
     FORWARD_CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ITEMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     stage: int
     n_stages: int
     layer_start: int
@@ -73,4 +74,5 @@ class InfoReply(_message.Message):
     forward_calls_total: int
     forward_items_total: int
     replica_id: str
-    def __init__(self, stage: _Optional[int] = ..., n_stages: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., model_version: _Optional[str] = ..., model_config_json: _Optional[str] = ..., forward_calls_total: _Optional[int] = ..., forward_items_total: _Optional[int] = ..., replica_id: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, stage: _Optional[int] = ..., n_stages: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., model_version: _Optional[str] = ..., model_config_json: _Optional[str] = ..., forward_calls_total: _Optional[int] = ..., forward_items_total: _Optional[int] = ..., replica_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...

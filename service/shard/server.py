@@ -1,8 +1,13 @@
-"""Start a shard: load this stage's weights, set torch threads, serve until a signal."""
+"""Start a shard: load this stage's weights, set torch threads, serve until a signal.
+
+With an etcd URL the shard registers for its stage and campaigns for leadership; a standby
+serves exactly like a leader (shards are stateless), it is just not routed to first.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 import torch
@@ -15,8 +20,13 @@ from service.model.config import ModelConfig
 from service.model.stage import Stage
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.shard.servicer import StageServicer
+from state.backends import open_replica_membership
+from state.leadership import ReplicaInfo
 
 log = logging.getLogger(__name__)
+
+# After giving up leadership, keep serving this long so coordinators see the change first.
+DRAIN_S = 0.5
 
 
 def load_stage(settings: ShardSettings) -> tuple[Stage, str]:
@@ -36,8 +46,7 @@ def run(settings: ShardSettings) -> None:
         raise SystemExit(
             f"--stage {settings.stage} out of range: the model has {stage.cfg.n_stages} stages"
         )
-    replica_id = settings.replica_id or f"stage-{settings.stage}@{settings.host}:{settings.port}"
-    servicer = StageServicer(stage, version, replica_id)
+    servicer = StageServicer(stage, version)
 
     def register(server: grpc.Server) -> list[str]:
         stage_pb2_grpc.add_StageServiceServicer_to_server(servicer, server)
@@ -51,14 +60,32 @@ def run(settings: ShardSettings) -> None:
         settings.grpc_workers,
         register,
     )
+    address = settings.advertise_address or f"{settings.host}:{process.port}"
+    servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
     log.info(
-        "stage=%d layers=%d..%d model=%s threads=%d replica=%s",
+        "stage=%d replica=%s layers=%d..%d model=%s threads=%d",
         stage.index,
+        servicer.replica_id,
         stage.layer_start,
         stage.layer_end,
         version,
         settings.torch_threads,
-        replica_id,
     )
     process.start(settings.ready_file)
-    process.run_until_signal()
+    if settings.etcd is None:
+        process.run_until_signal()
+        return
+    membership = open_replica_membership(
+        settings.etcd,
+        settings.cluster,
+        ReplicaInfo(settings.stage, servicer.replica_id, address, version),
+        settings.lease_ttl_s,
+    )
+    servicer.role = lambda: membership.role.value
+    membership.start()
+
+    def step_down() -> None:
+        membership.stop()
+        time.sleep(DRAIN_S)
+
+    process.run_until_signal(before_stop=step_down)

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 import torch
@@ -22,8 +23,10 @@ class BadBatch(ValueError):
 
 
 class StageServicer(stage_pb2_grpc.StageServiceServicer):
-    def __init__(self, stage: Stage, model_version: str, replica_id: str) -> None:
-        self.stage, self.version, self.replica_id = stage, model_version, replica_id
+    def __init__(self, stage: Stage, model_version: str) -> None:
+        self.stage, self.version = stage, model_version
+        self.replica_id = ""  # set once the port is bound
+        self.role: Callable[[], str] = lambda: "static"
         cfg = stage.cfg
         self._input_shape = [cfg.observation_dim] if stage.index == 0 else [cfg.tokens, cfg.d_model]
         self._state_shape = [cfg.memory_tokens, cfg.d_model]
@@ -107,4 +110,5 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             forward_calls_total=calls,
             forward_items_total=items,
             replica_id=self.replica_id,
+            role=self.role(),
         )

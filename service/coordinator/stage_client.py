@@ -1,0 +1,49 @@
+"""Stub wrapper: one long-lived channel to one replica of a stage, reused for every call."""
+
+from __future__ import annotations
+
+import grpc
+
+from service.errors import Unavailable
+from service.grpc_server import MAX_MESSAGE_BYTES
+from service.proto import stage_pb2, stage_pb2_grpc
+
+
+class StageClient:
+    def __init__(self, stage: int, address: str) -> None:
+        self.stage, self.address = stage, address
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
+
+    def info(self, timeout_s: float) -> stage_pb2.InfoReply:
+        reply: stage_pb2.InfoReply = self._stub.Info(
+            stage_pb2.InfoRequest(), timeout=timeout_s, wait_for_ready=True
+        )
+        return reply
+
+    def forward(
+        self, request: stage_pb2.ForwardRequest, timeout_s: float
+    ) -> stage_pb2.ForwardReply:
+        """Raises Unavailable (never a raw gRPC error) when the call fails or times out."""
+        try:
+            reply: stage_pb2.ForwardReply = self._stub.Forward(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            what = (
+                f"{exc.code().name} ({exc.details()})" if isinstance(exc, grpc.Call) else str(exc)
+            )
+            raise Unavailable(f"stage {self.stage} at {self.address}: {what}") from exc
+        if len(reply.results) != len(request.items):
+            raise Unavailable(
+                f"stage {self.stage} at {self.address}: {len(reply.results)} results for "
+                f"{len(request.items)} items"
+            )
+        return reply
+
+    def close(self) -> None:
+        self._channel.close()

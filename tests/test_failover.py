@@ -1,0 +1,230 @@
+"""Stage leaders die, hang and leave while robots step: the steps go on, none lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import torch
+
+from service.local_cluster import LocalCluster
+from service.model import weights
+from service.model.action_model import ActionModel
+from service.proto import session_pb2, session_pb2_grpc, stage_pb2, stage_pb2_grpc
+from state.backends import open_routing_table
+from state.embedded_etcd import EmbeddedEtcdCluster
+from state.leadership import ReplicaInfo
+from tests.conftest import SMALL_MODEL, cluster_settings
+from tests.robot import SteppingRobot, observations, reference_run
+
+TTL_S = 2.0
+ROBOTS, PERIOD_S, MAX_STEPS = 4, 0.02, 3000
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll until condition() holds; the time it took. Fails loudly at the deadline."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+def leader_of(cluster: LocalCluster, stage: int) -> ReplicaInfo | None:
+    table = open_routing_table(cluster.etcd_url, cluster.settings.cluster)
+    table.start()
+    try:
+        return table.snapshot()[stage].leader
+    finally:
+        table.stop()
+
+
+def replica_role(address: str) -> str:
+    with grpc.insecure_channel(address) as channel:
+        info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=2)
+        return str(info.role)
+
+
+@contextmanager
+def robots_stepping(cluster: LocalCluster) -> Iterator[list[SteppingRobot]]:
+    dim = cluster.model.observation_dim
+    with grpc.insecure_channel(cluster.address) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        robots = [
+            SteppingRobot(stub, observations(i, MAX_STEPS, dim), PERIOD_S) for i in range(ROBOTS)
+        ]
+        for robot in robots:
+            robot.start()
+        try:
+            yield robots
+        finally:
+            for robot in robots:
+                robot.stop()
+            for robot in robots:
+                robot.join(timeout=30)
+        check_nothing_lost_or_doubled(cluster, stub, robots)
+
+
+def progress(robots: list[SteppingRobot], steps: int) -> None:
+    """Wait until every robot has `steps` more acknowledged steps than now."""
+    targets = [r.acked + steps for r in robots]
+    wait_for(
+        lambda: (
+            all(r.acked >= t for r, t in zip(robots, targets, strict=True))
+            or any(r.error for r in robots)
+        ),
+        60,
+        f"{steps} more steps per robot",
+    )
+    assert not [r.error for r in robots if r.error]
+
+
+def check_nothing_lost_or_doubled(
+    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub, robots: list[SteppingRobot]
+) -> None:
+    model, _ = weights.load_model(cluster.weights_dir)
+    for robot in robots:
+        assert robot.error is None, robot.error
+        assert {o.code for o in robot.outcomes} <= {"OK", *SteppingRobot.RETRYABLE}
+        ok = [o for o in robot.outcomes if o.code == "OK"]
+        assert [o.seq for o in ok] == list(range(1, len(ok) + 1)), "a step was skipped or repeated"
+        assert all(o.serve_mode == session_pb2.FULL for o in ok)
+        info = stub.GetSession(
+            session_pb2.GetSessionRequest(session_id=robot.session_id), timeout=5
+        )
+        assert info.seq == len(ok), "the stored seq differs from the acknowledged steps"
+        want, _ = reference_run(model, robot.obs[: len(ok)])
+        for o, ref in zip(ok, want, strict=True):
+            assert o.action is not None and torch.allclose(o.action, ref, atol=1e-5), f"seq {o.seq}"
+
+
+def first_ok_after(robots: list[SteppingRobot], t: float) -> float:
+    return min(o.at for r in robots for o in r.outcomes if o.code == "OK" and o.at > t) - t
+
+
+def failed(robots: list[SteppingRobot]) -> list[str]:
+    return [o.code for r in robots for o in r.outcomes if o.code != "OK"]
+
+
+def test_kill_9_of_a_stage_leader(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        progress(robots, 20)
+        old = leader_of(cluster, 1)
+        assert old is not None
+        killed_at = time.monotonic()
+        cluster.replica_process(old.replica_id).kill()
+        took = wait_for(
+            lambda: (
+                (lead := leader_of(cluster, 1)) is not None and lead.replica_id != old.replica_id
+            ),
+            TTL_S + 3,
+            "a standby leads stage 1",
+        )
+        progress(robots, 20)
+        print(
+            f"kill -9: next FULL answer after {first_ok_after(robots, killed_at) * 1e3:.0f} ms; "
+            f"new leader in etcd after {took:.2f} s; failed steps {failed(robots)}"
+        )
+
+
+def test_hung_leader_is_suspected_and_later_serves_as_standby(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        progress(robots, 20)
+        old = leader_of(cluster, 2)
+        assert old is not None
+        pid = cluster.replica_process(old.replica_id).pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            progress(robots, 20)  # steps go on, on the standby, long before the lease runs out
+            wait_for(
+                lambda: (
+                    (lead := leader_of(cluster, 2)) is not None
+                    and lead.replica_id != old.replica_id
+                ),
+                TTL_S + 3,
+                "the standby takes the lease of the hung leader",
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(
+            lambda: replica_role(old.address) == "standby", 10, "the old leader serves as standby"
+        )
+        new = leader_of(cluster, 2)
+        assert new is not None and new.replica_id != old.replica_id
+        progress(robots, 20)
+        print(
+            f"SIGSTOP: next FULL answer after {first_ok_after(robots, stopped_at) * 1e3:.0f} ms; "
+            f"failed steps {failed(robots)}"
+        )
+
+
+def test_graceful_leader_shutdown_fails_no_step(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        progress(robots, 20)
+        old = leader_of(cluster, 0)
+        assert old is not None
+        cluster.replica_process(old.replica_id).stop()
+        wait_for(
+            lambda: (
+                (lead := leader_of(cluster, 0)) is not None and lead.replica_id != old.replica_id
+            ),
+            1.0,
+            "a standby leads stage 0 at once (the lease was revoked)",
+        )
+        progress(robots, 20)
+        assert failed(robots) == []
+
+
+def test_etcd_member_kill_fails_no_step(tmp_path: Path) -> None:
+    with EmbeddedEtcdCluster(3, tmp_path / "etcd") as etcd:
+        settings = cluster_settings(
+            tmp_path / "cluster", replicas=2, lease_ttl_s=TTL_S, etcd=etcd.url
+        )
+        with (
+            LocalCluster(settings, model=SMALL_MODEL) as cluster,
+            robots_stepping(cluster) as robots,
+        ):
+            progress(robots, 20)
+            etcd.leader_member().kill()
+            progress(robots, 50)
+            assert failed(robots) == []
+
+
+def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=1, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster:
+        other = weights.save(
+            ActionModel(SMALL_MODEL.model_copy(update={"seed": 1})), tmp_path / "weights-v2"
+        )
+        extra = [
+            cluster.start_shard(k, 1, tmp_path / "weights-v2") for k in range(SMALL_MODEL.n_stages)
+        ]
+        cluster.shards.extend(extra)
+        for shard in extra:
+            shard.wait_ready(60)
+        with robots_stepping(cluster) as robots:
+            progress(robots, 10)
+            cluster.replica_process("stage-1-r0").kill()  # stage 1 is left with a v2 replica only
+            wait_for(lambda: len(failed(robots)) >= 4, 10, "steps fail rather than mix versions")
+        served_v2 = []
+        for shard in extra:
+            with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
+                info = stage_pb2_grpc.StageServiceStub(channel).Info(
+                    stage_pb2.InfoRequest(), timeout=5
+                )
+                assert info.model_version == other.version
+                served_v2.append(info.forward_items_total)
+        assert served_v2 == [0] * SMALL_MODEL.n_stages, (
+            "a v2 replica computed a step of v1 sessions"
+        )
+        assert set(failed(robots)) == {"UNAVAILABLE"}
