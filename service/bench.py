@@ -136,9 +136,15 @@ def print_table(result: dict[str, object]) -> None:
 
 
 def main(settings: BenchSettings) -> int:
-    result = run(settings)
+    if settings.failover:
+        from service import bench_failover
+
+        result = bench_failover.run(settings)
+        show = bench_failover.print_table
+    else:
+        result, show = run(settings), print_table
     if settings.json_output:
         print(json.dumps(result))
     else:
-        print_table(result)
+        show(result)
     return 0

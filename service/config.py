@@ -180,6 +180,14 @@ class BenchSettings(ClusterSettings):
         5.0, gt=0, description="Seconds measured at each concurrency level."
     )
     json_output: bool = Field(False, description="Print one JSON object instead of a table.")
+    failover: bool = Field(
+        False,
+        description="Instead: kill -9 the middle stage's leader repeatedly under load and report the time to the next FULL answer (runs at least 2 replicas per stage).",
+    )
+    failover_kills: int = Field(10, ge=1, description="Leader kills in a --failover run.")
+    failover_robots: int = Field(
+        4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
+    )
 
 
 class StatusSettings(Settings):

@@ -124,6 +124,16 @@ class LocalCluster:
         name = "shard-" + replica_id.removeprefix("stage-")
         return next(s for s in self.shards if s.name == name)
 
+    def restart_replica(self, replica_id: str) -> ChildProcess:
+        """Start a dead (or stop a live) replica again under the same id; wait until ready."""
+        old = self.replica_process(replica_id)
+        old.stop()
+        stage, replica = replica_id.removeprefix("stage-").split("-r")
+        new = self.start_shard(int(stage), int(replica))
+        self.shards[self.shards.index(old)] = new
+        new.wait_ready(self.settings.start_timeout_s)
+        return new
+
     def stage_addresses(self) -> list[str]:
         """Every shard's address, stage by stage, replica by replica."""
         return [f"127.0.0.1:{s.ports['grpc_port']}" for s in self.shards]

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import StatusSettings
 from state.backends import open_routing_table
-from state.leadership import ReplicaInfo, StageView
+from state.leadership import LeadershipUnavailable, ReplicaInfo, StageView
 
 
 def probe(address: str, timeout_s: float) -> str:
@@ -59,6 +59,8 @@ def collect(settings: StatusSettings) -> dict[str, Any]:
     try:
         table.start()
         views = table.snapshot()
+    except LeadershipUnavailable as exc:
+        raise SystemExit(f"status: etcd {settings.etcd} unreachable: {exc}") from exc
     finally:
         table.stop()
     return {

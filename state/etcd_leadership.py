@@ -690,7 +690,12 @@ class EtcdRoutingTable:
                 _log.exception("routing table subscriber %r failed", callback)
 
     def _set_connected(self, connected: bool) -> None:
-        if connected != self._connected:
-            _log.info("routing table connected=%s revision=%d", connected, self._revision)
+        if connected and not self._connected:
+            _log.info("routing table connected to etcd again at revision=%d", self._revision)
+        elif self._connected and not connected and not self._stopping.is_set():
+            _log.warning(
+                "routing table lost etcd at revision=%d: routing on the last known table",
+                self._revision,
+            )
         self._connected = connected
         ETCD_CONNECTED.labels("routing_table").set(int(connected))

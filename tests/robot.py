@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
-
-import grpc
 import torch
 
 from service import tensor_codec
@@ -49,62 +44,3 @@ def reference_run(
         action, states = model.step(o.unsqueeze(0), states)
         actions.append(action[0])
     return actions, [s[0] for s in states]
-
-
-@dataclass
-class Outcome:
-    seq: int
-    at: float  # time.monotonic() when the answer arrived
-    code: str  # "OK" or the gRPC status name
-    serve_mode: int = 0
-    action: torch.Tensor | None = None
-
-
-class SteppingRobot(threading.Thread):
-    """A controller stepping one session at control rate; it retries a failed seq as is.
-
-    Records every answer, so a test can check that no step was lost or applied twice.
-    """
-
-    RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-
-    def __init__(
-        self, stub: session_pb2_grpc.SessionServiceStub, obs: list[torch.Tensor], period_s: float
-    ) -> None:
-        super().__init__(daemon=True)
-        self.stub, self.obs, self.period_s = stub, obs, period_s
-        self.session_id = open_session(stub)
-        self.outcomes: list[Outcome] = []
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    @property
-    def acked(self) -> int:
-        return sum(o.code == "OK" for o in self.outcomes)
-
-    def run(self) -> None:
-        seq = 1
-        try:
-            while seq <= len(self.obs) and not self._stop_event.is_set():
-                started = time.monotonic()
-                try:
-                    reply = self.stub.Step(
-                        step_request(self.session_id, seq, self.obs[seq - 1]), timeout=2.0
-                    )
-                except grpc.RpcError as exc:
-                    code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
-                    self.outcomes.append(Outcome(seq, time.monotonic(), code))
-                    if code not in self.RETRYABLE:
-                        raise
-                else:
-                    action = tensor_codec.decode(reply.action)
-                    self.outcomes.append(
-                        Outcome(seq, time.monotonic(), "OK", reply.serve_mode, action)
-                    )
-                    seq += 1
-                self._stop_event.wait(max(0.0, self.period_s - (time.monotonic() - started)))
-        except BaseException as exc:  # surfaced by the test through .error
-            self.error = exc

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
 
+from service.fleet import RETRYABLE, SteppingRobot
 from service.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
@@ -20,7 +26,7 @@ from state.backends import open_routing_table
 from state.embedded_etcd import EmbeddedEtcdCluster
 from state.leadership import ReplicaInfo
 from tests.conftest import SMALL_MODEL, cluster_settings
-from tests.robot import SteppingRobot, observations, reference_run
+from tests.robot import observations, reference_run
 
 TTL_S = 2.0
 ROBOTS, PERIOD_S, MAX_STEPS = 4, 0.02, 3000
@@ -91,7 +97,7 @@ def check_nothing_lost_or_doubled(
     model, _ = weights.load_model(cluster.weights_dir)
     for robot in robots:
         assert robot.error is None, robot.error
-        assert {o.code for o in robot.outcomes} <= {"OK", *SteppingRobot.RETRYABLE}
+        assert {o.code for o in robot.outcomes} <= {"OK", *RETRYABLE}
         ok = [o for o in robot.outcomes if o.code == "OK"]
         assert [o.seq for o in ok] == list(range(1, len(ok) + 1)), "a step was skipped or repeated"
         assert all(o.serve_mode == session_pb2.FULL for o in ok)
@@ -228,3 +234,87 @@ def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
             "a v2 replica computed a step of v1 sessions"
         )
         assert set(failed(robots)) == {"UNAVAILABLE"}
+
+
+def coordinator_metric(cluster: LocalCluster, sample: str) -> float | None:
+    assert cluster.coordinator is not None
+    port = cluster.coordinator.ports["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[1])
+    return None
+
+
+def status_json(cluster: LocalCluster) -> dict[str, Any]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "status",
+            "--etcd",
+            cluster.etcd_url,
+            "--cluster",
+            cluster.settings.cluster,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def test_status_shows_leaders_and_standbys_with_health(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster:
+        status = status_json(cluster)
+        assert [s["stage"] for s in status["stages"]] == [0, 1, 2]
+        version = status["stages"][0]["leader"]["model_version"]
+        for stage in status["stages"]:
+            assert stage["leader"]["health"] == "SERVING"
+            assert [r["health"] for r in stage["standbys"]] == ["SERVING"]
+            ids = {stage["leader"]["replica_id"], stage["standbys"][0]["replica_id"]}
+            assert ids == {f"stage-{stage['stage']}-r0", f"stage-{stage['stage']}-r1"}
+            assert {stage["leader"]["model_version"], stage["standbys"][0]["model_version"]} == {
+                version
+            }
+        standby = status["stages"][1]["standbys"][0]
+        cluster.replica_process(standby["replica_id"]).kill()
+        wait_for(
+            lambda: status_json(cluster)["stages"][1]["standbys"] == [],
+            TTL_S + 5,
+            "a dead standby leaves the status once its lease expires",
+        )
+
+
+def test_etcd_outage_keeps_routing_on_the_last_table(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    connected = 'actionmesh_etcd_connected{client="routing_table"}'
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        assert cluster.etcd is not None
+        progress(robots, 10)
+        cluster.etcd.kill()
+        wait_for(
+            lambda: coordinator_metric(cluster, connected) == 0.0, 15, "coordinator sees etcd gone"
+        )
+        progress(robots, 30)
+        cluster.etcd.restart()
+        wait_for(
+            lambda: coordinator_metric(cluster, connected) == 1.0, 30, "coordinator reconnects"
+        )
+        old = leader_of(cluster, 1)
+        assert old is not None
+        cluster.replica_process(old.replica_id).stop()  # a change after the restart is seen
+        wait_for(
+            lambda: (
+                (lead := leader_of(cluster, 1)) is not None and lead.replica_id != old.replica_id
+            ),
+            TTL_S + 3,
+            "a standby leads stage 1",
+        )
+        progress(robots, 20)
+        assert failed(robots) == []

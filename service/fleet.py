@@ -1,0 +1,84 @@
+"""Simulated robots stepping sessions at control rate, as a controller would: a failed step
+(UNAVAILABLE, DEADLINE_EXCEEDED) is retried with the same seq. Used by the bench and the tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from service import tensor_codec
+from service.proto import session_pb2, session_pb2_grpc
+
+RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seq: int
+    at: float  # time.monotonic() when the answer arrived
+    latency_s: float
+    code: str  # "OK" or the gRPC status name
+    serve_mode: int = 0
+    action: torch.Tensor | None = None
+
+
+class SteppingRobot(threading.Thread):
+    """Steps one session through `observations`, one per period, until stopped or done.
+
+    Records every answer, so a caller can check that no step was lost or applied twice.
+    """
+
+    def __init__(
+        self,
+        stub: session_pb2_grpc.SessionServiceStub,
+        observations: list[torch.Tensor],
+        period_s: float,
+        step_timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.stub, self.obs, self.period_s = stub, observations, period_s
+        self.step_timeout_s = step_timeout_s
+        opened = stub.OpenSession(session_pb2.OpenSessionRequest(client_id="robot"), timeout=10)
+        self.session_id = str(opened.session_id)
+        self.outcomes: list[Outcome] = []
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    @property
+    def acked(self) -> int:
+        return sum(o.code == "OK" for o in self.outcomes)
+
+    def _step(self, seq: int) -> Outcome:
+        request = session_pb2.StepRequest(
+            session_id=self.session_id, seq=seq, observation=tensor_codec.encode(self.obs[seq - 1])
+        )
+        sent = time.monotonic()
+        try:
+            reply = self.stub.Step(request, timeout=self.step_timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+            if code not in RETRYABLE:
+                raise
+            return Outcome(seq, time.monotonic(), time.monotonic() - sent, code)
+        now = time.monotonic()
+        action = tensor_codec.decode(reply.action)
+        return Outcome(seq, now, now - sent, "OK", reply.serve_mode, action)
+
+    def run(self) -> None:
+        seq = 1
+        try:
+            while seq <= len(self.obs) and not self._stop_event.is_set():
+                started = time.monotonic()
+                outcome = self._step(seq)
+                self.outcomes.append(outcome)
+                seq += outcome.code == "OK"
+                self._stop_event.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        except BaseException as exc:  # surfaced to the caller through .error
+            self.error = exc

@@ -1,0 +1,54 @@
+"""`actionmesh bench` prints the JSON keys scripts rely on (figures are not asserted: noisy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--log-level",
+            "WARNING",
+            "bench",
+            "--json",
+            "--port",
+            "0",
+            "--work-dir",
+            str(tmp_path / "bench"),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def test_bench_json_keys(tmp_path: Path) -> None:
+    out = bench(tmp_path, "--steps", "20", "--concurrency", "1,4", "--throughput-s", "1")
+    for key in (
+        "inprocess_p50_ms",
+        "inprocess_p99_ms",
+        "cluster_p50_ms",
+        "cluster_p99_ms",
+        "overhead_p50_ms",
+    ):
+        assert (isinstance(out[key], float) and out[key] > 0) or key == "overhead_p50_ms", key
+    assert set(out["steps_per_s"]) == {"1", "4"} and all(v > 0 for v in out["steps_per_s"].values())
+
+
+def test_bench_failover_json_keys(tmp_path: Path) -> None:
+    out = bench(tmp_path, "--failover", "--failover-kills", "2", "--stages", "3")
+    assert out["kills"] == 2
+    assert 0 < out["failover_p50_s"] <= out["failover_max_s"]
+    assert out["steps_ok"] > 0
