@@ -38,7 +38,7 @@ def test_bench_json_keys(tmp_path: Path) -> None:
     out = bench(tmp_path, "--steps", "20", "--concurrency", "1,4", "--throughput-s", "1")
     for key in ("inprocess_p50_ms", "inprocess_p99_ms", "cluster_p50_ms", "cluster_p99_ms"):
         assert out[key] > 0, key
-    assert out["overhead_p50_ms"] == round(out["cluster_p50_ms"] - out["inprocess_p50_ms"], 3)
+    assert abs(out["overhead_p50_ms"] - (out["cluster_p50_ms"] - out["inprocess_p50_ms"])) < 0.01
     assert set(out["steps_per_s"]) == {"1", "4"} and all(v > 0 for v in out["steps_per_s"].values())
 
 
