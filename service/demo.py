@@ -11,16 +11,13 @@ import torch
 
 from service import tensor_codec
 from service.config import DemoSettings
+from service.fleet import grpc_code_name
 from service.latency import percentile_ms
 from service.local_cluster import LocalCluster
 from service.proto import session_pb2, session_pb2_grpc
 from service.robot_sim import SimulatedArm
 
 _HEADER = f"{'seq':>6} {'latency_ms':>10} {'server_ms':>9} {'mode':<10} {'batch':>5}  model"
-
-
-def _code_name(code: int) -> str:
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
 def _requests(
@@ -68,7 +65,7 @@ def drive_robot(address: str, settings: DemoSettings) -> int:
             if item.HasField("error"):
                 failures += 1
                 print(
-                    f"{seq:>6} {'-':>10} {'-':>9} {_code_name(item.error.code):<10} {item.error.message}"
+                    f"{seq:>6} {'-':>10} {'-':>9} {grpc_code_name(item.error.code):<10} {item.error.message}"
                 )
             else:
                 latencies.append(latency)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -38,10 +40,15 @@ class SteppingRobot(threading.Thread):
         observations: list[torch.Tensor],
         period_s: float,
         step_timeout_s: float = 2.0,
+        streaming: bool = False,
     ) -> None:
+        """streaming: step over one StreamSteps stream (the normal control-loop mode) rather
+        than unary Step calls; the server's step_timeout_s then bounds each step."""
         super().__init__(daemon=True)
         self.stub, self.obs, self.period_s = stub, observations, period_s
-        self.step_timeout_s = step_timeout_s
+        self.step_timeout_s, self.streaming = step_timeout_s, streaming
+        self._outbox: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
+        self._replies: Iterator[session_pb2.StreamStepsReply] | None = None
         opened = stub.OpenSession(session_pb2.OpenSessionRequest(client_id="robot"), timeout=10)
         self.session_id = str(opened.session_id)
         self.outcomes: list[Outcome] = []
@@ -55,24 +62,45 @@ class SteppingRobot(threading.Thread):
     def acked(self) -> int:
         return sum(o.code == "OK" for o in self.outcomes)
 
+    def _send(self, request: session_pb2.StepRequest) -> session_pb2.StepReply:
+        """One step, unary or over the stream; raises _StepFailed with the status name."""
+        if self._replies is None:
+            try:
+                reply: session_pb2.StepReply = self.stub.Step(request, timeout=self.step_timeout_s)
+            except grpc.RpcError as exc:
+                raise _StepFailed(
+                    exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+                ) from exc
+            return reply
+        self._outbox.put(request)
+        item = next(self._replies)
+        if item.HasField("error"):
+            raise _StepFailed(grpc_code_name(item.error.code))
+        return item.reply
+
     def _step(self, seq: int) -> Outcome:
         request = session_pb2.StepRequest(
             session_id=self.session_id, seq=seq, observation=tensor_codec.encode(self.obs[seq - 1])
         )
         sent = time.monotonic()
         try:
-            reply = self.stub.Step(request, timeout=self.step_timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
-            if code not in RETRYABLE:
+            reply = self._send(request)
+        except _StepFailed as exc:
+            if exc.code not in RETRYABLE:
                 raise
-            return Outcome(seq, time.monotonic(), time.monotonic() - sent, code)
+            return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
         now = time.monotonic()
         action = tensor_codec.decode(reply.action)
         return Outcome(seq, now, now - sent, "OK", reply.serve_mode, action)
 
+    def _requests(self) -> Iterator[session_pb2.StepRequest]:
+        while (request := self._outbox.get()) is not None:
+            yield request
+
     def run(self) -> None:
         seq = 1
+        if self.streaming:
+            self._replies = self.stub.StreamSteps(self._requests())
         try:
             while seq <= len(self.obs) and not self._stop_event.is_set():
                 started = time.monotonic()
@@ -82,3 +110,16 @@ class SteppingRobot(threading.Thread):
                 self._stop_event.wait(max(0.0, self.period_s - (time.monotonic() - started)))
         except BaseException as exc:  # surfaced to the caller through .error
             self.error = exc
+        finally:
+            self._outbox.put(None)  # ends the stream, if any
+
+
+class _StepFailed(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def grpc_code_name(code: int) -> str:
+    """The name of a numeric gRPC status code, as a StepError carries it."""
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
