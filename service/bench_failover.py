@@ -37,7 +37,10 @@ def _leader(table: RoutingTable, stage: int) -> ReplicaInfo | None:
 
 
 def _first_full_after(robots: list[SteppingRobot], t: float) -> float | None:
-    times = [o.at for r in robots for o in list(r.outcomes) if o.code == "OK" and o.at > t]
+    """From t to the first FULL answer to a step sent after t (so it met the fault)."""
+    times = [
+        o.at for r in robots for o in list(r.outcomes) if o.code == "OK" and o.at - o.latency_s > t
+    ]
     return min(times) - t if times else None
 
 
