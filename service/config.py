@@ -79,6 +79,11 @@ class CoordinatorSettings(Settings):
         ge=1,
         description="Batches in the pipeline at once (stage k works on one while stage k+1 works on another).",
     )
+    observation_log_depth: int = Field(
+        64,
+        ge=0,
+        description="Observations kept per session for replay; lag beyond it resets the state.",
+    )
     max_observation_bytes: int = Field(
         65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
     )

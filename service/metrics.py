@@ -39,6 +39,14 @@ SHARD_FORWARD_LATENCY = Histogram(
 SHARD_FORWARD_ITEMS = Counter(
     "actionmesh_shard_forward_items_total", "Session items computed by this shard.", ["stage"]
 )
+REPLAYED_STEPS = Counter(
+    "actionmesh_replayed_steps_total",
+    "Logged observations replayed to bring lagging stage states level.",
+)
+STATE_RESETS = Counter(
+    "actionmesh_state_resets_total",
+    "Sessions whose state was reset because the observation log no longer reached back.",
+)
 REPLICA_SUSPECTED = Counter(
     "actionmesh_replica_suspected_total",
     "Stage calls that failed or missed their deadline; the replica was banned and the stage retried.",

@@ -44,6 +44,15 @@ def encode(tensor: torch.Tensor) -> tensor_pb2.Tensor:
     )
 
 
+def to_bytes(tensor: torch.Tensor) -> bytes:
+    """The serialized Tensor message: how tensors are stored (state, observation log)."""
+    return encode(tensor).SerializeToString()
+
+
+def from_bytes(data: bytes) -> torch.Tensor:
+    return decode(tensor_pb2.Tensor.FromString(data))
+
+
 def decode(message: tensor_pb2.Tensor) -> torch.Tensor:
     """A fresh (writable, owned) tensor; raises TensorDecodeError on a malformed message."""
     dtype = _FROM_PROTO.get(message.dtype)

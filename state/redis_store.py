@@ -1,8 +1,11 @@
-"""SessionStore on Redis: one hash per session, created and committed by Lua so each is atomic.
+"""SessionStore on Redis: one hash and one list per session, written by Lua so each is atomic.
 
 Key layout (the braces are a Redis Cluster hash tag, so every key of a session shares a slot):
-`am:{<session_id>}:session` with fields `seq`, `model_version`, `ttl_s`, `client_id`, `reply`,
-and per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`.
+- `am:{<session_id>}:session`, a hash: `seq`, `model_version`, `ttl_s`, `client_id`, `reply`;
+  per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
+  `anchor_seq` and `anchor:<k>` (every stage's state at the last level step).
+- `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
+  followed by the observation's bytes.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from tenacity import (
 
 from state.metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
 from state.session import (
+    Anchor,
     CommitOutcome,
     CommitStatus,
     SessionId,
     SessionRecord,
     StageIndex,
     StageState,
+    StepCommit,
 )
 from state.store import StoreUnavailable
 
@@ -55,8 +60,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS[1] session hash; ARGV[1] expected seq, ARGV[2] new seq, ARGV[3] ttl in ms,
-# ARGV[4..] field/value pairs. Replies {status, seq}; a replayed commit sees its own seq: CONFLICT.
+# KEYS[1] session hash, KEYS[2] observation log; ARGV[1] expected seq, ARGV[2] new seq,
+# ARGV[3] ttl in ms, ARGV[4] number of stages, ARGV[5] log limit, ARGV[6] log entry (may be
+# empty), ARGV[7] reply, ARGV[8..] stage index / state / seq triples.
+# Replies {status, seq}; a replayed commit sees its own seq: CONFLICT.
 _COMMIT_LUA = """
 local current = redis.call('HGET', KEYS[1], 'seq')
 if not current then
@@ -65,10 +72,45 @@ end
 if tonumber(current) ~= tonumber(ARGV[1]) then
   return {'conflict', current}
 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[2], unpack(ARGV, 4))
+local n_stages = tonumber(ARGV[4])
+local stage_seq = function(k)
+  return tonumber(redis.call('HGET', KEYS[1], 'stage:' .. k .. ':seq') or '0')
+end
+local was_level = true
+for k = 0, n_stages - 1 do
+  if stage_seq(k) ~= tonumber(ARGV[1]) then was_level = false end
+end
+local advanced = {}
+for i = 8, #ARGV, 3 do advanced[tonumber(ARGV[i])] = true end
+local level_after = true
+for k = 0, n_stages - 1 do
+  if not advanced[k] then level_after = false end
+end
+if was_level and not level_after then
+  redis.call('HSET', KEYS[1], 'anchor_seq', ARGV[1])
+  for k = 0, n_stages - 1 do
+    local state = redis.call('HGET', KEYS[1], 'stage:' .. k)
+    if state then redis.call('HSET', KEYS[1], 'anchor:' .. k, state) end
+  end
+elseif level_after and redis.call('HEXISTS', KEYS[1], 'anchor_seq') == 1 then
+  redis.call('HDEL', KEYS[1], 'anchor_seq')
+  for k = 0, n_stages - 1 do redis.call('HDEL', KEYS[1], 'anchor:' .. k) end
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[2], 'reply', ARGV[7])
+for i = 8, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], 'stage:' .. ARGV[i], ARGV[i + 1], 'stage:' .. ARGV[i] .. ':seq', ARGV[i + 2])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local limit = tonumber(ARGV[5])
+if limit > 0 and #ARGV[6] > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[6])
+  redis.call('LTRIM', KEYS[2], -limit, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 return {'committed', ARGV[2]}
 """
+
+_SEQ_BYTES = 8
 
 
 class RedisSessionStore:
@@ -100,32 +142,55 @@ class RedisSessionStore:
         fields = self._call("load", lambda: self._client.hgetall(key))
         return _parse_record(session_id, cast("dict[bytes, bytes]", fields)) if fields else None
 
-    def commit(
-        self,
-        session_id: SessionId,
-        expected_seq: int,
-        new_seq: int,
-        stage_states: dict[StageIndex, StageState],
-        last_reply: bytes,
-        ttl_s: float,
-    ) -> CommitOutcome:
-        if new_seq <= expected_seq:  # an equal seq would make a replayed commit look new
-            raise ValueError(f"session={session_id} new_seq {new_seq} <= expected {expected_seq}")
-        key = _session_key(session_id)
-        args: list[int | str | bytes] = [expected_seq, new_seq, _ttl_ms(ttl_s)]
-        args += ["reply", last_reply, "ttl_s", str(ttl_s), *_stage_fields(stage_states)]
+    def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
+        if step.new_seq <= step.expected_seq:  # an equal seq would make a replayed commit look new
+            raise ValueError(
+                f"session={session_id} new_seq {step.new_seq} <= expected {step.expected_seq}"
+            )
+        keys = [_session_key(session_id), _log_key(session_id)]
+        entry = (
+            step.new_seq.to_bytes(_SEQ_BYTES, "big") + step.observation if step.observation else b""
+        )
+        args: list[int | str | bytes] = [
+            step.expected_seq,
+            step.new_seq,
+            _ttl_ms(step.ttl_s),
+            step.n_stages,
+            step.log_limit,
+            entry,
+            step.last_reply,
+        ]
+        for k, state in sorted(step.stage_states.items()):
+            args += [k, state.data, state.seq]
         with REDIS_COMMIT_SECONDS.time():
-            reply = self._call("commit", lambda: self._commit_script([key], args))
+            reply = self._call("commit", lambda: self._commit_script(keys, args))
         outcome = _parse_outcome(cast("list[bytes]", reply))
         if outcome.status is not CommitStatus.COMMITTED:
             _log.info(
                 "session=%s commit %s: expected_seq=%d current_seq=%s",
                 session_id,
                 outcome.status.value,
-                expected_seq,
+                step.expected_seq,
                 outcome.current_seq,
             )
         return outcome
+
+    def observations(
+        self, session_id: SessionId, first_seq: int, last_seq: int
+    ) -> list[bytes] | None:
+        key = _log_key(session_id)
+        entries = cast(
+            "list[bytes]", self._call("observations", lambda: self._client.lrange(key, 0, -1))
+        )
+        by_seq = {int.from_bytes(e[:_SEQ_BYTES], "big"): e[_SEQ_BYTES:] for e in entries}
+        wanted = range(first_seq, last_seq + 1)
+        if any(seq not in by_seq for seq in wanted):
+            return None
+        return [by_seq[seq] for seq in wanted]
+
+    def log_depth(self, session_id: SessionId) -> int:
+        key = _log_key(session_id)
+        return int(self._call("log_depth", lambda: self._client.llen(key)))
 
     def ttl_left_s(self, session_id: SessionId) -> float | None:
         key = _session_key(session_id)
@@ -135,8 +200,8 @@ class RedisSessionStore:
         return math.inf if ms == -1 else ms / 1000.0  # -1: a key without expiry (set by hand)
 
     def delete(self, session_id: SessionId) -> bool:
-        key = _session_key(session_id)
-        return self._call("delete", lambda: self._client.unlink(key), retry=False) > 0
+        keys = [_session_key(session_id), _log_key(session_id)]
+        return self._call("delete", lambda: self._client.unlink(*keys), retry=False) > 0
 
     def ping(self) -> bool:
         """False, not an exception, when Redis does not answer: this is a health probe."""
@@ -184,6 +249,10 @@ def _session_key(session_id: SessionId) -> str:
     return f"am:{{{session_id}}}:session"
 
 
+def _log_key(session_id: SessionId) -> str:
+    return f"am:{{{session_id}}}:obslog"
+
+
 def _ttl_ms(ttl_s: float) -> int:
     if not ttl_s > 0:
         raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
@@ -216,6 +285,7 @@ def _record_fields(record: SessionRecord) -> list[int | str | bytes]:
 def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionRecord:
     data: dict[StageIndex, bytes] = {}
     seqs: dict[StageIndex, int] = {}
+    anchored: dict[StageIndex, bytes] = {}
     for name, value in fields.items():
         parts = name.split(b":")
         if parts[0] == b"stage":
@@ -224,6 +294,9 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
                 seqs[k] = int(value)
             else:
                 data[k] = value
+        elif parts[0] == b"anchor":
+            anchored[StageIndex(int(parts[1]))] = value
+    anchor_seq = fields.get(b"anchor_seq")
     return SessionRecord(
         session_id=session_id,
         seq=int(fields[b"seq"]),
@@ -232,6 +305,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         client_id=fields[b"client_id"].decode(),
         stage_states={k: StageState(seq=seqs[k], data=data[k]) for k in sorted(data)},
         last_reply=fields[b"reply"],
+        anchor=Anchor(int(anchor_seq), anchored) if anchor_seq is not None else None,
     )
 
 

@@ -22,6 +22,19 @@ class StageState:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """Every stage's state at `seq`, the last step at which all stages were level.
+
+    Kept while some stage lags: replay starts here, since a lagging stage's inputs are the
+    earlier stages' outputs at the missed steps, which only a run from a level point gives.
+    Stages without an entry were fresh at `seq`.
+    """
+
+    seq: int
+    states: dict[StageIndex, bytes]
+
+
+@dataclass(frozen=True)
 class SessionRecord:
     """Everything a coordinator needs to serve the next step of a session."""
 
@@ -32,6 +45,21 @@ class SessionRecord:
     client_id: str = ""
     stage_states: dict[StageIndex, StageState] = field(default_factory=dict)
     last_reply: bytes = b""
+    anchor: Anchor | None = None
+
+
+@dataclass(frozen=True)
+class StepCommit:
+    """What one step writes, all at once, if the session is still at expected_seq."""
+
+    expected_seq: int
+    new_seq: int
+    stage_states: dict[StageIndex, StageState]  # the stages this step advanced; others keep theirs
+    last_reply: bytes
+    ttl_s: float
+    n_stages: int  # so the store can tell whether every stage is level after the commit
+    observation: bytes = b""  # logged under new_seq, for replay
+    log_limit: int = 0  # keep at most this many observations; 0 keeps no log
 
 
 class CommitStatus(enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from state.session import CommitOutcome, SessionId, SessionRecord, StageIndex, StageState
+from state.session import CommitOutcome, SessionId, SessionRecord, StepCommit
 
 
 class StoreUnavailable(Exception):
@@ -18,16 +18,19 @@ class SessionStore(Protocol):
     def load(self, session_id: SessionId) -> SessionRecord | None:
         """The session as stored, or None when unknown or expired."""
 
-    def commit(
-        self,
-        session_id: SessionId,
-        expected_seq: int,
-        new_seq: int,
-        stage_states: dict[StageIndex, StageState],
-        last_reply: bytes,
-        ttl_s: float,
-    ) -> CommitOutcome:
-        """Atomically advance the session from expected_seq to new_seq and refresh its TTL."""
+    def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
+        """Atomically advance the session from step.expected_seq to step.new_seq: states, reply,
+        observation log (trimmed), anchor (set when a stage starts lagging, dropped once all
+        are level again), TTL refreshed."""
+
+    def observations(
+        self, session_id: SessionId, first_seq: int, last_seq: int
+    ) -> list[bytes] | None:
+        """The logged observations of steps first_seq..last_seq, or None if the log no longer
+        reaches back to first_seq."""
+
+    def log_depth(self, session_id: SessionId) -> int:
+        """How many observations the session's log holds."""
 
     def ttl_left_s(self, session_id: SessionId) -> float | None:
         """Seconds before the session expires, or None when unknown or expired."""

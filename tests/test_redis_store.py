@@ -14,7 +14,15 @@ from prometheus_client import REGISTRY
 
 from state.embedded_redis import EmbeddedRedis
 from state.redis_store import RETRY_ATTEMPTS, RedisSessionStore
-from state.session import CommitStatus, SessionId, SessionRecord, StageIndex, StageState
+from state.session import (
+    Anchor,
+    CommitStatus,
+    SessionId,
+    SessionRecord,
+    StageIndex,
+    StageState,
+    StepCommit,
+)
 from state.store import StoreUnavailable
 
 pytestmark = pytest.mark.timeout(30)
@@ -57,6 +65,12 @@ def stages_at(seq: int) -> dict[StageIndex, StageState]:
     return {StageIndex(k): StageState(seq, bytes([0, 255, k, seq]) * 3) for k in range(3)}
 
 
+def step(
+    expected: int, new: int, states: dict[StageIndex, StageState], reply: bytes, ttl_s: float
+) -> StepCommit:
+    return StepCommit(expected, new, states, reply, ttl_s, n_stages=3)
+
+
 def retries(operation: str) -> float:
     labels = {"operation": operation}
     return REGISTRY.get_sample_value("actionmesh_state_retries_total", labels) or 0.0
@@ -84,7 +98,7 @@ def test_create_twice_fails(store: RedisSessionStore) -> None:
 def test_commit_with_expected_seq(store: RedisSessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
-    outcome = store.commit(sid, 0, 1, stages_at(1), b"reply-1", ttl_s=10.0)
+    outcome = store.commit(sid, step(0, 1, stages_at(1), b"reply-1", 10.0))
     assert (outcome.status, outcome.current_seq) == (CommitStatus.COMMITTED, 1)
     loaded = store.load(sid)
     assert loaded is not None
@@ -95,7 +109,7 @@ def test_commit_with_expected_seq(store: RedisSessionStore) -> None:
 def test_commit_of_some_stages_keeps_the_others(store: RedisSessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
-    store.commit(sid, 0, 1, {StageIndex(2): StageState(1, b"s2")}, b"early-exit", ttl_s=10.0)
+    store.commit(sid, step(0, 1, {StageIndex(2): StageState(1, b"s2")}, b"early-exit", 10.0))
     loaded = store.load(sid)
     assert loaded is not None
     assert loaded.stage_states[StageIndex(0)] == StageState(0, b"")
@@ -105,10 +119,10 @@ def test_commit_of_some_stages_keeps_the_others(store: RedisSessionStore) -> Non
 def test_stale_commit_conflicts_and_changes_nothing(store: RedisSessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid, ttl_s=5.0))
-    store.commit(sid, 0, 1, stages_at(1), b"reply-1", ttl_s=5.0)
-    store.commit(sid, 1, 2, stages_at(2), b"reply-2", ttl_s=5.0)
+    store.commit(sid, step(0, 1, stages_at(1), b"reply-1", 5.0))
+    store.commit(sid, step(1, 2, stages_at(2), b"reply-2", 5.0))
     before = store.load(sid)
-    outcome = store.commit(sid, 0, 1, stages_at(7), b"stale", ttl_s=60.0)
+    outcome = store.commit(sid, step(0, 1, stages_at(7), b"stale", 60.0))
     assert (outcome.status, outcome.current_seq) == (CommitStatus.CONFLICT, 2)
     assert store.load(sid) == before
     ttl_left = store.ttl_left_s(sid)
@@ -118,9 +132,9 @@ def test_stale_commit_conflicts_and_changes_nothing(store: RedisSessionStore) ->
 def test_retried_commit_sees_its_own_seq(store: RedisSessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
-    assert store.commit(sid, 0, 1, stages_at(1), b"r1", 10.0).status is CommitStatus.COMMITTED
+    assert store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0)).status is CommitStatus.COMMITTED
     after_first = store.load(sid)
-    outcome = store.commit(sid, 0, 1, stages_at(1), b"r1", 10.0)
+    outcome = store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0))
     assert (outcome.status, outcome.current_seq) == (CommitStatus.CONFLICT, 1)
     assert store.load(sid) == after_first
 
@@ -131,7 +145,7 @@ def test_commit_refreshes_ttl(store: RedisSessionStore, raw: redis.Redis) -> Non
     key = f"am:{{{sid}}}:session"
     before_ms = raw.pttl(key)
     assert 0 < before_ms <= 2000
-    store.commit(sid, 0, 1, stages_at(1), b"r1", ttl_s=30.0)
+    store.commit(sid, step(0, 1, stages_at(1), b"r1", 30.0))
     assert raw.pttl(key) > 25_000
     ttl_left = store.ttl_left_s(sid)
     assert ttl_left is not None and 25.0 < ttl_left <= 30.0
@@ -144,7 +158,7 @@ def test_expired_session_is_gone(store: RedisSessionStore) -> None:
     while store.load(sid) is not None:
         assert time.monotonic() < deadline, f"session={sid} outlived its 0.3 s TTL"
         time.sleep(0.02)
-    outcome = store.commit(sid, 0, 1, stages_at(1), b"r1", ttl_s=10.0)
+    outcome = store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0))
     assert (outcome.status, outcome.current_seq) == (CommitStatus.GONE, None)
     assert store.ttl_left_s(sid) is None
     assert store.load(sid) is None  # the failed commit did not resurrect it
@@ -161,7 +175,7 @@ def test_delete(store: RedisSessionStore) -> None:
 def test_every_key_carries_the_hash_tag(store: RedisSessionStore, raw: redis.Redis) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
-    store.commit(sid, 0, 1, stages_at(1), b"r1", ttl_s=10.0)
+    store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0))
     keys = [key.decode() for key in raw.scan_iter(match=f"*{sid}*")]
     assert keys
     assert all(key.startswith(f"am:{{{sid}}}:") for key in keys), keys
@@ -182,7 +196,7 @@ def test_stopped_server_makes_store_unavailable_quickly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2.0
     assert retries("load") - retries_before == RETRY_ATTEMPTS - 1
     with pytest.raises(StoreUnavailable):
-        store.commit(SessionId("s1"), 0, 1, stages_at(1), b"r1", ttl_s=10.0)
+        store.commit(SessionId("s1"), step(0, 1, stages_at(1), b"r1", 10.0))
     assert store.ping() is False
     store.close()
 
@@ -194,3 +208,64 @@ def test_stop_ends_the_redis_process(tmp_path: Path) -> None:
     embedded.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def logged(store: RedisSessionStore, sid: SessionId, steps: int, limit: int) -> None:
+    for seq in range(1, steps + 1):
+        commit = StepCommit(
+            seq - 1, seq, stages_at(seq), b"r", 10.0, 3, f"obs{seq}".encode(), limit
+        )
+        assert store.commit(sid, commit).status is CommitStatus.COMMITTED
+
+
+def test_observation_log_keeps_the_last_n(store: RedisSessionStore) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    logged(store, sid, steps=10, limit=4)
+    assert store.log_depth(sid) == 4
+    assert store.observations(sid, 7, 10) == [b"obs7", b"obs8", b"obs9", b"obs10"]
+    assert store.observations(sid, 9, 9) == [b"obs9"]
+    assert store.observations(sid, 6, 10) is None, "seq 6 was trimmed away"
+    assert store.observations(sid, 10, 11) is None, "seq 11 was never logged"
+
+
+def test_delete_removes_the_log_too(store: RedisSessionStore, raw: redis.Redis) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    logged(store, sid, steps=3, limit=8)
+    assert store.delete(sid)
+    assert list(raw.scan_iter(match=f"am:{{{sid}}}:*")) == []
+
+
+def test_anchor_is_set_when_a_stage_starts_lagging_and_dropped_once_level(
+    store: RedisSessionStore,
+) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    logged(store, sid, steps=3, limit=8)
+    level = store.load(sid)
+    assert level is not None and level.anchor is None
+    early = {k: v for k, v in stages_at(4).items() if k != 2}  # stage 2 is down
+    store.commit(sid, StepCommit(3, 4, early, b"r4", 10.0, 3, b"obs4", 8))
+    store.commit(
+        sid,
+        StepCommit(
+            4, 5, {k: v for k, v in stages_at(5).items() if k != 2}, b"r5", 10.0, 3, b"obs5", 8
+        ),
+    )
+    lagging = store.load(sid)
+    assert lagging is not None
+    assert lagging.anchor == Anchor(3, {k: s.data for k, s in stages_at(3).items()})
+    assert [lagging.stage_states[StageIndex(k)].seq for k in range(3)] == [5, 5, 3]
+    store.commit(sid, StepCommit(5, 6, stages_at(6), b"r6", 10.0, 3, b"obs6", 8))
+    caught_up = store.load(sid)
+    assert caught_up is not None and caught_up.anchor is None
+    assert [caught_up.stage_states[StageIndex(k)].seq for k in range(3)] == [6, 6, 6]
+
+
+def test_anchor_of_a_fresh_session_has_no_states(store: RedisSessionStore) -> None:
+    sid = new_id()
+    store.create(SessionRecord(sid, 0, "v1", 10.0))
+    store.commit(sid, StepCommit(0, 1, {StageIndex(0): StageState(1, b"s0")}, b"r1", 10.0, 3))
+    record = store.load(sid)
+    assert record is not None and record.anchor == Anchor(0, {})

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from service import tensor_codec
 from service.coordinator import replies
 from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
+from service.coordinator.replay import level_states
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -28,7 +30,14 @@ from service.errors import (
 )
 from service.metrics import STORED_REPLIES
 from service.model.config import ModelConfig
-from state.session import CommitStatus, SessionId, SessionRecord, StageIndex, StageState
+from state.session import (
+    CommitStatus,
+    SessionId,
+    SessionRecord,
+    StageIndex,
+    StageState,
+    StepCommit,
+)
 from state.store import SessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,7 @@ class OpenedSession:
 class SessionSummary:
     record: SessionRecord
     ttl_left_s: float
+    log_depth: int
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class SessionEngine:
         model_version: str,
         default_ttl_s: float,
         max_ttl_s: float,
+        log_depth: int,
     ) -> None:
         self.store, self.batcher, self.model, self.model_version = (
             store,
@@ -70,7 +81,7 @@ class SessionEngine:
             model,
             model_version,
         )
-        self.default_ttl_s, self.max_ttl_s = default_ttl_s, max_ttl_s
+        self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
 
     def open(self, ttl_s: float, client_id: str) -> OpenedSession:
         if ttl_s < 0:
@@ -87,9 +98,10 @@ class SessionEngine:
         with _store_errors():
             record = self.store.load(SessionId(session_id))
             ttl_left = self.store.ttl_left_s(SessionId(session_id))
+            log_depth = self.store.log_depth(SessionId(session_id))
         if record is None or ttl_left is None:
             raise _not_found(session_id)
-        return SessionSummary(record, ttl_left)
+        return SessionSummary(record, ttl_left, log_depth)
 
     def close(self, session_id: str) -> bool:
         with _store_errors():
@@ -134,12 +146,16 @@ class SessionEngine:
                 f"session={session_id} runs model {record.model_version}; this coordinator serves "
                 f"{self.model_version}: open a new session"
             )
-        states = [
-            record.stage_states.get(StageIndex(k), StageState(0, b"")).data
-            for k in range(self.model.n_stages)
-        ]
+
+        def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
+            return self._compute(
+                PipelineInput(session_id, s, obs, states, deadline), deadline
+            ).value.states
+
+        with _store_errors():
+            level = level_states(record, self.model.n_stages, self.store, replay_step)
         done = self._compute(
-            PipelineInput(session_id, seq, observation, states, deadline), deadline
+            PipelineInput(session_id, seq, observation, level.states, deadline), deadline
         )
         output = done.value
         outcome = replies.StepOutcome(
@@ -155,10 +171,21 @@ class SessionEngine:
             stage_ms=output.stage_ms,
             observation_timestamp_s=timestamp_s,
             batch_size=done.batch_size,
+            replayed_steps=level.replayed_steps,
+            state_reset=level.reset,
         )
         reply = replies.encode(outcome)
-        new_states = {StageIndex(k): StageState(seq, data) for k, data in enumerate(output.states)}
-        return self._commit(record, seq, new_states, reply)
+        commit = StepCommit(
+            expected_seq=record.seq,
+            new_seq=seq,
+            stage_states={StageIndex(k): StageState(seq, d) for k, d in enumerate(output.states)},
+            last_reply=reply,
+            ttl_s=record.ttl_s,
+            n_stages=self.model.n_stages,
+            observation=tensor_codec.to_bytes(observation),
+            log_limit=self.log_depth,
+        )
+        return self._commit(record, commit)
 
     def _compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
         future = self.batcher.submit(item)
@@ -170,15 +197,12 @@ class SessionEngine:
                 "the session was not advanced, retry the same seq"
             ) from exc
 
-    def _commit(
-        self, record: SessionRecord, seq: int, states: dict[StageIndex, StageState], reply: bytes
-    ) -> StepAnswer:
+    def _commit(self, record: SessionRecord, commit: StepCommit) -> StepAnswer:
+        seq = commit.new_seq
         with _store_errors():
-            outcome = self.store.commit(
-                record.session_id, record.seq, seq, states, reply, record.ttl_s
-            )
+            outcome = self.store.commit(record.session_id, commit)
         if outcome.status is CommitStatus.COMMITTED:
-            return StepAnswer(reply, "FULL", recomputed=True)
+            return StepAnswer(commit.last_reply, "FULL", recomputed=True)
         if outcome.status is CommitStatus.GONE:
             raise _not_found(record.session_id)
         with _store_errors():

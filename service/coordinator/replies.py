@@ -25,6 +25,8 @@ class StepOutcome:
     observation_timestamp_s: float
     batch_size: int
     exit_stage: int = 0
+    replayed_steps: int = 0
+    state_reset: bool = False
 
 
 def encode(outcome: StepOutcome) -> bytes:
@@ -44,5 +46,7 @@ def encode(outcome: StepOutcome) -> bytes:
         ),
         observation_timestamp_s=outcome.observation_timestamp_s,
         batch_size=outcome.batch_size,
+        replayed_steps=outcome.replayed_steps,
+        state_reset=outcome.state_reset,
     )
     return reply.SerializeToString(deterministic=True)

@@ -52,7 +52,13 @@ def run(settings: CoordinatorSettings) -> None:
         settings.max_inflight_batches,
     )
     engine = SessionEngine(
-        store, batcher, model, version, settings.session_ttl_s, settings.max_session_ttl_s
+        store,
+        batcher,
+        model,
+        version,
+        settings.session_ttl_s,
+        settings.max_session_ttl_s,
+        settings.observation_log_depth,
     )
     servicer = SessionServicer(engine, settings.step_timeout_s, settings.max_observation_bytes)
 

@@ -87,7 +87,7 @@ class StepTiming(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., stages_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., stage_ms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StepReply(_message.Message):
-    __slots__ = ("session_id", "seq", "action", "serve_mode", "exit_stage", "confidence", "model_version", "timing", "observation_timestamp_s", "batch_size")
+    __slots__ = ("session_id", "seq", "action", "serve_mode", "exit_stage", "confidence", "model_version", "timing", "observation_timestamp_s", "batch_size", "replayed_steps", "state_reset")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class StepReply(_message.Message):
     TIMING_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STATE_RESET_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     action: _tensor_pb2.Tensor
@@ -108,7 +110,9 @@ class StepReply(_message.Message):
     timing: StepTiming
     observation_timestamp_s: float
     batch_size: int
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    replayed_steps: int
+    state_reset: bool
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., replayed_steps: _Optional[int] = ..., state_reset: _Optional[bool] = ...) -> None: ...
 
 class StepError(_message.Message):
     __slots__ = ("code", "message", "current_seq")

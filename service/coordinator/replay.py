@@ -1,0 +1,66 @@
+"""Bring a session's stage states level before a step, by replaying its observation log.
+
+Stages lag when steps were answered without them (a stage was down; later issues add model
+version changes). A lagging stage's inputs at the missed steps are the earlier stages'
+outputs at those steps, so replay runs the whole pipeline from the anchor: every stage's
+state at the last level step, kept by the store while some stage lags. The result equals a
+session that never saw the failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from service import tensor_codec
+from service.metrics import REPLAYED_STEPS, STATE_RESETS
+from state.session import SessionRecord, StageIndex, StageState
+from state.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+# Computes one step of one session from the given per-stage states; returns the new states.
+StepFn = Callable[[int, torch.Tensor, list[bytes]], list[bytes]]
+
+
+@dataclass(frozen=True)
+class LevelStates:
+    states: list[bytes]  # per stage, all reflecting record.seq (b"" = fresh)
+    replayed_steps: int = 0
+    reset: bool = False  # the log did not reach back: the states are fresh, history is lost
+
+
+def level_states(
+    record: SessionRecord, n_stages: int, store: SessionStore, step: StepFn
+) -> LevelStates:
+    current = [record.stage_states.get(StageIndex(k), StageState(0, b"")) for k in range(n_stages)]
+    if all(s.seq == record.seq for s in current):
+        return LevelStates([s.data for s in current])
+    anchor = record.anchor
+    logged = None
+    if anchor is not None:
+        logged = store.observations(record.session_id, anchor.seq + 1, record.seq)
+    if anchor is None or logged is None:
+        STATE_RESETS.inc()
+        log.warning(
+            "session=%s seq=%d stage states lag %s and the observation log does not reach back "
+            "to the last level step: state reset",
+            record.session_id,
+            record.seq,
+            [s.seq for s in current],
+        )
+        return LevelStates([b""] * n_stages, reset=True)
+    states = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
+    for i, observation in enumerate(logged):
+        states = step(anchor.seq + 1 + i, tensor_codec.from_bytes(observation), states)
+    REPLAYED_STEPS.inc(len(logged))
+    log.info(
+        "session=%s replayed seq %d..%d to bring stages level",
+        record.session_id,
+        anchor.seq + 1,
+        record.seq,
+    )
+    return LevelStates(states, replayed_steps=len(logged))
