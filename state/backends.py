@@ -22,7 +22,7 @@ def open_replica_membership(
 ) -> ReplicaMembership:
     """A replica's registration and campaign for its stage; call start() to begin."""
     if urlparse(url).scheme == "etcd":
-        from state.etcd_leadership import EtcdReplicaMembership
+        from state.etcd_membership import EtcdReplicaMembership
 
         return EtcdReplicaMembership(url, cluster, info, lease_ttl_s)
     raise ValueError(f"unsupported leadership URL {url!r}: use etcd://host:port[,host:port...]")
@@ -31,7 +31,7 @@ def open_replica_membership(
 def open_routing_table(url: str, cluster: str) -> RoutingTable:
     """A coordinator's view of every stage's leader and replicas; call start() to load it."""
     if urlparse(url).scheme == "etcd":
-        from state.etcd_leadership import EtcdRoutingTable
+        from state.etcd_routing import EtcdRoutingTable
 
         return EtcdRoutingTable(url, cluster)
     raise ValueError(f"unsupported leadership URL {url!r}: use etcd://host:port[,host:port...]")

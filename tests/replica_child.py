@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from state.etcd_leadership import EtcdReplicaMembership
+from state.etcd_membership import EtcdReplicaMembership
 from state.leadership import ReplicaInfo, Role
 
 

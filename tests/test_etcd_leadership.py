@@ -20,12 +20,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from state.embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster
-from state.etcd_leadership import (
-    EtcdReplicaMembership,
-    EtcdRoutingTable,
-    parse_etcd_url,
-    stage_views,
-)
+from state.etcd_client import parse_etcd_url
+from state.etcd_keys import stage_views
+from state.etcd_membership import EtcdReplicaMembership
+from state.etcd_routing import EtcdRoutingTable
 from state.leadership import ReplicaInfo, Role, StageView
 
 pytestmark = pytest.mark.timeout(60)

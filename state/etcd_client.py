@@ -1,0 +1,254 @@
+"""The one file that imports pyetcd: `EtcdConnection` wraps its multi-endpoint client with
+types, failover and error translation (every failure is EtcdUnavailable, LeaseNotFound or
+RevisionCompacted), plus the retry pacing shared by the leadership classes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+import pyetcd
+import pyetcd.events
+import pyetcd.exceptions
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 2379
+# pyetcd marks a failed endpoint unusable for time_retry seconds (default 300): a restarted
+# etcd would be refused for five minutes.
+ENDPOINT_RETRY_S = 1.0
+MIN_REQUEST_TIMEOUT_S = 0.5
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 1.0
+QUEUE_POLL_S = 0.2
+_CHANNEL_OPTIONS = [
+    # Reconnect to a restarted member within a second, not gRPC's default of up to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # A watch on a silently dead connection must fail, not wait forever (etcd allows >= 5 s).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def parse_etcd_url(url: str) -> list[tuple[str, int]]:
+    """`etcd://h1:p1,h2:p2` → [(h1, p1), (h2, p2)]; a missing port is 2379."""
+    scheme, sep, rest = url.partition("://")
+    hosts, _, path = rest.partition("/")
+    if scheme != "etcd" or not sep or path or not hosts:
+        raise ValueError(f"bad etcd URL {url!r}: use etcd://host:port[,host:port...]")
+    endpoints = []
+    for item in hosts.split(","):
+        host, port = _host_port(item.strip(), url)
+        endpoints.append((host, port))
+    return endpoints
+
+
+def _host_port(item: str, url: str) -> tuple[str, int]:
+    if item.startswith("["):  # [::1]:2379
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = item.partition(":")
+    if not host or (port and not port.isdigit()):
+        raise ValueError(f"bad endpoint {item!r} in etcd URL {url!r}")
+    return host, int(port) if port else DEFAULT_PORT
+
+
+class EtcdUnavailable(Exception):
+    """etcd did not answer (all endpoints failed, timed out, or lost quorum); retry later."""
+
+
+class LeaseNotFound(Exception):
+    """The lease expired or was revoked: its keys are gone."""
+
+
+class RevisionCompacted(Exception):
+    """The revision to watch from was compacted: list again."""
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    value: bytes
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    key: str
+    value: bytes | None  # None: deleted
+    revision: int
+
+
+@dataclass(frozen=True)
+class WatchBroken:
+    reason: str
+    compacted: bool = False
+
+
+WatchItem = list[KeyChange] | WatchBroken
+
+
+class EtcdConnection:
+    """pyetcd's multi-endpoint client, typed, failing over, every error one of ours."""
+
+    def __init__(self, url: str, request_timeout_s: float) -> None:
+        endpoints = [
+            pyetcd.Endpoint(
+                host, port, secure=False, time_retry=ENDPOINT_RETRY_S, opts=_CHANNEL_OPTIONS
+            )
+            for host, port in parse_etcd_url(url)
+        ]
+        self._client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=endpoints, timeout=request_timeout_s, failover=True
+        )
+
+    def grant(self, ttl_s: int) -> tuple[int, int]:
+        """A new lease: (id, granted TTL in s, which etcd may raise to its minimum)."""
+        with _translated("grant lease"):
+            lease = self._client.lease(ttl_s)
+            return int(lease.id), int(lease.ttl)
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease; its TTL in s, 0 when it no longer exists."""
+        with _translated("keep lease alive"):
+            replies = list(self._client.refresh_lease(lease_id))
+        if not replies:
+            raise EtcdUnavailable("keepalive stream closed without a reply")
+        return int(replies[0].TTL)
+
+    def revoke(self, lease_id: int) -> None:
+        try:
+            with _translated("revoke lease"):
+                self._client.revoke_lease(lease_id)
+        except LeaseNotFound:
+            pass
+
+    def put(self, key: str, value: bytes, lease_id: int) -> None:
+        with _translated(f"put {key}"):
+            self._client.put(key, value, lease=lease_id)
+
+    def get(self, key: str) -> KeyValue | None:
+        with _translated(f"get {key}"):
+            value, meta = self._client.get(key)
+        return None if meta is None else KeyValue(bytes(value), int(meta.lease_id))
+
+    def create(self, key: str, value: bytes, lease_id: int) -> tuple[bool, KeyValue | None]:
+        """Put key only if it does not exist; (created, what the key holds now)."""
+        tx = self._client.transactions
+        with _translated(f"create {key}"):
+            created, replies = self._client.transaction(
+                compare=[tx.create(key) == 0],
+                success=[tx.put(key, value, lease=lease_id)],
+                failure=[tx.get(key)],
+            )
+        if created:
+            return True, KeyValue(value, lease_id)
+        found = [KeyValue(bytes(v), int(meta.lease_id)) for v, meta in replies[0]]
+        return False, found[0] if found else None
+
+    def list_prefix(self, prefix: str) -> tuple[int, dict[str, bytes]]:
+        """Every key under prefix and the store revision they were read at."""
+        with _translated(f"list {prefix}"):
+            reply = self._client.get_prefix_response(prefix)
+        return int(reply.header.revision), {kv.key.decode(): bytes(kv.value) for kv in reply.kvs}
+
+    def watch(
+        self,
+        key: str,
+        on_item: Callable[[WatchItem], None],
+        *,
+        prefix: bool = False,
+        start_revision: int | None = None,
+    ) -> int:
+        """Start a watch; on_item runs on pyetcd's watch thread with changes or the failure."""
+
+        def deliver(response: object) -> None:
+            on_item(_watch_item(response))
+
+        add = self._client.add_watch_prefix_callback if prefix else self._client.add_watch_callback
+        with _translated(f"watch {key}"):
+            return int(add(key, deliver, start_revision=start_revision))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn pyetcd's and gRPC's errors into EtcdUnavailable / LeaseNotFound / RevisionCompacted."""
+    try:
+        yield
+    except pyetcd.exceptions.RevisionCompactedError as exc:
+        raise RevisionCompacted(f"{what}: revision {exc.compacted_revision} compacted") from exc
+    except grpc.RpcError as exc:  # pyetcd re-raises codes it has no exception for as they are
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        detail = exc.details() if isinstance(exc, grpc.Call) else repr(exc)
+        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in (detail or ""):
+            raise LeaseNotFound(f"{what}: {detail}") from exc
+        raise EtcdUnavailable(f"{what}: {code} {detail}") from exc
+    except pyetcd.Etcd3Exception as exc:  # connection failed, timed out, no endpoint left
+        raise EtcdUnavailable(f"{what}: {type(exc).__name__} {exc}") from exc
+
+
+def _watch_item(response: object) -> WatchItem:
+    if isinstance(response, pyetcd.exceptions.RevisionCompactedError):
+        return WatchBroken(f"revision {response.compacted_revision} compacted", compacted=True)
+    if response is None or isinstance(response, BaseException):
+        detail = response.details() if isinstance(response, grpc.Call) else repr(response)
+        return WatchBroken(f"watch stream ended: {detail}")
+    return [
+        KeyChange(
+            event.key.decode(),
+            None if isinstance(event, pyetcd.events.DeleteEvent) else bytes(event.value),
+            int(event.mod_revision),
+        )
+        for event in getattr(response, "events", [])
+    ]
+
+
+class Backoff:
+    """Doubling delays with jitter, capped; reset after a success."""
+
+    def __init__(self, initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S) -> None:
+        self._initial_s, self._max_s, self._failures = initial_s, max_s, 0
+
+    def next_s(self) -> float:
+        cap = min(self._max_s, self._initial_s * 2**self._failures)
+        self._failures += 1
+        return random.uniform(cap / 2, cap)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+class Outage:
+    """Logs the first failure of an outage as a warning, the retries at debug, the recovery."""
+
+    def __init__(self, who: str) -> None:
+        self._who, self._failures, self._since = who, 0, 0.0
+
+    def failed(self, exc: Exception, retry_in_s: float) -> None:
+        if not self._failures:
+            self._since = time.monotonic()
+            _log.warning("%s etcd unavailable, retrying: %s", self._who, exc)
+        else:
+            _log.debug("%s etcd unavailable, retry in %.2fs: %s", self._who, retry_in_s, exc)
+        self._failures += 1
+
+    def ended(self) -> None:
+        if self._failures:
+            _log.info(
+                "%s etcd reachable again after %.1fs and %d failed attempts",
+                self._who,
+                time.monotonic() - self._since,
+                self._failures,
+            )
+            self._failures = 0
