@@ -32,6 +32,7 @@ class LocalCluster:
         self.etcd_url = settings.etcd or ""
         self.shards: list[ChildProcess] = []  # stage by stage, replica by replica
         self.coordinator: ChildProcess | None = None
+        self._coordinators: list[ChildProcess] = []  # every one started, the main one too
 
     @property
     def weights_dir(self) -> Path:
@@ -159,13 +160,14 @@ class LocalCluster:
             *extra,
         )
         child = ChildProcess(name, args, self.log_dir).start()
+        self._coordinators.append(child)
         child.wait_ready(self.settings.start_timeout_s)
         return child
 
     def stop(self) -> None:
         """Coordinator first (no new steps), then shards (all at once), then Redis and etcd."""
-        if self.coordinator is not None:
-            self.coordinator.stop()
+        for coordinator in self._coordinators:
+            coordinator.stop()
         for shard in self.shards:
             shard.terminate()
         for shard in self.shards:

@@ -100,6 +100,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             model_version=record.model_version,
             client_id=record.client_id,
             observation_log_depth=summary.log_depth,
+            action_spec=self.action_spec,
             stage_states=[
                 session_pb2.StageStateInfo(stage=k, seq=s.seq)
                 for k, s in sorted(record.stage_states.items())

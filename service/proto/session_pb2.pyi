@@ -149,7 +149,7 @@ class StageStateInfo(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "seq", "ttl_left_s", "model_version", "stage_states", "observation_log_depth", "client_id")
+    __slots__ = ("session_id", "seq", "ttl_left_s", "model_version", "stage_states", "observation_log_depth", "client_id", "action_spec")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TTL_LEFT_S_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class SessionInfo(_message.Message):
     STAGE_STATES_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_LOG_DEPTH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_SPEC_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     ttl_left_s: float
@@ -164,7 +165,8 @@ class SessionInfo(_message.Message):
     stage_states: _containers.RepeatedCompositeFieldContainer[StageStateInfo]
     observation_log_depth: int
     client_id: str
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., ttl_left_s: _Optional[float] = ..., model_version: _Optional[str] = ..., stage_states: _Optional[_Iterable[_Union[StageStateInfo, _Mapping]]] = ..., observation_log_depth: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+    action_spec: ActionSpec
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., ttl_left_s: _Optional[float] = ..., model_version: _Optional[str] = ..., stage_states: _Optional[_Iterable[_Union[StageStateInfo, _Mapping]]] = ..., observation_log_depth: _Optional[int] = ..., client_id: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)
