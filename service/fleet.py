@@ -1,5 +1,9 @@
 """Simulated robots stepping sessions at control rate, as a controller would: a failed step
-(UNAVAILABLE, DEADLINE_EXCEEDED) is retried with the same seq. Used by the bench and the tests."""
+(UNAVAILABLE, DEADLINE_EXCEEDED) is retried with the same seq. Used by the bench and the tests.
+
+Deliberately raw: one coordinator, no failover, every answer recorded, so that tests see
+exactly what the server said. Robot controllers use the client library, service/client.py.
+"""
 
 from __future__ import annotations
 
