@@ -5,16 +5,22 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from state.leadership import ReplicaInfo, ReplicaMembership, RoutingTable
+from state.redis_url import redacted
 from state.store import SessionStore
 
 
 def open_session_store(url: str, timeout_s: float) -> SessionStore:
+    """Redis, direct (`redis://`) or through Sentinel (`redis+sentinel://`, which follows the
+    primary across failovers and retries for longer while one is under way)."""
     scheme = urlparse(url).scheme
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         from state.redis_store import RedisSessionStore
 
         return RedisSessionStore(url, socket_timeout_s=timeout_s)
-    raise ValueError(f"unsupported session store URL {url!r}: use redis://host:port/db")
+    raise ValueError(
+        f"unsupported session store URL {redacted(url)!r}: use redis://host:port/db or "
+        "redis+sentinel://host:port[,host:port...]/<service>/<db>"
+    )
 
 
 def open_replica_membership(

@@ -6,29 +6,39 @@ Key layout (the braces are a Redis Cluster hash tag, so every key of a session s
   `anchor_seq` and `anchor:<k>` (every stage's state at the last level step).
 - `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
   followed by the observation's bytes.
+
+Two URL kinds: `redis://` (one server) and `redis+sentinel://h1:p1,h2:p2/<service>/<db>` (the
+primary that Sentinel names, followed across failovers). Sessions with `wait_replicas > 0` have
+each commit acknowledged by that many replicas (WAIT on the commit's connection) or get
+NotReplicated.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
 from state.metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
+from state.redis_url import SENTINEL_SCHEME, parse_sentinel_url, redacted
 from state.session import (
     Anchor,
     CommitOutcome,
@@ -39,16 +49,34 @@ from state.session import (
     StageState,
     StepCommit,
 )
-from state.store import StoreUnavailable
+from state.store import NotReplicated, StoreUnavailable
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# Only errors where the command may not have reached Redis are retried; anything else is a bug.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
-RETRY_ATTEMPTS = 3
-RETRY_FIRST_WAIT_S = 0.05  # doubles per retry, plus up to this much jitter
-RETRY_MAX_WAIT_S = 0.5
+# Retried: errors where the command may not have reached Redis, and a write refused by a demoted
+# primary (mid-failover); every retried call is idempotent or conditional on seq. Anything else
+# is a bug.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a store call is retried after a transient error before StoreUnavailable."""
+
+    attempts: int  # at most this many tries in all
+    budget_s: float  # and no try starts later than this after the first
+    first_wait_s: float = 0.05  # doubles per retry, plus up to this much jitter
+    max_wait_s: float = 0.5
+
+
+# One named server: three quick tries tell a blip from an outage, and the caller hears at once.
+DIRECT_RETRY = RetryPolicy(attempts=3, budget_s=5.0)
+# Behind Sentinel the primary may be mid-failover: down-after-milliseconds, the vote and the
+# promotion. 15 s covers one with down-after-milliseconds up to ~10 s; past that, the store is
+# unavailable. The attempt cap only guards against a bug spinning; the budget is the limit.
+SENTINEL_RETRY = RetryPolicy(attempts=200, budget_s=15.0)
+RETRY_ATTEMPTS = DIRECT_RETRY.attempts
 
 # KEYS[1] session hash; ARGV[1] ttl in ms; ARGV[2..] field/value pairs.
 _CREATE_LUA = """
@@ -110,22 +138,33 @@ end
 return {'committed', ARGV[2]}
 """
 
+# KEYS[1] session hash. A write that changes nothing (the TTL set to itself), so that a WAIT
+# after it covers every earlier write to the session. Replies the TTL in ms (-2: no session).
+_TOUCH_LUA = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return ttl
+"""
+
 _SEQ_BYTES = 8
+# WAIT blocks the connection: its timeout must leave the socket timeout room to spare.
+WAIT_SHARE_OF_SOCKET_TIMEOUT = 0.5
+
+
+def retry_policy_for(url: str) -> RetryPolicy:
+    return SENTINEL_RETRY if urlsplit(url).scheme == SENTINEL_SCHEME else DIRECT_RETRY
 
 
 class RedisSessionStore:
     """Sessions in Redis; retries only idempotent or conditional calls, then StoreUnavailable."""
 
-    def __init__(self, url: str, *, socket_timeout_s: float) -> None:
-        self._url = _redacted(url)
-        # redis-py's own retries are off: tenacity below is the one bounded, counted policy.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            decode_responses=False,
-            retry=Retry(NoBackoff(), 0),
-        )
+    def __init__(
+        self, url: str, *, socket_timeout_s: float, retry: RetryPolicy | None = None
+    ) -> None:
+        self._url = redacted(url)
+        self._socket_timeout_s = socket_timeout_s
+        self._retry = retry or retry_policy_for(url)
+        self._client, self._sentinel = _connect(url, socket_timeout_s)
         self._create_script = self._client.register_script(_CREATE_LUA)
         self._commit_script = self._client.register_script(_COMMIT_LUA)
 
@@ -147,23 +186,19 @@ class RedisSessionStore:
             raise ValueError(
                 f"session={session_id} new_seq {step.new_seq} <= expected {step.expected_seq}"
             )
+        self._check_wait(step.wait_replicas, step.wait_timeout_s)
         keys = [_session_key(session_id), _log_key(session_id)]
-        entry = (
-            step.new_seq.to_bytes(_SEQ_BYTES, "big") + step.observation if step.observation else b""
-        )
-        args: list[int | str | bytes] = [
-            step.expected_seq,
-            step.new_seq,
-            _ttl_ms(step.ttl_s),
-            step.n_stages,
-            step.log_limit,
-            entry,
-            step.last_reply,
-        ]
-        for k, state in sorted(step.stage_states.items()):
-            args += [k, state.data, state.seq]
+        args = _commit_args(step)
         with REDIS_COMMIT_SECONDS.time():
-            reply = self._call("commit", lambda: self._commit_script(keys, args))
+            if step.wait_replicas > 0:
+                reply, acked = self._call(
+                    "commit",
+                    lambda: self._script_then_wait(
+                        _COMMIT_LUA, keys, args, step.wait_replicas, step.wait_timeout_s
+                    ),
+                )
+            else:
+                reply, acked = self._call("commit", lambda: self._commit_script(keys, args)), 0
         outcome = _parse_outcome(cast("list[bytes]", reply))
         if outcome.status is not CommitStatus.COMMITTED:
             _log.info(
@@ -173,7 +208,28 @@ class RedisSessionStore:
                 step.expected_seq,
                 outcome.current_seq,
             )
+        elif acked < step.wait_replicas:
+            raise self._not_replicated(
+                f"session={session_id} seq={step.new_seq} is committed on the primary but",
+                acked,
+                step.wait_replicas,
+                step.wait_timeout_s,
+            )
         return outcome
+
+    def confirm_replicated(self, session_id: SessionId, replicas: int, timeout_s: float) -> None:
+        if replicas <= 0:
+            return
+        self._check_wait(replicas, timeout_s)
+        keys = [_session_key(session_id)]
+        _, acked = self._call(
+            "confirm_replicated",
+            lambda: self._script_then_wait(_TOUCH_LUA, keys, [], replicas, timeout_s),
+        )
+        if acked < replicas:
+            raise self._not_replicated(
+                f"session={session_id}: its last write was", acked, replicas, timeout_s
+            )
 
     def observations(
         self, session_id: SessionId, first_seq: int, last_seq: int
@@ -213,25 +269,94 @@ class RedisSessionStore:
 
     def close(self) -> None:
         self._client.close()
+        if self._sentinel is not None:
+            self._sentinel.close()
+
+    def _script_then_wait(
+        self,
+        script: str,
+        keys: Sequence[str],
+        args: Sequence[int | str | bytes],
+        replicas: int,
+        timeout_s: float,
+    ) -> tuple[Any, int]:
+        """The script, then WAIT, in one round trip on one connection: WAIT counts the replicas
+        that have this connection's writes, so it must follow them on the same connection.
+
+        EVAL with the body, not EVALSHA: a NOSCRIPT (a primary new since a failover) would
+        still pay the WAIT before the retry could load the script, doubling the wait.
+        """
+        # Not a transaction: WAIT inside MULTI does not wait.
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.eval(script, len(keys), *keys, *args)
+            pipe.wait(replicas, max(1, round(timeout_s * 1000)))  # WAIT 0 would block forever
+            reply, acked = pipe.execute(raise_on_error=False)
+        for result in (reply, acked):
+            if isinstance(result, Exception):
+                raise result
+        return reply, int(acked)
+
+    def _check_wait(self, replicas: int, timeout_s: float) -> None:
+        if replicas < 0:
+            raise ValueError(f"wait_replicas must be >= 0, got {replicas}")
+        limit_s = self._socket_timeout_s * WAIT_SHARE_OF_SOCKET_TIMEOUT
+        if replicas > 0 and not 0 < timeout_s <= limit_s:
+            raise ValueError(
+                f"wait_timeout_s={timeout_s} must be > 0 and at most half the store's socket "
+                f"timeout (socket_timeout_s={self._socket_timeout_s}, the coordinator's "
+                "redis_timeout_s), or the socket gives up while WAIT is still waiting"
+            )
+
+    def _not_replicated(
+        self, what: str, acked: int, replicas: int, timeout_s: float
+    ) -> NotReplicated:
+        return NotReplicated(
+            f"store={self._url} {what} acknowledged by {acked} of {replicas} replica(s) within "
+            f"wait_timeout_s={timeout_s}: a failover could lose it, so the step must not be "
+            "acknowledged; retry the same seq (its stored reply is returned once replicated), "
+            "check the replicas' links to the primary, or lower the session's wait_replicas"
+        )
 
     def _call(self, operation: str, fn: Callable[[], _T], *, retry: bool = True) -> _T:
-        attempts = RETRY_ATTEMPTS if retry else 1
+        policy = self._retry
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(policy.attempts if retry else 1)
+            | stop_before_delay(policy.budget_s),
             wait=wait_exponential_jitter(
-                multiplier=RETRY_FIRST_WAIT_S, max=RETRY_MAX_WAIT_S, jitter=RETRY_FIRST_WAIT_S
+                multiplier=policy.first_wait_s, max=policy.max_wait_s, jitter=policy.first_wait_s
             ),
             before_sleep=partial(self._count_retry, operation),
             reraise=True,
         )
+        started = time.monotonic()
         try:
-            return retrying(fn)
+            return retrying(lambda: self._attempt(fn))
         except _TRANSIENT as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            hint = (
+                "the server is a read-only replica: point the URL at the primary, or use a "
+                f"{SENTINEL_SCHEME}:// URL"
+                if isinstance(exc, redis.ReadOnlyError)
+                else "check the Redis URL and that the server (or, behind Sentinel, a primary) "
+                "is up"
+            )
             raise StoreUnavailable(
-                f"store={self._url} operation={operation}: no answer after {attempts} attempt(s)"
-                f" ({exc}); check the Redis URL and that the server is up"
+                f"store={self._url} operation={operation}: no answer after {attempts} "
+                f"attempt(s) in {time.monotonic() - started:.1f}s ({exc}); {hint}"
             ) from exc
+
+    def _attempt(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except redis.ResponseError as exc:
+            if not _is_read_only(exc):
+                raise
+            # The connection still points at a demoted primary. Drop the idle connections so
+            # that the next one asks Sentinel anew (redis-py does this for a plain READONLY
+            # but not for one raised inside a script, which Redis 6.2 reports as a script error).
+            self._client.connection_pool.disconnect(inuse_connections=False)
+            raise redis.ReadOnlyError(str(exc)) from exc
 
     def _count_retry(self, operation: str, state: RetryCallState) -> None:
         STATE_RETRIES.labels(operation=operation).inc()
@@ -243,6 +368,63 @@ class RedisSessionStore:
             state.attempt_number,
             error,
         )
+
+
+def _connect(url: str, socket_timeout_s: float) -> tuple[redis.Redis, Sentinel | None]:
+    """A client of the server the URL names, or of the primary its sentinels name."""
+    # redis-py's own retries are off: tenacity in _call is the one bounded, counted policy.
+    no_retry = Retry(NoBackoff(), 0)
+    if urlsplit(url).scheme != SENTINEL_SCHEME:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            decode_responses=False,
+            retry=no_retry,
+        )
+        return client, None
+    target = parse_sentinel_url(url)
+    timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
+    sentinel_kwargs = {**timeouts, "retry": no_retry}  # for the sentinels themselves
+    # redis.sentinel has no annotations, hence the ignores.
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        decode_responses=False,
+        retry=no_retry,
+        **timeouts,
+    )
+    return cast("redis.Redis", client), sentinel
+
+
+def _is_read_only(exc: redis.ResponseError) -> bool:
+    """The server is a replica: a plain READONLY, one from inside a script, or a WAIT refused."""
+    message = str(exc)
+    return (
+        isinstance(exc, redis.ReadOnlyError)
+        or "READONLY You can't write" in message
+        or "WAIT cannot be used with replica" in message
+    )
+
+
+def _commit_args(step: StepCommit) -> list[int | str | bytes]:
+    """ARGV of _COMMIT_LUA."""
+    entry = step.new_seq.to_bytes(_SEQ_BYTES, "big") + step.observation if step.observation else b""
+    args: list[int | str | bytes] = [
+        step.expected_seq,
+        step.new_seq,
+        _ttl_ms(step.ttl_s),
+        step.n_stages,
+        step.log_limit,
+        entry,
+        step.last_reply,
+    ]
+    for k, state in sorted(step.stage_states.items()):
+        args += [k, state.data, state.seq]
+    return args
 
 
 def _session_key(session_id: SessionId) -> str:
@@ -278,6 +460,8 @@ def _record_fields(record: SessionRecord) -> list[int | str | bytes]:
         record.client_id,
         "reply",
         record.last_reply,
+        "wait_replicas",
+        record.wait_replicas,
     ]
     return fields + _stage_fields(record.stage_states)
 
@@ -306,18 +490,10 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         stage_states={k: StageState(seq=seqs[k], data=data[k]) for k in sorted(data)},
         last_reply=fields[b"reply"],
         anchor=Anchor(int(anchor_seq), anchored) if anchor_seq is not None else None,
+        wait_replicas=int(fields.get(b"wait_replicas", b"0")),  # absent in older sessions
     )
 
 
 def _parse_outcome(reply: list[bytes]) -> CommitOutcome:
     status = CommitStatus(reply[0].decode())
     return CommitOutcome(status=status, current_seq=int(reply[1]) if len(reply) > 1 else None)
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()

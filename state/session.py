@@ -46,6 +46,9 @@ class SessionRecord:
     stage_states: dict[StageIndex, StageState] = field(default_factory=dict)
     last_reply: bytes = b""
     anchor: Anchor | None = None
+    # Replicas that must acknowledge each commit before the step is answered (Redis WAIT);
+    # 0: the primary's word is enough (a failover may lose the last acknowledged steps).
+    wait_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class StepCommit:
     n_stages: int  # so the store can tell whether every stage is level after the commit
     observation: bytes = b""  # logged under new_seq, for replay
     log_limit: int = 0  # keep at most this many observations; 0 keeps no log
+    wait_replicas: int = 0  # the session's SessionRecord.wait_replicas
+    wait_timeout_s: float = 0.5  # how long to wait for them before NotReplicated
 
 
 class CommitStatus(enum.Enum):

@@ -11,6 +11,12 @@ class StoreUnavailable(Exception):
     """The store could not be reached after bounded retries; the caller may retry later."""
 
 
+class NotReplicated(StoreUnavailable):
+    """The primary holds the write but fewer replicas than asked acknowledged it in time, so a
+    failover could still lose it: do not acknowledge the step; a retry of the same seq finds the
+    stored reply and confirms its replication (confirm_replicated) before answering."""
+
+
 class SessionStore(Protocol):
     def create(self, record: SessionRecord) -> None:
         """Store a new session (seq 0). Raises ValueError if the id already exists."""
@@ -21,7 +27,13 @@ class SessionStore(Protocol):
     def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
         """Atomically advance the session from step.expected_seq to step.new_seq: states, reply,
         observation log (trimmed), anchor (set when a stage starts lagging, dropped once all
-        are level again), TTL refreshed."""
+        are level again), TTL refreshed. With step.wait_replicas > 0, raises NotReplicated
+        when a commit went through but fewer replicas acknowledged it within wait_timeout_s."""
+
+    def confirm_replicated(self, session_id: SessionId, replicas: int, timeout_s: float) -> None:
+        """Return once `replicas` replicas hold everything written to the session so far; raises
+        NotReplicated after timeout_s. Call before answering with a stored reply of a session
+        whose wait_replicas > 0: its commit may have been acknowledged by the primary only."""
 
     def observations(
         self, session_id: SessionId, first_seq: int, last_seq: int

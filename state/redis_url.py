@@ -1,0 +1,70 @@
+"""Session store URLs beyond what redis-py parses itself: the Sentinel form, and redaction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_URL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>]"
+_SERVICE_RE = re.compile(r"[A-Za-z0-9._-]+")  # what Sentinel accepts as a master name
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """Where the sentinels listen and which of their services holds the sessions."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None  # of the Redis primary; the sentinels take none
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """`redis+sentinel://[[user]:password@]h1:p1,h2:p2/<service>[/<db>]`, or ValueError."""
+    parts = urlsplit(url)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"bad session store URL {redacted(url)!r}: {why}; expected {SENTINEL_URL_FORM}"
+        )
+
+    if parts.scheme != SENTINEL_SCHEME:
+        raise bad(f"the scheme must be {SENTINEL_SCHEME}")
+    if parts.query or parts.fragment:
+        raise bad("a ?query or #fragment is not understood")
+    userinfo, has_userinfo, hosts = parts.netloc.rpartition("@")
+    sentinels = tuple(_host_port(item, bad) for item in hosts.split(","))
+    segments = parts.path.removeprefix("/").removesuffix("/").split("/")
+    if len(segments) > 2 or not _SERVICE_RE.fullmatch(segments[0]):
+        raise bad("the path must be /<service>[/<db>], the service named as in sentinel.conf")
+    if len(segments) == 2 and not segments[1].isdigit():
+        raise bad(f"the db {segments[1]!r} is not a number")
+    username, has_password, password = userinfo.partition(":")
+    return SentinelUrl(
+        sentinels=sentinels,
+        service=segments[0],
+        db=int(segments[1]) if len(segments) == 2 else 0,
+        username=unquote(username) if has_userinfo and username else None,
+        password=unquote(password) if has_password else None,
+    )
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def _host_port(item: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
+    host, _, port = item.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:26379
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad(f"{item!r} is not host:port")
+    return host, int(port)
