@@ -42,7 +42,10 @@ def cluster_latencies(
     stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
 ) -> list[float]:
     """Unary Step round trips of one session, as a robot sees them."""
-    opened = stub.OpenSession(session_pb2.OpenSessionRequest(client_id="bench"), timeout=10)
+    opened = stub.OpenSession(
+        session_pb2.OpenSessionRequest(client_id="bench", wait_replicas=settings.wait_replicas),
+        timeout=10,
+    )
     spec = opened.action_spec
     arm = SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
     samples = []
@@ -62,7 +65,7 @@ def cluster_latencies(
 
 
 def throughput(
-    stub: session_pb2_grpc.SessionServiceStub, sessions: int, duration_s: float
+    stub: session_pb2_grpc.SessionServiceStub, sessions: int, duration_s: float, wait_replicas: int
 ) -> float:
     """Steps/s with `sessions` robots each stepping back to back for duration_s."""
     counts = [0] * sessions
@@ -70,7 +73,8 @@ def throughput(
 
     def robot(i: int) -> None:
         opened = stub.OpenSession(
-            session_pb2.OpenSessionRequest(client_id=f"bench-{i}"), timeout=10
+            session_pb2.OpenSessionRequest(client_id=f"bench-{i}", wait_replicas=wait_replicas),
+            timeout=10,
         )
         spec = opened.action_spec
         arm = SimulatedArm(spec.observation_dim, spec.joints, seed=i)
@@ -102,12 +106,14 @@ def run(settings: BenchSettings) -> dict[str, object]:
             stub = session_pb2_grpc.SessionServiceStub(channel)
             remote = cluster_latencies(stub, settings)
             rates = {
-                str(c): round(throughput(stub, c, settings.throughput_s), 1)
+                str(c): round(throughput(stub, c, settings.throughput_s, settings.wait_replicas), 1)
                 for c in settings.concurrency
             }
     in_p50, cl_p50 = percentile_ms(inproc, 50), percentile_ms(remote, 50)
     result: dict[str, object] = {
         "stages": cluster.model.n_stages,
+        "redis_durability": settings.redis_durability,
+        "wait_replicas": settings.wait_replicas,
         "torch_threads_per_shard": settings.torch_threads,
         "steps": settings.steps,
         "inprocess_p50_ms": round(in_p50, 3),

@@ -226,9 +226,14 @@ class ActionMeshClient(_Closing):
     def current_address(self) -> str:
         return self.coordinators.current
 
-    def open_session(self, ttl_s: float = 0.0) -> Session:
-        """A new session. A retried open may leave an unused session behind, ended by its TTL."""
-        request = session_pb2.OpenSessionRequest(ttl_s=ttl_s, client_id=self.client_id)
+    def open_session(self, ttl_s: float = 0.0, wait_replicas: int = 0) -> Session:
+        """A new session. A retried open may leave an unused session behind, ended by its TTL.
+
+        wait_replicas: acknowledge each step only once that many Redis replicas hold it.
+        """
+        request = session_pb2.OpenSessionRequest(
+            ttl_s=ttl_s, client_id=self.client_id, wait_replicas=wait_replicas
+        )
         got = self._call("open session", "OpenSession", request)
         spec = got.action_spec
         return Session(

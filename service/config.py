@@ -13,7 +13,7 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -88,6 +88,14 @@ class CoordinatorSettings(Settings):
         65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
     )
     redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout of each Redis call.")
+    replica_wait_timeout_s: float = Field(
+        0.4,
+        gt=0,
+        description="For sessions opened with wait_replicas: how long a commit waits for replicas (at most half of redis_timeout_s).",
+    )
+    max_wait_replicas: int = Field(
+        2, ge=0, description="The most Redis replicas a session may ask to acknowledge its steps."
+    )
     grpc_workers: int = Field(
         64, ge=1, description="Threads serving gRPC calls (each open stream holds one)."
     )
@@ -152,6 +160,13 @@ class ClusterSettings(Settings):
     redis_url: str | None = Field(
         None, description="Use this Redis; without it a private redis-server is started."
     )
+    redis_durability: Literal["none", "everysec", "always"] = Field(
+        "none",
+        description="Private Redis persistence: none, AOF fsynced every second, or AOF fsynced on every write.",
+    )
+    redis_replicas: int = Field(
+        0, ge=0, description="Replicas of the private Redis (sessions may ask for WAIT on them)."
+    )
     work_dir: Path | None = Field(
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
     )
@@ -185,6 +200,11 @@ class BenchSettings(ClusterSettings):
         5.0, gt=0, description="Seconds measured at each concurrency level."
     )
     json_output: bool = Field(False, description="Print one JSON object instead of a table.")
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Open bench sessions asking this many Redis replicas to acknowledge each step (needs --redis-replicas).",
+    )
     failover: bool = Field(
         False,
         description="Instead: kill -9 the middle stage's leader repeatedly under load and report the time to the next FULL answer (runs at least 2 replicas per stage).",

@@ -45,6 +45,7 @@ class SteppingRobot(threading.Thread):
         period_s: float,
         step_timeout_s: float = 2.0,
         streaming: bool = False,
+        wait_replicas: int = 0,
     ) -> None:
         """streaming: step over one StreamSteps stream (the normal control-loop mode) rather
         than unary Step calls; the server's step_timeout_s then bounds each step."""
@@ -53,7 +54,8 @@ class SteppingRobot(threading.Thread):
         self.step_timeout_s, self.streaming = step_timeout_s, streaming
         self._outbox: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
         self._replies: Iterator[session_pb2.StreamStepsReply] | None = None
-        opened = stub.OpenSession(session_pb2.OpenSessionRequest(client_id="robot"), timeout=10)
+        request = session_pb2.OpenSessionRequest(client_id="robot", wait_replicas=wait_replicas)
+        opened = stub.OpenSession(request, timeout=10)
         self.session_id = str(opened.session_id)
         self.outcomes: list[Outcome] = []
         self.error: BaseException | None = None

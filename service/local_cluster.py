@@ -27,6 +27,7 @@ class LocalCluster:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
+        self.redis_replicas: list[EmbeddedRedis] = []
         self.redis_url = settings.redis_url or ""
         self.etcd: EmbeddedEtcd | None = None
         self.etcd_url = settings.etcd or ""
@@ -71,10 +72,7 @@ class LocalCluster:
         if not (self.weights_dir / weights.MANIFEST).exists():
             weights.save(ActionModel(self.model), self.weights_dir)
         if not self.redis_url:
-            self.redis = EmbeddedRedis(
-                self.work_dir / "redis", start_timeout_s=self.settings.start_timeout_s
-            ).start()
-            self.redis_url = self.redis.url
+            self.redis_url = self._start_redis()
         if not self.etcd_url:
             self.etcd = EmbeddedEtcd(
                 self.work_dir / "etcd", start_timeout_s=self.settings.start_timeout_s
@@ -94,6 +92,24 @@ class LocalCluster:
             self.redis_url,
             self.log_dir,
         )
+
+    def _start_redis(self) -> str:
+        """The private Redis primary, with the persistence and replicas settings ask for."""
+        durability = self.settings.redis_durability
+        primary = self.redis = EmbeddedRedis(
+            self.work_dir / "redis",
+            appendfsync=None if durability == "none" else durability,
+            start_timeout_s=self.settings.start_timeout_s,
+        ).start()
+        self.redis_replicas = [
+            EmbeddedRedis(
+                self.work_dir / f"redis-replica-{i}",
+                replica_of=primary,
+                start_timeout_s=self.settings.start_timeout_s,
+            ).start()
+            for i in range(self.settings.redis_replicas)
+        ]
+        return primary.url
 
     def start_shard(
         self, stage: int, replica: int, weights_dir: Path | None = None
@@ -172,6 +188,8 @@ class LocalCluster:
             shard.terminate()
         for shard in self.shards:
             shard.stop()
+        for replica in self.redis_replicas:
+            replica.stop()
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

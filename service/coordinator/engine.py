@@ -48,6 +48,15 @@ class OpenedSession:
     session_id: str
     ttl_s: float
     model_version: str
+    wait_replicas: int
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How sessions that ask for replica acknowledgement are served."""
+
+    max_wait_replicas: int
+    wait_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class SessionEngine:
         default_ttl_s: float,
         max_ttl_s: float,
         log_depth: int,
+        durability: Durability,
     ) -> None:
         self.store, self.batcher, self.model, self.model_version = (
             store,
@@ -82,17 +92,31 @@ class SessionEngine:
             model_version,
         )
         self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
+        self.durability = durability
 
-    def open(self, ttl_s: float, client_id: str) -> OpenedSession:
+    def open(self, ttl_s: float, client_id: str, wait_replicas: int) -> OpenedSession:
         if ttl_s < 0:
             raise InvalidInput(f"ttl_s must be >= 0 (0 means the default), got {ttl_s}")
+        if wait_replicas > self.durability.max_wait_replicas:
+            raise InvalidInput(
+                f"wait_replicas {wait_replicas} exceeds this coordinator's max_wait_replicas "
+                f"{self.durability.max_wait_replicas}"
+            )
         ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
         session_id = SessionId(secrets.token_urlsafe(18))
-        record = SessionRecord(session_id, 0, self.model_version, ttl, client_id)
+        record = SessionRecord(
+            session_id, 0, self.model_version, ttl, client_id, wait_replicas=wait_replicas
+        )
         with _store_errors():
             self.store.create(record)
-        log.info("session=%s opened client=%r ttl=%.1fs", session_id, client_id, ttl)
-        return OpenedSession(session_id, ttl, self.model_version)
+        log.info(
+            "session=%s opened client=%r ttl=%.1fs wait_replicas=%d",
+            session_id,
+            client_id,
+            ttl,
+            wait_replicas,
+        )
+        return OpenedSession(session_id, ttl, self.model_version, wait_replicas)
 
     def get(self, session_id: str) -> SessionSummary:
         with _store_errors():
@@ -138,7 +162,7 @@ class SessionEngine:
             raise _not_found(session_id)
         if seq == record.seq and record.last_reply:
             STORED_REPLIES.inc()
-            return StepAnswer(record.last_reply, "FULL", recomputed=False)
+            return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
         if record.model_version != self.model_version:
@@ -184,8 +208,19 @@ class SessionEngine:
             n_stages=self.model.n_stages,
             observation=tensor_codec.to_bytes(observation),
             log_limit=self.log_depth,
+            wait_replicas=record.wait_replicas,
+            wait_timeout_s=self.durability.wait_timeout_s,
         )
         return self._commit(record, commit)
+
+    def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:
+        """An earlier answer, acknowledged only once it is as durable as the session asked."""
+        if record.wait_replicas:
+            with _store_errors():
+                self.store.confirm_replicated(
+                    record.session_id, record.wait_replicas, self.durability.wait_timeout_s
+                )
+        return StepAnswer(reply, "FULL", recomputed=False)
 
     def _compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
         future = self.batcher.submit(item)
@@ -207,13 +242,14 @@ class SessionEngine:
             raise _not_found(record.session_id)
         with _store_errors():
             current = self.store.load(record.session_id)
-        if current is not None and current.seq == seq:  # another coordinator committed this step
+        if current is not None and current.seq == seq:  # committed by another coordinator, or
+            # by our own retried commit whose answer was lost
             log.info(
                 "session=%s seq=%d lost the commit race; returning the stored reply",
                 record.session_id,
                 seq,
             )
-            return StepAnswer(current.last_reply, "FULL", recomputed=False)
+            return self._stored_reply(current, current.last_reply)
         raise SeqConflict(record.session_id, outcome.current_seq or 0, seq)
 
 

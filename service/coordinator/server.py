@@ -9,7 +9,7 @@ import grpc
 from service.config import CoordinatorSettings
 from service.coordinator.batcher import DynamicBatcher
 from service.coordinator.discovery import discover_model, static_table
-from service.coordinator.engine import SessionEngine
+from service.coordinator.engine import Durability, SessionEngine
 from service.coordinator.pipeline import Pipeline
 from service.coordinator.router import BanPolicy
 from service.coordinator.servicer import SessionServicer
@@ -36,6 +36,11 @@ def routing_table(settings: CoordinatorSettings) -> RoutingTable:
 
 
 def run(settings: CoordinatorSettings) -> None:
+    if settings.replica_wait_timeout_s > settings.redis_timeout_s / 2:
+        raise SystemExit(
+            f"coordinator: replica_wait_timeout_s {settings.replica_wait_timeout_s} must be at "
+            f"most half of redis_timeout_s {settings.redis_timeout_s}"
+        )
     store = open_session_store(settings.redis_url, settings.redis_timeout_s)
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
@@ -59,6 +64,7 @@ def run(settings: CoordinatorSettings) -> None:
         settings.session_ttl_s,
         settings.max_session_ttl_s,
         settings.observation_log_depth,
+        Durability(settings.max_wait_replicas, settings.replica_wait_timeout_s),
     )
     servicer = SessionServicer(engine, settings.step_timeout_s, settings.max_observation_bytes)
 

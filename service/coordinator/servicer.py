@@ -50,7 +50,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> session_pb2.OpenSessionReply:
         try:
-            opened = self.engine.open(request.ttl_s, request.client_id)
+            opened = self.engine.open(request.ttl_s, request.client_id, request.wait_replicas)
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.OpenSessionReply(
@@ -58,6 +58,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             ttl_s=opened.ttl_s,
             model_version=opened.model_version,
             action_spec=self.action_spec,
+            wait_replicas=opened.wait_replicas,
         )
 
     def Step(  # noqa: N802
@@ -101,6 +102,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             client_id=record.client_id,
             observation_log_depth=summary.log_depth,
             action_spec=self.action_spec,
+            wait_replicas=record.wait_replicas,
             stage_states=[
                 session_pb2.StageStateInfo(stage=k, seq=s.seq)
                 for k, s in sorted(record.stage_states.items())

@@ -41,24 +41,28 @@ class ActionSpec(_message.Message):
     def __init__(self, observation_dim: _Optional[int] = ..., horizon: _Optional[int] = ..., joints: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("ttl_s", "client_id")
+    __slots__ = ("ttl_s", "client_id", "wait_replicas")
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     ttl_s: float
     client_id: str
-    def __init__(self, ttl_s: _Optional[float] = ..., client_id: _Optional[str] = ...) -> None: ...
+    wait_replicas: int
+    def __init__(self, ttl_s: _Optional[float] = ..., client_id: _Optional[str] = ..., wait_replicas: _Optional[int] = ...) -> None: ...
 
 class OpenSessionReply(_message.Message):
-    __slots__ = ("session_id", "ttl_s", "model_version", "action_spec")
+    __slots__ = ("session_id", "ttl_s", "model_version", "action_spec", "wait_replicas")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTION_SPEC_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     ttl_s: float
     model_version: str
     action_spec: ActionSpec
-    def __init__(self, session_id: _Optional[str] = ..., ttl_s: _Optional[float] = ..., model_version: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ...) -> None: ...
+    wait_replicas: int
+    def __init__(self, session_id: _Optional[str] = ..., ttl_s: _Optional[float] = ..., model_version: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ..., wait_replicas: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
     __slots__ = ("session_id", "seq", "observation", "priority", "timestamp_s")
@@ -149,7 +153,7 @@ class StageStateInfo(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "seq", "ttl_left_s", "model_version", "stage_states", "observation_log_depth", "client_id", "action_spec")
+    __slots__ = ("session_id", "seq", "ttl_left_s", "model_version", "stage_states", "observation_log_depth", "client_id", "action_spec", "wait_replicas")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TTL_LEFT_S_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +162,7 @@ class SessionInfo(_message.Message):
     OBSERVATION_LOG_DEPTH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_SPEC_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     ttl_left_s: float
@@ -166,7 +171,8 @@ class SessionInfo(_message.Message):
     observation_log_depth: int
     client_id: str
     action_spec: ActionSpec
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., ttl_left_s: _Optional[float] = ..., model_version: _Optional[str] = ..., stage_states: _Optional[_Iterable[_Union[StageStateInfo, _Mapping]]] = ..., observation_log_depth: _Optional[int] = ..., client_id: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ...) -> None: ...
+    wait_replicas: int
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., ttl_left_s: _Optional[float] = ..., model_version: _Optional[str] = ..., stage_states: _Optional[_Iterable[_Union[StageStateInfo, _Mapping]]] = ..., observation_log_depth: _Optional[int] = ..., client_id: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ..., wait_replicas: _Optional[int] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -1,0 +1,97 @@
+"""Robots stepping a real cluster, and the checks that nothing was lost or applied twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+import torch
+
+from service.fleet import RETRYABLE, SteppingRobot
+from service.local_cluster import LocalCluster
+from service.model import weights
+from service.proto import session_pb2, session_pb2_grpc
+from tests.robot import observations, reference_run
+
+ROBOTS, PERIOD_S, MAX_STEPS = 4, 0.02, 3000
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll until condition() holds; the time it took. Fails loudly at the deadline."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+@contextmanager
+def robots_stepping(cluster: LocalCluster, wait_replicas: int = 0) -> Iterator[list[SteppingRobot]]:
+    dim = cluster.model.observation_dim
+    with grpc.insecure_channel(cluster.address) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        robots = [
+            SteppingRobot(
+                stub,
+                observations(i, MAX_STEPS, dim),
+                PERIOD_S,
+                streaming=i % 2 == 0,
+                wait_replicas=wait_replicas,
+            )
+            for i in range(ROBOTS)
+        ]
+        for robot in robots:
+            robot.start()
+        try:
+            yield robots
+        finally:
+            for robot in robots:
+                robot.stop()
+            for robot in robots:
+                robot.join(timeout=30)
+        check_nothing_lost_or_doubled(cluster, stub, robots)
+
+
+def progress(robots: list[SteppingRobot], steps: int) -> None:
+    """Wait until every robot has `steps` more acknowledged steps than now."""
+    targets = [r.acked + steps for r in robots]
+    wait_for(
+        lambda: (
+            all(r.acked >= t for r, t in zip(robots, targets, strict=True))
+            or any(r.error for r in robots)
+        ),
+        60,
+        f"{steps} more steps per robot",
+    )
+    assert not [r.error for r in robots if r.error]
+
+
+def check_nothing_lost_or_doubled(
+    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub, robots: list[SteppingRobot]
+) -> None:
+    model, _ = weights.load_model(cluster.weights_dir)
+    for robot in robots:
+        assert robot.error is None, robot.error
+        assert {o.code for o in robot.outcomes} <= {"OK", *RETRYABLE}
+        ok = [o for o in robot.outcomes if o.code == "OK"]
+        assert [o.seq for o in ok] == list(range(1, len(ok) + 1)), "a step was skipped or repeated"
+        assert all(o.serve_mode == session_pb2.FULL for o in ok)
+        info = stub.GetSession(
+            session_pb2.GetSessionRequest(session_id=robot.session_id), timeout=5
+        )
+        assert info.seq == len(ok), "the stored seq differs from the acknowledged steps"
+        want, _ = reference_run(model, robot.obs[: len(ok)])
+        for o, ref in zip(ok, want, strict=True):
+            assert o.action is not None and torch.allclose(o.action, ref, atol=1e-5), f"seq {o.seq}"
+
+
+def worst_latency_after(robots: list[SteppingRobot], t: float, window_s: float = 1.0) -> float:
+    """The slowest answer among those that arrived within window_s after t."""
+    return max(o.latency_s for r in robots for o in r.outcomes if t < o.at <= t + window_s)
+
+
+def failed(robots: list[SteppingRobot]) -> list[str]:
+    return [o.code for r in robots for o in r.outcomes if o.code != "OK"]
