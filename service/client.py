@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,11 +41,7 @@ SWITCH_AFTER_FAILURES = 2  # retryable failures in a row before leaving even a r
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 # gRPC's own texts for a peer it cannot reach or a connection that broke. The coordinator's own
 # UNAVAILABLE messages begin with what failed behind it ("stage 1: ...", "session store ...").
-_TRANSPORT_TEXT = re.compile(
-    r"failed to connect|stream removed|socket closed|connection (reset|refused|closed)|broken pipe"
-    r"|goaway|connect failed|endpoint closing|transport closed|dns resolution|empty address list",
-    re.IGNORECASE,
-)
+ERROR_KEY = "actionmesh-error"  # set by the coordinator on every error it returns
 
 
 class ActionMeshClientError(Exception):
@@ -121,27 +116,27 @@ class SessionInfo:
     observation_log_depth: int
 
 
-def is_unreachable(code: str, message: str) -> bool:
-    """Whether gRPC itself could not reach the coordinator, or lost the connection to it."""
-    return code == "UNAVAILABLE" and bool(_TRANSPORT_TEXT.match(message))
+def failure(code: str, message: str, reason: str, current_seq: int | None = None) -> Exception:
+    """What a call that failed with status `code` raises: _Retry, or the caller's typed error.
 
-
-def failure(code: str, message: str, current_seq: int | None = None) -> Exception:
-    """What a call that failed with status `code` raises: _Retry, or the caller's typed error."""
+    `reason` is the coordinator's error kind; empty when gRPC itself failed to reach one.
+    """
     if code in RETRYABLE:
-        return _Retry(code, message, is_unreachable(code, message))
+        return _Retry(code, message, unreachable=code == "UNAVAILABLE" and not reason)
     if code == "INVALID_ARGUMENT":
         return InvalidObservation(message, code)
     if code == "NOT_FOUND":
         return SessionNotFound(message, code)
-    if code == "FAILED_PRECONDITION" and current_seq is not None:
+    if reason == "seq_conflict" and current_seq is not None:
         return SeqConflict(message, current_seq)
     return ActionMeshClientError(message, code)
 
 
 def _rpc_failure(exc: grpc.RpcError) -> Exception:
-    seqs = [m.value for m in exc.trailing_metadata() or () if m.key == CURRENT_SEQ_KEY]
-    return failure(exc.code().name, exc.details() or "", int(seqs[0]) if seqs else None)
+    metadata = {m.key: m.value for m in exc.trailing_metadata() or ()}
+    seq = metadata.get(CURRENT_SEQ_KEY)
+    reason = str(metadata.get(ERROR_KEY, ""))
+    return failure(exc.code().name, exc.details() or "", reason, int(seq) if seq else None)
 
 
 def should_move_on(unreachable: bool, failures_in_a_row: int) -> bool:
@@ -425,9 +420,7 @@ class StepStream(_Closing):
             return item.reply
         error = item.error  # the stream itself is fine
         code = next((c.name for c in grpc.StatusCode if c.value[0] == error.code), "UNKNOWN")
-        # The right seq (last + 1) refused is no seq conflict (a model version change, say).
-        conflict = error.current_seq != request.seq - 1
-        raise failure(code, error.message, error.current_seq if conflict else None)
+        raise failure(code, error.message, error.reason, error.current_seq)
 
     def close(self) -> None:
         if self._open is not None:

@@ -27,8 +27,8 @@ from service.client import (
     Session,
     SessionNotFound,
     StepResult,
+    _Retry,
     failure,
-    is_unreachable,
     should_move_on,
 )
 from service.local_cluster import LocalCluster
@@ -78,28 +78,25 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_only_failures_to_reach_a_coordinator_count_as_unreachable() -> None:
-    refused = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused"
-    assert is_unreachable("UNAVAILABLE", refused)
-    assert is_unreachable("UNAVAILABLE", "Stream removed (Socket closed)")
-    assert not is_unreachable("UNAVAILABLE", "stage 1: no replica of model m-1 left to try")
-    assert not is_unreachable(
-        "UNAVAILABLE", "session store unavailable: timeout; retry the same seq"
-    )
-    assert not is_unreachable("DEADLINE_EXCEEDED", "Deadline Exceeded")
+def test_only_statuses_without_a_coordinator_reason_count_as_unreachable() -> None:
+    refused = "failed to connect to all addresses; last error: Connection refused"
+    transport = failure("UNAVAILABLE", refused, reason="")
+    assert isinstance(transport, _Retry) and transport.unreachable
+    served = failure("UNAVAILABLE", "stage 1: no replica left to try", reason="unavailable")
+    assert isinstance(served, _Retry) and not served.unreachable
+    late = failure("DEADLINE_EXCEEDED", "Deadline Exceeded", reason="")
+    assert isinstance(late, _Retry) and not late.unreachable
     assert should_move_on(True, 1) and should_move_on(False, 2) and not should_move_on(False, 1)
 
 
 def test_status_codes_map_to_typed_errors() -> None:
-    assert isinstance(failure("INVALID_ARGUMENT", "NaN"), InvalidObservation)
-    assert isinstance(failure("NOT_FOUND", "gone"), SessionNotFound)
-    conflict = failure("FAILED_PRECONDITION", "session=s is at seq 4", current_seq=4)
+    assert isinstance(failure("INVALID_ARGUMENT", "NaN", "invalid_input"), InvalidObservation)
+    assert isinstance(failure("NOT_FOUND", "gone", "session_not_found"), SessionNotFound)
+    conflict = failure("FAILED_PRECONDITION", "session=s is at seq 4", "seq_conflict", 4)
     assert isinstance(conflict, SeqConflict) and conflict.current_seq == 4
-    other = failure("FAILED_PRECONDITION", "session=s runs model m-0")  # no current seq
+    other = failure("FAILED_PRECONDITION", "session=s runs model m-0", "model_version_mismatch", 4)
     assert type(other) is ActionMeshClientError and other.code == "FAILED_PRECONDITION"
     assert str(other) == "session=s runs model m-0"
-    for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        assert not isinstance(failure(code, "x"), ActionMeshClientError)  # retried, not raised
 
 
 def test_unary_and_stream_steps_equal_the_reference(

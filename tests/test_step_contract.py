@@ -83,6 +83,7 @@ def test_seq_gap_and_replay_of_old_seq_are_refused_with_the_current_seq(
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "is at seq 2" in (error.details() or "")
         assert ("actionmesh-current-seq", "2") in (error.trailing_metadata() or ())
+        assert ("actionmesh-error", "seq_conflict") in (error.trailing_metadata() or ())
     assert step(stub, sid, 3, obs).seq == 3
 
 

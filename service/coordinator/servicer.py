@@ -23,18 +23,26 @@ from service.proto import session_pb2, session_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_STATUS: dict[type[ActionmeshError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    SessionNotFound: grpc.StatusCode.NOT_FOUND,
-    SeqConflict: grpc.StatusCode.FAILED_PRECONDITION,
-    ModelVersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+ERROR_KEY = "actionmesh-error"
+CURRENT_SEQ_KEY = "actionmesh-current-seq"
+
+# Each error's status code and reason (the code alone is shared by several kinds).
+_STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
+    InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
+    SessionNotFound: (grpc.StatusCode.NOT_FOUND, "session_not_found"),
+    SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
+    ModelVersionMismatch: (grpc.StatusCode.FAILED_PRECONDITION, "model_version_mismatch"),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
+    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
 }
 
 
 def status_of(exc: ActionmeshError) -> grpc.StatusCode:
-    return _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+    return _STATUS.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))[0]
+
+
+def reason_of(exc: ActionmeshError) -> str:
+    return _STATUS.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))[1]
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
@@ -79,7 +87,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             except ActionmeshError as exc:
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
-                    code=status_of(exc).value[0], message=str(exc), current_seq=current
+                    code=status_of(exc).value[0],
+                    message=str(exc),
+                    current_seq=current,
+                    reason=reason_of(exc),
                 )
                 yield session_pb2.StreamStepsReply(seq=request.seq, error=error)
                 continue
@@ -153,6 +164,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
 
 
 def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
+    metadata = [(ERROR_KEY, reason_of(exc))]
     if isinstance(exc, SeqConflict):
-        context.set_trailing_metadata((("actionmesh-current-seq", str(exc.current_seq)),))
+        metadata.append((CURRENT_SEQ_KEY, str(exc.current_seq)))
+    context.set_trailing_metadata(tuple(metadata))
     context.abort(status_of(exc), str(exc))
