@@ -12,7 +12,9 @@ from collections.abc import Callable
 from service import config
 from service.child_process import die_with_parent
 from service.config import (
+    CKPT_ACTIONS,
     BenchSettings,
+    CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
@@ -53,6 +55,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(config.load(BenchSettings, "bench", args))
 
 
+def _ckpt(args: argparse.Namespace) -> int:
+    from service import ckpt_cli
+
+    return ckpt_cli.main(config.load(CkptSettings, "ckpt", args), args.action, args.version)
+
+
 def _status(args: argparse.Namespace) -> int:
     from service import status
 
@@ -88,6 +96,12 @@ _COMMANDS: list[tuple[str, type[Settings], Callable[[argparse.Namespace], int], 
         "Measure in-process against cluster step latency, and throughput.",
     ),
     (
+        "ckpt",
+        CkptSettings,
+        _ckpt,
+        "Versioned weight snapshots: keygen, create, list, show, verify, push, pull, promote, rollback, gc.",
+    ),
+    (
         "status",
         StatusSettings,
         _status,
@@ -119,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, settings_cls, handler, help_text in _COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == "ckpt":
+            sub.add_argument("action", choices=CKPT_ACTIONS, help="What to do.")
+            sub.add_argument(
+                "version", nargs="?", default=None, help="A version id, where the action takes one."
+            )
         config.add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler)
     return parser

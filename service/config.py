@@ -113,8 +113,21 @@ class ShardSettings(Settings):
     )
     weights_dir: Path | None = Field(
         None,
-        description="Directory with model.json and stage-K.safetensors; without it, weights are initialised from --seed.",
+        description="Directory with model.json and stage-K.safetensors; without it (and without --flash-dir), weights are initialised from --seed.",
     )
+    flash_dir: Path | None = Field(
+        None,
+        description="Load weights from this node's checkpoint flash (CURRENT if it verifies, else the newest good version; bad ones are quarantined).",
+    )
+    remote: str | None = Field(
+        None,
+        description="With --flash-dir: pull the remote CURRENT from here (s3://... or file://...) when flash holds no good version.",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
+    )
+    insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
     n_stages: int = Field(3, ge=1, description="Stages of the model when initialising from --seed.")
     seed: int = Field(0, description="Initialisation seed when no --weights-dir is given.")
     torch_threads: int = Field(
@@ -213,6 +226,50 @@ class BenchSettings(ClusterSettings):
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+
+
+CKPT_ACTIONS = (
+    "keygen",
+    "create",
+    "list",
+    "show",
+    "verify",
+    "push",
+    "pull",
+    "promote",
+    "rollback",
+    "gc",
+)
+
+
+class CkptSettings(Settings):
+    flash_dir: Path = Field(
+        Path("actionmesh-flash"),
+        description="This node's local flash: versions/, CURRENT, quarantine/.",
+    )
+    remote: str | None = Field(
+        None,
+        description="Remote store: s3://bucket/prefix[?endpoint_url=...&region=...] or file:///path.",
+    )
+    signing_key: Path | None = Field(
+        None, description="ed25519 private key (PEM) that signs created versions."
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="ed25519 public keys (PEM) whose signatures are accepted."
+    )
+    insecure: bool = Field(False, description="Accept unsigned versions and create them unsigned.")
+    weights_dir: Path | None = Field(
+        None, description="create: the weights to snapshot (model.json + *.safetensors)."
+    )
+    stages: int = Field(
+        3, ge=1, description="create without --weights-dir: stages of fresh weights."
+    )
+    seed: int = Field(0, description="create without --weights-dir: seed of fresh weights.")
+    keep: int = Field(
+        5, ge=1, description="gc: keep this many newest versions (and every one in use)."
+    )
+    key_dir: Path = Field(Path("."), description="keygen: where to write the key pair.")
+    json_output: bool = Field(False, description="Print one JSON object instead of text.")
 
 
 class StatusSettings(Settings):

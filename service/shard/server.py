@@ -31,8 +31,13 @@ DRAIN_S = 0.5
 
 def load_stage(settings: ShardSettings) -> tuple[Stage, str]:
     """This shard's stage and the model version it advertises."""
-    if settings.weights_dir is not None:
-        stage, info = weights.load_stage(settings.weights_dir, settings.stage)
+    directory = settings.weights_dir
+    if settings.flash_dir is not None:
+        from service.shard.checkpoint_source import verified_weights
+
+        directory = verified_weights(settings, settings.flash_dir)
+    if directory is not None:
+        stage, info = weights.load_stage(directory, settings.stage)
         return stage, info.version
     model = ActionModel(ModelConfig(n_stages=settings.n_stages, seed=settings.seed))
     return model.stage(settings.stage), weights.model_version(model)

@@ -1,0 +1,116 @@
+"""The narrow interface of a blob store, and the one place that picks a backend from a URL.
+
+Keys are relative, '/'-separated (`blobs/<sha256>`, `versions/<id>/manifest.json`, `CURRENT`).
+Backends: `file:///path` (local_blobstore.py) and `s3://bucket/prefix` (s3_blobstore.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from checkpoint.errors import PreconditionFailed
+
+__all__ = ["BlobStore", "PreconditionFailed", "S3Options", "Tagged", "check_key", "open_blobstore"]
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A small object's bytes and the etag a conditional write must name to replace it."""
+
+    data: bytes
+    etag: str
+
+
+class BlobStore(Protocol):
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store `data` at `key` (replacing it). Readers see the old or the new object."""
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload a (possibly large) file to `key`."""
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Download `key` into `path`. Raises NotFound."""
+
+    def get(self, key: str) -> Tagged | None:
+        """A small object's bytes and etag, or None when absent."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key starting with `prefix`, sorted."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; absent keys are fine."""
+
+    def put_if(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Write a small object only if it still has etag `if_match`, or (`if_none_match`) does
+        not exist yet. Exactly one condition. Returns the new etag; raises PreconditionFailed."""
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Explicit S3 settings; anything left None comes from the usual boto3 sources
+    (environment, ~/.aws/config and credentials, instance metadata)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    multipart_threshold_bytes: int = 64 * 1024 * 1024
+    multipart_chunksize_bytes: int = 16 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 5
+    retry_max_wait_s: float = 5.0
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+def check_conditions(if_match: str | None, if_none_match: bool) -> None:
+    if (if_match is None) == (not if_none_match):
+        raise ValueError("put_if needs exactly one of if_match=<etag> or if_none_match=True")
+
+
+def open_blobstore(url: str, s3: S3Options | None = None) -> BlobStore:
+    """`file:///abs/path` or `s3://bucket[/prefix][?endpoint_url=...&region=...]`; query
+    parameters override the matching fields of `s3`."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URL {url!r} must be file:///absolute/path")
+        from checkpoint.local_blobstore import LocalBlobStore
+
+        return LocalBlobStore(Path(parts.path))
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"S3 URL {url!r} names no bucket: use s3://bucket/prefix")
+        options = _with_query(s3 or S3Options(), parts.query)
+        from checkpoint.s3_blobstore import S3BlobStore
+
+        return S3BlobStore(parts.netloc, parts.path.strip("/"), options)
+    raise ValueError(f"unsupported blob store URL {url!r}: use file:///path or s3://bucket/prefix")
+
+
+def _with_query(options: S3Options, query: str) -> S3Options:
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(params) - {"endpoint_url", "region", "profile"}
+    if unknown:
+        raise ValueError(f"unknown S3 URL parameters {sorted(unknown)}")
+    return replace(
+        options,
+        endpoint_url=params.get("endpoint_url", options.endpoint_url),
+        region=params.get("region", options.region),
+        profile=params.get("profile", options.profile),
+    )

@@ -1,0 +1,245 @@
+"""S3 (or any S3-compatible endpoint) as a blob store: `s3://bucket/prefix`.
+
+The only file that imports boto3. Large files go through boto3's managed transfer (multipart
+above `multipart_threshold_bytes`). Conditional writes use S3's If-Match / If-None-Match on
+PutObject. Retryable failures (connection errors, timeouts, throttling, 5xx) are retried with
+tenacity (bounded attempts, exponential backoff with jitter) and counted; everything else
+(missing keys, failed preconditions, access denied) surfaces at once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from prometheus_client import Counter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from checkpoint.blobstore import S3Options, Tagged, check_conditions, check_key
+from checkpoint.errors import NotFound, PreconditionFailed, StoreUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+RETRIES = Counter(
+    "actionmesh_checkpoint_retries_total",
+    "Blob store calls retried after a retryable error.",
+    ["operation"],
+)
+
+_RETRYABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "Throttling",
+        "ThrottlingException",
+        "ConditionalRequestConflict",  # another conditional write was in flight: ask again
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+
+T = TypeVar("T")
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return _code(exc) in _RETRYABLE_CODES
+    return isinstance(
+        exc,
+        botocore.exceptions.ConnectionError
+        | botocore.exceptions.HTTPClientError
+        | S3UploadFailedError,
+    )
+
+
+class S3BlobStore:
+    def __init__(self, bucket: str, prefix: str, options: S3Options) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.options = options
+        session = boto3.session.Session(
+            aws_access_key_id=options.access_key_id,
+            aws_secret_access_key=options.secret_access_key,
+            aws_session_token=options.session_token,
+            region_name=options.region,
+            profile_name=options.profile,
+        )
+        self.client: S3Client = session.client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            config=botocore.config.Config(
+                connect_timeout=options.connect_timeout_s,
+                read_timeout=options.read_timeout_s,
+                retries={"max_attempts": 1, "mode": "standard"},  # tenacity retries, counted
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=options.multipart_threshold_bytes,
+            multipart_chunksize=options.multipart_chunksize_bytes,
+        )
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        def count(state: RetryCallState) -> None:
+            RETRIES.labels(operation=operation).inc()
+            outcome = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "blobstore=s3://%s/%s op=%s attempt=%d retrying after %r",
+                self.bucket,
+                self.prefix,
+                operation,
+                state.attempt_number,
+                outcome,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(is_retryable),
+            stop=stop_after_attempt(self.options.max_attempts),
+            wait=wait_exponential_jitter(
+                multiplier=0.1, jitter=0.2, max=self.options.retry_max_wait_s
+            ),
+            before_sleep=count,
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _NOT_FOUND_CODES:
+                raise NotFound(f"{operation}: s3://{self.bucket}/{self.prefix}: {exc}") from exc
+            if _code(exc) in _PRECONDITION_CODES:
+                raise PreconditionFailed(f"{operation}: {exc}") from exc
+            if is_retryable(exc):
+                raise StoreUnavailable(f"{operation} failed after retries: {exc}") from exc
+            raise
+        except (botocore.exceptions.BotoCoreError, S3UploadFailedError) as exc:
+            raise StoreUnavailable(
+                f"{operation} on s3://{self.bucket}/{self.prefix} failed after "
+                f"{self.options.max_attempts} attempts: {exc}; check endpoint_url and network"
+            ) from exc
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._key(key)
+        self._call("put", lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data))
+
+    def put_file(self, key: str, path: Path) -> None:
+        full = self._key(key)
+        self._call(
+            "upload",
+            lambda: self.client.upload_file(str(path), self.bucket, full, Config=self.transfer),
+        )
+
+    def get_file(self, key: str, path: Path) -> None:
+        full = self._key(key)
+        try:
+            self._call(
+                "download",
+                lambda: self.client.download_file(
+                    self.bucket, full, str(path), Config=self.transfer
+                ),
+            )
+        except NotFound as exc:
+            raise NotFound(f"s3://{self.bucket}/{full} not found") from exc
+
+    def get(self, key: str) -> Tagged | None:
+        full = self._key(key)
+
+        def fetch() -> Tagged:
+            reply = self.client.get_object(Bucket=self.bucket, Key=full)
+            return Tagged(data=reply["Body"].read(), etag=reply["ETag"])
+
+        try:
+            return self._call("get", fetch)
+        except NotFound:
+            return None
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        try:
+            self._call("head", lambda: self.client.head_object(Bucket=self.bucket, Key=full))
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        if ".." in prefix.split("/") or prefix.startswith("/"):
+            raise ValueError(f"invalid blob key prefix {prefix!r}")
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+
+        def collect() -> list[str]:
+            keys: list[str] = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
+            return keys
+
+        return sorted(self._call("list", collect))
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
+
+    def put_if(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        check_conditions(if_match, if_none_match)
+        full = self._key(key)
+        attempts = 0
+
+        def put() -> str:
+            nonlocal attempts
+            attempts += 1
+            if if_match is not None:
+                reply = self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, IfMatch=if_match
+                )
+            else:
+                reply = self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"
+                )
+            return reply["ETag"]
+
+        try:
+            return self._call("put_if", put)
+        except NotFound as exc:  # If-Match on a key that is gone
+            raise PreconditionFailed(f"{key} no longer exists (expected etag {if_match})") from exc
+        except PreconditionFailed as exc:
+            # A retry after a lost reply can fail on our own first write: if the object now
+            # holds exactly our bytes, that write won.
+            if attempts > 1 and (now := self.get(key)) is not None and now.data == data:
+                return now.etag
+            expected = f"etag {if_match}" if if_match else "no object"
+            raise PreconditionFailed(
+                f"{key} changed since it was read (expected {expected})"
+            ) from exc

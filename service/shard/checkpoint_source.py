@@ -1,0 +1,44 @@
+"""Where a shard's weights come from when it runs on checkpoints: the remote CURRENT (or, with
+no remote, the local one), verified on flash and pulled when missing or bad there."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from checkpoint.blobstore import open_blobstore
+from checkpoint.errors import CheckpointError
+from checkpoint.local_flash import LocalFlash
+from checkpoint.manifest import load_public_key
+from checkpoint.remote import Remote, ensure_local
+from service.config import ShardSettings
+from service.model import weights
+
+log = logging.getLogger(__name__)
+
+
+def verified_weights(settings: ShardSettings, flash_dir: Path) -> Path:
+    """The directory of the version to serve; SystemExit with the reason if there is none."""
+    keys = [load_public_key(path) for path in settings.trusted_keys]
+    flash = LocalFlash(flash_dir, keys, insecure=settings.insecure)
+    remote = Remote(open_blobstore(settings.remote)) if settings.remote else None
+    try:
+        loaded = ensure_local(flash, remote)
+    except CheckpointError as exc:
+        raise SystemExit(f"shard: no verified weights on {flash_dir}: {exc}") from exc
+    for bad in loaded.quarantined:
+        log.error(
+            "version=%s failed verification (%s); quarantined to %s",
+            bad.version,
+            "; ".join(bad.problems),
+            bad.quarantined_to,
+        )
+    if not loaded.from_current:
+        log.warning("version=%s served: CURRENT is missing or bad", loaded.version)
+    advertised = weights.read_info(loaded.path).version
+    if advertised != loaded.version:  # the shard advertises model.json's version
+        raise SystemExit(
+            f"shard: checkpoint version {loaded.version} holds weights of version {advertised}; "
+            "create checkpoints with `actionmesh ckpt create`, which names them by their weights"
+        )
+    return loaded.path
