@@ -69,7 +69,9 @@ class SeqConflict(ActionMeshClientError):
 
 
 class ServiceUnavailable(ActionMeshClientError):
-    """Every attempt failed; the session is still at its last acknowledged seq."""
+    """Every attempt failed. The step may or may not have been committed: the next step()
+    finds out (a stored reply to the earlier observation) and steps again. Observations are
+    told apart by their timestamps, so give each its own (the default, time.time(), does)."""
 
     def __init__(self, message: str, code: str, attempts: int, addresses: list[str]) -> None:
         super().__init__(message, code)
@@ -335,10 +337,41 @@ class Session:
         timestamp_s: float | None = None,
     ) -> StepResult:
         """Step seq+1 with a unary Step call."""
-        request = self._request(observation, priority, timestamp_s)
-        what = f"session={self.session_id} seq={request.seq}"
-        return self._acknowledge(
-            request, self.client._call(what, "Step", request, self.client.step_timeout_s)
+
+        def call(request: session_pb2.StepRequest) -> session_pb2.StepReply:
+            what = f"session={self.session_id} seq={request.seq}"
+            reply: session_pb2.StepReply = self.client._call(
+                what, "Step", request, self.client.step_timeout_s
+            )
+            return reply
+
+        return self._step_with(call, observation, priority, timestamp_s)
+
+    def _step_with(
+        self,
+        call: Callable[[session_pb2.StepRequest], session_pb2.StepReply],
+        observation: torch.Tensor,
+        priority: Priority,
+        timestamp_s: float | None,
+    ) -> StepResult:
+        """Send seq+1. If the answer is the stored reply of an earlier observation (its step
+        was committed before a failure this client gave up on), take it as that step's
+        acknowledgement and send this observation again as the next seq."""
+        for _ in range(2):
+            request = self._request(observation, priority, timestamp_s)
+            reply = call(request)
+            result = self._acknowledge(request, reply)
+            if reply.observation_timestamp_s == request.timestamp_s:
+                return result
+            log.warning(
+                "session=%s seq=%d had been committed with an earlier observation; "
+                "stepping this one as seq %d",
+                self.session_id,
+                request.seq,
+                request.seq + 1,
+            )
+        raise ActionMeshClientError(
+            f"session={self.session_id}: two stale replies in a row", "INTERNAL"
         )
 
     def stream(self) -> StepStream:
@@ -402,10 +435,13 @@ class StepStream(_Closing):
         priority: Priority = "NORMAL",
         timestamp_s: float | None = None,
     ) -> StepResult:
-        request = self.session._request(observation, priority, timestamp_s)
-        what = f"session={self.session.session_id} seq={request.seq} (stream)"
-        reply = self.session.client._retrying(what, lambda address: self._attempt(address, request))
-        return self.session._acknowledge(request, reply)
+        def call(request: session_pb2.StepRequest) -> session_pb2.StepReply:
+            what = f"session={self.session.session_id} seq={request.seq} (stream)"
+            return self.session.client._retrying(
+                what, lambda address: self._attempt(address, request)
+            )
+
+        return self.session._step_with(call, observation, priority, timestamp_s)
 
     def _attempt(self, address: str, request: session_pb2.StepRequest) -> session_pb2.StepReply:
         if self._open is None or self._open.address != address:

@@ -345,6 +345,10 @@ class RedisSessionStore:
                 f"store={self._url} operation={operation}: no answer after {attempts} "
                 f"attempt(s) in {time.monotonic() - started:.1f}s ({exc}); {hint}"
             ) from exc
+        except redis.RedisError as exc:  # OOM, MISCONF, BUSY...: Redis refuses, retry later
+            raise StoreUnavailable(
+                f"store={self._url} operation={operation}: Redis refused: {exc}"
+            ) from exc
 
     def _attempt(self, fn: Callable[[], _T]) -> _T:
         try:

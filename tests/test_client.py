@@ -16,6 +16,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from service import tensor_codec
 from service.child_process import ChildProcess
 from service.client import (
     ActionMeshClient,
@@ -34,6 +35,7 @@ from service.client import (
 from service.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
+from service.proto import session_pb2
 from tests.conftest import SMALL_MODEL
 from tests.robot import observations, reference_run
 
@@ -291,3 +293,25 @@ def test_client_leaves_a_hung_coordinator(cluster: LocalCluster, model: ActionMo
     print(f"SIGSTOP: slowest step after it {max(robot.latencies_s[stopped_at:]) * 1e3:.0f} ms")
     assert counter("actionmesh_client_failovers_total") == failovers + 1
     assert counter("actionmesh_client_retries_total", reason="DEADLINE_EXCEEDED") >= timeouts + 2
+
+
+def test_a_stored_reply_to_an_earlier_observation_is_acknowledged_and_the_step_resent() -> None:
+    """The commit of seq 5 went through but the client gave up on it; the next step() sends
+    seq 5 again with a new observation and gets seq 5's stored reply (earlier timestamp): it
+    must take that as seq 5's acknowledgement and send the new observation as seq 6."""
+    session = Session(None, "s", 4, ActionSpec(3, 2, 7), "m-1")  # type: ignore[arg-type]
+    sent: list[tuple[int, float]] = []
+
+    def call(request: session_pb2.StepRequest) -> session_pb2.StepReply:
+        sent.append((request.seq, request.timestamp_s))
+        stamp = 1.0 if request.seq == 5 else request.timestamp_s  # seq 5 holds the old one
+        return session_pb2.StepReply(
+            seq=request.seq,
+            action=tensor_codec.encode(torch.zeros(2, 7)),
+            serve_mode=session_pb2.FULL,
+            observation_timestamp_s=stamp,
+        )
+
+    result = session._step_with(call, torch.zeros(3), "NORMAL", timestamp_s=2.0)
+    assert [seq for seq, _ in sent] == [5, 6]
+    assert result.seq == 6 and session.seq == 6

@@ -121,3 +121,9 @@ def test_serving_version(
     stages: list[tuple[str | None, list[ReplicaInfo]]], expected: str | None
 ) -> None:
     assert serving_version(_views(*stages), n_stages=2) == expected
+
+
+def test_ban_length_never_overflows_after_very_many_failures() -> None:
+    policy = BanPolicy(base_s=0.5, max_s=30.0)
+    ban = Ban(5000, until=0.0)
+    assert policy.after_failure(ban, now=10.0) == Ban(5001, until=40.0)

@@ -63,6 +63,12 @@ def test_retry_of_last_seq_returns_stored_reply_without_recompute(
     assert [b + 1 for b in before] == forward_items(cluster)
 
 
+def test_open_session_refuses_a_nan_ttl(stub: session_pb2_grpc.SessionServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.OpenSession(session_pb2.OpenSessionRequest(ttl_s=math.nan), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_step_without_a_client_deadline_is_served(
     cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub
 ) -> None:

@@ -6,6 +6,7 @@ Knows no gRPC: the servicer maps its exceptions (service.errors) to status codes
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Iterator
@@ -95,8 +96,8 @@ class SessionEngine:
         self.durability = durability
 
     def open(self, ttl_s: float, client_id: str, wait_replicas: int) -> OpenedSession:
-        if ttl_s < 0:
-            raise InvalidInput(f"ttl_s must be >= 0 (0 means the default), got {ttl_s}")
+        if not (ttl_s >= 0 and math.isfinite(ttl_s)):
+            raise InvalidInput(f"ttl_s must be a finite number >= 0 (0: the default), got {ttl_s}")
         if wait_replicas > self.durability.max_wait_replicas:
             raise InvalidInput(
                 f"wait_replicas {wait_replicas} exceeds this coordinator's max_wait_replicas "
@@ -227,6 +228,7 @@ class SessionEngine:
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout as exc:
+            future.cancel()  # still queued: keep it out of a batch (it no longer counts)
             raise DeadlineExceeded(
                 f"session={item.session_id} seq={item.seq}: not computed before the deadline; "
                 "the session was not advanced, retry the same seq"

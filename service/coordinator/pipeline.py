@@ -53,7 +53,9 @@ class Pipeline:
 
     def run(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
         inputs = [tensor_codec.encode(item.observation) for item in batch]
-        deadline = min(item.deadline for item in batch)
+        # The latest deadline: a step whose own deadline passes is answered DEADLINE_EXCEEDED by
+        # its waiter; it must not cut the stage calls short for the others in its batch.
+        deadline = max(item.deadline for item in batch)
         states: list[list[bytes]] = [[] for _ in batch]
         stage_ms: list[float] = []
         reply = stage_pb2.ForwardReply()

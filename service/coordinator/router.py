@@ -26,7 +26,8 @@ class BanPolicy:
 
     def after_failure(self, previous: Ban | None, now: float) -> Ban:
         failures = 1 if previous is None else previous.failures + 1
-        return Ban(failures, now + min(self.max_s, self.base_s * 2 ** (failures - 1)))
+        doublings = min(failures - 1, 30)  # 2**30 bans are longer than any max_s: no overflow
+        return Ban(failures, now + min(self.max_s, self.base_s * 2**doublings))
 
 
 def is_banned(replica_id: str, bans: Mapping[str, Ban], now: float) -> bool:

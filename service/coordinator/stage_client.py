@@ -9,6 +9,10 @@ from service.grpc_server import MAX_MESSAGE_BYTES
 from service.proto import stage_pb2, stage_pb2_grpc
 
 
+class StageTimeout(Unavailable):
+    """The call ran out of its time: the replica is slow or hung (or the time was short)."""
+
+
 class StageClient:
     def __init__(self, stage: int, address: str) -> None:
         self.stage, self.address = stage, address
@@ -37,7 +41,11 @@ class StageClient:
             what = (
                 f"{exc.code().name} ({exc.details()})" if isinstance(exc, grpc.Call) else str(exc)
             )
-            raise Unavailable(f"stage {self.stage} at {self.address}: {what}") from exc
+            timed_out = (
+                isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+            kind = StageTimeout if timed_out else Unavailable
+            raise kind(f"stage {self.stage} at {self.address}: {what}") from exc
         if len(reply.results) != len(request.items):
             raise Unavailable(
                 f"stage {self.stage} at {self.address}: {len(reply.results)} results for "

@@ -8,7 +8,7 @@ import time
 
 from service import metrics
 from service.coordinator.router import Ban, BanPolicy, candidates
-from service.coordinator.stage_client import StageClient
+from service.coordinator.stage_client import StageClient, StageTimeout
 from service.errors import Unavailable
 from service.proto import stage_pb2
 from state.leadership import ReplicaInfo, RoutingTable, StageView
@@ -55,6 +55,11 @@ class StageRouter:
             try:
                 reply = self._client(replica).forward(request, timeout_s)
             except Unavailable as exc:
+                if isinstance(exc, StageTimeout) and timeout_s < self.stage_timeout_s:
+                    raise Unavailable(  # cut short by the step's deadline: not the replica's fault
+                        f"stage {stage}: the step deadline ran out during the call to "
+                        f"{replica.replica_id}; the session was not advanced, retry the same seq"
+                    ) from exc
                 tried.add(replica.replica_id)
                 failures.append(f"{replica.replica_id}: {exc}")
                 self._suspect(replica, now)
