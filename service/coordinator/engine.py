@@ -29,7 +29,7 @@ from service.errors import (
     SessionNotFound,
     Unavailable,
 )
-from service.metrics import STORED_REPLIES
+from service.metrics import REPLAYED_STEPS, STATE_RESETS, STORED_REPLIES
 from service.model.config import ModelConfig
 from state.session import (
     CommitStatus,
@@ -162,7 +162,6 @@ class SessionEngine:
         if record is None:
             raise _not_found(session_id)
         if seq == record.seq and record.last_reply:
-            STORED_REPLIES.inc()
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
@@ -212,7 +211,11 @@ class SessionEngine:
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
         )
-        return self._commit(record, commit)
+        answer = self._commit(record, commit)
+        if answer.recomputed:  # counted once the step is committed, not per attempt
+            REPLAYED_STEPS.inc(level.replayed_steps)
+            STATE_RESETS.inc(level.reset)
+        return answer
 
     def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:
         """An earlier answer, acknowledged only once it is as durable as the session asked."""
@@ -221,6 +224,7 @@ class SessionEngine:
                 self.store.confirm_replicated(
                     record.session_id, record.wait_replicas, self.durability.wait_timeout_s
                 )
+        STORED_REPLIES.inc()
         return StepAnswer(reply, "FULL", recomputed=False)
 
     def _compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from service import tensor_codec
-from service.metrics import REPLAYED_STEPS, STATE_RESETS
 from state.session import SessionRecord, StageIndex, StageState
 from state.store import SessionStore
 
@@ -31,6 +30,7 @@ class LevelStates:
     states: list[bytes]  # per stage, all reflecting record.seq (b"" = fresh)
     replayed_steps: int = 0
     reset: bool = False  # the log did not reach back: the states are fresh, history is lost
+    # Counted in metrics by the caller once the step commits (a failed attempt is retried).
 
 
 def level_states(
@@ -44,7 +44,6 @@ def level_states(
     if anchor is not None:
         logged = store.observations(record.session_id, anchor.seq + 1, record.seq)
     if anchor is None or logged is None:
-        STATE_RESETS.inc()
         log.warning(
             "session=%s seq=%d stage states lag %s and the observation log does not reach back "
             "to the last level step: state reset",
@@ -56,7 +55,6 @@ def level_states(
     states = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
     for i, observation in enumerate(logged):
         states = step(anchor.seq + 1 + i, tensor_codec.from_bytes(observation), states)
-    REPLAYED_STEPS.inc(len(logged))
     log.info(
         "session=%s replayed seq %d..%d to bring stages level",
         record.session_id,
