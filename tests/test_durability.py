@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
+import pytest
+
 from service.local_cluster import LocalCluster
+from service.proto import session_pb2, session_pb2_grpc
 from state.embedded_redis import EmbeddedRedis
 from state.embedded_sentinel import EmbeddedSentinels
 from tests.conftest import SMALL_MODEL, cluster_settings
@@ -40,6 +44,11 @@ def test_wait_replicas_steps_are_acknowledged_only_once_replicated(tmp_path: Pat
         replica = cluster.redis_replicas[0]
         replica.kill()  # no replica acknowledges: steps must not be acknowledged
         wait_for(lambda: len(failed(robots)) >= 4, 15, "steps refused without a replica")
+        with grpc.insecure_channel(cluster.address) as channel, pytest.raises(grpc.RpcError) as no:
+            session_pb2_grpc.SessionServiceStub(channel).OpenSession(
+                session_pb2.OpenSessionRequest(wait_replicas=1), timeout=10
+            )
+        assert no.value.code() == grpc.StatusCode.UNAVAILABLE  # not even opened unreplicated
         acked = [r.acked for r in robots]
         replica.restart()
         progress(robots, 10)

@@ -110,6 +110,10 @@ class SessionEngine:
         )
         with _store_errors():
             self.store.create(record)
+            if wait_replicas:  # a session that asks for replicas must itself survive a failover
+                self.store.confirm_replicated(
+                    session_id, wait_replicas, self.durability.wait_timeout_s
+                )
         log.info(
             "session=%s opened client=%r ttl=%.1fs wait_replicas=%d",
             session_id,
