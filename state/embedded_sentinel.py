@@ -12,7 +12,6 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from state.embedded_redis import (
@@ -28,6 +27,7 @@ from state.embedded_redis import (
     spawn_server,
     terminate,
 )
+from state.lifecycle import Lifecycle
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
-class EmbeddedSentinels:
+class EmbeddedSentinels(Lifecycle):
     """n sentinels monitoring the primary on 127.0.0.1:primary_port as `service_name`."""
 
     def __init__(
@@ -117,17 +117,6 @@ class EmbeddedSentinels:
         for proc in self._procs:
             terminate(proc, self._stop_timeout_s)
         self._procs = []
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _start_one(self, index: int) -> None:
         sentinel_dir = self._base_dir / f"sentinel-{index}"

@@ -28,10 +28,9 @@ from service.client import (
     Session,
     SessionNotFound,
     StepResult,
-    _Retry,
-    failure,
     should_move_on,
 )
+from service.client_errors import RetryableFailure, failure
 from service.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
@@ -83,11 +82,11 @@ def counter(name: str, **labels: str) -> float:
 def test_only_statuses_without_a_coordinator_reason_count_as_unreachable() -> None:
     refused = "failed to connect to all addresses; last error: Connection refused"
     transport = failure("UNAVAILABLE", refused, reason="")
-    assert isinstance(transport, _Retry) and transport.unreachable
+    assert isinstance(transport, RetryableFailure) and transport.unreachable
     served = failure("UNAVAILABLE", "stage 1: no replica left to try", reason="unavailable")
-    assert isinstance(served, _Retry) and not served.unreachable
+    assert isinstance(served, RetryableFailure) and not served.unreachable
     late = failure("DEADLINE_EXCEEDED", "Deadline Exceeded", reason="")
-    assert isinstance(late, _Retry) and not late.unreachable
+    assert isinstance(late, RetryableFailure) and not late.unreachable
     assert should_move_on(True, 1) and should_move_on(False, 2) and not should_move_on(False, 1)
 
 

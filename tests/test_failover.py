@@ -36,6 +36,11 @@ def leader_of(cluster: LocalCluster, stage: int) -> ReplicaInfo | None:
         table.stop()
 
 
+def led_by_another(cluster: LocalCluster, stage: int, old: ReplicaInfo) -> bool:
+    lead = leader_of(cluster, stage)
+    return lead is not None and lead.replica_id != old.replica_id
+
+
 def replica_role(address: str) -> str:
     with grpc.insecure_channel(address) as channel:
         info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=2)
@@ -51,9 +56,7 @@ def test_kill_9_of_a_stage_leader(tmp_path: Path) -> None:
         killed_at = time.monotonic()
         cluster.replica_process(old.replica_id).kill()
         took = wait_for(
-            lambda: (
-                (lead := leader_of(cluster, 1)) is not None and lead.replica_id != old.replica_id
-            ),
+            lambda: led_by_another(cluster, 1, old),
             TTL_S + 3,
             "a standby leads stage 1",
         )
@@ -76,10 +79,7 @@ def test_hung_leader_is_suspected_and_later_serves_as_standby(tmp_path: Path) ->
             stopped_at = time.monotonic()
             progress(robots, 20)  # steps go on, on the standby, long before the lease runs out
             wait_for(
-                lambda: (
-                    (lead := leader_of(cluster, 2)) is not None
-                    and lead.replica_id != old.replica_id
-                ),
+                lambda: led_by_another(cluster, 2, old),
                 TTL_S + 3,
                 "the standby takes the lease of the hung leader",
             )
@@ -105,9 +105,7 @@ def test_graceful_leader_shutdown_fails_no_step(tmp_path: Path) -> None:
         assert old is not None
         cluster.replica_process(old.replica_id).stop()
         wait_for(
-            lambda: (
-                (lead := leader_of(cluster, 0)) is not None and lead.replica_id != old.replica_id
-            ),
+            lambda: led_by_another(cluster, 0, old),
             1.0,
             "a standby leads stage 0 at once (the lease was revoked)",
         )
@@ -234,9 +232,7 @@ def test_etcd_outage_keeps_routing_on_the_last_table(tmp_path: Path) -> None:
         assert old is not None
         cluster.replica_process(old.replica_id).stop()  # a change after the restart is seen
         wait_for(
-            lambda: (
-                (lead := leader_of(cluster, 1)) is not None and lead.replica_id != old.replica_id
-            ),
+            lambda: led_by_another(cluster, 1, old),
             TTL_S + 3,
             "a standby leads stage 1",
         )
