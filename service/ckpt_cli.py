@@ -2,7 +2,7 @@
 
 Exit codes scripts can trust: 0 done; 1 a version failed verification or was not found;
 3 a conditional write lost (someone else promoted: re-read and decide again); 4 the remote
-store could not be reached. `--json` prints one object per run.
+store (or, for promote and rollback with --etcd, the cluster's etcd) could not be reached. `--json` prints one object per run.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from service.config import CkptSettings
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
+from state.desired_version import set_desired_version
+from state.leadership import LeadershipUnavailable
 
 _EXIT = {NotFound: 1, VerificationFailed: 1, PreconditionFailed: 3, StoreUnavailable: 4}
 
@@ -163,6 +165,20 @@ def pull(settings: CkptSettings, version: str | None) -> dict[str, Any]:
     }
 
 
+def _tell_cluster(settings: CkptSettings, version: str) -> bool:
+    """Set the running cluster's desired version (with --etcd), so that it rolls over now."""
+    if not settings.etcd:
+        return False
+    try:
+        set_desired_version(settings.etcd, settings.cluster, version)
+    except LeadershipUnavailable as exc:
+        raise StoreUnavailable(
+            f"CURRENT names {version}, but the running cluster was not told: {exc}; "
+            "run the same command again"
+        ) from exc
+    return True
+
+
 def promote(settings: CkptSettings, version: str | None) -> dict[str, Any]:
     if version is None:
         raise NotFound("promote needs a VERSION (see `ckpt list`)")
@@ -175,6 +191,7 @@ def promote(settings: CkptSettings, version: str | None) -> dict[str, Any]:
         "previous": pointer.previous if pointer else None,
         "remote": pointer is not None,
         "local": flash.current() == version,
+        "cluster": _tell_cluster(settings, version),
     }
 
 
@@ -193,7 +210,7 @@ def rollback(settings: CkptSettings, version: str | None) -> dict[str, Any]:
         target = parent
     if flash.path(target).is_dir():
         flash.set_current(target)
-    return {"current": target, "previous": previous}
+    return {"current": target, "previous": previous, "cluster": _tell_cluster(settings, target)}
 
 
 def collect(settings: CkptSettings, version: str | None) -> dict[str, Any]:

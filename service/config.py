@@ -269,6 +269,14 @@ class CkptSettings(Settings):
         5, ge=1, description="gc: keep this many newest versions (and every one in use)."
     )
     key_dir: Path = Field(Path("."), description="keygen: where to write the key pair.")
+    etcd: str | None = Field(
+        None,
+        description="promote/rollback: also set the running cluster's desired version in this "
+        "etcd, so that its shards and coordinators roll over to it now, without a failed step.",
+    )
+    cluster: str = Field(
+        "local", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+    )
     json_output: bool = Field(False, description="Print one JSON object instead of text.")
 
 

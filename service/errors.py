@@ -26,10 +26,6 @@ class SeqConflict(ActionmeshError):
         self.current_seq = current_seq
 
 
-class ModelVersionMismatch(ActionmeshError):
-    """The session was opened on a model this cluster no longer serves."""
-
-
 class Unavailable(ActionmeshError):
     """Nothing could serve this step now; the session was not advanced: retry the same seq."""
 

@@ -9,6 +9,7 @@ from types import TracebackType
 
 from service.child_process import ChildProcess
 from service.config import ClusterSettings
+from service.local_checkpoints import LocalCheckpoints
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
@@ -31,6 +32,7 @@ class LocalCluster:
         self.redis_url = settings.redis_url or ""
         self.etcd: EmbeddedEtcd | None = None
         self.etcd_url = settings.etcd or ""
+        self.checkpoints: LocalCheckpoints | None = None
         self.shards: list[ChildProcess] = []  # stage by stage, replica by replica
         self.coordinator: ChildProcess | None = None
         self._coordinators: list[ChildProcess] = []  # every one started, the main one too
@@ -71,6 +73,8 @@ class LocalCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not (self.weights_dir / weights.MANIFEST).exists():
             weights.save(ActionModel(self.model), self.weights_dir)
+        self.checkpoints = LocalCheckpoints(self.work_dir / "checkpoints")
+        self.checkpoints.publish(self.weights_dir, promote=True)
         if not self.redis_url:
             self.redis_url = self._start_redis()
         if not self.etcd_url:
@@ -114,7 +118,22 @@ class LocalCluster:
     def start_shard(
         self, stage: int, replica: int, weights_dir: Path | None = None
     ) -> ChildProcess:
-        """Start (not wait for) replica `replica` of `stage`; it registers in etcd once ready."""
+        """Start (not wait for) replica `replica` of `stage`; it registers in etcd once ready.
+
+        It serves the checkpoint store's CURRENT version from its own flash and follows the
+        cluster's desired version; with `weights_dir`, those weights and nothing else."""
+        assert self.checkpoints is not None, "cluster not started"
+        if weights_dir is not None:
+            source = ["--weights-dir", str(weights_dir)]
+        else:
+            source = [
+                "--flash-dir",
+                str(self.work_dir / "flash" / f"stage-{stage}-r{replica}"),
+                "--remote",
+                self.checkpoints.remote_url,
+                "--trusted-keys",
+                str(self.checkpoints.public_key),
+            ]
         args = ChildProcess.actionmesh(
             "shard",
             "--stage",
@@ -127,8 +146,7 @@ class LocalCluster:
             self.settings.cluster,
             "--lease-ttl-s",
             str(self.settings.lease_ttl_s),
-            "--weights-dir",
-            str(weights_dir or self.weights_dir),
+            *source,
             "--port",
             "0",
             "--torch-threads",

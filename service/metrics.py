@@ -52,3 +52,12 @@ REPLICA_SUSPECTED = Counter(
     "Stage calls that failed or missed their deadline; the replica was banned and the stage retried.",
     ["stage"],
 )
+SHARD_RELOADS = Counter(
+    "actionmesh_shard_reloads_total",
+    "Model version changes of this shard, by outcome (loaded, failed).",
+    ["stage", "outcome"],
+)
+VERSION_SWITCHES = Counter(
+    "actionmesh_session_version_switches_total",
+    "Sessions moved to another model version (their state rebuilt by replay, or reset).",
+)

@@ -154,6 +154,18 @@ class EtcdConnection:
         found = [KeyValue(bytes(v), int(meta.lease_id)) for v, meta in replies[0]]
         return False, found[0] if found else None
 
+    def replace_if_value(
+        self, key: str, expected: bytes, value: bytes | None, lease_id: int
+    ) -> bool:
+        """Put `value` (delete the key when None) only if the key still holds `expected`."""
+        tx = self._client.transactions
+        action = tx.delete(key) if value is None else tx.put(key, value, lease=lease_id)
+        with _translated(f"replace {key}"):
+            done, _ = self._client.transaction(
+                compare=[tx.value(key) == expected], success=[action], failure=[]
+            )
+        return bool(done)
+
     def list_prefix(self, prefix: str) -> tuple[int, dict[str, bytes]]:
         """Every key under prefix and the store revision they were read at."""
         with _translated(f"list {prefix}"):

@@ -65,6 +65,9 @@ class EtcdReplicaMembership:
         self._granted_ttl_s = self._ttl_s
         self._lease_deadline = 0.0  # monotonic: our lease may have expired from then on
         self._registered = False
+        self._campaigning = True
+        self._resign = False
+        self._leader_value: bytes | None = None  # what we last wrote to the leader key
         self._next_keepalive = 0.0
         self._next_check = 0.0
         self._leader_dirty = True
@@ -87,6 +90,26 @@ class EtcdReplicaMembership:
     def epoch(self) -> int:
         """The current lease id (0 while there is none)."""
         return self._lease_id
+
+    @property
+    def info(self) -> ReplicaInfo:
+        return self._info
+
+    def step_aside(self) -> None:
+        """Give up leadership (if held) and stop campaigning until announce(), so that a
+        standby takes over while this replica reloads its weights."""
+        with self._lock:
+            self._campaigning, self._resign = False, True
+        self._wake.set()
+
+    def announce(self, info: ReplicaInfo) -> None:
+        """Advertise new details (a new model version) and campaign again."""
+        if (info.stage, info.replica_id) != (self._info.stage, self._info.replica_id):
+            raise ValueError(f"{self._who()} cannot announce another replica: {info}")
+        with self._lock:
+            self._info = dataclasses.replace(info, lease_id=0)
+            self._campaigning, self._registered, self._leader_dirty = True, False, True
+        self._wake.set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -142,9 +165,12 @@ class EtcdReplicaMembership:
         now = time.monotonic()
         if not self._lease_id:
             self._grant()
+        if self._resign:
+            self._give_up_leadership()
         if not self._registered:
             self._etcd.put(self._replica_key, self._announced(), self._lease_id)
             self._registered = True
+            self._refresh_leader_value()
         if not self._watching:
             self._watch_leader()
         if now >= self._next_keepalive:
@@ -172,16 +198,34 @@ class EtcdReplicaMembership:
             self._lease_deadline = sent + ttl_s
         self._next_keepalive = sent + self._granted_ttl_s / 3
 
+    def _give_up_leadership(self) -> None:
+        if self._leader_value is not None:
+            self._etcd.replace_if_value(self._leader_key, self._leader_value, None, self._lease_id)
+            _log.info("%s stepped aside: leader key released", self._who())
+        self._leader_value, self._resign, self._leader_dirty = None, False, True
+
+    def _refresh_leader_value(self) -> None:
+        """A leader that announced new details writes them to the leader key too."""
+        value, held = self._announced(), self._leader_value
+        if (
+            held is not None
+            and held != value
+            and self._etcd.replace_if_value(self._leader_key, held, value, self._lease_id)
+        ):
+            self._leader_value = value
+
     def _reconcile(self) -> None:
         """Read the leader key; campaign if it is free; lead iff it holds our lease."""
         self._leader_dirty = False
         current = self._etcd.get(self._leader_key)
-        if current is None:
+        if current is None and self._campaigning:
             _, current = self._etcd.create(self._leader_key, self._announced(), self._lease_id)
         self._next_check = time.monotonic() + self._granted_ttl_s
         if current is not None and current.lease_id == self._lease_id:
+            self._leader_value = current.value
             self._set_role(Role.LEADER, "became leader")
         else:
+            self._leader_value = None
             self._set_role(Role.STANDBY, "standby")
 
     def _watch_leader(self) -> None:
@@ -217,6 +261,7 @@ class EtcdReplicaMembership:
         self._set_role(Role.STANDBY, f"lost lease ({reason})")
         with self._lock:
             self._lease_id = 0
+        self._leader_value = None
         self._registered = False
 
     def _release(self) -> None:

@@ -1,4 +1,5 @@
-"""A coordinator's side of stage leadership on etcd: the routing table, fed by one watch."""
+"""A coordinator's side of stage leadership on etcd: the routing table and the desired model
+version, fed by one watch of the cluster's prefix."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ from state.etcd_client import (
     WatchBroken,
     WatchItem,
 )
-from state.etcd_keys import stage_views, stages_prefix
+from state.etcd_keys import (
+    cluster_prefix,
+    desired_version_key,
+    parse_desired_version,
+    stage_views,
+    stages_prefix,
+)
 from state.leadership import LeadershipUnavailable, StageView
 from state.metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS
 
@@ -45,7 +52,10 @@ class EtcdRoutingTable:
         max_backoff_s: float = BACKOFF_MAX_S,
     ) -> None:
         self._url = url
-        self._prefix = stages_prefix(cluster)
+        self._prefix = cluster_prefix(cluster)
+        self._stages_prefix = stages_prefix(cluster)
+        self._desired_key = desired_version_key(cluster)
+        self._desired: str | None = None
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = 2 * request_timeout_s + 1.0
         self._etcd = EtcdConnection(url, request_timeout_s)
@@ -84,6 +94,10 @@ class EtcdRoutingTable:
     def snapshot(self) -> dict[int, StageView]:
         with self._lock:
             return dict(self._table)
+
+    def desired_version(self) -> str | None:
+        with self._lock:
+            return self._desired
 
     @property
     def connected(self) -> bool:
@@ -179,11 +193,14 @@ class EtcdRoutingTable:
         self._publish()
 
     def _publish(self) -> None:
-        table = stage_views(self._prefix, self._entries)
+        table = stage_views(self._stages_prefix, self._entries)
+        desired = parse_desired_version(self._entries.get(self._desired_key))
         with self._lock:
-            if table == self._table:
+            if table == self._table and desired == self._desired:
                 return
-            self._table = table
+            if desired != self._desired:
+                _log.info("desired model version is now %s", desired)
+            self._table, self._desired = table, desired
             subscribers = list(self._subscribers)
         for callback in subscribers:
             try:

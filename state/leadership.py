@@ -43,6 +43,10 @@ class StageView:
     leader: ReplicaInfo | None = None
     replicas: dict[str, ReplicaInfo] = field(default_factory=dict)  # by replica_id, leader too
 
+    def offers(self, version: str) -> bool:
+        """Some live replica of this stage serves `version`."""
+        return any(r.model_version == version for r in self.replicas.values())
+
 
 class Role(enum.Enum):
     STARTING = "starting"
@@ -60,6 +64,16 @@ class ReplicaMembership(Protocol):
     @property
     def role(self) -> Role: ...
 
+    @property
+    def info(self) -> ReplicaInfo:
+        """What this replica currently announces."""
+
+    def step_aside(self) -> None:
+        """Give up leadership and stop campaigning until announce()."""
+
+    def announce(self, info: ReplicaInfo) -> None:
+        """Advertise new details (a new model version) and campaign again."""
+
     def stop(self) -> None:
         """Revoke the lease so that a standby takes over at once."""
 
@@ -72,6 +86,9 @@ class RoutingTable(Protocol):
 
     def snapshot(self) -> dict[int, StageView]:
         """The current table from memory: never a network call (it is on the per-step path)."""
+
+    def desired_version(self) -> str | None:
+        """The model version the cluster should move to (`ckpt promote`), from memory."""
 
     @property
     def connected(self) -> bool:

@@ -358,6 +358,7 @@ def _commit_args(step: StepCommit) -> list[int | str | bytes]:
         step.log_limit,
         entry,
         step.last_reply,
+        step.model_version,
     ]
     for k, state in sorted(step.stage_states.items()):
         args += [k, state.data, state.seq]

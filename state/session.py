@@ -65,6 +65,7 @@ class StepCommit:
     log_limit: int = 0  # keep at most this many observations; 0 keeps no log
     wait_replicas: int = 0  # the session's SessionRecord.wait_replicas
     wait_timeout_s: float = 0.5  # how long to wait for them before NotReplicated
+    model_version: str = ""  # the version this step ran on, when it moved the session; "" keeps it
 
 
 class CommitStatus(enum.Enum):

@@ -19,6 +19,9 @@ class StaticRoutingTable:
     def snapshot(self) -> dict[int, StageView]:
         return self._views
 
+    def desired_version(self) -> str | None:
+        return None  # no backend to set one: sessions stay on their version
+
     @property
     def connected(self) -> bool:
         return True

@@ -20,16 +20,16 @@ from service import tensor_codec
 from service.coordinator import replies
 from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
-from service.coordinator.replay import level_states
+from service.coordinator.replay import level_states, rebuild_states
+from service.coordinator.versions import VersionCatalog
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
-    ModelVersionMismatch,
     SeqConflict,
     SessionNotFound,
     Unavailable,
 )
-from service.metrics import REPLAYED_STEPS, STATE_RESETS, STORED_REPLIES
+from service.metrics import REPLAYED_STEPS, STATE_RESETS, STORED_REPLIES, VERSION_SWITCHES
 from service.model.config import ModelConfig
 from state.session import (
     CommitStatus,
@@ -80,18 +80,13 @@ class SessionEngine:
         store: SessionStore,
         batcher: DynamicBatcher[PipelineInput, PipelineOutput],
         model: ModelConfig,
-        model_version: str,
+        versions: VersionCatalog,
         default_ttl_s: float,
         max_ttl_s: float,
         log_depth: int,
         durability: Durability,
     ) -> None:
-        self.store, self.batcher, self.model, self.model_version = (
-            store,
-            batcher,
-            model,
-            model_version,
-        )
+        self.store, self.batcher, self.model, self.versions = store, batcher, model, versions
         self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
         self.durability = durability
 
@@ -104,10 +99,11 @@ class SessionEngine:
                 f"{self.durability.max_wait_replicas}"
             )
         ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
+        version = self.versions.for_session(None)
+        if version is None:
+            raise Unavailable("no model version is served by every stage; retry shortly")
         session_id = SessionId(secrets.token_urlsafe(18))
-        record = SessionRecord(
-            session_id, 0, self.model_version, ttl, client_id, wait_replicas=wait_replicas
-        )
+        record = SessionRecord(session_id, 0, version, ttl, client_id, wait_replicas=wait_replicas)
         with _store_errors():
             self.store.create(record)
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
@@ -121,7 +117,7 @@ class SessionEngine:
             ttl,
             wait_replicas,
         )
-        return OpenedSession(session_id, ttl, self.model_version, wait_replicas)
+        return OpenedSession(session_id, ttl, version, wait_replicas)
 
     def get(self, session_id: str) -> SessionSummary:
         with _store_errors():
@@ -169,21 +165,29 @@ class SessionEngine:
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
-        if record.model_version != self.model_version:
-            raise ModelVersionMismatch(
-                f"session={session_id} runs model {record.model_version}; this coordinator serves "
-                f"{self.model_version}: open a new session"
+        version = self.versions.for_session(record.model_version if record.seq else None)
+        if version is None:
+            raise Unavailable(
+                f"session={session_id}: no stage pipeline of model {record.model_version} is "
+                "whole and no other version may take over; the session was not advanced, retry "
+                "the same seq"
             )
 
         def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
             return self._compute(
-                PipelineInput(session_id, s, obs, states, deadline), deadline
+                PipelineInput(session_id, s, obs, states, deadline, version), deadline
             ).value.states
 
+        switching = record.seq > 0 and version != record.model_version
         with _store_errors():
-            level = level_states(record, self.model.n_stages, self.store, replay_step)
+            if switching:
+                level = rebuild_states(
+                    record, self.model.n_stages, self.store, replay_step, self.log_depth
+                )
+            else:
+                level = level_states(record, self.model.n_stages, self.store, replay_step)
         done = self._compute(
-            PipelineInput(session_id, seq, observation, level.states, deadline), deadline
+            PipelineInput(session_id, seq, observation, level.states, deadline, version), deadline
         )
         output = done.value
         outcome = replies.StepOutcome(
@@ -192,7 +196,7 @@ class SessionEngine:
             action=output.action,
             serve_mode="FULL",
             confidence=1.0,
-            model_version=self.model_version,
+            model_version=version,
             queue_ms=done.queue_s * 1e3,
             stages_ms=sum(output.stage_ms),
             total_ms=(time.perf_counter() - received) * 1e3,
@@ -214,11 +218,23 @@ class SessionEngine:
             log_limit=self.log_depth,
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
+            model_version=version if version != record.model_version else "",
         )
         answer = self._commit(record, commit)
         if answer.recomputed:  # counted once the step is committed, not per attempt
             REPLAYED_STEPS.inc(level.replayed_steps)
             STATE_RESETS.inc(level.reset)
+            if switching:
+                VERSION_SWITCHES.inc()
+                log.info(
+                    "session=%s seq=%d moved from model %s to %s (replayed %d steps, reset=%s)",
+                    session_id,
+                    seq,
+                    record.model_version,
+                    version,
+                    level.replayed_steps,
+                    level.reset,
+                )
         return answer
 
     def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:

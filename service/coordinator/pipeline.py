@@ -19,6 +19,7 @@ class PipelineInput:
     observation: torch.Tensor
     states: list[bytes]  # per stage: an encoded Tensor, or b"" for a fresh session
     deadline: float  # time.monotonic() by which the step must be answered
+    model_version: str  # every stage of the step runs this version
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Pipeline:
     def _request(
         self, batch: list[PipelineInput], k: int, inputs: list[tensor_pb2.Tensor]
     ) -> stage_pb2.ForwardRequest:
+        """One stage call for a batch of steps of one model version."""
         return stage_pb2.ForwardRequest(
             items=[
                 stage_pb2.StageItem(
@@ -48,10 +50,24 @@ class Pipeline:
                 for i, item in enumerate(batch)
             ],
             emit_action=k == self.n_stages - 1,
-            model_version=self.router.model_version,
+            model_version=batch[0].model_version,
         )
 
     def run(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
+        """Steps of different versions (during a rolling update) go through apart."""
+        versions = {item.model_version for item in batch}
+        if len(versions) == 1:
+            return self._run_one_version(batch)
+        outputs: dict[int, PipelineOutput] = {}
+        for version in sorted(versions):
+            part = [i for i, item in enumerate(batch) if item.model_version == version]
+            for i, output in zip(
+                part, self._run_one_version([batch[i] for i in part]), strict=True
+            ):
+                outputs[i] = output
+        return [outputs[i] for i in range(len(batch))]
+
+    def _run_one_version(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
         inputs = [tensor_codec.encode(item.observation) for item in batch]
         # The latest deadline: a step whose own deadline passes is answered DEADLINE_EXCEEDED by
         # its waiter; it must not cut the stage calls short for the others in its batch.

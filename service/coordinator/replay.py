@@ -1,7 +1,6 @@
 """Bring a session's stage states level before a step, by replaying its observation log.
 
-Stages lag when steps were answered without them (a stage was down; later issues add model
-version changes). A lagging stage's inputs at the missed steps are the earlier stages'
+Stages lag when steps were answered without them (a stage was down). A lagging stage's inputs at the missed steps are the earlier stages'
 outputs at those steps, so replay runs the whole pipeline from the anchor: every stage's
 state at the last level step, kept by the store while some stage lags. The result equals a
 session that never saw the failure.
@@ -62,3 +61,26 @@ def level_states(
         record.seq,
     )
     return LevelStates(states, replayed_steps=len(logged))
+
+
+def rebuild_states(
+    record: SessionRecord, n_stages: int, store: SessionStore, step: StepFn, log_depth: int
+) -> LevelStates:
+    """States for a session moving to another model version: the logged observations replayed
+    from fresh states through the new version. Exact when the log reaches back to seq 1;
+    otherwise the history before the log is lost (reset=True), and the state is rebuilt from
+    the last `log_depth` observations, which is far better than a fresh one."""
+    first = max(1, record.seq - log_depth + 1)
+    logged = store.observations(record.session_id, first, record.seq) if log_depth else None
+    if logged is None:
+        log.warning(
+            "session=%s seq=%d moves to another model version without its observation log: "
+            "state reset",
+            record.session_id,
+            record.seq,
+        )
+        return LevelStates([b""] * n_stages, reset=True)
+    states = [b""] * n_stages
+    for i, observation in enumerate(logged):
+        states = step(first + i, tensor_codec.from_bytes(observation), states)
+    return LevelStates(states, replayed_steps=len(logged), reset=first > 1)

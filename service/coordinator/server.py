@@ -14,6 +14,7 @@ from service.coordinator.pipeline import Pipeline
 from service.coordinator.router import BanPolicy
 from service.coordinator.servicer import SessionServicer
 from service.coordinator.stage_router import StageRouter
+from service.coordinator.versions import VersionCatalog
 from service.grpc_server import GrpcProcess
 from service.proto import session_pb2, session_pb2_grpc
 from state.backends import open_routing_table, open_session_store
@@ -47,7 +48,7 @@ def run(settings: CoordinatorSettings) -> None:
     table = routing_table(settings)
     model, version = discover_model(table, settings.stage_connect_timeout_s)
     router = StageRouter(
-        table, version, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+        table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
     )
     pipeline = Pipeline(router, model.n_stages)
     batcher = DynamicBatcher(
@@ -60,7 +61,7 @@ def run(settings: CoordinatorSettings) -> None:
         store,
         batcher,
         model,
-        version,
+        VersionCatalog(table, model),
         settings.session_ttl_s,
         settings.max_session_ttl_s,
         settings.observation_log_depth,

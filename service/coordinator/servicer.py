@@ -14,7 +14,6 @@ from service.errors import (
     ActionmeshError,
     DeadlineExceeded,
     InvalidInput,
-    ModelVersionMismatch,
     SeqConflict,
     SessionNotFound,
     Unavailable,
@@ -31,7 +30,6 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
     InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
     SessionNotFound: (grpc.StatusCode.NOT_FOUND, "session_not_found"),
     SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
-    ModelVersionMismatch: (grpc.StatusCode.FAILED_PRECONDITION, "model_version_mismatch"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
     DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
 }

@@ -20,10 +20,8 @@ class StageRouter:
     """Suspects a replica at its first failure (no waiting for its lease to run out), bans it
     with a ban that doubles on repeated failures, and clears the ban on its next success."""
 
-    def __init__(
-        self, table: RoutingTable, model_version: str, stage_timeout_s: float, bans: BanPolicy
-    ) -> None:
-        self.table, self.model_version = table, model_version
+    def __init__(self, table: RoutingTable, stage_timeout_s: float, bans: BanPolicy) -> None:
+        self.table = table
         self.stage_timeout_s, self.ban_policy = stage_timeout_s, bans
         self._clients: dict[str, StageClient] = {}
         self._bans: dict[str, Ban] = {}
@@ -32,19 +30,20 @@ class StageRouter:
     def forward(
         self, stage: int, request: stage_pb2.ForwardRequest, deadline: float
     ) -> stage_pb2.ForwardReply:
+        version = request.model_version
         tried: set[str] = set()
         failures: list[str] = []
         while True:
             now = time.monotonic()
             view = self.table.snapshot().get(stage, StageView(stage))
             with self._lock:
-                options = candidates(view, self.model_version, self._bans, now, frozenset(tried))
+                options = candidates(view, version, self._bans, now, frozenset(tried))
             timeout_s = min(self.stage_timeout_s, deadline - now)
             if not options or timeout_s <= 0:
                 reason = (
                     "no time left before the step deadline"
                     if options
-                    else (f"no replica of model {self.model_version} left to try")
+                    else f"no replica of model {version} left to try"
                 )
                 raise Unavailable(
                     f"stage {stage}: {reason}"

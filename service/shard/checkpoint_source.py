@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from checkpoint.blobstore import open_blobstore
-from checkpoint.errors import CheckpointError
+from checkpoint.errors import CheckpointError, VerificationFailed
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import load_public_key
 from checkpoint.remote import Remote, ensure_local
@@ -18,14 +18,20 @@ log = logging.getLogger(__name__)
 
 
 def verified_weights(settings: ShardSettings, flash_dir: Path) -> Path:
-    """The directory of the version to serve; SystemExit with the reason if there is none."""
+    """The directory of the version to serve at start; SystemExit with the reason if none."""
+    try:
+        return version_weights(settings, flash_dir, None)
+    except CheckpointError as exc:
+        raise SystemExit(f"shard: no verified weights on {flash_dir}: {exc}") from exc
+
+
+def version_weights(settings: ShardSettings, flash_dir: Path, version: str | None) -> Path:
+    """The verified local directory of `version` (default: the remote CURRENT, else the local
+    one), pulled from the remote when missing or bad on flash."""
     keys = [load_public_key(path) for path in settings.trusted_keys]
     flash = LocalFlash(flash_dir, keys, insecure=settings.insecure)
     remote = Remote(open_blobstore(settings.remote)) if settings.remote else None
-    try:
-        loaded = ensure_local(flash, remote)
-    except CheckpointError as exc:
-        raise SystemExit(f"shard: no verified weights on {flash_dir}: {exc}") from exc
+    loaded = ensure_local(flash, remote, version)
     for bad in loaded.quarantined:
         log.error(
             "version=%s failed verification (%s); quarantined to %s",
@@ -37,7 +43,7 @@ def verified_weights(settings: ShardSettings, flash_dir: Path) -> Path:
         log.warning("version=%s served: CURRENT is missing or bad", loaded.version)
     advertised = weights.read_info(loaded.path).version
     if advertised != loaded.version:  # the shard advertises model.json's version
-        raise SystemExit(
+        raise VerificationFailed(
             f"shard: checkpoint version {loaded.version} holds weights of version {advertised}; "
             "create checkpoints with `actionmesh ckpt create`, which names them by their weights"
         )

@@ -20,8 +20,9 @@ from service.model.config import ModelConfig
 from service.model.stage import Stage
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.shard.servicer import StageServicer
-from state.backends import open_replica_membership
-from state.leadership import ReplicaInfo
+from service.shard.version_follower import VersionFollower
+from state.backends import open_replica_membership, open_routing_table
+from state.leadership import ReplicaInfo, ReplicaMembership
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,37 @@ def load_stage(settings: ShardSettings) -> tuple[Stage, str]:
         return stage, info.version
     model = ActionModel(ModelConfig(n_stages=settings.n_stages, seed=settings.seed))
     return model.stage(settings.stage), weights.model_version(model)
+
+
+def _follower(
+    settings: ShardSettings,
+    servicer: StageServicer,
+    membership: ReplicaMembership,
+    n_stages: int,
+) -> VersionFollower | None:
+    """Follows the cluster's desired version: only a shard that loads checkpoints can."""
+    flash_dir = settings.flash_dir
+    if settings.etcd is None or flash_dir is None:
+        log.info("not following the desired model version: no --flash-dir (checkpoints)")
+        return None
+
+    def load(version: str) -> Stage:
+        from service.shard.checkpoint_source import version_weights
+
+        stage, info = weights.load_stage(
+            version_weights(settings, flash_dir, version), settings.stage
+        )
+        if info.config.n_stages != n_stages:
+            raise ValueError(
+                f"version {version} has {info.config.n_stages} stages, this pipeline {n_stages}"
+            )
+        return stage
+
+    follower = VersionFollower(
+        open_routing_table(settings.etcd, settings.cluster), membership, servicer, load, n_stages
+    )
+    follower.start()
+    return follower
 
 
 def run(settings: ShardSettings) -> None:
@@ -88,8 +120,11 @@ def run(settings: ShardSettings) -> None:
     )
     servicer.role = lambda: membership.role.value
     membership.start()
+    follower = _follower(settings, servicer, membership, stage.cfg.n_stages)
 
     def step_down() -> None:
+        if follower is not None:
+            follower.stop()
         membership.stop()
         time.sleep(DRAIN_S)
 

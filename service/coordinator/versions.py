@@ -1,0 +1,78 @@
+"""Which model version each session's step runs on, as the routing table and the desired
+version change: the I/O around router.session_version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import grpc
+
+from service.coordinator.router import session_version
+from service.coordinator.stage_client import StageClient
+from service.model.config import ModelConfig
+from state.leadership import RoutingTable
+
+log = logging.getLogger(__name__)
+
+# What the coordinator relies on in a model: the rest (sizes inside stages, the state's shape)
+# only the shards see, and a version switch starts every stage's state afresh.
+INTERFACE = ("observation_dim", "n_stages", "joints", "horizon")
+
+INFO_TIMEOUT_S = 0.5
+
+
+class VersionCatalog:
+    def __init__(self, table: RoutingTable, model: ModelConfig) -> None:
+        self.table, self.model = table, model
+        self._usable: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    def for_session(self, current: str | None) -> str | None:
+        """The version to run a step of a session on `current` (None: no history yet)."""
+        return session_version(
+            self.table.snapshot(),
+            self.model.n_stages,
+            self.table.desired_version(),
+            current,
+            self.usable,
+        )
+
+    def usable(self, version: str) -> bool:
+        """A version whose interface matches this coordinator's model; asked once per version
+        (an Info call to one of its replicas), remembered once answered."""
+        with self._lock:
+            known = self._usable.get(version)
+        if known is not None:
+            return known
+        replica = next(
+            (
+                r
+                for view in self.table.snapshot().values()
+                for r in view.replicas.values()
+                if r.model_version == version
+            ),
+            None,
+        )
+        if replica is None:
+            return False
+        client = StageClient(replica.stage, replica.address)
+        try:
+            info = client.info(INFO_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            log.warning("model=%s: Info of %s failed: %s", version, replica.replica_id, exc)
+            return False
+        finally:
+            client.close()
+        config = ModelConfig(**json.loads(info.model_config_json))
+        differs = [f for f in INTERFACE if getattr(config, f) != getattr(self.model, f)]
+        if differs:
+            log.error(
+                "model=%s is not used: its %s differ from this coordinator's model",
+                version,
+                differs,
+            )
+        with self._lock:
+            self._usable[version] = not differs
+        return not differs

@@ -1,0 +1,111 @@
+"""Keeps a shard on the cluster's desired model version: watches etcd, and reloads or hands
+over leadership as service.shard.rollout decides."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from service import metrics
+from service.model.stage import Stage
+from service.shard.rollout import Move, next_move
+from service.shard.servicer import StageServicer
+from state.leadership import ReplicaMembership, Role, RoutingTable
+
+log = logging.getLogger(__name__)
+
+# Loads the weights of one version of this shard's stage, verified; raises on failure.
+LoadVersion = Callable[[str], Stage]
+
+CHECK_EVERY_S = 1.0  # also re-decide without a watch event (e.g. after a failed load)
+RETRY_FAILED_S = 10.0  # before trying again to load a version that failed to load
+HANDOVER_WAIT_S = 5.0  # how long to wait for our leadership to go after stepping aside
+RETIRE_AFTER_S = 3.0  # the old version keeps answering steps already routed to it
+
+
+class VersionFollower:
+    def __init__(
+        self,
+        table: RoutingTable,
+        membership: ReplicaMembership,
+        servicer: StageServicer,
+        load: LoadVersion,
+        n_stages: int,
+    ) -> None:
+        self.table, self.membership, self.servicer = table, membership, servicer
+        self.load, self.n_stages = load, n_stages
+        self._failed: dict[str, float] = {}  # version -> when it may be tried again
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.table.start()
+        self.table.subscribe(lambda _views: self._wake.set())
+        self._thread = threading.Thread(target=self._run, name="version-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.table.stop()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._follow_once()
+            except Exception:  # a bug must not end the thread: the shard would stop following
+                log.exception("version follower step failed")
+            self._wake.wait(CHECK_EVERY_S)
+            self._wake.clear()
+
+    def _follow_once(self) -> None:
+        desired = self.table.desired_version()
+        me = self.membership.info
+        leading = self.membership.role is Role.LEADER
+        move = next_move(me, leading, desired, self.table.snapshot(), self.n_stages)
+        if move is Move.STAY or desired is None:
+            return
+        if time.monotonic() < self._failed.get(desired, 0.0):
+            return
+        if move is Move.HAND_OVER:
+            log.info("stage=%d handing leadership over before loading %s", me.stage, desired)
+            self.membership.step_aside()
+            deadline = time.monotonic() + HANDOVER_WAIT_S
+            while self.membership.role is Role.LEADER and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._reload(desired)
+
+    def _reload(self, version: str) -> None:
+        me = self.membership.info
+        started = time.monotonic()
+        try:
+            stage = self.load(version)
+        except Exception as exc:  # SystemExit from the loader too: the shard keeps serving
+            self._failed[version] = time.monotonic() + RETRY_FAILED_S
+            metrics.SHARD_RELOADS.labels(str(me.stage), "failed").inc()
+            log.error(
+                "stage=%d could not load desired version %s (still serving %s; retry in %.0fs): %s",
+                me.stage,
+                version,
+                me.model_version,
+                RETRY_FAILED_S,
+                exc,
+            )
+            self.membership.announce(me)  # campaign again if we stepped aside
+            return
+        self.servicer.swap(stage, version, RETIRE_AFTER_S)
+        self.membership.announce(dataclasses.replace(me, model_version=version))
+        metrics.SHARD_RELOADS.labels(str(me.stage), "loaded").inc()
+        log.info(
+            "stage=%d now serves %s (was %s; loaded in %.2fs)",
+            me.stage,
+            version,
+            me.model_version,
+            time.monotonic() - started,
+        )
