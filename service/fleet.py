@@ -30,6 +30,8 @@ class Outcome:
     code: str  # "OK" or the gRPC status name
     serve_mode: int = 0
     action: torch.Tensor | None = None
+    model_version: str = ""
+    state_reset: bool = False
 
 
 class SteppingRobot(threading.Thread):
@@ -97,7 +99,16 @@ class SteppingRobot(threading.Thread):
             return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
         now = time.monotonic()
         action = tensor_codec.decode(reply.action)
-        return Outcome(seq, now, now - sent, "OK", reply.serve_mode, action)
+        return Outcome(
+            seq,
+            now,
+            now - sent,
+            "OK",
+            reply.serve_mode,
+            action,
+            reply.model_version,
+            reply.state_reset,
+        )
 
     def _requests(self) -> Iterator[session_pb2.StepRequest]:
         while (request := self._outbox.get()) is not None:

@@ -12,6 +12,7 @@ import torch
 from service.fleet import RETRYABLE, SteppingRobot
 from service.local_cluster import LocalCluster
 from service.model import weights
+from service.model.action_model import ActionModel
 from service.proto import session_pb2, session_pb2_grpc
 from tests.robot import observations, reference_run
 
@@ -29,7 +30,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> floa
 
 
 @contextmanager
-def robots_stepping(cluster: LocalCluster, wait_replicas: int = 0) -> Iterator[list[SteppingRobot]]:
+def robots_stepping(
+    cluster: LocalCluster,
+    wait_replicas: int = 0,
+    period_s: float = PERIOD_S,
+    models: dict[str, ActionModel] | None = None,
+) -> Iterator[list[SteppingRobot]]:
+    """models: the reference of every version the steps may run on (default: the cluster's)."""
     dim = cluster.model.observation_dim
     with grpc.insecure_channel(cluster.address) as channel:
         stub = session_pb2_grpc.SessionServiceStub(channel)
@@ -37,7 +44,7 @@ def robots_stepping(cluster: LocalCluster, wait_replicas: int = 0) -> Iterator[l
             SteppingRobot(
                 stub,
                 observations(i, MAX_STEPS, dim),
-                PERIOD_S,
+                period_s,
                 streaming=i % 2 == 0,
                 wait_replicas=wait_replicas,
             )
@@ -52,7 +59,7 @@ def robots_stepping(cluster: LocalCluster, wait_replicas: int = 0) -> Iterator[l
                 robot.stop()
             for robot in robots:
                 robot.join(timeout=30)
-        check_nothing_lost_or_doubled(cluster, stub, robots)
+        check_nothing_lost_or_doubled(cluster, stub, robots, models)
 
 
 def progress(robots: list[SteppingRobot], steps: int) -> None:
@@ -70,9 +77,17 @@ def progress(robots: list[SteppingRobot], steps: int) -> None:
 
 
 def check_nothing_lost_or_doubled(
-    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub, robots: list[SteppingRobot]
+    cluster: LocalCluster,
+    stub: session_pb2_grpc.SessionServiceStub,
+    robots: list[SteppingRobot],
+    models: dict[str, ActionModel] | None = None,
 ) -> None:
-    model, _ = weights.load_model(cluster.weights_dir)
+    """Every step acknowledged once, in order, and its action that of the reference model of
+    the version it ran on, over the session's whole history (a session that moved to another
+    version had its state rebuilt on it by replay)."""
+    if models is None:
+        model, info = weights.load_model(cluster.weights_dir)
+        models = {info.version: model}
     for robot in robots:
         assert robot.error is None, robot.error
         assert {o.code for o in robot.outcomes} <= {"OK", *RETRYABLE}
@@ -83,9 +98,15 @@ def check_nothing_lost_or_doubled(
             session_pb2.GetSessionRequest(session_id=robot.session_id), timeout=5
         )
         assert info.seq == len(ok), "the stored seq differs from the acknowledged steps"
-        want, _ = reference_run(model, robot.obs[: len(ok)])
-        for o, ref in zip(ok, want, strict=True):
-            assert o.action is not None and torch.allclose(o.action, ref, atol=1e-5), f"seq {o.seq}"
+        assert not [o.seq for o in ok if o.state_reset], "a state was reset"
+        for version in {o.model_version for o in ok}:
+            assert version in models, f"a step ran on model {version}, not one of {list(models)}"
+            want, _ = reference_run(models[version], robot.obs[: len(ok)])
+            for o in ok:
+                if o.model_version == version:
+                    assert o.action is not None and torch.allclose(
+                        o.action, want[o.seq - 1], atol=1e-5
+                    ), f"seq {o.seq} on {version}"
 
 
 def worst_latency_after(robots: list[SteppingRobot], t: float, window_s: float = 1.0) -> float:
