@@ -102,6 +102,31 @@ class CoordinatorSettings(Settings):
     ready_file: Path | None = Field(
         None, description="Write the bound ports here as JSON once serving."
     )
+    weights_dir: Path | None = Field(
+        None,
+        description="The distilled student (and quality.json) for FALLBACK answers, for the "
+        "version these weights are; or use --flash-dir for every version.",
+    )
+    flash_dir: Path | None = Field(
+        None,
+        description="Load each served version's student and quality table from this node's "
+        "checkpoint flash (pulled from --remote when missing).",
+    )
+    remote: str | None = Field(
+        None,
+        description="With --flash-dir: where versions are pulled from (s3://... or file://...).",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
+    )
+    insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
+    early_exit_max_error_ratio: float = Field(
+        1.3, gt=0, description="An exit head answers only if its error is at most this x FULL's."
+    )
+    fallback_max_error_ratio: float = Field(
+        1.5, gt=0, description="The student answers only if its error is at most this x FULL's."
+    )
 
 
 class ShardSettings(Settings):

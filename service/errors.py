@@ -32,3 +32,11 @@ class Unavailable(ActionmeshError):
 
 class DeadlineExceeded(ActionmeshError):
     """The step could not finish before its deadline; the session was not advanced."""
+
+
+class Overloaded(ActionmeshError):
+    """Shed: nothing can serve this step before its deadline now; retry after the hint."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

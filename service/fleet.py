@@ -32,6 +32,8 @@ class Outcome:
     action: torch.Tensor | None = None
     model_version: str = ""
     state_reset: bool = False
+    exit_stage: int = 0
+    confidence: float = 0.0
 
 
 class SteppingRobot(threading.Thread):
@@ -108,6 +110,8 @@ class SteppingRobot(threading.Thread):
             action,
             reply.model_version,
             reply.state_reset,
+            reply.exit_stage,
+            reply.confidence,
         )
 
     def _requests(self) -> Iterator[session_pb2.StepRequest]:

@@ -175,6 +175,7 @@ class LocalCluster:
 
     def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
         """Start (and wait for) a coordinator on this cluster's shards and Redis."""
+        assert self.checkpoints is not None, "cluster not started"
         args = ChildProcess.actionmesh(
             "coordinator",
             "--port",
@@ -191,6 +192,12 @@ class LocalCluster:
             str(self.settings.batch_max_wait_ms),
             "--session-ttl-s",
             str(self.settings.session_ttl_s),
+            "--flash-dir",  # each version's student (FALLBACK) and quality table
+            str(self.work_dir / "flash" / name),
+            "--remote",
+            self.checkpoints.remote_url,
+            "--trusted-keys",
+            str(self.checkpoints.public_key),
             *extra,
         )
         child = ChildProcess(name, args, self.log_dir).start()

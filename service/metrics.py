@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from prometheus_client import Counter, Histogram
 
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -61,3 +64,32 @@ VERSION_SWITCHES = Counter(
     "actionmesh_session_version_switches_total",
     "Sessions moved to another model version (their state rebuilt by replay, or reset).",
 )
+ANSWERS = Counter(
+    "actionmesh_answers_total",
+    "Steps answered (committed), by serve mode and priority.",
+    ["mode", "priority"],
+)
+SHEDS = Counter(
+    "actionmesh_shed_total",
+    "Steps refused with RESOURCE_EXHAUSTED, by reason and priority.",
+    ["reason", "priority"],
+)
+DEGRADED_SECONDS = Counter(
+    "actionmesh_degraded_seconds_total",
+    "Time during which this coordinator's latest answer was degraded (EARLY_EXIT or FALLBACK).",
+)
+
+
+class DegradedClock:
+    """Integrates "the latest answer was degraded" over time into DEGRADED_SECONDS."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None  # when the current degraded spell's last answer came
+
+    def answered(self, degraded: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._since is not None:
+                DEGRADED_SECONDS.inc(now - self._since)
+            self._since = now if degraded else None

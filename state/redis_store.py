@@ -3,7 +3,8 @@
 Key layout (the braces are a Redis Cluster hash tag, so every key of a session shares a slot):
 - `am:{<session_id>}:session`, a hash: `seq`, `model_version`, `ttl_s`, `client_id`, `reply`;
   per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
-  `anchor_seq` and `anchor:<k>` (every stage's state at the last level step).
+  `anchor_seq` and `anchor:<k>` (every stage's state at the last level step); while the
+  distilled student answers, `student` and `student_seq`.
 - `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
   followed by the observation's bytes.
 
@@ -359,6 +360,8 @@ def _commit_args(step: StepCommit) -> list[int | str | bytes]:
         entry,
         step.last_reply,
         step.model_version,
+        step.student.data if step.student else b"",
+        step.student.seq if step.student else 0,
     ]
     for k, state in sorted(step.stage_states.items()):
         args += [k, state.data, state.seq]
@@ -419,6 +422,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         elif parts[0] == b"anchor":
             anchored[StageIndex(int(parts[1]))] = value
     anchor_seq = fields.get(b"anchor_seq")
+    student = fields.get(b"student")
     return SessionRecord(
         session_id=session_id,
         seq=int(fields[b"seq"]),
@@ -428,6 +432,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         stage_states={k: StageState(seq=seqs[k], data=data[k]) for k in sorted(data)},
         last_reply=fields[b"reply"],
         anchor=Anchor(int(anchor_seq), anchored) if anchor_seq is not None else None,
+        student=StageState(int(fields[b"student_seq"]), student) if student else None,
         wait_replicas=int(fields.get(b"wait_replicas", b"0")),  # absent in older sessions
     )
 

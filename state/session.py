@@ -46,6 +46,8 @@ class SessionRecord:
     stage_states: dict[StageIndex, StageState] = field(default_factory=dict)
     last_reply: bytes = b""
     anchor: Anchor | None = None
+    # The distilled student's own state, kept while it answers (FALLBACK); None when cold.
+    student: StageState | None = None
     # Replicas that must acknowledge each commit before the step is answered (Redis WAIT);
     # 0: the primary's word is enough (a failover may lose the last acknowledged steps).
     wait_replicas: int = 0
@@ -66,6 +68,7 @@ class StepCommit:
     wait_replicas: int = 0  # the session's SessionRecord.wait_replicas
     wait_timeout_s: float = 0.5  # how long to wait for them before NotReplicated
     model_version: str = ""  # the version this step ran on, when it moved the session; "" keeps it
+    student: StageState | None = None  # the student's new state, when it answered
 
 
 class CommitStatus(enum.Enum):

@@ -44,3 +44,25 @@ def reference_run(
         action, states = model.step(o.unsqueeze(0), states)
         actions.append(action[0])
     return actions, [s[0] for s in states]
+
+
+def reference_with_exits(
+    model: ActionModel, obs: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """A session run in-process with every stage's exit head read too: (full actions, and per
+    step the action of each stage's head). An early exit at stage k leaves the later stages'
+    states behind, and replay brings them level: so this run is also the reference of a session
+    served EARLY_EXIT for a while, as long as its log reached back."""
+    states = model.fresh_states(1)
+    full, exits = [], []
+    with torch.no_grad():
+        for o in obs:
+            x, new_states, heads = o.unsqueeze(0), [], []
+            for k in range(model.cfg.n_stages):
+                x, memory = model.stage(k)(x, states[k])
+                new_states.append(memory)
+                heads.append(model.stage(k).action(x)[0])
+            states = new_states
+            full.append(heads[-1])
+            exits.append(heads)
+    return full, exits

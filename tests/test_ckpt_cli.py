@@ -75,13 +75,19 @@ def test_every_command_end_to_end(tmp_path: Path) -> None:
     created2 = ckpt(tmp_path, "create", "--weights-dir", str(second_dir))
     assert created2["created"]["parent"] == v1
     promoted = ckpt(tmp_path, "promote", v2)
-    assert promoted == {"current": v2, "previous": v1, "remote": True, "local": True}
+    assert promoted == {
+        "current": v2,
+        "previous": v1,
+        "remote": True,
+        "local": True,
+        "cluster": False,  # no --etcd: the running cluster is not told
+    }
     listed = ckpt(tmp_path, "list")
     assert sorted(listed["local"]) == sorted([v1, v2]) and listed["remote_current"] == v2
     assert ckpt(tmp_path, "show", v2)["version"] == v2
     assert ckpt(tmp_path, "verify")["verified"][v1]["ok"]
     rolled = ckpt(tmp_path, "rollback")
-    assert rolled == {"current": v1, "previous": v2}
+    assert rolled == {"current": v1, "previous": v2, "cluster": False}
     assert ckpt(tmp_path, "list")["local_current"] == v1
     ckpt(tmp_path, "show", "no-such-version", expect=1)
 

@@ -17,7 +17,7 @@ import grpc
 from service.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
-from service.proto import stage_pb2, stage_pb2_grpc
+from service.proto import session_pb2, stage_pb2, stage_pb2_grpc
 from state.backends import open_routing_table
 from state.embedded_etcd import EmbeddedEtcdCluster
 from state.leadership import ReplicaInfo
@@ -140,10 +140,14 @@ def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
         cluster.shards.extend(extra)
         for shard in extra:
             shard.wait_ready(60)
-        with robots_stepping(cluster) as robots:
+        with robots_stepping(cluster, check=False) as robots:
             progress(robots, 10)
             cluster.replica_process("stage-1-r0").kill()  # stage 1 is left with a v2 replica only
-            wait_for(lambda: len(failed(robots)) >= 4, 10, "steps fail rather than mix versions")
+            wait_for(
+                lambda: all(r.outcomes[-1].serve_mode == session_pb2.EARLY_EXIT for r in robots),
+                10,
+                "steps are answered from stage 0's exit head rather than mix versions",
+            )
         served_v2 = []
         for shard in extra:
             with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
@@ -155,7 +159,7 @@ def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
         assert served_v2 == [0] * SMALL_MODEL.n_stages, (
             "a v2 replica computed a step of v1 sessions"
         )
-        assert set(failed(robots)) == {"UNAVAILABLE"}
+        assert set(failed(robots)) <= {"UNAVAILABLE"}  # only at the kill, before the retry
 
 
 def coordinator_metric(cluster: LocalCluster, sample: str) -> float | None:

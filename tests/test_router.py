@@ -74,9 +74,13 @@ def test_ban_doubles_per_failure_up_to_the_cap_and_expires() -> None:
         lengths.append(ban.until - 100.0)
     assert lengths == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert ban is not None and ban.failures == 5
-    assert is_banned("x", {"x": ban}, now=102.9)
-    assert not is_banned("x", {"x": ban}, now=103.0)
-    assert not is_banned("y", {"x": ban}, now=0.0)
+    x, y = ReplicaInfo(0, "x", "h:1", "v"), ReplicaInfo(0, "y", "h:2", "v")
+    assert is_banned(x, {"x": ban}, now=102.9)
+    assert not is_banned(x, {"x": ban}, now=103.0)
+    assert not is_banned(y, {"x": ban}, now=0.0)
+    reborn = ReplicaInfo(0, "x", "h:1", "v", lease_id=7)  # back with a new lease: clean
+    assert not is_banned(reborn, {"x": ban}, now=102.9)
+    assert policy.after_failure(ban, now=102.9, epoch=7).failures == 1
 
 
 def _views(*stages: tuple[str | None, list[ReplicaInfo]]) -> dict[int, StageView]:

@@ -9,28 +9,43 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from fallback.policy import Verdict
+from fallback.priority import Priority
 from service import tensor_codec
 from service.coordinator import replies
+from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import Batched, DynamicBatcher
+from service.coordinator.degrade import choose_mode, student_step
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
-from service.coordinator.replay import level_states, rebuild_states
+from service.coordinator.replay import LevelStates, StepFn, level_states, rebuild_states
 from service.coordinator.versions import VersionCatalog
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
+    Overloaded,
     SeqConflict,
     SessionNotFound,
     Unavailable,
 )
-from service.metrics import REPLAYED_STEPS, STATE_RESETS, STORED_REPLIES, VERSION_SWITCHES
+from service.metrics import (
+    ANSWERS,
+    REPLAYED_STEPS,
+    SHEDS,
+    STATE_RESETS,
+    STORED_REPLIES,
+    VERSION_SWITCHES,
+    DegradedClock,
+)
 from service.model.config import ModelConfig
+from service.model.student import Student
+from service.proto import session_pb2
 from state.session import (
     CommitStatus,
     SessionId,
@@ -42,6 +57,8 @@ from state.session import (
 from state.store import SessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+SHED_RETRY_AFTER_S = 0.5  # a shed step's retry hint when nothing can serve it now
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,40 @@ class StepAnswer:
     recomputed: bool
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One step being served: what every serve mode needs."""
+
+    record: SessionRecord
+    seq: int
+    observation: torch.Tensor
+    timestamp_s: float
+    deadline: float  # time.monotonic()
+    version: str
+    received: float  # time.perf_counter()
+
+    def time_left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """A step's answer before it is committed."""
+
+    mode: str  # FULL / EARLY_EXIT / FALLBACK
+    confidence: float
+    exit_stage: int
+    done: Batched[PipelineOutput]
+    level: LevelStates  # how the states were brought level first (replay, reset)
+    switching: bool  # the session moves to another model version with this step
+    stage_states: dict[StageIndex, StageState]  # the stages this step advanced
+    student: StageState | None = None
+
+
+# Stage health per stage of a model version (StageRouter.healthy).
+Health = Callable[[str, int], list[bool]]
+
+
 class SessionEngine:
     def __init__(
         self,
@@ -81,14 +132,18 @@ class SessionEngine:
         batcher: DynamicBatcher[PipelineInput, PipelineOutput],
         model: ModelConfig,
         versions: VersionCatalog,
+        assets: ModelAssets,
+        health: Health,
         default_ttl_s: float,
         max_ttl_s: float,
         log_depth: int,
         durability: Durability,
     ) -> None:
         self.store, self.batcher, self.model, self.versions = store, batcher, model, versions
+        self.assets, self.health = assets, health
         self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
         self.durability = durability
+        self.degraded_clock = DegradedClock()
 
     def open(self, ttl_s: float, client_id: str, wait_replicas: int) -> OpenedSession:
         if not (ttl_s >= 0 and math.isfinite(ttl_s)):
@@ -153,6 +208,7 @@ class SessionEngine:
         observation: torch.Tensor,
         timestamp_s: float,
         deadline: float,
+        priority: Priority = Priority.NORMAL,
     ) -> StepAnswer:
         received = time.perf_counter()
         self.check_observation(observation)
@@ -166,72 +222,178 @@ class SessionEngine:
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
         version = self.versions.for_session(record.model_version if record.seq else None)
-        if version is None:
+        if version is None:  # a session without history, and no whole pipeline to start it on
             raise Unavailable(
-                f"session={session_id}: no stage pipeline of model {record.model_version} is "
-                "whole and no other version may take over; the session was not advanced, retry "
-                "the same seq"
+                f"session={session_id}: no model version is served by every stage; the session "
+                "was not advanced, retry the same seq"
             )
+        step = _Step(record, seq, observation, timestamp_s, deadline, version, received)
+        assets = self.assets.get(version)
+        decision = choose_mode(self._healthy(version), step.time_left_s(), priority, assets)
+        if decision.verdict is Verdict.FULL:
+            try:
+                return self._answer(step, self._full(step), priority)
+            except Unavailable as exc:  # a stage failed under this step: degrade at once
+                if step.time_left_s() <= 0:
+                    raise
+                decision = choose_mode(self._healthy(version), step.time_left_s(), priority, assets)
+                if decision.verdict is Verdict.FULL:
+                    raise
+                log.warning("session=%s seq=%d degrades: %s", session_id, seq, exc)
+        if decision.verdict is Verdict.SHED:
+            SHEDS.labels(decision.reason.value, priority.name).inc()
+            raise Overloaded(
+                f"session={session_id} seq={seq}: no serve mode can answer in time "
+                f"({decision.detail or decision.reason.value}); the session was not advanced",
+                retry_after_s=SHED_RETRY_AFTER_S,
+            )
+        if decision.verdict is Verdict.EARLY_EXIT:
+            assert decision.exit_stage is not None
+            computed = self._early_exit(step, decision.exit_stage, decision.confidence)
+        else:
+            student = assets.student
+            assert student is not None
+            computed = self._fallback(step, student, decision.confidence)
+        return self._answer(step, computed, priority)
 
+    def _healthy(self, version: str) -> list[bool]:
+        return self.health(version, self.model.n_stages)
+
+    def _replay_fn(self, step: _Step, depth: int) -> StepFn:
         def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
-            return self._compute(
-                PipelineInput(session_id, s, obs, states, deadline, version), deadline
-            ).value.states
+            item = PipelineInput(
+                step.record.session_id, s, obs, states, step.deadline, step.version, depth
+            )
+            return self._compute(item, step.deadline).value.states
 
-        switching = record.seq > 0 and version != record.model_version
+        return replay_step
+
+    def _full(self, step: _Step) -> _Computed:
+        record, n = step.record, self.model.n_stages
+        replay_step = self._replay_fn(step, n)
+        switching = record.seq > 0 and step.version != record.model_version
         with _store_errors():
             if switching:
-                level = rebuild_states(
-                    record, self.model.n_stages, self.store, replay_step, self.log_depth
-                )
+                level = rebuild_states(record, n, self.store, replay_step, self.log_depth)
             else:
-                level = level_states(record, self.model.n_stages, self.store, replay_step)
+                level = level_states(record, n, self.store, replay_step)
         done = self._compute(
-            PipelineInput(session_id, seq, observation, level.states, deadline, version), deadline
+            PipelineInput(
+                record.session_id,
+                step.seq,
+                step.observation,
+                level.states,
+                step.deadline,
+                step.version,
+            ),
+            step.deadline,
         )
-        output = done.value
+        return _Computed(
+            "FULL",
+            1.0,
+            0,
+            done,
+            level,
+            switching,
+            {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)},
+        )
+
+    def _early_exit(self, step: _Step, exit_stage: int, confidence: float) -> _Computed:
+        """Stages 0..exit_stage advance; the later ones lag until they are back (replay)."""
+        record, depth = step.record, exit_stage + 1
+        if record.seq > 0 and step.version != record.model_version:
+            raise Unavailable(  # a version switch rebuilds every stage: it waits for FULL
+                f"session={record.session_id}: moving to model {step.version} needs every stage"
+            )
+        with _store_errors():
+            level = level_states(record, depth, self.store, self._replay_fn(step, depth))
+        done = self._compute(
+            PipelineInput(
+                record.session_id,
+                step.seq,
+                step.observation,
+                level.states,
+                step.deadline,
+                step.version,
+                depth,
+            ),
+            step.deadline,
+        )
+        states = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
+        return _Computed("EARLY_EXIT", confidence, exit_stage, done, level, False, states)
+
+    def _fallback(self, step: _Step, student: Student, confidence: float) -> _Computed:
+        """The student answers; no stage advances. A cold student warms up on the log."""
+        record = step.record
+        warm = record.student is not None and record.student.seq == record.seq
+        state = record.student.data if warm and record.student is not None else b""
+        warm_up: list[bytes] = []
+        if not warm and record.seq > 0 and self.log_depth:
+            first = max(1, record.seq - self.log_depth + 1)
+            with _store_errors():
+                warm_up = self.store.observations(record.session_id, first, record.seq) or []
+        started = time.perf_counter()
+        action, new_state = student_step(student, step.observation, state, warm_up)
+        done = Batched(PipelineOutput(action, [], [(time.perf_counter() - started) * 1e3]), 0.0, 1)
+        return _Computed(
+            "FALLBACK",
+            confidence,
+            0,
+            done,
+            LevelStates([]),
+            False,
+            {},
+            student=StageState(step.seq, new_state),
+        )
+
+    def _answer(self, step: _Step, computed: _Computed, priority: Priority) -> StepAnswer:
+        record, output, level = step.record, computed.done.value, computed.level
         outcome = replies.StepOutcome(
-            session_id=session_id,
-            seq=seq,
+            session_id=record.session_id,
+            seq=step.seq,
             action=output.action,
-            serve_mode="FULL",
-            confidence=1.0,
-            model_version=version,
-            queue_ms=done.queue_s * 1e3,
+            serve_mode=computed.mode,
+            confidence=computed.confidence,
+            model_version=step.version,
+            queue_ms=computed.done.queue_s * 1e3,
             stages_ms=sum(output.stage_ms),
-            total_ms=(time.perf_counter() - received) * 1e3,
+            total_ms=(time.perf_counter() - step.received) * 1e3,
             stage_ms=output.stage_ms,
-            observation_timestamp_s=timestamp_s,
-            batch_size=done.batch_size,
+            observation_timestamp_s=step.timestamp_s,
+            batch_size=computed.done.batch_size,
+            exit_stage=computed.exit_stage,
             replayed_steps=level.replayed_steps,
             state_reset=level.reset,
         )
         reply = replies.encode(outcome)
         commit = StepCommit(
             expected_seq=record.seq,
-            new_seq=seq,
-            stage_states={StageIndex(k): StageState(seq, d) for k, d in enumerate(output.states)},
+            new_seq=step.seq,
+            stage_states=computed.stage_states,
             last_reply=reply,
             ttl_s=record.ttl_s,
             n_stages=self.model.n_stages,
-            observation=tensor_codec.to_bytes(observation),
+            observation=tensor_codec.to_bytes(step.observation),
             log_limit=self.log_depth,
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
-            model_version=version if version != record.model_version else "",
+            model_version=step.version if step.version != record.model_version else "",
+            student=computed.student,
         )
-        answer = self._commit(record, commit)
+        answer = self._commit(record, commit, computed.mode)
         if answer.recomputed:  # counted once the step is committed, not per attempt
             REPLAYED_STEPS.inc(level.replayed_steps)
             STATE_RESETS.inc(level.reset)
-            if switching:
+            ANSWERS.labels(computed.mode, priority.name).inc()
+            self.degraded_clock.answered(computed.mode != "FULL")
+            if computed.switching:
                 VERSION_SWITCHES.inc()
                 log.info(
                     "session=%s seq=%d moved from model %s to %s (replayed %d steps, reset=%s)",
-                    session_id,
-                    seq,
+                    record.session_id,
+                    step.seq,
                     record.model_version,
-                    version,
+                    step.version,
                     level.replayed_steps,
                     level.reset,
                 )
@@ -245,7 +407,8 @@ class SessionEngine:
                     record.session_id, record.wait_replicas, self.durability.wait_timeout_s
                 )
         STORED_REPLIES.inc()
-        return StepAnswer(reply, "FULL", recomputed=False)
+        mode = session_pb2.ServeMode.Name(session_pb2.StepReply.FromString(reply).serve_mode)
+        return StepAnswer(reply, mode, recomputed=False)
 
     def _compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
         future = self.batcher.submit(item)
@@ -258,12 +421,12 @@ class SessionEngine:
                 "the session was not advanced, retry the same seq"
             ) from exc
 
-    def _commit(self, record: SessionRecord, commit: StepCommit) -> StepAnswer:
+    def _commit(self, record: SessionRecord, commit: StepCommit, mode: str) -> StepAnswer:
         seq = commit.new_seq
         with _store_errors():
             outcome = self.store.commit(record.session_id, commit)
         if outcome.status is CommitStatus.COMMITTED:
-            return StepAnswer(commit.last_reply, "FULL", recomputed=True)
+            return StepAnswer(commit.last_reply, mode, recomputed=True)
         if outcome.status is CommitStatus.GONE:
             raise _not_found(record.session_id)
         with _store_errors():

@@ -20,6 +20,7 @@ class PipelineInput:
     states: list[bytes]  # per stage: an encoded Tensor, or b"" for a fresh session
     deadline: float  # time.monotonic() by which the step must be answered
     model_version: str  # every stage of the step runs this version
+    depth: int = 0  # run stages 0..depth-1 and answer from the last one's head; 0: every stage
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ class Pipeline:
         self.router, self.n_stages = router, n_stages
 
     def _request(
-        self, batch: list[PipelineInput], k: int, inputs: list[tensor_pb2.Tensor]
+        self, batch: list[PipelineInput], k: int, depth: int, inputs: list[tensor_pb2.Tensor]
     ) -> stage_pb2.ForwardRequest:
-        """One stage call for a batch of steps of one model version."""
+        """One stage call for a batch of steps of one model version and depth."""
         return stage_pb2.ForwardRequest(
             items=[
                 stage_pb2.StageItem(
@@ -49,25 +50,27 @@ class Pipeline:
                 )
                 for i, item in enumerate(batch)
             ],
-            emit_action=k == self.n_stages - 1,
+            emit_action=k == depth - 1,
             model_version=batch[0].model_version,
         )
 
     def run(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
-        """Steps of different versions (during a rolling update) go through apart."""
-        versions = {item.model_version for item in batch}
-        if len(versions) == 1:
-            return self._run_one_version(batch)
+        """Steps of different versions (during a rolling update) or depths (early exits) go
+        through apart."""
+        kinds = {self._kind(item) for item in batch}
+        if len(kinds) == 1:
+            return self._run_one_kind(batch)
         outputs: dict[int, PipelineOutput] = {}
-        for version in sorted(versions):
-            part = [i for i, item in enumerate(batch) if item.model_version == version]
-            for i, output in zip(
-                part, self._run_one_version([batch[i] for i in part]), strict=True
-            ):
+        for kind in sorted(kinds):
+            part = [i for i, item in enumerate(batch) if self._kind(item) == kind]
+            for i, output in zip(part, self._run_one_kind([batch[i] for i in part]), strict=True):
                 outputs[i] = output
         return [outputs[i] for i in range(len(batch))]
 
-    def _run_one_version(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
+    def _kind(self, item: PipelineInput) -> tuple[str, int]:
+        return item.model_version, item.depth or self.n_stages
+
+    def _run_one_kind(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
         inputs = [tensor_codec.encode(item.observation) for item in batch]
         # The latest deadline: a step whose own deadline passes is answered DEADLINE_EXCEEDED by
         # its waiter; it must not cut the stage calls short for the others in its batch.
@@ -75,9 +78,10 @@ class Pipeline:
         states: list[list[bytes]] = [[] for _ in batch]
         stage_ms: list[float] = []
         reply = stage_pb2.ForwardReply()
-        for k in range(self.n_stages):
+        depth = self._kind(batch[0])[1]
+        for k in range(depth):
             started = time.perf_counter()
-            reply = self.router.forward(k, self._request(batch, k, inputs), deadline)
+            reply = self.router.forward(k, self._request(batch, k, depth, inputs), deadline)
             elapsed = time.perf_counter() - started
             metrics.STAGE_CALL_LATENCY.labels(str(k)).observe(elapsed)
             stage_ms.append(elapsed * 1e3)

@@ -13,10 +13,12 @@ from state.leadership import ReplicaInfo, StageView
 
 @dataclass(frozen=True)
 class Ban:
-    """A suspected replica: `failures` in a row, not to be used before `until`."""
+    """A suspected replica: `failures` in a row, not to be used before `until`. A ban holds
+    for one epoch (lease) of the replica: one that comes back with a new lease starts clean."""
 
     failures: int
     until: float
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,16 @@ class BanPolicy:
     base_s: float = 0.5  # first ban
     max_s: float = 30.0  # a ban doubles with each failure in a row, up to this
 
-    def after_failure(self, previous: Ban | None, now: float) -> Ban:
-        failures = 1 if previous is None else previous.failures + 1
+    def after_failure(self, previous: Ban | None, now: float, epoch: int = 0) -> Ban:
+        same_epoch = previous is not None and previous.epoch == epoch
+        failures = previous.failures + 1 if previous is not None and same_epoch else 1
         doublings = min(failures - 1, 30)  # 2**30 bans are longer than any max_s: no overflow
-        return Ban(failures, now + min(self.max_s, self.base_s * 2**doublings))
+        return Ban(failures, now + min(self.max_s, self.base_s * 2**doublings), epoch)
 
 
-def is_banned(replica_id: str, bans: Mapping[str, Ban], now: float) -> bool:
-    ban = bans.get(replica_id)
-    return ban is not None and ban.until > now
+def is_banned(replica: ReplicaInfo, bans: Mapping[str, Ban], now: float) -> bool:
+    ban = bans.get(replica.replica_id)
+    return ban is not None and ban.until > now and ban.epoch == replica.lease_id
 
 
 def candidates(
@@ -52,8 +55,8 @@ def candidates(
         (r for r in pool.values() if r.model_version == version and r.replica_id not in tried),
         key=lambda r: (r.replica_id != leader_id, r.replica_id),
     )
-    free = [r for r in eligible if not is_banned(r.replica_id, bans, now)]
-    banned = [r for r in eligible if is_banned(r.replica_id, bans, now)]
+    free = [r for r in eligible if not is_banned(r, bans, now)]
+    banned = [r for r in eligible if is_banned(r, bans, now)]
     return free + sorted(banned, key=lambda r: bans[r.replica_id].until)
 
 

@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from service.config import CoordinatorSettings
+from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
 from service.coordinator.discovery import discover_model, static_table
 from service.coordinator.engine import Durability, SessionEngine
@@ -51,6 +52,8 @@ def run(settings: CoordinatorSettings) -> None:
         table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
     )
     pipeline = Pipeline(router, model.n_stages)
+    assets = ModelAssets(settings)
+    assets.get(version)  # the student of the version served at start, loaded before serving
     batcher = DynamicBatcher(
         pipeline.run,
         settings.batch_max_size,
@@ -62,6 +65,8 @@ def run(settings: CoordinatorSettings) -> None:
         batcher,
         model,
         VersionCatalog(table, model),
+        assets,
+        router.healthy,
         settings.session_ttl_s,
         settings.max_session_ttl_s,
         settings.observation_log_depth,

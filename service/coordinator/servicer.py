@@ -8,12 +8,14 @@ from collections.abc import Iterator
 
 import grpc
 
+from fallback.priority import Priority
 from service import metrics, tensor_codec
 from service.coordinator.engine import SessionEngine, StepAnswer
 from service.errors import (
     ActionmeshError,
     DeadlineExceeded,
     InvalidInput,
+    Overloaded,
     SeqConflict,
     SessionNotFound,
     Unavailable,
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ERROR_KEY = "actionmesh-error"
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
+RETRY_AFTER_KEY = "actionmesh-retry-after-s"
 
 # Each error's status code and reason (the code alone is shared by several kinds).
 _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
@@ -32,6 +35,7 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
     SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
     DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
+    Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
 }
 
 
@@ -89,6 +93,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     message=str(exc),
                     current_seq=current,
                     reason=reason_of(exc),
+                    retry_after_s=exc.retry_after_s if isinstance(exc, Overloaded) else 0.0,
                 )
                 yield session_pb2.StreamStepsReply(seq=request.seq, error=error)
                 continue
@@ -151,6 +156,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 observation,
                 request.timestamp_s,
                 time.monotonic() + budget,
+                Priority(request.priority or Priority.NORMAL),
             )
         except ActionmeshError as exc:
             code = status_of(exc)
@@ -165,5 +171,7 @@ def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
     metadata = [(ERROR_KEY, reason_of(exc))]
     if isinstance(exc, SeqConflict):
         metadata.append((CURRENT_SEQ_KEY, str(exc.current_seq)))
+    if isinstance(exc, Overloaded):
+        metadata.append((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"))
     context.set_trailing_metadata(tuple(metadata))
     context.abort(status_of(exc), str(exc))

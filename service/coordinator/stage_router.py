@@ -7,7 +7,7 @@ import threading
 import time
 
 from service import metrics
-from service.coordinator.router import Ban, BanPolicy, candidates
+from service.coordinator.router import Ban, BanPolicy, candidates, is_banned
 from service.coordinator.stage_client import StageClient, StageTimeout
 from service.errors import Unavailable
 from service.proto import stage_pb2
@@ -66,6 +66,18 @@ class StageRouter:
             self._forgive(replica)
             return reply
 
+    def healthy(self, version: str, n_stages: int) -> list[bool]:
+        """Per stage: some replica of `version` is registered and not under suspicion."""
+        now, views = time.monotonic(), self.table.snapshot()
+        with self._lock:
+            return [
+                any(
+                    r.model_version == version and not is_banned(r, self._bans, now)
+                    for r in views.get(k, StageView(k)).replicas.values()
+                )
+                for k in range(n_stages)
+            ]
+
     def _client(self, replica: ReplicaInfo) -> StageClient:
         with self._lock:
             client = self._clients.get(replica.address)
@@ -78,7 +90,7 @@ class StageRouter:
     def _suspect(self, replica: ReplicaInfo, now: float) -> None:
         with self._lock:
             ban = self._bans[replica.replica_id] = self.ban_policy.after_failure(
-                self._bans.get(replica.replica_id), now
+                self._bans.get(replica.replica_id), now, replica.lease_id
             )
         metrics.REPLICA_SUSPECTED.labels(str(replica.stage)).inc()
         log.warning(

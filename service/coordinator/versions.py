@@ -30,14 +30,16 @@ class VersionCatalog:
         self._lock = threading.Lock()
 
     def for_session(self, current: str | None) -> str | None:
-        """The version to run a step of a session on `current` (None: no history yet)."""
-        return session_version(
+        """The version to run a step of a session on `current` (None: no history yet). With no
+        whole pipeline to run it on, a session stays on its own version, served degraded."""
+        chosen = session_version(
             self.table.snapshot(),
             self.model.n_stages,
             self.table.desired_version(),
             current,
             self.usable,
         )
+        return current if chosen is None else chosen
 
     def usable(self, version: str) -> bool:
         """A version whose interface matches this coordinator's model; asked once per version

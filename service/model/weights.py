@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from service.model.stage import Stage
+from service.model.student import Student
 
 MANIFEST = "model.json"
 
@@ -26,6 +27,7 @@ def stage_file(stage: int) -> str:
 
 
 STUDENT_FILE = "student.safetensors"
+QUALITY_FILE = "quality.json"  # the offline quality table of `actionmesh train`, when trained
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,13 @@ def load_stage(directory: Path, index: int) -> tuple[Stage, WeightsInfo]:
     stage = Stage(info.config, index)
     stage.load_state_dict(load_file(str(directory / stage_file(index))))
     return stage.eval(), info
+
+
+def load_student(directory: Path) -> tuple[Student, WeightsInfo]:
+    info = read_info(directory)
+    student = Student(info.config)
+    student.load_state_dict(load_file(str(directory / STUDENT_FILE)))
+    return student.eval(), info
 
 
 def load_model(directory: Path) -> tuple[ActionModel, WeightsInfo]:

@@ -119,16 +119,18 @@ class StepReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., replayed_steps: _Optional[int] = ..., state_reset: _Optional[bool] = ...) -> None: ...
 
 class StepError(_message.Message):
-    __slots__ = ("code", "message", "current_seq", "reason")
+    __slots__ = ("code", "message", "current_seq", "reason", "retry_after_s")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     current_seq: int
     reason: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., current_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    retry_after_s: float
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., current_seq: _Optional[int] = ..., reason: _Optional[str] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
 
 class StreamStepsReply(_message.Message):
     __slots__ = ("seq", "reply", "error")

@@ -34,7 +34,7 @@ def load_stage(settings: ShardSettings) -> tuple[Stage, str]:
     """This shard's stage and the model version it advertises."""
     directory = settings.weights_dir
     if settings.flash_dir is not None:
-        from service.shard.checkpoint_source import verified_weights
+        from service.checkpoint_source import verified_weights
 
         directory = verified_weights(settings, settings.flash_dir)
     if directory is not None:
@@ -57,7 +57,7 @@ def _follower(
         return None
 
     def load(version: str) -> Stage:
-        from service.shard.checkpoint_source import version_weights
+        from service.checkpoint_source import version_weights
 
         stage, info = weights.load_stage(
             version_weights(settings, flash_dir, version), settings.stage

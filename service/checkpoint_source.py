@@ -1,5 +1,6 @@
-"""Where a shard's weights come from when it runs on checkpoints: the remote CURRENT (or, with
-no remote, the local one), verified on flash and pulled when missing or bad there."""
+"""Where weights come from on checkpoints (a shard's stage, the coordinator's student): the
+remote CURRENT or a named version (with no remote, the local one), verified on this node's
+flash and pulled when missing or bad there."""
 
 from __future__ import annotations
 
@@ -11,21 +12,23 @@ from checkpoint.errors import CheckpointError, VerificationFailed
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import load_public_key
 from checkpoint.remote import Remote, ensure_local
-from service.config import ShardSettings
+from service.config import CoordinatorSettings, ShardSettings
 from service.model import weights
 
 log = logging.getLogger(__name__)
 
 
-def verified_weights(settings: ShardSettings, flash_dir: Path) -> Path:
+def verified_weights(settings: ShardSettings | CoordinatorSettings, flash_dir: Path) -> Path:
     """The directory of the version to serve at start; SystemExit with the reason if none."""
     try:
         return version_weights(settings, flash_dir, None)
     except CheckpointError as exc:
-        raise SystemExit(f"shard: no verified weights on {flash_dir}: {exc}") from exc
+        raise SystemExit(f"no verified weights on {flash_dir}: {exc}") from exc
 
 
-def version_weights(settings: ShardSettings, flash_dir: Path, version: str | None) -> Path:
+def version_weights(
+    settings: ShardSettings | CoordinatorSettings, flash_dir: Path, version: str | None
+) -> Path:
     """The verified local directory of `version` (default: the remote CURRENT, else the local
     one), pulled from the remote when missing or bad on flash."""
     keys = [load_public_key(path) for path in settings.trusted_keys]

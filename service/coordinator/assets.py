@@ -1,0 +1,87 @@
+"""Per model version, what the coordinator runs itself: the distilled student (FALLBACK) and
+the offline quality table the degrade policy judges by. Loaded once per version, verified
+through the checkpoint module like a shard's weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fallback.policy import PolicyConfig
+from service.config import CoordinatorSettings
+from service.model import weights
+from service.model.student import Student
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 10.0  # before trying again to load a version's assets that failed to load
+
+
+@dataclass(frozen=True)
+class VersionAssets:
+    student: Student | None  # None: no weights source configured, or they failed to load
+    policy: PolicyConfig | None  # None: the version ships no quality table (never trained)
+
+
+NONE = VersionAssets(None, None)
+
+
+class ModelAssets:
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self._loaded: dict[str, VersionAssets] = {}
+        self._failed: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, version: str) -> VersionAssets:
+        """The assets of `version`; the first call per version loads them (off the step
+        path when `prefetch` was called as the version appeared)."""
+        with self._lock:
+            if version in self._loaded:
+                return self._loaded[version]
+            if time.monotonic() < self._failed.get(version, 0.0):
+                return NONE
+            try:
+                assets = self._load(version)
+            except Exception as exc:  # a missing or bad version: serve without FALLBACK
+                self._failed[version] = time.monotonic() + RETRY_S
+                log.error("model=%s: no student or quality table for FALLBACK: %s", version, exc)
+                return NONE
+            self._loaded[version] = assets
+            return assets
+
+    def _directory(self, version: str) -> Path | None:
+        if self.settings.flash_dir is not None:
+            from service.checkpoint_source import version_weights
+
+            return version_weights(self.settings, self.settings.flash_dir, version)
+        source = self.settings.weights_dir
+        if source is not None and weights.read_info(source).version == version:
+            return source
+        return None
+
+    def _load(self, version: str) -> VersionAssets:
+        directory = self._directory(version)
+        if directory is None:
+            log.warning("model=%s: no --weights-dir or --flash-dir holds it: no FALLBACK", version)
+            return NONE
+        student, _ = weights.load_student(directory)
+        quality_file = directory / weights.QUALITY_FILE
+        policy = None
+        if quality_file.is_file():
+            policy = dataclasses.replace(
+                PolicyConfig.from_quality_table(json.loads(quality_file.read_text())),
+                early_exit_max_error_ratio=self.settings.early_exit_max_error_ratio,
+                fallback_max_error_ratio=self.settings.fallback_max_error_ratio,
+            )
+        log.info(
+            "model=%s: student loaded for FALLBACK; quality table %s",
+            version,
+            "loaded" if policy else "absent (untrained weights: degraded answers say confidence 0)",
+        )
+        return VersionAssets(student, policy)
