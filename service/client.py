@@ -31,6 +31,7 @@ from service.client_errors import (
     SeqConflict,
     ServiceUnavailable,
     SessionNotFound,
+    StepShed,
     failure,
     rpc_failure,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "SessionInfo",
     "SessionNotFound",
     "StepResult",
+    "StepShed",
     "StepStream",
 ]
 
@@ -410,7 +412,7 @@ class StepStream(_Closing):
             return item.reply
         error = item.error  # the stream itself is fine
         code = next((c.name for c in grpc.StatusCode if c.value[0] == error.code), "UNKNOWN")
-        raise failure(code, error.message, error.reason, error.current_seq)
+        raise failure(code, error.message, error.reason, error.current_seq, error.retry_after_s)
 
     def close(self) -> None:
         if self._open is not None:

@@ -8,6 +8,7 @@ import grpc
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 ERROR_KEY = "actionmesh-error"  # set by the coordinator on every error it returns
+RETRY_AFTER_KEY = "actionmesh-retry-after-s"  # set on a shed step
 
 
 class ActionMeshClientError(Exception):
@@ -44,6 +45,16 @@ class ServiceUnavailable(ActionMeshClientError):
         self.attempts, self.addresses = attempts, addresses
 
 
+class StepShed(ActionMeshClientError):
+    """RESOURCE_EXHAUSTED: the coordinator shed this step (overload, or nothing could answer
+    in time); the session was not advanced. Send the same seq again after `retry_after_s`, or
+    a newer observation: a control loop usually prefers the fresher one."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, "RESOURCE_EXHAUSTED")
+        self.retry_after_s = retry_after_s
+
+
 class RetryableFailure(Exception):
     """One attempt failed in a way worth resending the same request (maybe elsewhere)."""
 
@@ -52,7 +63,13 @@ class RetryableFailure(Exception):
         self.code, self.unreachable = code, unreachable
 
 
-def failure(code: str, message: str, reason: str, current_seq: int | None = None) -> Exception:
+def failure(
+    code: str,
+    message: str,
+    reason: str,
+    current_seq: int | None = None,
+    retry_after_s: float = 0.0,
+) -> Exception:
     """What a call that failed with status `code` raises: RetryableFailure, or the caller's typed error.
 
     `reason` is the coordinator's error kind; empty when gRPC itself failed to reach one.
@@ -65,6 +82,8 @@ def failure(code: str, message: str, reason: str, current_seq: int | None = None
         return SessionNotFound(message, code)
     if reason == "seq_conflict" and current_seq is not None:
         return SeqConflict(message, current_seq)
+    if reason == "shed":
+        return StepShed(message, retry_after_s)
     return ActionMeshClientError(message, code)
 
 
@@ -72,4 +91,7 @@ def rpc_failure(exc: grpc.RpcError) -> Exception:
     metadata = {m.key: m.value for m in exc.trailing_metadata() or ()}
     seq = metadata.get(CURRENT_SEQ_KEY)
     reason = str(metadata.get(ERROR_KEY, ""))
-    return failure(exc.code().name, exc.details() or "", reason, int(seq) if seq else None)
+    retry_after = float(str(metadata.get(RETRY_AFTER_KEY, "0") or 0))
+    return failure(
+        exc.code().name, exc.details() or "", reason, int(seq) if seq else None, retry_after
+    )

@@ -127,6 +127,15 @@ class CoordinatorSettings(Settings):
     fallback_max_error_ratio: float = Field(
         1.5, gt=0, description="The student answers only if its error is at most this x FULL's."
     )
+    admission_max_inflight: int = Field(
+        32, ge=1, description="Steps served at once; more wait in the admission queue."
+    )
+    admission_max_queue: int = Field(
+        64,
+        ge=0,
+        description="Steps waiting for a slot; beyond it BEST_EFFORT, then NORMAL steps are shed "
+        "(SAFETY is never shed while it can be served in time).",
+    )
 
 
 class ShardSettings(Settings):
@@ -390,3 +399,50 @@ def load(
             f"{_flag(str(e['loc'][0])) if e['loc'] else section}: {e['msg']}" for e in exc.errors()
         )
         raise SystemExit(f"actionmesh {section}: invalid settings: {problems}") from exc
+
+
+class TrainSettings(Settings):
+    output_dir: Path = Field(
+        Path("actionmesh-weights"),
+        description="Where the trained weights (model.json + *.safetensors) and the quality table go.",
+    )
+    seed: int = Field(0, description="Seed of the initialisation and of every training episode.")
+    d_model: int = Field(256, ge=8, description="Model width.")
+    n_heads: int = Field(8, ge=1, description="Attention heads per layer.")
+    n_layers: int = Field(6, ge=1, description="Transformer layers, split over the stages.")
+    tokens: int = Field(32, ge=1, description="Tokens per step that the observation becomes.")
+    memory_tokens: int = Field(4, ge=1, description="Recurrent memory per stage, in tokens.")
+    stages: int = Field(3, ge=1, description="Pipeline stages.")
+    student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
+    iterations: int = Field(
+        40, ge=1, description="Phase (a): batches of episodes the full model imitates."
+    )
+    batch_episodes: int = Field(8, ge=1, description="Episodes per training batch.")
+    bptt_steps: int = Field(8, ge=1, description="Steps per truncated-backpropagation window.")
+    learning_rate: float = Field(1e-3, gt=0, description="Phase (a) peak learning rate.")
+    action_noise: float = Field(
+        0.5,
+        ge=0,
+        description="Noise on executed set-points while collecting training states, in max steps.",
+    )
+    probe_weight: float = Field(
+        1.0, ge=0, description="Weight of the memory probes' loss (target position, velocity)."
+    )
+    distill_episodes: int = Field(
+        128, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
+    )
+    head_iterations: int = Field(300, ge=1, description="Phase (b): updates per exit head.")
+    head_learning_rate: float = Field(1e-2, gt=0, description="Phase (b) learning rate.")
+    student_iterations: int = Field(300, ge=1, description="Phase (c): student updates.")
+    student_learning_rate: float = Field(3e-3, gt=0, description="Phase (c) learning rate.")
+    eval_episodes: int = Field(64, ge=1, description="Held-out episodes in the quality table.")
+    eval_seed: int = Field(
+        1_000_000, description="Seed of the held-out episodes (training never draws from it)."
+    )
+    flash_dir: Path | None = Field(
+        None, description="Also snapshot the weights as a checkpoint version on this flash."
+    )
+    signing_key: Path | None = Field(
+        None, description="ed25519 private key (PEM) that signs the checkpoint version."
+    )
+    insecure: bool = Field(False, description="Create the checkpoint version unsigned.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -73,6 +73,9 @@ SHEDS = Counter(
     "actionmesh_shed_total",
     "Steps refused with RESOURCE_EXHAUSTED, by reason and priority.",
     ["reason", "priority"],
+)
+ADMISSION_QUEUED = Gauge(
+    "actionmesh_admission_queued", "Steps waiting for an admission slot (sampled at admission)."
 )
 DEGRADED_SECONDS = Counter(
     "actionmesh_degraded_seconds_total",

@@ -28,6 +28,7 @@ from service.client import (
     Session,
     SessionNotFound,
     StepResult,
+    StepShed,
     should_move_on,
 )
 from service.client_errors import RetryableFailure, failure
@@ -95,6 +96,8 @@ def test_status_codes_map_to_typed_errors() -> None:
     assert isinstance(failure("NOT_FOUND", "gone", "session_not_found"), SessionNotFound)
     conflict = failure("FAILED_PRECONDITION", "session=s is at seq 4", "seq_conflict", 4)
     assert isinstance(conflict, SeqConflict) and conflict.current_seq == 4
+    shed = failure("RESOURCE_EXHAUSTED", "shed (queue_full)", "shed", retry_after_s=0.25)
+    assert isinstance(shed, StepShed) and shed.retry_after_s == 0.25
     other = failure("FAILED_PRECONDITION", "a kind this client does not know", "new_kind", 4)
     assert type(other) is ActionMeshClientError and other.code == "FAILED_PRECONDITION"
     assert str(other) == "a kind this client does not know"

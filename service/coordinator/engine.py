@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fallback.policy import Verdict
+from fallback.policy import Verdict, best_latency_s
 from fallback.priority import Priority
 from service import tensor_codec
 from service.coordinator import replies
-from service.coordinator.assets import ModelAssets
+from service.coordinator.admission_gate import AdmissionGate
+from service.coordinator.assets import ModelAssets, VersionAssets
 from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.degrade import choose_mode, student_step
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
@@ -134,13 +135,14 @@ class SessionEngine:
         versions: VersionCatalog,
         assets: ModelAssets,
         health: Health,
+        admission: AdmissionGate,
         default_ttl_s: float,
         max_ttl_s: float,
         log_depth: int,
         durability: Durability,
     ) -> None:
         self.store, self.batcher, self.model, self.versions = store, batcher, model, versions
-        self.assets, self.health = assets, health
+        self.assets, self.health, self.admission = assets, health, admission
         self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
         self.durability = durability
         self.degraded_clock = DegradedClock()
@@ -229,10 +231,19 @@ class SessionEngine:
             )
         step = _Step(record, seq, observation, timestamp_s, deadline, version, received)
         assets = self.assets.get(version)
+        healthy = self._healthy(version)
+        best_s = best_latency_s(assets.policy, healthy, priority) if assets.policy else None
+        what = f"session={session_id} seq={seq}"
+        with self.admission.admitted(what, priority, record.client_id, deadline, best_s):
+            return self._serve(step, assets, priority)
+
+    def _serve(self, step: _Step, assets: VersionAssets, priority: Priority) -> StepAnswer:
+        """The step in the best serve mode that can answer in time (fallback.policy)."""
+        session_id, seq, version = step.record.session_id, step.seq, step.version
         decision = choose_mode(self._healthy(version), step.time_left_s(), priority, assets)
         if decision.verdict is Verdict.FULL:
             try:
-                return self._answer(step, self._full(step), priority)
+                computed = self._full(step)
             except Unavailable as exc:  # a stage failed under this step: degrade at once
                 if step.time_left_s() <= 0:
                     raise
@@ -240,6 +251,8 @@ class SessionEngine:
                 if decision.verdict is Verdict.FULL:
                     raise
                 log.warning("session=%s seq=%d degrades: %s", session_id, seq, exc)
+            else:
+                return self._answer(step, computed, priority)
         if decision.verdict is Verdict.SHED:
             SHEDS.labels(decision.reason.value, priority.name).inc()
             raise Overloaded(

@@ -6,7 +6,9 @@ import logging
 
 import grpc
 
+from fallback.admission import AdmissionConfig, AdmissionController
 from service.config import CoordinatorSettings
+from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
 from service.coordinator.discovery import discover_model, static_table
@@ -67,6 +69,11 @@ def run(settings: CoordinatorSettings) -> None:
         VersionCatalog(table, model),
         assets,
         router.healthy,
+        AdmissionGate(
+            AdmissionController(
+                AdmissionConfig(settings.admission_max_inflight, settings.admission_max_queue)
+            )
+        ),
         settings.session_ttl_s,
         settings.max_session_ttl_s,
         settings.observation_log_depth,
