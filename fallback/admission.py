@@ -4,8 +4,9 @@ Capacity is `max_inflight` steps served at once (a slot each) plus a queue of at
 `max_queue` steps waiting for a slot, most urgent priority first, first come first served
 within a priority. `admit` answers at once with a `Ticket` (running, or queued) or a `Shed`:
 
-- deadline: refused now rather than timed out later when the step would not finish before
-  its deadline: expected wait (the queue ahead of it drained at `max_inflight` per measured
+- deadline: refused now rather than timed out later when a step that must queue would not
+  finish before its deadline (a step that finds a free slot is only refused once its
+  deadline has passed: without contention, trying is the only way to know): expected wait (the queue ahead of it drained at `max_inflight` per measured
   service time) + its own service time (the caller's best achievable latency, e.g. the
   degrade policy's fastest mode, else the measured estimate) > deadline. The estimate is a
   fluid approximation, not a bound: it refuses the hopeless, it does not promise the rest.
@@ -154,8 +155,10 @@ class AdmissionController:
         with self._lock:
             own_s = self._service_s if best_latency_s is None else best_latency_s
             if self._inflight < self.config.max_inflight:  # then the queue is empty
-                if now + own_s > deadline:
-                    return self._shed(ShedReason.DEADLINE, priority, f"needs {own_s:.3f} s")
+                # No contention: the estimate (which a transient, e.g. a slow store, can
+                # inflate) is no reason to refuse; the degrade policy picks a mode that fits.
+                if now >= deadline:
+                    return self._shed(ShedReason.DEADLINE, priority, "deadline already passed")
                 return self._start(self._ticket(priority, client_id))
             over_share = priority is not Priority.SAFETY and self._over_share(client_id)
             full = self._queued() >= self.config.max_queue

@@ -84,6 +84,12 @@ class CoordinatorSettings(Settings):
         ge=0,
         description="Observations kept per session for replay; lag beyond it resets the state.",
     )
+    catch_up_budget_s: float = Field(
+        0.1,
+        gt=0,
+        description="Replay time one step may spend bringing lagging stages level; a longer lag "
+        "is caught up over several steps, each answered degraded meanwhile.",
+    )
     max_observation_bytes: int = Field(
         65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
     )

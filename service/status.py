@@ -58,7 +58,7 @@ def collect(settings: StatusSettings) -> dict[str, Any]:
     table = open_routing_table(settings.etcd, settings.cluster)
     try:
         table.start()
-        views = table.snapshot()
+        views, desired = table.snapshot(), table.desired_version()
     except LeadershipUnavailable as exc:
         raise SystemExit(f"status: etcd {settings.etcd} unreachable: {exc}") from exc
     finally:
@@ -66,12 +66,16 @@ def collect(settings: StatusSettings) -> dict[str, Any]:
     return {
         "cluster": settings.cluster,
         "etcd": settings.etcd,
+        "desired_version": desired,
         "stages": describe(views, settings.probe_timeout_s),
     }
 
 
 def print_table(status: dict[str, Any]) -> None:
     print(f"cluster {status['cluster']}  etcd {status['etcd']}")
+    print(
+        f"desired model version: {status['desired_version'] or '(none set: ckpt promote --etcd)'}"
+    )
     print(f"{'stage':<6}{'role':<9}{'replica':<16}{'address':<22}{'model':<16}{'epoch':<20}health")
     for stage in status["stages"]:
         rows = [("leader", stage["leader"])] if stage["leader"] else [("leader", None)]

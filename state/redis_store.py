@@ -362,7 +362,12 @@ def _commit_args(step: StepCommit) -> list[int | str | bytes]:
         step.model_version,
         step.student.data if step.student else b"",
         step.student.seq if step.student else 0,
+        step.anchor.seq if step.anchor else 0,
     ]
+    anchored = sorted(step.anchor.states.items()) if step.anchor else []
+    args.append(len(anchored))
+    for k, data in anchored:
+        args += [k, data]
     for k, state in sorted(step.stage_states.items()):
         args += [k, state.data, state.seq]
     return args

@@ -69,6 +69,9 @@ class StepCommit:
     wait_timeout_s: float = 0.5  # how long to wait for them before NotReplicated
     model_version: str = ""  # the version this step ran on, when it moved the session; "" keeps it
     student: StageState | None = None  # the student's new state, when it answered
+    # Replay progress while some stage still lags: every stage's state at a later level point,
+    # so that the next replay starts there (ignored if this commit levels every stage).
+    anchor: Anchor | None = None
 
 
 class CommitStatus(enum.Enum):

@@ -83,10 +83,11 @@ def test_the_queue_serves_the_most_urgent_first_fifo_within_a_priority() -> None
 
 def test_hopeless_steps_are_refused_at_admission() -> None:
     ac = controller(max_inflight=1, max_queue=8)
-    # a free slot, but the step alone takes longer than the time left
-    refused = shed(ac.admit(NORMAL, "r0", deadline=1.005, now=1.0))
+    # a free slot is refused only once the deadline has passed: the estimate alone (which a
+    # transient can inflate) is no reason to refuse work that has no one to wait for
+    refused = shed(ac.admit(NORMAL, "r0", deadline=1.0, now=1.0))
     assert refused.reason is ShedReason.DEADLINE and refused.retry_after_s > 0
-    ticket(ac.admit(NORMAL, "r0", deadline=1.010, now=1.0))  # exactly fits
+    ticket(ac.admit(NORMAL, "r0", deadline=1.005, now=1.0))
     for i in range(3):
         ticket(ac.admit(NORMAL, f"r{i + 1}", FAR, now=1.0))
     # 3 queued ahead on 1 slot: starts after ~4 x 10 ms, done after ~50 ms
@@ -111,8 +112,11 @@ def test_measured_service_times_move_the_estimate() -> None:
     assert ac.load().service_estimate_s == pytest.approx(0.02)
     ticket(ac.admit(NORMAL, "r0", FAR, now=0.0)).release()  # not measured: no change
     assert ac.load().service_estimate_s == pytest.approx(0.02)
-    # now a step needs 20 ms: 15 ms left is refused
-    assert shed(ac.admit(NORMAL, "r0", deadline=0.015, now=0.0)).reason is ShedReason.DEADLINE
+    # now a step needs 20 ms: behind a running one (wait 20 ms + its own 20 ms), 35 ms left
+    # is refused and 45 ms is not
+    ticket(ac.admit(NORMAL, "r0", FAR, now=0.0))
+    assert shed(ac.admit(NORMAL, "r1", deadline=0.035, now=0.0)).reason is ShedReason.DEADLINE
+    ticket(ac.admit(NORMAL, "r1", deadline=0.045, now=0.0))
 
 
 def test_the_queue_is_bounded_and_the_hint_is_its_drain_time() -> None:

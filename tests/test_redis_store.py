@@ -269,3 +269,25 @@ def test_anchor_of_a_fresh_session_has_no_states(store: RedisSessionStore) -> No
     store.commit(sid, StepCommit(0, 1, {StageIndex(0): StageState(1, b"s0")}, b"r1", 10.0, 3))
     record = store.load(sid)
     assert record is not None and record.anchor == Anchor(0, {})
+
+
+def test_replay_progress_moves_the_anchor_and_the_student_state_is_kept(
+    store: RedisSessionStore,
+) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    logged(store, sid, steps=3, limit=8)
+    early = {k: v for k, v in stages_at(4).items() if k != 2}
+    store.commit(sid, StepCommit(3, 4, early, b"r4", 10.0, 3, b"obs4", 8))
+    progress = Anchor(4, {StageIndex(k): b"replayed-%d" % k for k in range(3)})
+    student = StageState(5, b"gru")
+    store.commit(
+        sid, StepCommit(4, 5, {}, b"r5", 10.0, 3, b"obs5", 8, student=student, anchor=progress)
+    )
+    record = store.load(sid)
+    assert record is not None
+    assert record.anchor == progress and record.student == student
+    assert [record.stage_states[StageIndex(k)].seq for k in range(3)] == [4, 4, 3]
+    store.commit(sid, StepCommit(5, 6, stages_at(6), b"r6", 10.0, 3, b"obs6", 8, anchor=progress))
+    level = store.load(sid)
+    assert level is not None and level.anchor is None, "a level commit ignores replay progress"

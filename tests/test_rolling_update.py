@@ -18,6 +18,7 @@ from service.model.action_model import ActionModel
 from state.etcd_routing import EtcdRoutingTable
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.stepping import failed, progress, robots_stepping, wait_for
+from tests.test_failover import status_json
 
 ROBOT_PERIOD_S = 0.1  # slow robots keep the observation logs short enough to replay in time
 
@@ -88,6 +89,7 @@ def test_roll_forward_and_back_under_load_without_a_failed_step(
                 progress(robots, 5)
                 promoted = ckpt(cluster, "promote", v2)
                 assert (promoted["current"], promoted["cluster"]) == (v2, True)
+                assert status_json(cluster)["desired_version"] == v2
                 wait_for(lambda: serving(robots, v2), 60, f"every session moves to {v2}")
                 wait_for(lambda: pipeline_on(table, v2), 60, "every replica and leader on v2")
                 progress(robots, 5)

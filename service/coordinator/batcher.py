@@ -43,7 +43,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[T]], list[R]],
+        run_batch: Callable[[list[T]], list[R | Exception]],
         max_size: int,
         max_wait_s: float,
         workers: int,
@@ -110,4 +110,7 @@ class DynamicBatcher(Generic[T, R]):
                 with self._lock:
                     self._in_flight -= 1
             for p, result in zip(batch, results, strict=True):
-                p.future.set_result(Batched(result, started - p.enqueued, len(batch)))
+                if isinstance(result, Exception):  # this item failed, the others did not
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(Batched(result, started - p.enqueued, len(batch)))

@@ -9,9 +9,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +20,17 @@ from service import tensor_codec
 from service.coordinator import replies
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets, VersionAssets
-from service.coordinator.batcher import Batched, DynamicBatcher
-from service.coordinator.degrade import choose_mode, student_step
-from service.coordinator.pipeline import PipelineInput, PipelineOutput
-from service.coordinator.replay import LevelStates, StepFn, level_states, rebuild_states
+from service.coordinator.degrade import choose_mode
+from service.coordinator.replay import LevelStates
+from service.coordinator.serve_modes import (
+    Computed,
+    Lagging,
+    ServeModes,
+    StepInput,
+    store_errors,
+)
 from service.coordinator.versions import VersionCatalog
 from service.errors import (
-    DeadlineExceeded,
     InvalidInput,
     Overloaded,
     SeqConflict,
@@ -45,7 +47,6 @@ from service.metrics import (
     DegradedClock,
 )
 from service.model.config import ModelConfig
-from service.model.student import Student
 from service.proto import session_pb2
 from state.session import (
     CommitStatus,
@@ -55,7 +56,7 @@ from state.session import (
     StageState,
     StepCommit,
 )
-from state.store import SessionStore, StoreUnavailable
+from state.store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -92,36 +93,6 @@ class StepAnswer:
     recomputed: bool
 
 
-@dataclass(frozen=True)
-class _Step:
-    """One step being served: what every serve mode needs."""
-
-    record: SessionRecord
-    seq: int
-    observation: torch.Tensor
-    timestamp_s: float
-    deadline: float  # time.monotonic()
-    version: str
-    received: float  # time.perf_counter()
-
-    def time_left_s(self) -> float:
-        return self.deadline - time.monotonic()
-
-
-@dataclass(frozen=True)
-class _Computed:
-    """A step's answer before it is committed."""
-
-    mode: str  # FULL / EARLY_EXIT / FALLBACK
-    confidence: float
-    exit_stage: int
-    done: Batched[PipelineOutput]
-    level: LevelStates  # how the states were brought level first (replay, reset)
-    switching: bool  # the session moves to another model version with this step
-    stage_states: dict[StageIndex, StageState]  # the stages this step advanced
-    student: StageState | None = None
-
-
 # Stage health per stage of a model version (StageRouter.healthy).
 Health = Callable[[str, int], list[bool]]
 
@@ -130,8 +101,7 @@ class SessionEngine:
     def __init__(
         self,
         store: SessionStore,
-        batcher: DynamicBatcher[PipelineInput, PipelineOutput],
-        model: ModelConfig,
+        modes: ServeModes,
         versions: VersionCatalog,
         assets: ModelAssets,
         health: Health,
@@ -141,7 +111,7 @@ class SessionEngine:
         log_depth: int,
         durability: Durability,
     ) -> None:
-        self.store, self.batcher, self.model, self.versions = store, batcher, model, versions
+        self.store, self.modes, self.model, self.versions = store, modes, modes.model, versions
         self.assets, self.health, self.admission = assets, health, admission
         self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
         self.durability = durability
@@ -161,7 +131,7 @@ class SessionEngine:
             raise Unavailable("no model version is served by every stage; retry shortly")
         session_id = SessionId(secrets.token_urlsafe(18))
         record = SessionRecord(session_id, 0, version, ttl, client_id, wait_replicas=wait_replicas)
-        with _store_errors():
+        with store_errors():
             self.store.create(record)
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
                 self.store.confirm_replicated(
@@ -177,7 +147,7 @@ class SessionEngine:
         return OpenedSession(session_id, ttl, version, wait_replicas)
 
     def get(self, session_id: str) -> SessionSummary:
-        with _store_errors():
+        with store_errors():
             record = self.store.load(SessionId(session_id))
             ttl_left = self.store.ttl_left_s(SessionId(session_id))
             log_depth = self.store.log_depth(SessionId(session_id))
@@ -186,7 +156,7 @@ class SessionEngine:
         return SessionSummary(record, ttl_left, log_depth)
 
     def close(self, session_id: str) -> bool:
-        with _store_errors():
+        with store_errors():
             closed = self.store.delete(SessionId(session_id))
         log.info("session=%s closed existed=%s", session_id, closed)
         return closed
@@ -215,7 +185,7 @@ class SessionEngine:
         received = time.perf_counter()
         self.check_observation(observation)
         sid = SessionId(session_id)
-        with _store_errors():
+        with store_errors():
             record = self.store.load(sid)
         if record is None:
             raise _not_found(session_id)
@@ -229,7 +199,7 @@ class SessionEngine:
                 f"session={session_id}: no model version is served by every stage; the session "
                 "was not advanced, retry the same seq"
             )
-        step = _Step(record, seq, observation, timestamp_s, deadline, version, received)
+        step = StepInput(record, seq, observation, timestamp_s, deadline, version, received)
         assets = self.assets.get(version)
         healthy = self._healthy(version)
         best_s = best_latency_s(assets.policy, healthy, priority) if assets.policy else None
@@ -237,13 +207,19 @@ class SessionEngine:
         with self.admission.admitted(what, priority, record.client_id, deadline, best_s):
             return self._serve(step, assets, priority)
 
-    def _serve(self, step: _Step, assets: VersionAssets, priority: Priority) -> StepAnswer:
+    def _serve(self, step: StepInput, assets: VersionAssets, priority: Priority) -> StepAnswer:
         """The step in the best serve mode that can answer in time (fallback.policy)."""
         session_id, seq, version = step.record.session_id, step.seq, step.version
         decision = choose_mode(self._healthy(version), step.time_left_s(), priority, assets)
+        lag: LevelStates | None = None
         if decision.verdict is Verdict.FULL:
             try:
-                computed = self._full(step)
+                computed = self.modes.full(step)
+            except Lagging as exc:  # a long lag: answered from the level stages meanwhile
+                lag = exc.level
+                level = [s.seq == step.record.seq for s in _stage_states(step.record, self.model)]
+                healthy = [h and ok for h, ok in zip(self._healthy(version), level, strict=True)]
+                decision = choose_mode(healthy, step.time_left_s(), priority, assets)
             except Unavailable as exc:  # a stage failed under this step: degrade at once
                 if step.time_left_s() <= 0:
                     raise
@@ -262,104 +238,17 @@ class SessionEngine:
             )
         if decision.verdict is Verdict.EARLY_EXIT:
             assert decision.exit_stage is not None
-            computed = self._early_exit(step, decision.exit_stage, decision.confidence)
+            computed = self.modes.early_exit(step, decision.exit_stage, decision.confidence, lag)
         else:
             student = assets.student
             assert student is not None
-            computed = self._fallback(step, student, decision.confidence)
+            computed = self.modes.fallback(step, student, decision.confidence, lag)
         return self._answer(step, computed, priority)
 
     def _healthy(self, version: str) -> list[bool]:
         return self.health(version, self.model.n_stages)
 
-    def _replay_fn(self, step: _Step, depth: int) -> StepFn:
-        def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
-            item = PipelineInput(
-                step.record.session_id, s, obs, states, step.deadline, step.version, depth
-            )
-            return self._compute(item, step.deadline).value.states
-
-        return replay_step
-
-    def _full(self, step: _Step) -> _Computed:
-        record, n = step.record, self.model.n_stages
-        replay_step = self._replay_fn(step, n)
-        switching = record.seq > 0 and step.version != record.model_version
-        with _store_errors():
-            if switching:
-                level = rebuild_states(record, n, self.store, replay_step, self.log_depth)
-            else:
-                level = level_states(record, n, self.store, replay_step)
-        done = self._compute(
-            PipelineInput(
-                record.session_id,
-                step.seq,
-                step.observation,
-                level.states,
-                step.deadline,
-                step.version,
-            ),
-            step.deadline,
-        )
-        return _Computed(
-            "FULL",
-            1.0,
-            0,
-            done,
-            level,
-            switching,
-            {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)},
-        )
-
-    def _early_exit(self, step: _Step, exit_stage: int, confidence: float) -> _Computed:
-        """Stages 0..exit_stage advance; the later ones lag until they are back (replay)."""
-        record, depth = step.record, exit_stage + 1
-        if record.seq > 0 and step.version != record.model_version:
-            raise Unavailable(  # a version switch rebuilds every stage: it waits for FULL
-                f"session={record.session_id}: moving to model {step.version} needs every stage"
-            )
-        with _store_errors():
-            level = level_states(record, depth, self.store, self._replay_fn(step, depth))
-        done = self._compute(
-            PipelineInput(
-                record.session_id,
-                step.seq,
-                step.observation,
-                level.states,
-                step.deadline,
-                step.version,
-                depth,
-            ),
-            step.deadline,
-        )
-        states = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
-        return _Computed("EARLY_EXIT", confidence, exit_stage, done, level, False, states)
-
-    def _fallback(self, step: _Step, student: Student, confidence: float) -> _Computed:
-        """The student answers; no stage advances. A cold student warms up on the log."""
-        record = step.record
-        warm = record.student is not None and record.student.seq == record.seq
-        state = record.student.data if warm and record.student is not None else b""
-        warm_up: list[bytes] = []
-        if not warm and record.seq > 0 and self.log_depth:
-            first = max(1, record.seq - self.log_depth + 1)
-            with _store_errors():
-                warm_up = self.store.observations(record.session_id, first, record.seq) or []
-        started = time.perf_counter()
-        action, new_state = student_step(student, step.observation, state, warm_up)
-        done = Batched(PipelineOutput(action, [], [(time.perf_counter() - started) * 1e3]), 0.0, 1)
-        return _Computed(
-            "FALLBACK",
-            confidence,
-            0,
-            done,
-            LevelStates([]),
-            False,
-            {},
-            student=StageState(step.seq, new_state),
-        )
-
-    def _answer(self, step: _Step, computed: _Computed, priority: Priority) -> StepAnswer:
+    def _answer(self, step: StepInput, computed: Computed, priority: Priority) -> StepAnswer:
         record, output, level = step.record, computed.done.value, computed.level
         outcome = replies.StepOutcome(
             session_id=record.session_id,
@@ -392,6 +281,7 @@ class SessionEngine:
             wait_timeout_s=self.durability.wait_timeout_s,
             model_version=step.version if step.version != record.model_version else "",
             student=computed.student,
+            anchor=computed.anchor,
         )
         answer = self._commit(record, commit, computed.mode)
         if answer.recomputed:  # counted once the step is committed, not per attempt
@@ -415,7 +305,7 @@ class SessionEngine:
     def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:
         """An earlier answer, acknowledged only once it is as durable as the session asked."""
         if record.wait_replicas:
-            with _store_errors():
+            with store_errors():
                 self.store.confirm_replicated(
                     record.session_id, record.wait_replicas, self.durability.wait_timeout_s
                 )
@@ -423,26 +313,15 @@ class SessionEngine:
         mode = session_pb2.ServeMode.Name(session_pb2.StepReply.FromString(reply).serve_mode)
         return StepAnswer(reply, mode, recomputed=False)
 
-    def _compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
-        future = self.batcher.submit(item)
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout as exc:
-            future.cancel()  # still queued: keep it out of a batch (it no longer counts)
-            raise DeadlineExceeded(
-                f"session={item.session_id} seq={item.seq}: not computed before the deadline; "
-                "the session was not advanced, retry the same seq"
-            ) from exc
-
     def _commit(self, record: SessionRecord, commit: StepCommit, mode: str) -> StepAnswer:
         seq = commit.new_seq
-        with _store_errors():
+        with store_errors():
             outcome = self.store.commit(record.session_id, commit)
         if outcome.status is CommitStatus.COMMITTED:
             return StepAnswer(commit.last_reply, mode, recomputed=True)
         if outcome.status is CommitStatus.GONE:
             raise _not_found(record.session_id)
-        with _store_errors():
+        with store_errors():
             current = self.store.load(record.session_id)
         if current is not None and current.seq == seq:  # committed by another coordinator, or
             # by our own retried commit whose answer was lost
@@ -462,10 +341,7 @@ def _not_found(session_id: str) -> SessionNotFound:
     )
 
 
-@contextmanager
-def _store_errors() -> Iterator[None]:
-    """Turns an unreachable store into Unavailable: the step was not advanced."""
-    try:
-        yield
-    except StoreUnavailable as exc:
-        raise Unavailable(f"session store unavailable: {exc}; retry the same seq") from exc
+def _stage_states(record: SessionRecord, model: ModelConfig) -> list[StageState]:
+    return [
+        record.stage_states.get(StageIndex(k), StageState(0, b"")) for k in range(model.n_stages)
+    ]

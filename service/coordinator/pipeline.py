@@ -9,6 +9,7 @@ import torch
 
 from service import metrics, tensor_codec
 from service.coordinator.stage_router import StageRouter
+from service.errors import Unavailable
 from service.proto import stage_pb2, tensor_pb2
 
 
@@ -54,17 +55,21 @@ class Pipeline:
             model_version=batch[0].model_version,
         )
 
-    def run(self, batch: list[PipelineInput]) -> list[PipelineOutput]:
+    def run(self, batch: list[PipelineInput]) -> list[PipelineOutput | Exception]:
         """Steps of different versions (during a rolling update) or depths (early exits) go
-        through apart."""
+        through apart, and one group's failure (a stage it needs is down) is its own."""
         kinds = {self._kind(item) for item in batch}
         if len(kinds) == 1:
-            return self._run_one_kind(batch)
-        outputs: dict[int, PipelineOutput] = {}
+            return list(self._run_one_kind(batch))
+        outputs: dict[int, PipelineOutput | Exception] = {}
         for kind in sorted(kinds):
             part = [i for i, item in enumerate(batch) if self._kind(item) == kind]
-            for i, output in zip(part, self._run_one_kind([batch[i] for i in part]), strict=True):
-                outputs[i] = output
+            try:
+                results = self._run_one_kind([batch[i] for i in part])
+            except Unavailable as exc:
+                outputs.update((i, exc) for i in part)
+                continue
+            outputs.update(zip(part, results, strict=True))
         return [outputs[i] for i in range(len(batch))]
 
     def _kind(self, item: PipelineInput) -> tuple[str, int]:

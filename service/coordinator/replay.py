@@ -9,13 +9,15 @@ session that never saw the failure.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from service import tensor_codec
-from state.session import SessionRecord, StageIndex, StageState
+from state.session import Anchor, SessionRecord, StageIndex, StageState
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -26,15 +28,28 @@ StepFn = Callable[[int, torch.Tensor, list[bytes]], list[bytes]]
 
 @dataclass(frozen=True)
 class LevelStates:
-    states: list[bytes]  # per stage, all reflecting record.seq (b"" = fresh)
+    states: list[bytes]  # per stage, all reflecting record.seq (b"" = fresh); [] if incomplete
     replayed_steps: int = 0
     reset: bool = False  # the log did not reach back: the states are fresh, history is lost
     # Counted in metrics by the caller once the step commits (a failed attempt is retried).
+    progress: Anchor | None = None  # replay ran out of time here: the next one starts here
+
+    @property
+    def complete(self) -> bool:
+        return self.progress is None
 
 
 def level_states(
-    record: SessionRecord, n_stages: int, store: SessionStore, step: StepFn
+    record: SessionRecord,
+    n_stages: int,
+    store: SessionStore,
+    step: StepFn,
+    replay_until: float = math.inf,
 ) -> LevelStates:
+    """Stages 0..n_stages-1 brought level with record.seq. A replay that reaches
+    `replay_until` (time.monotonic()) stops there and returns its progress instead, so that a
+    long lag is caught up over several steps rather than never within one step's deadline
+    (progress is only kept for a replay of every stage: the anchor holds them all)."""
     current = [record.stage_states.get(StageIndex(k), StageState(0, b"")) for k in range(n_stages)]
     if all(s.seq == record.seq for s in current):
         return LevelStates([s.data for s in current])
@@ -53,6 +68,17 @@ def level_states(
         return LevelStates([b""] * n_stages, reset=True)
     states = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
     for i, observation in enumerate(logged):
+        if i and time.monotonic() >= replay_until:
+            seq = anchor.seq + i
+            log.info(
+                "session=%s replayed seq %d..%d of %d; the rest at the next steps",
+                record.session_id,
+                anchor.seq + 1,
+                seq,
+                record.seq,
+            )
+            progress = Anchor(seq, {StageIndex(k): d for k, d in enumerate(states) if d})
+            return LevelStates([], replayed_steps=i, progress=progress)
         states = step(anchor.seq + 1 + i, tensor_codec.from_bytes(observation), states)
     log.info(
         "session=%s replayed seq %d..%d to bring stages level",

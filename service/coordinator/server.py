@@ -15,6 +15,7 @@ from service.coordinator.discovery import discover_model, static_table
 from service.coordinator.engine import Durability, SessionEngine
 from service.coordinator.pipeline import Pipeline
 from service.coordinator.router import BanPolicy
+from service.coordinator.serve_modes import ServeModes
 from service.coordinator.servicer import SessionServicer
 from service.coordinator.stage_router import StageRouter
 from service.coordinator.versions import VersionCatalog
@@ -62,10 +63,12 @@ def run(settings: CoordinatorSettings) -> None:
         settings.batch_max_wait_ms / 1e3,
         settings.max_inflight_batches,
     )
+    modes = ServeModes(
+        store, batcher, model, settings.observation_log_depth, settings.catch_up_budget_s
+    )
     engine = SessionEngine(
         store,
-        batcher,
-        model,
+        modes,
         VersionCatalog(table, model),
         assets,
         router.healthy,
