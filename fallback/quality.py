@@ -84,8 +84,9 @@ class QualityTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QualityTable:
-        """Parse the JSON shape above; unknown or missing modes are an error, not a default."""
-        if set(data) != {"modes"}:
+        """Parse the JSON shape above; unknown or missing modes are an error, not a default.
+        Other top-level keys (how the table was measured: seed, episodes, ...) are ignored."""
+        if not isinstance(data.get("modes"), Mapping):
             raise ValueError(f'a quality table is {{"modes": {{...}}}}; got keys {sorted(data)}')
         modes: Mapping[str, Any] = data["modes"]
         missing = {FULL, FALLBACK, STATE_LOST} - set(modes)

@@ -268,6 +268,9 @@ def test_bad_quality_tables_are_refused(
 def test_bad_table_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="quality table is"):
         QualityTable.from_dict({"full": {}})
+    assert QualityTable.from_dict({**table_json(GOOD), "seed": 7}) == QualityTable.from_dict(
+        table_json(GOOD)
+    ), "metadata beside the modes is ignored"
     modes = table_json(GOOD)["modes"]
     with pytest.raises(ValueError, match="exactly error, success, p50_ms"):
         QualityTable.from_dict({"modes": {**modes, "full": {"error": 1.0, "success": 0.9}}})
