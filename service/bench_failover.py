@@ -14,7 +14,7 @@ from service.config import BenchSettings
 from service.fleet import SteppingRobot
 from service.latency import percentile_ms
 from service.local_cluster import LocalCluster
-from service.proto import session_pb2_grpc
+from service.proto import session_pb2, session_pb2_grpc
 from state.backends import open_routing_table
 from state.leadership import ReplicaInfo, RoutingTable
 
@@ -39,7 +39,10 @@ def _leader(table: RoutingTable, stage: int) -> ReplicaInfo | None:
 def _first_full_after(robots: list[SteppingRobot], t: float) -> float | None:
     """From t to the first FULL answer to a step sent after t (so it met the fault)."""
     times = [
-        o.at for r in robots for o in list(r.outcomes) if o.code == "OK" and o.at - o.latency_s > t
+        o.at
+        for r in robots
+        for o in list(r.outcomes)
+        if o.code == "OK" and o.serve_mode == session_pb2.FULL and o.at - o.latency_s > t
     ]
     return min(times) - t if times else None
 

@@ -91,16 +91,22 @@ def check_nothing_lost_or_doubled(
     if models is None:
         model, info = weights.load_model(cluster.weights_dir)
         models = {info.version: model}
+    stored = {  # read first: computing the references below may outlast a session's TTL
+        robot.session_id: stub.GetSession(
+            session_pb2.GetSessionRequest(session_id=robot.session_id), timeout=5
+        ).seq
+        for robot in robots
+        if robot.error is None
+    }
     for robot in robots:
         assert robot.error is None, robot.error
         assert {o.code for o in robot.outcomes} <= {"OK", *RETRYABLE}
         ok = [o for o in robot.outcomes if o.code == "OK"]
         assert [o.seq for o in ok] == list(range(1, len(ok) + 1)), "a step was skipped or repeated"
         assert all(o.serve_mode == session_pb2.FULL for o in ok)
-        info = stub.GetSession(
-            session_pb2.GetSessionRequest(session_id=robot.session_id), timeout=5
+        assert stored[robot.session_id] == len(ok), (
+            "the stored seq differs from the acknowledged steps"
         )
-        assert info.seq == len(ok), "the stored seq differs from the acknowledged steps"
         assert not [o.seq for o in ok if o.state_reset], "a state was reset"
         for version in {o.model_version for o in ok}:
             assert version in models, f"a step ran on model {version}, not one of {list(models)}"

@@ -34,7 +34,11 @@ def check_answers(
     states are level at the end."""
     with grpc.insecure_channel(cluster.address) as channel:
         stub = session_pb2_grpc.SessionServiceStub(channel)
-        for robot in robots:
+        infos = [  # read first: computing the references below may outlast a session's TTL
+            stub.GetSession(session_pb2.GetSessionRequest(session_id=r.session_id), timeout=5)
+            for r in robots
+        ]
+        for robot, info in zip(robots, infos, strict=True):
             assert robot.error is None, robot.error
             ok = [o for o in robot.outcomes if o.code == "OK"]
             assert [o.seq for o in ok] == list(range(1, len(ok) + 1))
@@ -51,7 +55,7 @@ def check_answers(
                 else:
                     assert o.serve_mode == FALLBACK, f"seq {o.seq} unlabelled"
                     assert list(o.action.shape) == [model.cfg.horizon, model.cfg.joints]
-            info = stub.GetSession(session_pb2.GetSessionRequest(session_id=robot.session_id))
+            assert info.seq == len(ok)
             assert [s.seq for s in info.stage_states] == [info.seq] * model.cfg.n_stages
 
 

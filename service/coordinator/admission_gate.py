@@ -29,8 +29,14 @@ class AdmissionGate:
         """Runs the block once the step holds a slot; Overloaded when it is shed (now, or
         displaced from the queue by a more urgent step), DeadlineExceeded when its turn does
         not come in time."""
+        now = time.monotonic()
+        if now >= deadline:  # spent before admission (a slow store): a timeout, not a shed
+            raise DeadlineExceeded(
+                f"{what}: the deadline passed before the step was admitted; the session was not "
+                "advanced, retry the same seq"
+            )
         got = self.controller.admit(
-            priority, client_id, deadline, time.monotonic(), best_latency_s=best_latency_s
+            priority, client_id, deadline, now, best_latency_s=best_latency_s
         )
         if isinstance(got, Shed):
             raise _shed(what, got)
