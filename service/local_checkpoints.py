@@ -27,6 +27,7 @@ class LocalCheckpoints:
         if not (self.key_dir / PRIVATE_KEY_NAME).exists():
             keygen(self.key_dir)
         self.public_key = self.key_dir / PUBLIC_KEY_NAME
+        self.private_key = self.key_dir / PRIVATE_KEY_NAME
         self.remote_url = (root / "remote").resolve().as_uri()
         (root / "remote").mkdir(parents=True, exist_ok=True)
         self.remote = Remote(open_blobstore(self.remote_url))
@@ -42,7 +43,7 @@ class LocalCheckpoints:
                 info.version,
                 info.config.model_dump(),
                 creator=f"{getpass.getuser()}@local-cluster",
-                private_key=load_private_key(self.key_dir / PRIVATE_KEY_NAME),
+                private_key=load_private_key(self.private_key),
             )
         self.remote.push(self.flash, info.version)
         if promote:
