@@ -21,6 +21,7 @@ from service.config import (
     Settings,
     ShardSettings,
     StatusSettings,
+    TrainSettings,
 )
 
 
@@ -36,6 +37,15 @@ def _up(args: argparse.Namespace) -> int:
         print(f"logs {cluster.log_dir}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
+        )
+        assert cluster.checkpoints is not None
+        print(
+            "roll the cluster to another version (or back): actionmesh ckpt promote VERSION "
+            f"(or rollback) --flash-dir {cluster.checkpoints.flash.root} "
+            f"--remote {cluster.checkpoints.remote_url} "
+            f"--trusted-keys {cluster.checkpoints.public_key} "
+            f"--signing-key {cluster.checkpoints.private_key} "
+            f"--etcd {cluster.etcd_url} --cluster {settings.cluster}"
         )
         print("press Ctrl-C to stop every process")
         stop.wait()
@@ -65,6 +75,12 @@ def _status(args: argparse.Namespace) -> int:
     from service import status
 
     return status.main(config.load(StatusSettings, "status", args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from service.training import cli as training_cli
+
+    return training_cli.main(config.load(TrainSettings, "train", args))
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -106,6 +122,12 @@ _COMMANDS: list[tuple[str, type[Settings], Callable[[argparse.Namespace], int], 
         StatusSettings,
         _status,
         "Show who leads each stage and who stands by, live from etcd, with health.",
+    ),
+    (
+        "train",
+        TrainSettings,
+        _train,
+        "Train the model, its exit heads and student on a reach task; write weights and a quality table.",
     ),
     (
         "coordinator",

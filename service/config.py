@@ -262,6 +262,17 @@ class BenchSettings(ClusterSettings):
         False,
         description="Instead: kill -9 the middle stage's leader repeatedly under load and report the time to the next FULL answer (runs at least 2 replicas per stage).",
     )
+    degraded: bool = Field(
+        False,
+        description="Measure each serve mode instead: error and success on the reach task, "
+        "latency through a cluster whose stages are killed from the last one down.",
+    )
+    weights_dir: Path | None = Field(
+        None, description="--degraded: trained weights (`actionmesh train`); else trains first."
+    )
+    degraded_episodes: int = Field(
+        64, ge=1, description="--degraded: held-out episodes of the quality evaluation."
+    )
     failover_kills: int = Field(10, ge=1, description="Leader kills in a --failover run.")
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
@@ -421,7 +432,7 @@ class TrainSettings(Settings):
     stages: int = Field(3, ge=1, description="Pipeline stages.")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
     iterations: int = Field(
-        40, ge=1, description="Phase (a): batches of episodes the full model imitates."
+        30, ge=1, description="Phase (a): batches of episodes the full model imitates."
     )
     batch_episodes: int = Field(8, ge=1, description="Episodes per training batch.")
     bptt_steps: int = Field(8, ge=1, description="Steps per truncated-backpropagation window.")
@@ -431,13 +442,10 @@ class TrainSettings(Settings):
         ge=0,
         description="Noise on executed set-points while collecting training states, in max steps.",
     )
-    probe_weight: float = Field(
-        1.0, ge=0, description="Weight of the memory probes' loss (target position, velocity)."
-    )
     distill_episodes: int = Field(
         128, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
     )
-    head_iterations: int = Field(300, ge=1, description="Phase (b): updates per exit head.")
+    head_iterations: int = Field(300, ge=1, description="Phase (b): updates per stage head.")
     head_learning_rate: float = Field(1e-2, gt=0, description="Phase (b) learning rate.")
     student_iterations: int = Field(300, ge=1, description="Phase (c): student updates.")
     student_learning_rate: float = Field(3e-3, gt=0, description="Phase (c) learning rate.")

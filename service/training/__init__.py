@@ -1,0 +1,2 @@
+"""Training the model family on a synthetic task where memory matters, and measuring each serve
+mode's quality on it."""
