@@ -147,6 +147,11 @@ def main(settings: BenchSettings) -> int:
 
         result = bench_failover.run(settings)
         show = bench_failover.print_table
+    elif settings.degraded:
+        from service import bench_degraded
+
+        result = bench_degraded.run(settings)
+        show = bench_degraded.print_table
     else:
         result, show = run(settings), print_table
     if settings.json_output:

@@ -47,3 +47,35 @@ def test_bench_failover_json_keys(tmp_path: Path) -> None:
     assert out["kills"] == 2
     assert 0 < out["failover_p50_s"] <= out["failover_max_s"]
     assert out["steps_ok"] > 0
+
+
+def test_bench_degraded_json_keys(tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    tiny = ["--d-model", "32", "--n-heads", "2", "--n-layers", "3", "--tokens", "4"]
+    short = ["--iterations", "3", "--head-iterations", "10", "--student-iterations", "10"]
+    few = ["--distill-episodes", "4", "--eval-episodes", "4", "--output-dir", str(trained)]
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", *tiny, *short, *few],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = bench(
+        tmp_path,
+        "--degraded",
+        "--weights-dir",
+        str(trained),
+        "--steps",
+        "20",
+        "--degraded-episodes",
+        "4",
+    )
+    modes = ["full", "early_exit_0", "early_exit_1", "fallback", "state_lost"]
+    assert list(out["modes"]) == modes
+    for name in modes:
+        mode = out["modes"][name]
+        assert set(mode) == {"error", "success", "p50_ms"}, name
+        assert mode["error"] > 0 and 0 <= mode["success"] <= 1, name
+        assert mode["p50_ms"] > 0, f"{name} was never served by the cluster"
+    assert set(out["targets"]) == {"early_exit_1", "fallback", "state_lost"}
