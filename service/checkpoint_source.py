@@ -12,13 +12,13 @@ from checkpoint.errors import CheckpointError, VerificationFailed
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import load_public_key
 from checkpoint.remote import Remote, ensure_local
-from service.config import CoordinatorSettings, ShardSettings
+from service.config import CheckpointSourceSettings
 from service.model import weights
 
 log = logging.getLogger(__name__)
 
 
-def verified_weights(settings: ShardSettings | CoordinatorSettings, flash_dir: Path) -> Path:
+def verified_weights(settings: CheckpointSourceSettings, flash_dir: Path) -> Path:
     """The directory of the version to serve at start; SystemExit with the reason if none."""
     try:
         return version_weights(settings, flash_dir, None)
@@ -27,7 +27,7 @@ def verified_weights(settings: ShardSettings | CoordinatorSettings, flash_dir: P
 
 
 def version_weights(
-    settings: ShardSettings | CoordinatorSettings, flash_dir: Path, version: str | None
+    settings: CheckpointSourceSettings, flash_dir: Path, version: str | None
 ) -> Path:
     """The verified local directory of `version` (default: the remote CURRENT, else the local
     one), pulled from the remote when missing or bad on flash."""

@@ -25,7 +25,28 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class CoordinatorSettings(Settings):
+class CheckpointSourceSettings(Settings):
+    """Where a process loads versioned weights from (a shard its stage, a coordinator each
+    version's student and quality table)."""
+
+    flash_dir: Path | None = Field(
+        None,
+        description="Load weights from this node's checkpoint flash: verified on every load, bad "
+        "versions quarantined, missing ones pulled from --remote.",
+    )
+    remote: str | None = Field(
+        None,
+        description="With --flash-dir: where versions are pulled from (s3://... or file://...); "
+        "its CURRENT is what a shard serves at start.",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
+    )
+    insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
+
+
+class CoordinatorSettings(CheckpointSourceSettings):
     host: str = Field("127.0.0.1", description="Address to serve the session API on.")
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(
@@ -113,20 +134,6 @@ class CoordinatorSettings(Settings):
         description="The distilled student (and quality.json) for FALLBACK answers, for the "
         "version these weights are; or use --flash-dir for every version.",
     )
-    flash_dir: Path | None = Field(
-        None,
-        description="Load each served version's student and quality table from this node's "
-        "checkpoint flash (pulled from --remote when missing).",
-    )
-    remote: str | None = Field(
-        None,
-        description="With --flash-dir: where versions are pulled from (s3://... or file://...).",
-    )
-    trusted_keys: list[Path] = Field(
-        default_factory=list,
-        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
-    )
-    insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
     early_exit_max_error_ratio: float = Field(
         1.3, gt=0, description="An exit head answers only if its error is at most this x FULL's."
     )
@@ -144,7 +151,7 @@ class CoordinatorSettings(Settings):
     )
 
 
-class ShardSettings(Settings):
+class ShardSettings(CheckpointSourceSettings):
     stage: int = Field(0, ge=0, description="Which pipeline stage this shard serves.")
     host: str = Field("127.0.0.1", description="Address to serve StageService on.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -155,19 +162,6 @@ class ShardSettings(Settings):
         None,
         description="Directory with model.json and stage-K.safetensors; without it (and without --flash-dir), weights are initialised from --seed.",
     )
-    flash_dir: Path | None = Field(
-        None,
-        description="Load weights from this node's checkpoint flash (CURRENT if it verifies, else the newest good version; bad ones are quarantined).",
-    )
-    remote: str | None = Field(
-        None,
-        description="With --flash-dir: pull the remote CURRENT from here (s3://... or file://...) when flash holds no good version.",
-    )
-    trusted_keys: list[Path] = Field(
-        default_factory=list,
-        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
-    )
-    insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
     n_stages: int = Field(3, ge=1, description="Stages of the model when initialising from --seed.")
     seed: int = Field(0, description="Initialisation seed when no --weights-dir is given.")
     torch_threads: int = Field(

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from fallback.quality import ModeQuality
 from service.model.action_model import ActionModel
 from service.model.weights import model_version
 from service.training.modes import EarlyExitPolicy, FallbackPolicy, FullPolicy, StateLostPolicy
@@ -33,13 +34,6 @@ LATENCY_STEPS = 32
 DEEPEST_EXIT_TARGET = ("<=", 1.3)
 FALLBACK_TARGET = ("<=", 1.5)
 STATE_LOST_TARGET = (">=", 2.0)
-
-
-@dataclass(frozen=True)
-class ModeQuality:
-    error: float
-    success: float
-    p50_ms: float
 
 
 @dataclass(frozen=True)
