@@ -230,6 +230,13 @@ class SessionEngine:
             else:
                 return self._answer(step, computed, priority)
         if decision.verdict is Verdict.SHED:
+            unlimited = choose_mode(self._healthy(version), math.inf, priority, assets)
+            if unlimited.verdict is Verdict.SHED:  # not a matter of time: nothing can serve
+                raise Unavailable(
+                    f"session={session_id} seq={seq}: no serve mode can answer "
+                    f"({unlimited.detail or unlimited.reason.value}); the session was not "
+                    "advanced, retry the same seq"
+                )
             SHEDS.labels(decision.reason.value, priority.name).inc()
             raise Overloaded(
                 f"session={session_id} seq={seq}: no serve mode can answer in time "

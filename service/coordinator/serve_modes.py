@@ -110,10 +110,7 @@ class ServeModes:
     ) -> Computed:
         """Stages 0..exit_stage advance; the later ones lag until they are back (replay)."""
         record, depth = step.record, exit_stage + 1
-        if record.seq > 0 and step.version != record.model_version:
-            raise Unavailable(  # a version switch rebuilds every stage: it waits for FULL
-                f"session={record.session_id}: moving to model {step.version} needs every stage"
-            )
+        _no_switch(step)
         with store_errors():
             level = level_states(record, depth, self.store, self._replay_fn(step, depth))
         done = self.compute(
@@ -145,6 +142,7 @@ class ServeModes:
     ) -> Computed:
         """The student answers; no stage advances. A cold student warms up on the log."""
         record = step.record
+        _no_switch(step)
         warm = record.student is not None and record.student.seq == record.seq
         state = record.student.data if warm and record.student is not None else b""
         warm_up: list[bytes] = []
@@ -191,6 +189,16 @@ class ServeModes:
             return self.compute(item, step.deadline).value.states
 
         return replay_step
+
+
+def _no_switch(step: StepInput) -> None:
+    """A session moves to another model version only by a FULL step, which rebuilds every
+    stage's state on it: a degraded answer in between would mix versions."""
+    if step.record.seq > 0 and step.version != step.record.model_version:
+        raise Unavailable(
+            f"session={step.record.session_id}: moving to model {step.version} needs every "
+            "stage; the session was not advanced, retry the same seq"
+        )
 
 
 def _caught_up(level: LevelStates, progress: LevelStates | None) -> LevelStates:
