@@ -65,6 +65,8 @@ class EtcdReplicaMembership:
         self._granted_ttl_s = self._ttl_s
         self._lease_deadline = 0.0  # monotonic: our lease may have expired from then on
         self._registered = False
+        self._info_gen = 0  # bumped by announce()
+        self._published_gen = 0  # the generation last written to etcd
         self._campaigning = True
         self._resign = False
         self._leader_value: bytes | None = None  # what we last wrote to the leader key
@@ -108,7 +110,8 @@ class EtcdReplicaMembership:
             raise ValueError(f"{self._who()} cannot announce another replica: {info}")
         with self._lock:
             self._info = dataclasses.replace(info, lease_id=0)
-            self._campaigning, self._registered, self._leader_dirty = True, False, True
+            self._info_gen += 1
+            self._campaigning, self._leader_dirty = True, True
         self._wake.set()
 
     def start(self) -> None:
@@ -167,10 +170,11 @@ class EtcdReplicaMembership:
             self._grant()
         if self._resign:
             self._give_up_leadership()
-        if not self._registered:
+        if not self._registered or self._published_gen != self._info_gen:
+            gen = self._info_gen  # an announce() from now on is published at the next step
             self._etcd.put(self._replica_key, self._announced(), self._lease_id)
-            self._registered = True
             self._refresh_leader_value()
+            self._registered, self._published_gen = True, gen
         if not self._watching:
             self._watch_leader()
         if now >= self._next_keepalive:

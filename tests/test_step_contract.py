@@ -174,3 +174,19 @@ def test_stream_reports_errors_per_step_and_keeps_going(
     assert replies[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert replies[1].error.current_seq == 1
     assert replies[2].reply.seq == 2
+
+
+def test_an_unknown_priority_is_invalid_argument(
+    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    sid = open_session(stub)
+    obs = torch.zeros(cluster.model.observation_dim)
+    request = step_request(sid, 1, obs)
+    request.priority = 7  # type: ignore[assignment]  # a newer client's class, say
+    error = expect_error(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "priority 7" in (error.details() or "")
+    served = step_request(sid, 1, obs)
+    served.priority = session_pb2.SAFETY
+    reply = stub.Step(served, timeout=10)
+    assert reply.seq == 1 and reply.serve_mode == session_pb2.FULL

@@ -36,24 +36,41 @@ class ModelAssets:
         self.settings = settings
         self._loaded: dict[str, VersionAssets] = {}
         self._failed: dict[str, float] = {}
+        self._loading: dict[str, threading.Lock] = {}  # one per version: others do not wait
         self._lock = threading.Lock()
 
     def get(self, version: str) -> VersionAssets:
-        """The assets of `version`; the first call per version loads them (off the step
-        path when `prefetch` was called as the version appeared)."""
+        """The assets of `version`, loaded on first use (a step of that version waits for
+        them once, unless `prefetch` loaded them as the version appeared)."""
         with self._lock:
             if version in self._loaded:
                 return self._loaded[version]
             if time.monotonic() < self._failed.get(version, 0.0):
                 return NONE
+            loading = self._loading.setdefault(version, threading.Lock())
+        with loading:
+            with self._lock:
+                if version in self._loaded:
+                    return self._loaded[version]
             try:
                 assets = self._load(version)
             except Exception as exc:  # a missing or bad version: serve without FALLBACK
-                self._failed[version] = time.monotonic() + RETRY_S
+                with self._lock:
+                    self._failed[version] = time.monotonic() + RETRY_S
                 log.error("model=%s: no student or quality table for FALLBACK: %s", version, exc)
                 return NONE
-            self._loaded[version] = assets
+            with self._lock:
+                self._loaded[version] = assets
             return assets
+
+    def prefetch(self, versions: set[str]) -> None:
+        """Load, in the background, the assets of versions not loaded yet."""
+        with self._lock:
+            new = versions - self._loaded.keys() - self._loading.keys()
+        for version in new:
+            threading.Thread(
+                target=self.get, args=(version,), name=f"assets-{version}", daemon=True
+            ).start()
 
     def _directory(self, version: str) -> Path | None:
         if self.settings.flash_dir is not None:

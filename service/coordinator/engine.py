@@ -31,6 +31,7 @@ from service.coordinator.serve_modes import (
 )
 from service.coordinator.versions import VersionCatalog
 from service.errors import (
+    DeadlineExceeded,
     InvalidInput,
     Overloaded,
     SeqConflict,
@@ -220,6 +221,15 @@ class SessionEngine:
                 level = [s.seq == step.record.seq for s in _stage_states(step.record, self.model)]
                 healthy = [h and ok for h, ok in zip(self._healthy(version), level, strict=True)]
                 decision = choose_mode(healthy, step.time_left_s(), priority, assets)
+                if decision.verdict is Verdict.SHED:  # no degraded answer good enough: finish
+                    try:  # the replay within this step instead (its progress would be lost)
+                        computed = self.modes.full(step, catch_up=False)
+                    except Lagging as again:
+                        raise DeadlineExceeded(
+                            f"session={session_id} seq={seq}: {again}, and no degraded answer "
+                            "qualifies; the session was not advanced, retry the same seq"
+                        ) from again
+                    return self._answer(step, computed, priority)
             except Unavailable as exc:  # a stage failed under this step: degrade at once
                 if step.time_left_s() <= 0:
                     raise

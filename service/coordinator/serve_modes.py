@@ -4,6 +4,7 @@ distilled student in this process). Nothing here commits: the engine does."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -79,8 +80,9 @@ class ServeModes:
         self.store, self.batcher, self.model = store, batcher, model
         self.log_depth, self.catch_up_budget_s = log_depth, catch_up_budget_s
 
-    def full(self, step: StepInput) -> Computed:
-        """Raises Lagging when the lagging stages cannot be replayed level in this step."""
+    def full(self, step: StepInput, catch_up: bool = True) -> Computed:
+        """Raises Lagging when the lagging stages cannot be replayed level in this step
+        (within the catch-up budget; with catch_up=False, within the step's time)."""
         record, n = step.record, self.model.n_stages
         replay_step = self._replay_fn(step, n)
         switching = record.seq > 0 and step.version != record.model_version
@@ -88,7 +90,8 @@ class ServeModes:
             if switching:
                 level = rebuild_states(record, n, self.store, replay_step, self.log_depth)
             else:
-                level = level_states(record, n, self.store, replay_step, self._replay_until(step))
+                until = self._replay_until(step, self.catch_up_budget_s if catch_up else math.inf)
+                level = level_states(record, n, self.store, replay_step, until)
         if not level.complete:
             raise Lagging(level)
         done = self.compute(
@@ -176,10 +179,11 @@ class ServeModes:
                 "the session was not advanced, retry the same seq"
             ) from exc
 
-    def _replay_until(self, step: StepInput) -> float:
-        """Replay may use the catch-up budget, and never the reserve the step needs after."""
+    @staticmethod
+    def _replay_until(step: StepInput, budget_s: float) -> float:
+        """Replay may use the budget, and never the reserve the step needs after."""
         now, left = time.monotonic(), step.time_left_s()
-        return min(now + self.catch_up_budget_s, now + left * (1 - CATCH_UP_RESERVE))
+        return min(now + budget_s, now + left * (1 - CATCH_UP_RESERVE))
 
     def _replay_fn(self, step: StepInput, depth: int) -> StepFn:
         def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:

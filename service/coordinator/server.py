@@ -57,6 +57,11 @@ def run(settings: CoordinatorSettings) -> None:
     pipeline = Pipeline(router, model.n_stages)
     assets = ModelAssets(settings)
     assets.get(version)  # the student of the version served at start, loaded before serving
+    table.subscribe(  # and of every version that appears, before its first step
+        lambda views: assets.prefetch(
+            {r.model_version for view in views.values() for r in view.replicas.values()}
+        )
+    )
     batcher = DynamicBatcher(
         pipeline.run,
         settings.batch_max_size,

@@ -156,7 +156,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 observation,
                 request.timestamp_s,
                 time.monotonic() + budget,
-                Priority(request.priority or Priority.NORMAL),
+                _priority(request.priority),
             )
         except ActionmeshError as exc:
             code = status_of(exc)
@@ -165,6 +165,15 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             raise
         metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
         return answer
+
+
+def _priority(value: int) -> Priority:
+    """PRIORITY_UNSPECIFIED is NORMAL; a value this coordinator does not know is bad input."""
+    try:
+        return Priority(value or Priority.NORMAL)
+    except ValueError as exc:
+        known = ", ".join(f"{p.name}={p.value}" for p in Priority)
+        raise InvalidInput(f"priority {value} is not one of {known}") from exc
 
 
 def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:

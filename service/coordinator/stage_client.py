@@ -13,6 +13,11 @@ class StageTimeout(Unavailable):
     """The call ran out of its time: the replica is slow or hung (or the time was short)."""
 
 
+class VersionRefused(Unavailable):
+    """The replica no longer (or not yet) serves the requested model version: a routing table
+    a moment behind a rolling update, not a sick replica."""
+
+
 class StageClient:
     def __init__(self, stage: int, address: str) -> None:
         self.stage, self.address = stage, address
@@ -44,7 +49,10 @@ class StageClient:
             timed_out = (
                 isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             )
-            kind = StageTimeout if timed_out else Unavailable
+            refused = (
+                isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            )
+            kind = StageTimeout if timed_out else VersionRefused if refused else Unavailable
             raise kind(f"stage {self.stage} at {self.address}: {what}") from exc
         if len(reply.results) != len(request.items):
             raise Unavailable(

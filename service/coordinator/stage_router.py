@@ -8,7 +8,7 @@ import time
 
 from service import metrics
 from service.coordinator.router import Ban, BanPolicy, candidates, is_banned
-from service.coordinator.stage_client import StageClient, StageTimeout
+from service.coordinator.stage_client import StageClient, StageTimeout, VersionRefused
 from service.errors import Unavailable
 from service.proto import stage_pb2
 from state.leadership import ReplicaInfo, RoutingTable, StageView
@@ -61,7 +61,8 @@ class StageRouter:
                     ) from exc
                 tried.add(replica.replica_id)
                 failures.append(f"{replica.replica_id}: {exc}")
-                self._suspect(replica, now)
+                if not isinstance(exc, VersionRefused):
+                    self._suspect(replica, now)
                 continue
             self._forgive(replica)
             return reply

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import grpc
 
@@ -21,12 +22,14 @@ log = logging.getLogger(__name__)
 INTERFACE = ("observation_dim", "n_stages", "joints", "horizon")
 
 INFO_TIMEOUT_S = 0.5
+RETRY_UNKNOWN_S = 5.0  # a version whose Info failed is not used, nor asked again, for this long
 
 
 class VersionCatalog:
     def __init__(self, table: RoutingTable, model: ModelConfig) -> None:
         self.table, self.model = table, model
         self._usable: dict[str, bool] = {}
+        self._unknown_until: dict[str, float] = {}  # Info failed: not asked again before
         self._lock = threading.Lock()
 
     def for_session(self, current: str | None) -> str | None:
@@ -46,6 +49,8 @@ class VersionCatalog:
         (an Info call to one of its replicas), remembered once answered."""
         with self._lock:
             known = self._usable.get(version)
+            if known is None and time.monotonic() < self._unknown_until.get(version, 0.0):
+                return False
         if known is not None:
             return known
         replica = next(
@@ -61,14 +66,19 @@ class VersionCatalog:
             return False
         client = StageClient(replica.stage, replica.address)
         try:
-            info = client.info(INFO_TIMEOUT_S)
-        except grpc.RpcError as exc:
+            config = json.loads(client.info(INFO_TIMEOUT_S).model_config_json)
+            if not isinstance(config, dict):
+                raise ValueError(f"model config is not an object: {config!r}")
+        except (grpc.RpcError, ValueError) as exc:  # unreachable, or an unreadable reply
             log.warning("model=%s: Info of %s failed: %s", version, replica.replica_id, exc)
+            with self._lock:
+                self._unknown_until[version] = time.monotonic() + RETRY_UNKNOWN_S
             return False
         finally:
             client.close()
-        config = ModelConfig(**json.loads(info.model_config_json))
-        differs = [f for f in INTERFACE if getattr(config, f) != getattr(self.model, f)]
+        # Only the interface is compared: a version may well have config fields this
+        # coordinator does not know.
+        differs = [f for f in INTERFACE if config.get(f) != getattr(self.model, f)]
         if differs:
             log.error(
                 "model=%s is not used: its %s differ from this coordinator's model",

@@ -36,6 +36,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self.replica_id = ""  # set once the port is bound
         self.role: Callable[[], str] = lambda: "static"
         self._retiring: _Retiring | None = None
+        self._versions = threading.Lock()  # stage, version and _retiring change together
         self._label = str(stage.index)
         self._lock = threading.Lock()  # one batch at a time: torch threads are already set
         self._calls = 0
@@ -46,19 +47,20 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         that steps already routed to it (before the change reached coordinators) finish."""
         if stage.index != self.stage.index:
             raise ValueError(f"stage {stage.index} cannot replace stage {self.stage.index}")
-        with self._lock:
+        with self._versions:
             old = _Retiring(self.stage, self.version, time.monotonic() + retire_after_s)
             self.stage, self.version, self._retiring = stage, model_version, old
 
     def _stage_for(self, version: str) -> Stage | None:
-        if not version or version == self.version:
-            return self.stage
-        retiring = self._retiring
-        if retiring is not None and retiring.version == version:
-            if time.monotonic() < retiring.until:
-                return retiring.stage
-            self._retiring = None
-        return None
+        with self._versions:
+            if not version or version == self.version:
+                return self.stage
+            retiring = self._retiring
+            if retiring is not None and retiring.version == version:
+                if time.monotonic() < retiring.until:
+                    return retiring.stage
+                self._retiring = None
+            return None
 
     def Forward(  # noqa: N802 (gRPC naming)
         self, request: stage_pb2.ForwardRequest, context: grpc.ServicerContext
@@ -101,7 +103,9 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self, request: stage_pb2.InfoRequest, context: grpc.ServicerContext
     ) -> stage_pb2.InfoReply:
         with self._lock:
-            calls, items, stage, version = self._calls, self._items, self.stage, self.version
+            calls, items = self._calls, self._items
+        with self._versions:
+            stage, version = self.stage, self.version
         return stage_pb2.InfoReply(
             stage=stage.index,
             n_stages=stage.cfg.n_stages,
