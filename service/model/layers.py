@@ -36,6 +36,66 @@ class Block(nn.Module):
         return out
 
 
+class MemoryCell(nn.Module):
+    """A GRU update of each memory token: the stage's memory positions propose, the gate decides.
+
+    Written out with Linear layers (not nn.GRUCell) for the same reason as Block. The update
+    gate's bias starts negative, so that a fresh model keeps most of its memory from step to
+    step: information persists across steps unless the stage learns to overwrite it. The
+    proposal's weights start at zero: stage 0 starts as a plain GRU over its observation (see
+    Stage), and the memory positions' proposals come in as training finds them useful (fed in
+    at full strength from the start, they drowned the observation and no memory was learned).
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.from_input = nn.Linear(d_model, 3 * d_model)
+        self.from_memory = nn.Linear(d_model, 3 * d_model)
+        with torch.no_grad():
+            self.from_input.weight.zero_()
+            self.from_input.bias[d_model : 2 * d_model].fill_(-1.0)
+
+    def forward(
+        self,
+        proposal: torch.Tensor | None,
+        memory: torch.Tensor,
+        direct: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """proposal, memory: [B, M, d_model] -> new memory [B, M, d_model]. `direct`
+        ([B, 1, 3 * d_model]) is added to the gates' inputs: stage 0 feeds its raw observation
+        in this way, as a GRU would. Either input may be None (training's warm-up has no
+        proposal), not both."""
+        if proposal is not None:
+            gates = self.from_input(self.norm(proposal))
+            if direct is not None:
+                gates = gates + direct
+        elif direct is not None:
+            gates = direct + self.from_input.bias
+        else:
+            raise ValueError("a memory update needs a proposal or a direct input")
+        xr, xz, xn = gates.chunk(3, dim=-1)
+        hr, hz, hn = self.from_memory(memory).chunk(3, dim=-1)
+        reset = torch.sigmoid(xr + hr)
+        write = torch.sigmoid(xz + hz)
+        candidate = torch.tanh(xn + reset * hn)
+        new: torch.Tensor = memory + write * (candidate - memory)
+        return new
+
+
+class MemoryReadout(nn.Module):
+    """Projects all of a stage's memory tokens into one vector added to every output token, so
+    that the head (which pools the output tokens) and the next stage see the memory directly."""
+
+    def __init__(self, memory_tokens: int, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(memory_tokens * d_model, d_model)
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        read: torch.Tensor = self.proj(memory.flatten(1)).unsqueeze(1)
+        return tokens + read
+
+
 class ObservationEmbedding(nn.Module):
     """Turns one observation vector into `tokens` tokens of width d_model."""
 
