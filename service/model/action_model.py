@@ -30,13 +30,19 @@ class ActionModel(nn.Module):
     def fresh_states(self, batch: int) -> list[torch.Tensor]:
         return [self.stage(k).fresh_memory(batch) for k in range(self.cfg.n_stages)]
 
-    @torch.no_grad()
-    def step(
+    def forward(
         self, obs: torch.Tensor, states: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One control tick for a batch: obs [B, observation_dim] -> action [B, H, joints]."""
+        """One control tick for a batch, differentiable (training); `step` serves."""
         x, new_states = obs, []
         for k in range(self.cfg.n_stages):
             x, memory = self.stage(k)(x, states[k])
             new_states.append(memory)
         return self.stage(self.cfg.n_stages - 1).action(x), new_states
+
+    @torch.no_grad()
+    def step(
+        self, obs: torch.Tensor, states: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One control tick for a batch: obs [B, observation_dim] -> action [B, H, joints]."""
+        return self.forward(obs, states)

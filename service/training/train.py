@@ -52,17 +52,6 @@ def train(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> None
     model.eval()
 
 
-def forward(
-    model: ActionModel, obs: torch.Tensor, states: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """ActionModel.step with gradients."""
-    x, new_states = obs, []
-    for k in range(model.cfg.n_stages):
-        x, memory = model.stage(k)(x, states[k])
-        new_states.append(memory)
-    return model.stage(model.cfg.n_stages - 1).action(x), new_states
-
-
 def trainable_fresh_states(model: ActionModel, batch: int) -> list[torch.Tensor]:
     """model.fresh_states, but attached to each stage's initial_memory, so that it learns too
     (Stage.fresh_memory hands out a detached copy: what serving wants)."""
@@ -160,7 +149,7 @@ def imitate(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> No
             end = min(start + settings.bptt_steps, task.steps)
             loss = torch.zeros(())
             for t in range(start, end):
-                action, states = forward(model, demo.observations[:, t], states)
+                action, states = model.forward(demo.observations[:, t], states)
                 loss = loss + F.mse_loss(action, demo.expert_chunks[:, t])
                 if memory_path is not None:
                     loss = loss + F.mse_loss(memory_path(states[0]), demo.expert_chunks[:, t])
