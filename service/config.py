@@ -140,6 +140,12 @@ class CoordinatorSettings(CheckpointSourceSettings):
     fallback_max_error_ratio: float = Field(
         1.5, gt=0, description="The student answers only if its error is at most this x FULL's."
     )
+    policy_latency_factor: float = Field(
+        3.0,
+        gt=0,
+        description="The quality table's latencies are in-process; a mode fits the time left "
+        "when its p50 x this does (a cluster step costs about 2-3x the in-process one).",
+    )
     admission_max_inflight: int = Field(
         32, ge=1, description="Steps served at once; more wait in the admission queue."
     )

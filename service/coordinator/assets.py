@@ -95,6 +95,7 @@ class ModelAssets:
                 PolicyConfig.from_quality_table(json.loads(quality_file.read_text())),
                 early_exit_max_error_ratio=self.settings.early_exit_max_error_ratio,
                 fallback_max_error_ratio=self.settings.fallback_max_error_ratio,
+                latency_factor=self.settings.policy_latency_factor,
             )
         log.info(
             "model=%s: student loaded for FALLBACK; quality table %s",

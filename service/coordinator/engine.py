@@ -203,7 +203,10 @@ class SessionEngine:
         step = StepInput(record, seq, observation, timestamp_s, deadline, version, received)
         assets = self.assets.get(version)
         healthy = self._healthy(version)
-        best_s = best_latency_s(assets.policy, healthy, priority) if assets.policy else None
+        # The fastest acceptable mode's latency lets admission keep what it can still serve;
+        # unknown without a quality table, or when the student (usually the fastest) is missing.
+        policy = assets.policy if assets.student is not None else None
+        best_s = best_latency_s(policy, healthy, priority) if policy else None
         what = f"session={session_id} seq={seq}"
         with self.admission.admitted(what, priority, record.client_id, deadline, best_s):
             return self._serve(step, assets, priority)
