@@ -131,3 +131,10 @@ def test_ban_length_never_overflows_after_very_many_failures() -> None:
     policy = BanPolicy(base_s=0.5, max_s=30.0)
     ban = Ban(5000, until=0.0)
     assert policy.after_failure(ban, now=10.0) == Ban(5001, until=40.0)
+
+
+def test_a_restarted_replica_is_reached_at_its_new_address_not_its_stale_leader_key() -> None:
+    stale = ReplicaInfo(1, "stage-1-r0", "h:old", "v1", lease_id=1)
+    reborn = ReplicaInfo(1, "stage-1-r0", "h:new", "v1", lease_id=2)
+    view = StageView(1, leader=stale, replicas={"stage-1-r0": reborn})
+    assert candidates(view, "v1", {}, now=0.0, tried=frozenset()) == [reborn]

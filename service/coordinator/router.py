@@ -49,7 +49,9 @@ def candidates(
     """
     leader_id = view.leader.replica_id if view.leader is not None else None
     pool = {r.replica_id: r for r in view.replicas.values()}
-    if view.leader is not None:
+    # A replica restarted under the same id re-registers at once, while its old leader key
+    # lives until the old lease expires: the registration is the live one.
+    if view.leader is not None and view.leader.replica_id not in pool:
         pool[view.leader.replica_id] = view.leader
     eligible = sorted(
         (r for r in pool.values() if r.model_version == version and r.replica_id not in tried),
