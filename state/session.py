@@ -52,6 +52,10 @@ class SessionRecord:
     # 0: the primary's word is enough (a failover may lose the last acknowledged steps).
     wait_replicas: int = 0
 
+    def stages(self, n_stages: int) -> list[StageState]:
+        """Stage 0..n_stages-1's states, a fresh one (seq 0, no data) where none is stored."""
+        return [self.stage_states.get(StageIndex(k), StageState(0, b"")) for k in range(n_stages)]
+
 
 @dataclass(frozen=True)
 class StepCommit:

@@ -47,14 +47,11 @@ from service.metrics import (
     VERSION_SWITCHES,
     DegradedClock,
 )
-from service.model.config import ModelConfig
 from service.proto import session_pb2
 from state.session import (
     CommitStatus,
     SessionId,
     SessionRecord,
-    StageIndex,
-    StageState,
     StepCommit,
 )
 from state.store import SessionStore
@@ -221,7 +218,7 @@ class SessionEngine:
                 computed = self.modes.full(step)
             except Lagging as exc:  # a long lag: answered from the level stages meanwhile
                 lag = exc.level
-                level = [s.seq == step.record.seq for s in _stage_states(step.record, self.model)]
+                level = [s.seq == step.record.seq for s in step.record.stages(self.model.n_stages)]
                 healthy = [h and ok for h, ok in zip(self._healthy(version), level, strict=True)]
                 decision = choose_mode(healthy, step.time_left_s(), priority, assets)
                 if decision.verdict is Verdict.SHED:  # no degraded answer good enough: finish
@@ -359,9 +356,3 @@ def _not_found(session_id: str) -> SessionNotFound:
         f"session={session_id} not found: unknown, closed, or expired (a session expires when no "
         "step arrives within its TTL); open a new session"
     )
-
-
-def _stage_states(record: SessionRecord, model: ModelConfig) -> list[StageState]:
-    return [
-        record.stage_states.get(StageIndex(k), StageState(0, b"")) for k in range(model.n_stages)
-    ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from service import tensor_codec
-from state.session import Anchor, SessionRecord, StageIndex, StageState
+from state.session import Anchor, SessionRecord, StageIndex
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def level_states(
     `replay_until` (time.monotonic()) stops there and returns its progress instead, so that a
     long lag is caught up over several steps rather than never within one step's deadline
     (progress is only kept for a replay of every stage: the anchor holds them all)."""
-    current = [record.stage_states.get(StageIndex(k), StageState(0, b"")) for k in range(n_stages)]
+    current = record.stages(n_stages)
     if all(s.seq == record.seq for s in current):
         return LevelStates([s.data for s in current])
     anchor = record.anchor

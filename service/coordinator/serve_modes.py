@@ -94,18 +94,7 @@ class ServeModes:
                 level = level_states(record, n, self.store, replay_step, until)
         if not level.complete:
             raise Lagging(level)
-        done = self.compute(
-            PipelineInput(
-                record.session_id,
-                step.seq,
-                step.observation,
-                level.states,
-                step.deadline,
-                step.version,
-            ),
-            step.deadline,
-        )
-        states = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
+        done, states = self._run(step, level.states, n)
         return Computed("FULL", 1.0, 0, done, level, switching, states)
 
     def early_exit(
@@ -116,19 +105,7 @@ class ServeModes:
         _no_switch(step)
         with store_errors():
             level = level_states(record, depth, self.store, self._replay_fn(step, depth))
-        done = self.compute(
-            PipelineInput(
-                record.session_id,
-                step.seq,
-                step.observation,
-                level.states,
-                step.deadline,
-                step.version,
-                depth,
-            ),
-            step.deadline,
-        )
-        states = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
+        done, states = self._run(step, level.states, depth)
         return Computed(
             "EARLY_EXIT",
             confidence,
@@ -167,6 +144,23 @@ class ServeModes:
             student=StageState(step.seq, new_state),
             anchor=progress.progress if progress else None,
         )
+
+    def _run(
+        self, step: StepInput, states: list[bytes], depth: int
+    ) -> tuple[Batched[PipelineOutput], dict[StageIndex, StageState]]:
+        """The step through stages 0..depth-1; the states it advanced, tagged with its seq."""
+        item = PipelineInput(
+            step.record.session_id,
+            step.seq,
+            step.observation,
+            states,
+            step.deadline,
+            step.version,
+            depth,
+        )
+        done = self.compute(item, step.deadline)
+        advanced = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
+        return done, advanced
 
     def compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
         future = self.batcher.submit(item)
