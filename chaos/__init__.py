@@ -1,1 +1,2 @@
-"""Fault injection against a real cluster under load. Filled by the chaos issue."""
+"""Simulated robots driving a real cluster, the in-process references and the invariants their
+answers must meet. Fault injection comes with the chaos issue."""

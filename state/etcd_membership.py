@@ -25,7 +25,7 @@ from state.etcd_client import (
 )
 from state.etcd_keys import leader_key, replica_key
 from state.leadership import ReplicaInfo, Role
-from state.metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS, LEADERSHIP_CHANGES
+from state.store_metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS, LEADERSHIP_CHANGES
 
 _log = logging.getLogger(__name__)
 

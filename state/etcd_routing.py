@@ -29,7 +29,7 @@ from state.etcd_keys import (
     stages_prefix,
 )
 from state.leadership import LeadershipUnavailable, StageView
-from state.metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS
+from state.store_metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS
 
 _log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from state.metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
 from state.redis_scripts import COMMIT_LUA, CREATE_LUA, TOUCH_LUA
 from state.redis_url import SENTINEL_SCHEME, parse_sentinel_url, redacted
 from state.session import (
@@ -52,6 +51,7 @@ from state.session import (
     StepCommit,
 )
 from state.store import NotReplicated, StoreUnavailable
+from state.store_metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 from fallback.admission import AdmissionController, Shed
 from fallback.priority import Priority
-from service.errors import DeadlineExceeded, Overloaded
-from service.metrics import ADMISSION_QUEUED, SHEDS
+from service.coordinator.step_errors import DeadlineExceeded, Overloaded
+from service.runtime.metrics import ADMISSION_QUEUED, SHEDS
 
 
 class AdmissionGate:

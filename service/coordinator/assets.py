@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fallback.policy import PolicyConfig
-from service.config import CoordinatorSettings
 from service.model import weights
 from service.model.student import Student
+from service.runtime.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ModelAssets:
 
     def _directory(self, version: str) -> Path | None:
         if self.settings.flash_dir is not None:
-            from service.checkpoint_source import version_weights
+            from service.runtime.checkpoint_source import version_weights
 
             return version_weights(self.settings, self.settings.flash_dir, version)
         source = self.settings.weights_dir

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from service import metrics
+from service.runtime import metrics
 
 T = TypeVar("T")
 R = TypeVar("R")

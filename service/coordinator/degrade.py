@@ -9,9 +9,9 @@ import torch
 
 from fallback.policy import Decision, Reason, StepConditions, Verdict, decide
 from fallback.priority import Priority
-from service import tensor_codec
 from service.coordinator.assets import VersionAssets
 from service.model.student import Student
+from service.proto import tensor_codec
 
 
 def choose_mode(

@@ -1,6 +1,6 @@
 """The step contract: validate, load, batch through the stages, commit on seq, reply.
 
-Knows no gRPC: the servicer maps its exceptions (service.errors) to status codes.
+Knows no gRPC: the servicer maps its exceptions (service.coordinator.step_errors) to status codes.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 
 from fallback.policy import Verdict, best_latency_s
 from fallback.priority import Priority
-from service import tensor_codec
 from service.coordinator import replies
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets, VersionAssets
 from service.coordinator.degrade import choose_mode
 from service.coordinator.replay import LevelStates
+from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import (
     Computed,
     Lagging,
@@ -29,8 +29,7 @@ from service.coordinator.serve_modes import (
     StepInput,
     store_errors,
 )
-from service.coordinator.versions import VersionCatalog
-from service.errors import (
+from service.coordinator.step_errors import (
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
@@ -38,7 +37,8 @@ from service.errors import (
     SessionNotFound,
     Unavailable,
 )
-from service.metrics import (
+from service.proto import session_pb2, tensor_codec
+from service.runtime.metrics import (
     ANSWERS,
     REPLAYED_STEPS,
     SHEDS,
@@ -47,7 +47,6 @@ from service.metrics import (
     VERSION_SWITCHES,
     DegradedClock,
 )
-from service.proto import session_pb2
 from state.session import (
     CommitStatus,
     SessionId,

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from service import metrics, tensor_codec
-from service.coordinator.stage_router import StageRouter
-from service.errors import Unavailable
-from service.proto import stage_pb2, tensor_pb2
+from service.coordinator.routing.stage_router import StageRouter
+from service.coordinator.step_errors import Unavailable
+from service.proto import stage_pb2, tensor_codec, tensor_pb2
+from service.runtime import metrics
 
 
 @dataclass(frozen=True)

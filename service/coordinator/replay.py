@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service import tensor_codec
+from service.proto import tensor_codec
 from state.session import Anchor, SessionRecord, StageIndex
 from state.store import SessionStore
 

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service import tensor_codec
-from service.proto import session_pb2
+from service.proto import session_pb2, tensor_codec
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.degrade import student_step
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
 from service.coordinator.replay import LevelStates, StepFn, level_states, rebuild_states
-from service.errors import DeadlineExceeded, Unavailable
+from service.coordinator.step_errors import DeadlineExceeded, Unavailable
 from service.model.config import ModelConfig
 from service.model.student import Student
 from state.session import Anchor, SessionRecord, StageIndex, StageState

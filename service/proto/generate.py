@@ -1,6 +1,6 @@
 """The one script that writes the generated protobuf and gRPC code beside the .proto files.
 
-Run from anywhere: `python -m service.proto.generate`. tests/test_protos.py fails when the
+Run from anywhere: `python -m service.proto.generate`. tests/unit/test_protos.py fails when the
 checked-in output differs from what this script writes.
 """
 

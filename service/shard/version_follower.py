@@ -9,10 +9,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from service import metrics
 from service.model.stage import Stage
+from service.runtime import metrics
 from service.shard.rollout import Move, next_move
-from service.shard.servicer import StageServicer
+from service.shard.stage_servicer import StageServicer
 from state.leadership import ReplicaMembership, Role, RoutingTable
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,145 @@
+"""Simulated robots stepping sessions at control rate, as a controller would: a failed step
+(UNAVAILABLE, DEADLINE_EXCEEDED) is retried with the same seq. Used by the bench and the tests.
+
+Deliberately raw: one coordinator, no failover, every answer recorded, so that tests see
+exactly what the server said. Robot controllers use the client library, service/client/.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from service.proto import session_pb2, session_pb2_grpc, tensor_codec
+
+RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seq: int
+    at: float  # time.monotonic() when the answer arrived
+    latency_s: float
+    code: str  # "OK" or the gRPC status name
+    serve_mode: int = 0
+    action: torch.Tensor | None = None
+    model_version: str = ""
+    state_reset: bool = False
+    exit_stage: int = 0
+    confidence: float = 0.0
+
+
+class SteppingRobot(threading.Thread):
+    """Steps one session through `observations`, one per period, until stopped or done.
+
+    Records every answer, so a caller can check that no step was lost or applied twice.
+    """
+
+    def __init__(
+        self,
+        stub: session_pb2_grpc.SessionServiceStub,
+        observations: list[torch.Tensor],
+        period_s: float,
+        step_timeout_s: float = 2.0,
+        streaming: bool = False,
+        wait_replicas: int = 0,
+    ) -> None:
+        """streaming: step over one StreamSteps stream (the normal control-loop mode) rather
+        than unary Step calls; the server's step_timeout_s then bounds each step."""
+        super().__init__(daemon=True)
+        self.stub, self.obs, self.period_s = stub, observations, period_s
+        self.step_timeout_s, self.streaming = step_timeout_s, streaming
+        self._outbox: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
+        self._replies: Iterator[session_pb2.StreamStepsReply] | None = None
+        request = session_pb2.OpenSessionRequest(client_id="robot", wait_replicas=wait_replicas)
+        opened = stub.OpenSession(request, timeout=10)
+        self.session_id = str(opened.session_id)
+        self.outcomes: list[Outcome] = []
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    @property
+    def acked(self) -> int:
+        return sum(o.code == "OK" for o in self.outcomes)
+
+    def _send(self, request: session_pb2.StepRequest) -> session_pb2.StepReply:
+        """One step, unary or over the stream; raises _StepFailed with the status name."""
+        if self._replies is None:
+            try:
+                reply: session_pb2.StepReply = self.stub.Step(request, timeout=self.step_timeout_s)
+            except grpc.RpcError as exc:
+                raise _StepFailed(
+                    exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+                ) from exc
+            return reply
+        self._outbox.put(request)
+        item = next(self._replies)
+        if item.HasField("error"):
+            raise _StepFailed(grpc_code_name(item.error.code))
+        return item.reply
+
+    def _step(self, seq: int) -> Outcome:
+        request = session_pb2.StepRequest(
+            session_id=self.session_id, seq=seq, observation=tensor_codec.encode(self.obs[seq - 1])
+        )
+        sent = time.monotonic()
+        try:
+            reply = self._send(request)
+        except _StepFailed as exc:
+            if exc.code not in RETRYABLE:
+                raise
+            return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
+        now = time.monotonic()
+        action = tensor_codec.decode(reply.action)
+        return Outcome(
+            seq,
+            now,
+            now - sent,
+            "OK",
+            reply.serve_mode,
+            action,
+            reply.model_version,
+            reply.state_reset,
+            reply.exit_stage,
+            reply.confidence,
+        )
+
+    def _requests(self) -> Iterator[session_pb2.StepRequest]:
+        while (request := self._outbox.get()) is not None:
+            yield request
+
+    def run(self) -> None:
+        seq = 1
+        if self.streaming:
+            self._replies = self.stub.StreamSteps(self._requests())
+        try:
+            while seq <= len(self.obs) and not self._stop_event.is_set():
+                started = time.monotonic()
+                outcome = self._step(seq)
+                self.outcomes.append(outcome)
+                seq += outcome.code == "OK"
+                self._stop_event.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        except BaseException as exc:  # surfaced to the caller through .error
+            self.error = exc
+        finally:
+            self._outbox.put(None)  # ends the stream, if any
+
+
+class _StepFailed(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def grpc_code_name(code: int) -> str:
+    """The name of a numeric gRPC status code, as a StepError carries it."""
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))

@@ -1,0 +1,1 @@
+"""Benchmarks and the demo: step latency, degraded modes, failover, the demo run."""

@@ -1,0 +1,119 @@
+"""Start a coordinator: reach the state store and the stages' replicas, then serve sessions."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from fallback.admission import AdmissionConfig, AdmissionController
+from service.coordinator.admission_gate import AdmissionGate
+from service.coordinator.assets import ModelAssets
+from service.coordinator.batcher import DynamicBatcher
+from service.coordinator.engine import Durability, SessionEngine
+from service.coordinator.pipeline import Pipeline
+from service.coordinator.routing.discovery import discover_model, static_table
+from service.coordinator.routing.replica_choice import BanPolicy
+from service.coordinator.routing.stage_router import StageRouter
+from service.coordinator.routing.versions import VersionCatalog
+from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_servicer import SessionServicer
+from service.proto import session_pb2, session_pb2_grpc
+from service.runtime.grpc_server import GrpcProcess
+from service.runtime.settings import CoordinatorSettings
+from state.backends import open_routing_table, open_session_store
+from state.leadership import RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+def routing_table(settings: CoordinatorSettings) -> RoutingTable:
+    if settings.etcd:
+        table = open_routing_table(settings.etcd, settings.cluster)
+        table.start()
+        return table
+    if not settings.stage_addresses:
+        raise SystemExit(
+            "coordinator: no stages configured; pass --etcd etcd://host:port (stages register "
+            "there) or --stage-addresses host:port,... (one shard per stage)"
+        )
+    return static_table(settings.stage_addresses, settings.stage_connect_timeout_s)
+
+
+def run(settings: CoordinatorSettings) -> None:
+    if settings.replica_wait_timeout_s > settings.redis_timeout_s / 2:
+        raise SystemExit(
+            f"coordinator: replica_wait_timeout_s {settings.replica_wait_timeout_s} must be at "
+            f"most half of redis_timeout_s {settings.redis_timeout_s}"
+        )
+    store = open_session_store(settings.redis_url, settings.redis_timeout_s)
+    if not store.ping():
+        raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
+    table = routing_table(settings)
+    model, version = discover_model(table, settings.stage_connect_timeout_s)
+    router = StageRouter(
+        table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+    )
+    pipeline = Pipeline(router, model.n_stages)
+    assets = ModelAssets(settings)
+    assets.get(version)  # the student of the version served at start, loaded before serving
+    table.subscribe(  # and of every version that appears, before its first step
+        lambda views: assets.prefetch(
+            {r.model_version for view in views.values() for r in view.replicas.values()}
+        )
+    )
+    batcher = DynamicBatcher(
+        pipeline.run,
+        settings.batch_max_size,
+        settings.batch_max_wait_ms / 1e3,
+        settings.max_inflight_batches,
+    )
+    modes = ServeModes(
+        store, batcher, model, settings.observation_log_depth, settings.catch_up_budget_s
+    )
+    engine = SessionEngine(
+        store,
+        modes,
+        VersionCatalog(table, model),
+        assets,
+        router.healthy,
+        AdmissionGate(
+            AdmissionController(
+                AdmissionConfig(settings.admission_max_inflight, settings.admission_max_queue)
+            )
+        ),
+        settings.session_ttl_s,
+        settings.max_session_ttl_s,
+        settings.observation_log_depth,
+        Durability(settings.max_wait_replicas, settings.replica_wait_timeout_s),
+    )
+    servicer = SessionServicer(engine, settings.step_timeout_s, settings.max_observation_bytes)
+
+    def register(server: grpc.Server) -> list[str]:
+        session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server)
+        return [session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name]
+
+    process = GrpcProcess(
+        "coordinator",
+        settings.host,
+        settings.port,
+        settings.metrics_port,
+        settings.grpc_workers,
+        register,
+        is_ready=store.ping,
+    )
+    log.info(
+        "coordinator model=%s stages=%d routing=%s redis=%s",
+        version,
+        model.n_stages,
+        settings.etcd or settings.stage_addresses,
+        settings.redis_url,
+    )
+    process.start(settings.ready_file)
+    try:
+        process.run_until_signal()
+    finally:
+        batcher.close()
+        router.close()
+        table.stop()
+        store.close()

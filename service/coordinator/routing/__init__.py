@@ -1,0 +1,1 @@
+"""Routing a stage call: which replica, failing over, discovery at start-up, model versions."""

@@ -1,0 +1,65 @@
+"""Stub wrapper: one long-lived channel to one replica of a stage, reused for every call."""
+
+from __future__ import annotations
+
+import grpc
+
+from service.coordinator.step_errors import Unavailable
+from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime.grpc_server import MAX_MESSAGE_BYTES
+
+
+class StageTimeout(Unavailable):
+    """The call ran out of its time: the replica is slow or hung (or the time was short)."""
+
+
+class VersionRefused(Unavailable):
+    """The replica no longer (or not yet) serves the requested model version: a routing table
+    a moment behind a rolling update, not a sick replica."""
+
+
+class StageClient:
+    def __init__(self, stage: int, address: str) -> None:
+        self.stage, self.address = stage, address
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
+
+    def info(self, timeout_s: float) -> stage_pb2.InfoReply:
+        reply: stage_pb2.InfoReply = self._stub.Info(
+            stage_pb2.InfoRequest(), timeout=timeout_s, wait_for_ready=True
+        )
+        return reply
+
+    def forward(
+        self, request: stage_pb2.ForwardRequest, timeout_s: float
+    ) -> stage_pb2.ForwardReply:
+        """Raises Unavailable (never a raw gRPC error) when the call fails or times out."""
+        try:
+            reply: stage_pb2.ForwardReply = self._stub.Forward(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            what = (
+                f"{exc.code().name} ({exc.details()})" if isinstance(exc, grpc.Call) else str(exc)
+            )
+            timed_out = (
+                isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+            refused = (
+                isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            )
+            kind = StageTimeout if timed_out else VersionRefused if refused else Unavailable
+            raise kind(f"stage {self.stage} at {self.address}: {what}") from exc
+        if len(reply.results) != len(request.items):
+            raise Unavailable(
+                f"stage {self.stage} at {self.address}: {len(reply.results)} results for "
+                f"{len(request.items)} items"
+            )
+        return reply
+
+    def close(self) -> None:
+        self._channel.close()

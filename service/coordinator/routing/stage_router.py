@@ -1,0 +1,119 @@
+"""Send one stage's Forward to the best replica, failing over to another within the deadline."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from service.coordinator.routing.replica_choice import Ban, BanPolicy, candidates, is_banned
+from service.coordinator.routing.stage_client import StageClient, StageTimeout, VersionRefused
+from service.coordinator.step_errors import Unavailable
+from service.proto import stage_pb2
+from service.runtime import metrics
+from state.leadership import ReplicaInfo, RoutingTable, StageView
+
+log = logging.getLogger(__name__)
+
+
+class StageRouter:
+    """Suspects a replica at its first failure (no waiting for its lease to run out), bans it
+    with a ban that doubles on repeated failures, and clears the ban on its next success."""
+
+    def __init__(self, table: RoutingTable, stage_timeout_s: float, bans: BanPolicy) -> None:
+        self.table = table
+        self.stage_timeout_s, self.ban_policy = stage_timeout_s, bans
+        self._clients: dict[str, StageClient] = {}
+        self._bans: dict[str, Ban] = {}
+        self._lock = threading.Lock()
+
+    def forward(
+        self, stage: int, request: stage_pb2.ForwardRequest, deadline: float
+    ) -> stage_pb2.ForwardReply:
+        version = request.model_version
+        tried: set[str] = set()
+        failures: list[str] = []
+        while True:
+            now = time.monotonic()
+            view = self.table.snapshot().get(stage, StageView(stage))
+            with self._lock:
+                options = candidates(view, version, self._bans, now, frozenset(tried))
+            timeout_s = min(self.stage_timeout_s, deadline - now)
+            if not options or timeout_s <= 0:
+                reason = (
+                    "no time left before the step deadline"
+                    if options
+                    else f"no replica of model {version} left to try"
+                )
+                raise Unavailable(
+                    f"stage {stage}: {reason}"
+                    + (f" (tried: {'; '.join(failures)})" if failures else "")
+                    + "; the session was not advanced, retry the same seq"
+                )
+            replica = options[0]
+            try:
+                reply = self._client(replica).forward(request, timeout_s)
+            except Unavailable as exc:
+                if isinstance(exc, StageTimeout) and timeout_s < self.stage_timeout_s:
+                    raise Unavailable(  # cut short by the step's deadline: not the replica's fault
+                        f"stage {stage}: the step deadline ran out during the call to "
+                        f"{replica.replica_id}; the session was not advanced, retry the same seq"
+                    ) from exc
+                tried.add(replica.replica_id)
+                failures.append(f"{replica.replica_id}: {exc}")
+                if not isinstance(exc, VersionRefused):
+                    self._suspect(replica, now)
+                continue
+            self._forgive(replica)
+            return reply
+
+    def healthy(self, version: str, n_stages: int) -> list[bool]:
+        """Per stage: some replica of `version` is registered and not under suspicion."""
+        now, views = time.monotonic(), self.table.snapshot()
+        with self._lock:
+            return [
+                any(
+                    r.model_version == version and not is_banned(r, self._bans, now)
+                    for r in views.get(k, StageView(k)).replicas.values()
+                )
+                for k in range(n_stages)
+            ]
+
+    def _client(self, replica: ReplicaInfo) -> StageClient:
+        with self._lock:
+            client = self._clients.get(replica.address)
+            if client is None:
+                client = self._clients[replica.address] = StageClient(
+                    replica.stage, replica.address
+                )
+            return client
+
+    def _suspect(self, replica: ReplicaInfo, now: float) -> None:
+        with self._lock:
+            ban = self._bans[replica.replica_id] = self.ban_policy.after_failure(
+                self._bans.get(replica.replica_id), now, replica.lease_id
+            )
+        metrics.REPLICA_SUSPECTED.labels(str(replica.stage)).inc()
+        log.warning(
+            "stage=%d replica=%s address=%s suspected: failure %d in a row, banned %.2fs",
+            replica.stage,
+            replica.replica_id,
+            replica.address,
+            ban.failures,
+            ban.until - now,
+        )
+
+    def _forgive(self, replica: ReplicaInfo) -> None:
+        with self._lock:
+            if self._bans.pop(replica.replica_id, None) is not None:
+                log.info(
+                    "stage=%d replica=%s served again; ban cleared",
+                    replica.stage,
+                    replica.replica_id,
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

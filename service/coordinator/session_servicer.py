@@ -1,0 +1,186 @@
+"""SessionService: decode, call one engine method, map errors to status codes in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from fallback.priority import Priority
+from service.coordinator.engine import SessionEngine, StepAnswer
+from service.coordinator.step_errors import (
+    ActionmeshError,
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    SeqConflict,
+    SessionNotFound,
+    Unavailable,
+)
+from service.proto import session_pb2, session_pb2_grpc, tensor_codec
+from service.runtime import metrics
+
+log = logging.getLogger(__name__)
+
+ERROR_KEY = "actionmesh-error"
+CURRENT_SEQ_KEY = "actionmesh-current-seq"
+RETRY_AFTER_KEY = "actionmesh-retry-after-s"
+
+# Each error's status code and reason (the code alone is shared by several kinds).
+_STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
+    InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
+    SessionNotFound: (grpc.StatusCode.NOT_FOUND, "session_not_found"),
+    SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
+    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
+    Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
+}
+
+
+def status_of(exc: ActionmeshError) -> grpc.StatusCode:
+    return _STATUS.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))[0]
+
+
+def reason_of(exc: ActionmeshError) -> str:
+    return _STATUS.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))[1]
+
+
+class SessionServicer(session_pb2_grpc.SessionServiceServicer):
+    def __init__(self, engine: SessionEngine, step_timeout_s: float, max_observation_bytes: int):
+        self.engine, self.step_timeout_s = engine, step_timeout_s
+        self.max_observation_bytes = max_observation_bytes
+        cfg = engine.model
+        self.action_spec = session_pb2.ActionSpec(
+            observation_dim=cfg.observation_dim, horizon=cfg.horizon, joints=cfg.joints
+        )
+
+    def OpenSession(  # noqa: N802 (gRPC naming)
+        self, request: session_pb2.OpenSessionRequest, context: grpc.ServicerContext
+    ) -> session_pb2.OpenSessionReply:
+        try:
+            opened = self.engine.open(request.ttl_s, request.client_id, request.wait_replicas)
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        return session_pb2.OpenSessionReply(
+            session_id=opened.session_id,
+            ttl_s=opened.ttl_s,
+            model_version=opened.model_version,
+            action_spec=self.action_spec,
+            wait_replicas=opened.wait_replicas,
+        )
+
+    def Step(  # noqa: N802
+        self, request: session_pb2.StepRequest, context: grpc.ServicerContext
+    ) -> session_pb2.StepReply:
+        try:
+            answer = self._step(request, context.time_remaining())
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        return session_pb2.StepReply.FromString(answer.reply)
+
+    def StreamSteps(  # noqa: N802
+        self, request_iterator: Iterator[session_pb2.StepRequest], context: grpc.ServicerContext
+    ) -> Iterator[session_pb2.StreamStepsReply]:
+        for request in request_iterator:
+            try:
+                answer = self._step(request, None)
+            except ActionmeshError as exc:
+                current = exc.current_seq if isinstance(exc, SeqConflict) else 0
+                error = session_pb2.StepError(
+                    code=status_of(exc).value[0],
+                    message=str(exc),
+                    current_seq=current,
+                    reason=reason_of(exc),
+                    retry_after_s=exc.retry_after_s if isinstance(exc, Overloaded) else 0.0,
+                )
+                yield session_pb2.StreamStepsReply(seq=request.seq, error=error)
+                continue
+            reply = session_pb2.StepReply.FromString(answer.reply)
+            yield session_pb2.StreamStepsReply(seq=request.seq, reply=reply)
+
+    def GetSession(  # noqa: N802
+        self, request: session_pb2.GetSessionRequest, context: grpc.ServicerContext
+    ) -> session_pb2.SessionInfo:
+        try:
+            summary = self.engine.get(request.session_id)
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        record = summary.record
+        return session_pb2.SessionInfo(
+            session_id=record.session_id,
+            seq=record.seq,
+            ttl_left_s=summary.ttl_left_s,
+            model_version=record.model_version,
+            client_id=record.client_id,
+            observation_log_depth=summary.log_depth,
+            action_spec=self.action_spec,
+            wait_replicas=record.wait_replicas,
+            stage_states=[
+                session_pb2.StageStateInfo(stage=k, seq=s.seq)
+                for k, s in sorted(record.stage_states.items())
+            ],
+        )
+
+    def CloseSession(  # noqa: N802
+        self, request: session_pb2.CloseSessionRequest, context: grpc.ServicerContext
+    ) -> session_pb2.CloseSessionReply:
+        try:
+            closed = self.engine.close(request.session_id)
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        return session_pb2.CloseSessionReply(closed=closed)
+
+    def _step(self, request: session_pb2.StepRequest, time_remaining: float | None) -> StepAnswer:
+        """One step with its metrics; raises ActionmeshError for the caller to map."""
+        started = time.perf_counter()
+        try:
+            size = len(request.observation.data)
+            if size > self.max_observation_bytes:
+                raise InvalidInput(
+                    f"observation is {size} bytes; the limit is {self.max_observation_bytes} "
+                    "(coordinator setting max_observation_bytes)"
+                )
+            try:
+                observation = tensor_codec.decode(request.observation)
+            except tensor_codec.TensorDecodeError as exc:
+                raise InvalidInput(f"observation: {exc}") from exc
+            # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
+            budget = self.step_timeout_s
+            if time_remaining is not None:
+                budget = min(budget, time_remaining)
+            answer = self.engine.step(
+                request.session_id,
+                request.seq,
+                observation,
+                request.timestamp_s,
+                time.monotonic() + budget,
+                _priority(request.priority),
+            )
+        except ActionmeshError as exc:
+            code = status_of(exc)
+            metrics.STEP_ERRORS.labels(code.name).inc()
+            log.info("session=%s seq=%d %s: %s", request.session_id, request.seq, code.name, exc)
+            raise
+        metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
+        return answer
+
+
+def _priority(value: int) -> Priority:
+    """PRIORITY_UNSPECIFIED is NORMAL; a value this coordinator does not know is bad input."""
+    try:
+        return Priority(value or Priority.NORMAL)
+    except ValueError as exc:
+        known = ", ".join(f"{p.name}={p.value}" for p in Priority)
+        raise InvalidInput(f"priority {value} is not one of {known}") from exc
+
+
+def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
+    metadata = [(ERROR_KEY, reason_of(exc))]
+    if isinstance(exc, SeqConflict):
+        metadata.append((CURRENT_SEQ_KEY, str(exc.current_seq)))
+    if isinstance(exc, Overloaded):
+        metadata.append((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"))
+    context.set_trailing_metadata(tuple(metadata))
+    context.abort(status_of(exc), str(exc))

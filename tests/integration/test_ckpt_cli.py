@@ -1,0 +1,156 @@
+"""`actionmesh ckpt` end to end as ops scripts use it: exit codes and --json that parses; and a
+shard that starts on a corrupt CURRENT serves the previous good version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from service.local.child_process import ChildProcess
+from service.model import weights
+from service.model.action_model import ActionModel
+from service.proto import stage_pb2, stage_pb2_grpc
+from tests.conftest import SMALL_MODEL
+
+
+def ckpt(tmp: Path, action: str, *args: str, expect: int = 0) -> dict[str, Any]:
+    common = [
+        "--flash-dir",
+        str(tmp / "flash"),
+        "--remote",
+        f"file://{tmp / 'remote'}",
+        "--signing-key",
+        str(tmp / "keys" / "checkpoint-signing.key"),
+        "--trusted-keys",
+        str(tmp / "keys" / "checkpoint-signing.pub"),
+        "--key-dir",
+        str(tmp / "keys"),
+        "--json",
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--log-level",
+            "WARNING",
+            "ckpt",
+            action,
+            *args,
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == expect, (
+        f"{action}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    )
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def save_weights(tmp: Path, seed: int) -> tuple[Path, str]:
+    directory = tmp / f"weights-{seed}"
+    info = weights.save(ActionModel(SMALL_MODEL.model_copy(update={"seed": seed})), directory)
+    return directory, info.version
+
+
+def test_every_command_end_to_end(tmp_path: Path) -> None:
+    keys = ckpt(tmp_path, "keygen")
+    assert Path(keys["public_key"]).is_file()
+    ckpt(tmp_path, "keygen", expect=1)  # refuses to overwrite a key
+    first_dir, v1 = save_weights(tmp_path, 1)
+    second_dir, v2 = save_weights(tmp_path, 2)
+    created = ckpt(tmp_path, "create", "--weights-dir", str(first_dir))
+    assert created["created"]["version"] == v1 and created["created"]["signed"]
+    assert created["pushed"]["uploaded"]
+    ckpt(tmp_path, "promote", v1)
+    created2 = ckpt(tmp_path, "create", "--weights-dir", str(second_dir))
+    assert created2["created"]["parent"] == v1
+    promoted = ckpt(tmp_path, "promote", v2)
+    assert promoted == {
+        "current": v2,
+        "previous": v1,
+        "remote": True,
+        "local": True,
+        "cluster": False,  # no --etcd: the running cluster is not told
+    }
+    listed = ckpt(tmp_path, "list")
+    assert sorted(listed["local"]) == sorted([v1, v2]) and listed["remote_current"] == v2
+    assert ckpt(tmp_path, "show", v2)["version"] == v2
+    assert ckpt(tmp_path, "verify")["verified"][v1]["ok"]
+    rolled = ckpt(tmp_path, "rollback")
+    assert rolled == {"current": v1, "previous": v2, "cluster": False}
+    assert ckpt(tmp_path, "list")["local_current"] == v1
+    ckpt(tmp_path, "show", "no-such-version", expect=1)
+
+    # Delete the local copy, pull it back, verify: identical bytes.
+    v2_dir = tmp_path / "flash" / "versions" / v2
+    v2_files = {p.name: p.read_bytes() for p in v2_dir.iterdir()}
+    shutil.rmtree(v2_dir)
+    pulled = ckpt(tmp_path, "pull", v2)
+    assert pulled["pulled"]["version"] == v2
+    again = {p.name: p.read_bytes() for p in (tmp_path / "flash" / "versions" / v2).iterdir()}
+    assert again == v2_files
+
+    # Corrupt one file: verify fails (exit 1), reports and quarantines it.
+    victim = next((tmp_path / "flash" / "versions" / v2).glob("stage-0.safetensors"))
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    failed = ckpt(tmp_path, "verify", v2, expect=1)
+    assert failed["kind"] == "VerificationFailed"
+    assert not (tmp_path / "flash" / "versions" / v2).exists()
+    assert list((tmp_path / "flash" / "quarantine").iterdir())
+
+    # gc keeps the newest and what the pointers name (CURRENT v1; remotely also the previous
+    # v2, for rollback), and drops the rest (v3).
+    (third_dir, v3), (fourth_dir, v4) = save_weights(tmp_path, 3), save_weights(tmp_path, 4)
+    ckpt(tmp_path, "create", "--weights-dir", str(third_dir))
+    ckpt(tmp_path, "create", "--weights-dir", str(fourth_dir))
+    collected = ckpt(tmp_path, "gc", "--keep", "1")
+    assert sorted(collected["remote"]["kept"]) == sorted([v1, v2, v4])
+    assert collected["remote"]["deleted"] == [v3]
+    assert sorted(collected["local"]["kept"]) == sorted([v1, v4])
+    assert collected["local"]["deleted"] == [v3]
+    assert v3 not in ckpt(tmp_path, "list")["remote"]
+
+
+def test_shard_on_a_corrupt_current_serves_the_previous_good_version(tmp_path: Path) -> None:
+    ckpt(tmp_path, "keygen")
+    first_dir, v1 = save_weights(tmp_path, 1)
+    second_dir, v2 = save_weights(tmp_path, 2)
+    ckpt(tmp_path, "create", "--weights-dir", str(first_dir))
+    ckpt(tmp_path, "create", "--weights-dir", str(second_dir))
+    ckpt(tmp_path, "promote", v2)
+    (tmp_path / "flash" / "versions" / v2 / "stage-1.safetensors").write_bytes(b"truncated")
+    shard = ChildProcess(
+        "shard-ckpt",
+        ChildProcess.actionmesh(
+            "shard",
+            "--stage",
+            "1",
+            "--port",
+            "0",
+            "--flash-dir",
+            str(tmp_path / "flash"),
+            "--trusted-keys",
+            str(tmp_path / "keys" / "checkpoint-signing.pub"),
+        ),
+        tmp_path / "logs",
+    ).start()
+    try:
+        shard.wait_ready(60)
+        with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
+            info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
+        assert info.model_version == v1
+        assert "quarantined" in shard.log_tail(60)
+    finally:
+        shard.stop()

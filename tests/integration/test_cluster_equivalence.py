@@ -1,0 +1,90 @@
+"""The cluster computes what the model computes in-process, batched or not."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from chaos.reference import observations, open_session, reference_run, step
+from service.local.local_cluster import LocalCluster
+from service.model import weights
+from service.proto import session_pb2_grpc, tensor_codec, tensor_pb2
+from state.redis_store import RedisSessionStore
+from state.session import SessionId, StageIndex
+
+SESSIONS, STEPS = 3, 50
+ATOL = 1e-5
+
+
+def stored_states(cluster: LocalCluster, session_id: str) -> list[torch.Tensor]:
+    store = RedisSessionStore(cluster.redis_url, socket_timeout_s=2.0)
+    record = store.load(SessionId(session_id))
+    store.close()
+    assert record is not None
+    return [
+        tensor_codec.decode(tensor_pb2.Tensor.FromString(record.stage_states[StageIndex(k)].data))
+        for k in range(cluster.model.n_stages)
+    ]
+
+
+def check_against_reference(
+    cluster: LocalCluster, session_id: str, obs: list[torch.Tensor], actions: list[torch.Tensor]
+) -> None:
+    model, _ = weights.load_model(cluster.weights_dir)
+    want_actions, want_states = reference_run(model, obs)
+    for seq, (got, want) in enumerate(zip(actions, want_actions, strict=True), start=1):
+        assert torch.allclose(got, want, atol=ATOL), f"session={session_id} seq={seq} differs"
+    for k, (got, want) in enumerate(
+        zip(stored_states(cluster, session_id), want_states, strict=True)
+    ):
+        assert torch.allclose(got, want, atol=ATOL), f"session={session_id} stage {k} state differs"
+
+
+def test_interleaved_sessions_match_in_process(
+    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    dim = cluster.model.observation_dim
+    sessions = [open_session(stub) for _ in range(SESSIONS)]
+    obs = {sid: observations(i, STEPS, dim) for i, sid in enumerate(sessions)}
+    actions: dict[str, list[torch.Tensor]] = {sid: [] for sid in sessions}
+    for seq in range(1, STEPS + 1):
+        for sid in sessions:
+            reply = step(stub, sid, seq, obs[sid][seq - 1])
+            assert reply.seq == seq and reply.serve_mode == 1  # FULL
+            actions[sid].append(tensor_codec.decode(reply.action))
+    for sid in sessions:
+        check_against_reference(cluster, sid, obs[sid], actions[sid])
+
+
+def test_concurrent_sessions_batched_match_in_process(
+    cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    dim = cluster.model.observation_dim
+    robots = 6
+    sessions = [open_session(stub) for _ in range(robots)]
+    obs = {sid: observations(100 + i, STEPS, dim) for i, sid in enumerate(sessions)}
+    actions: dict[str, list[torch.Tensor]] = {sid: [] for sid in sessions}
+    batch_sizes: list[int] = []
+    errors: list[BaseException] = []
+
+    def robot(sid: str) -> None:
+        try:
+            for seq in range(1, STEPS + 1):
+                reply = step(stub, sid, seq, obs[sid][seq - 1])
+                actions[sid].append(tensor_codec.decode(reply.action))
+                batch_sizes.append(reply.batch_size)
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=robot, args=(sid,)) for sid in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    if max(batch_sizes) < 2:
+        pytest.fail(f"no step was batched with another; batch sizes {sorted(set(batch_sizes))}")
+    for sid in sessions:
+        check_against_reference(cluster, sid, obs[sid], actions[sid])

@@ -1,0 +1,245 @@
+"""Stage leaders die, hang and leave while robots step: the steps go on, none lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from chaos.invariants import failed, progress, robots_stepping, worst_latency_after
+from service.local.embedded_etcd import EmbeddedEtcdCluster
+from service.local.local_cluster import LocalCluster
+from service.model import weights
+from service.model.action_model import ActionModel
+from service.proto import session_pb2, stage_pb2, stage_pb2_grpc
+from state.backends import open_routing_table
+from state.leadership import ReplicaInfo
+from tests.conftest import SMALL_MODEL, cluster_settings
+from tests.support.waiting import wait_for
+
+TTL_S = 2.0
+
+
+def leader_of(cluster: LocalCluster, stage: int) -> ReplicaInfo | None:
+    table = open_routing_table(cluster.etcd_url, cluster.settings.cluster)
+    table.start()
+    try:
+        return table.snapshot()[stage].leader
+    finally:
+        table.stop()
+
+
+def led_by_another(cluster: LocalCluster, stage: int, old: ReplicaInfo) -> bool:
+    lead = leader_of(cluster, stage)
+    return lead is not None and lead.replica_id != old.replica_id
+
+
+def replica_role(address: str) -> str:
+    with grpc.insecure_channel(address) as channel:
+        info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=2)
+        return str(info.role)
+
+
+def test_kill_9_of_a_stage_leader(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        progress(robots, 20)
+        old = leader_of(cluster, 1)
+        assert old is not None
+        killed_at = time.monotonic()
+        cluster.replica_process(old.replica_id).kill()
+        took = wait_for(
+            lambda: led_by_another(cluster, 1, old),
+            TTL_S + 3,
+            "a standby leads stage 1",
+        )
+        progress(robots, 20)
+        print(
+            f"kill -9: slowest step in the next second {worst_latency_after(robots, killed_at) * 1e3:.0f} ms; "
+            f"new leader in etcd after {took:.2f} s; failed steps {failed(robots)}"
+        )
+
+
+def test_hung_leader_is_suspected_and_later_serves_as_standby(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        progress(robots, 20)
+        old = leader_of(cluster, 2)
+        assert old is not None
+        pid = cluster.replica_process(old.replica_id).pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            progress(robots, 20)  # steps go on, on the standby, long before the lease runs out
+            wait_for(
+                lambda: led_by_another(cluster, 2, old),
+                TTL_S + 3,
+                "the standby takes the lease of the hung leader",
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(
+            lambda: replica_role(old.address) == "standby", 10, "the old leader serves as standby"
+        )
+        new = leader_of(cluster, 2)
+        assert new is not None and new.replica_id != old.replica_id
+        progress(robots, 20)
+        print(
+            f"SIGSTOP: slowest step in the next second {worst_latency_after(robots, stopped_at) * 1e3:.0f} ms; "
+            f"failed steps {failed(robots)}"
+        )
+
+
+def test_graceful_leader_shutdown_fails_no_step(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        progress(robots, 20)
+        old = leader_of(cluster, 0)
+        assert old is not None
+        cluster.replica_process(old.replica_id).stop()
+        wait_for(
+            lambda: led_by_another(cluster, 0, old),
+            1.0,
+            "a standby leads stage 0 at once (the lease was revoked)",
+        )
+        progress(robots, 20)
+        assert failed(robots) == []
+
+
+def test_etcd_member_kill_fails_no_step(tmp_path: Path) -> None:
+    with EmbeddedEtcdCluster(3, tmp_path / "etcd") as etcd:
+        settings = cluster_settings(
+            tmp_path / "cluster", replicas=2, lease_ttl_s=TTL_S, etcd=etcd.url
+        )
+        with (
+            LocalCluster(settings, model=SMALL_MODEL) as cluster,
+            robots_stepping(cluster) as robots,
+        ):
+            progress(robots, 20)
+            etcd.leader_member().kill()
+            progress(robots, 50)
+            assert failed(robots) == []
+
+
+def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=1, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster:
+        other = weights.save(
+            ActionModel(SMALL_MODEL.model_copy(update={"seed": 1})), tmp_path / "weights-v2"
+        )
+        extra = [
+            cluster.start_shard(k, 1, tmp_path / "weights-v2") for k in range(SMALL_MODEL.n_stages)
+        ]
+        cluster.shards.extend(extra)
+        for shard in extra:
+            shard.wait_ready(60)
+        with robots_stepping(cluster, check=False) as robots:
+            progress(robots, 10)
+            cluster.replica_process("stage-1-r0").kill()  # stage 1 is left with a v2 replica only
+            wait_for(
+                lambda: all(r.outcomes[-1].serve_mode == session_pb2.EARLY_EXIT for r in robots),
+                10,
+                "steps are answered from stage 0's exit head rather than mix versions",
+            )
+        served_v2 = []
+        for shard in extra:
+            with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
+                info = stage_pb2_grpc.StageServiceStub(channel).Info(
+                    stage_pb2.InfoRequest(), timeout=5
+                )
+                assert info.model_version == other.version
+                served_v2.append(info.forward_items_total)
+        assert served_v2 == [0] * SMALL_MODEL.n_stages, (
+            "a v2 replica computed a step of v1 sessions"
+        )
+        assert set(failed(robots)) <= {"UNAVAILABLE"}  # only at the kill, before the retry
+
+
+def coordinator_metric(cluster: LocalCluster, sample: str) -> float | None:
+    assert cluster.coordinator is not None
+    port = cluster.coordinator.ports["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[1])
+    return None
+
+
+def status_json(cluster: LocalCluster) -> dict[str, Any]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "status",
+            "--etcd",
+            cluster.etcd_url,
+            "--cluster",
+            cluster.settings.cluster,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def test_status_shows_leaders_and_standbys_with_health(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster:
+        status = status_json(cluster)
+        assert [s["stage"] for s in status["stages"]] == [0, 1, 2]
+        version = status["stages"][0]["leader"]["model_version"]
+        for stage in status["stages"]:
+            assert stage["leader"]["health"] == "SERVING"
+            assert [r["health"] for r in stage["standbys"]] == ["SERVING"]
+            ids = {stage["leader"]["replica_id"], stage["standbys"][0]["replica_id"]}
+            assert ids == {f"stage-{stage['stage']}-r0", f"stage-{stage['stage']}-r1"}
+            assert {stage["leader"]["model_version"], stage["standbys"][0]["model_version"]} == {
+                version
+            }
+        standby = status["stages"][1]["standbys"][0]
+        cluster.replica_process(standby["replica_id"]).kill()
+        wait_for(
+            lambda: status_json(cluster)["stages"][1]["standbys"] == [],
+            TTL_S + 5,
+            "a dead standby leaves the status once its lease expires",
+        )
+
+
+def test_etcd_outage_keeps_routing_on_the_last_table(tmp_path: Path) -> None:
+    settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
+    connected = 'actionmesh_etcd_connected{client="routing_table"}'
+    with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
+        assert cluster.etcd is not None
+        progress(robots, 10)
+        cluster.etcd.kill()
+        wait_for(
+            lambda: coordinator_metric(cluster, connected) == 0.0, 15, "coordinator sees etcd gone"
+        )
+        progress(robots, 30)
+        cluster.etcd.restart()
+        wait_for(
+            lambda: coordinator_metric(cluster, connected) == 1.0, 30, "coordinator reconnects"
+        )
+        old = leader_of(cluster, 1)
+        assert old is not None
+        cluster.replica_process(old.replica_id).stop()  # a change after the restart is seen
+        wait_for(
+            lambda: led_by_another(cluster, 1, old),
+            TTL_S + 3,
+            "a standby leads stage 1",
+        )
+        progress(robots, 20)
+        assert failed(robots) == []

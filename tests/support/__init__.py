@@ -1,0 +1,1 @@
+"""Helpers the tests share (polling, helper processes); no tests here."""
