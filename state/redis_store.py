@@ -4,7 +4,8 @@ Key layout (the braces are a Redis Cluster hash tag, so every key of a session s
 - `am:{<session_id>}:session`, a hash: `seq`, `model_version`, `ttl_s`, `client_id`, `reply`;
   per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
   `anchor_seq` and `anchor:<k>` (every stage's state at the last level step); while the
-  distilled student answers, `student` and `student_seq`.
+  distilled student answers, `student` and `student_seq`; while the session moves to another
+  model version, `switch` (the new version's states so far, `SwitchProgress.encode`).
 - `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
   followed by the observation's bytes.
 
@@ -49,6 +50,7 @@ from state.session import (
     StageIndex,
     StageState,
     StepCommit,
+    SwitchProgress,
 )
 from state.store import NotReplicated, StoreUnavailable
 from state.store_metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
@@ -365,7 +367,7 @@ def _commit_args(step: StepCommit) -> list[int | str | bytes]:
         step.anchor.seq if step.anchor else 0,
     ]
     anchored = sorted(step.anchor.states.items()) if step.anchor else []
-    args.append(len(anchored))
+    args += [len(anchored), step.switch.encode() if step.switch else b""]
     for k, data in anchored:
         args += [k, data]
     for k, state in sorted(step.stage_states.items()):
@@ -428,6 +430,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
             anchored[StageIndex(int(parts[1]))] = value
     anchor_seq = fields.get(b"anchor_seq")
     student = fields.get(b"student")
+    switch = fields.get(b"switch")
     return SessionRecord(
         session_id=session_id,
         seq=int(fields[b"seq"]),
@@ -439,6 +442,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         anchor=Anchor(int(anchor_seq), anchored) if anchor_seq is not None else None,
         student=StageState(int(fields[b"student_seq"]), student) if student else None,
         wait_replicas=int(fields.get(b"wait_replicas", b"0")),  # absent in older sessions
+        switch=SwitchProgress.decode(switch) if switch else None,
     )
 
 

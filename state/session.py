@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -35,6 +36,45 @@ class Anchor:
 
 
 @dataclass(frozen=True)
+class SwitchProgress:
+    """A session's states being rebuilt on another model version by replaying its observation
+    log, kept between steps so that a version switch is caught up over several steps (each
+    within its own deadline) while the session goes on answering from its current version.
+
+    `states` reflect steps up to `seq` on `version` (stages without an entry are fresh);
+    `exact` is False when the log did not reach back to seq 1 when the rebuild began (the
+    history before it is lost, and the switching reply says `state_reset`).
+    """
+
+    version: str
+    seq: int
+    states: dict[StageIndex, bytes]
+    exact: bool
+
+    def encode(self) -> bytes:
+        """One opaque value for the store: a header, then each stage's index, length, bytes."""
+        version = self.version.encode()
+        parts = [struct.pack(">HqB", len(version), self.seq, self.exact), version]
+        for k, data in sorted(self.states.items()):
+            parts.append(struct.pack(">HI", k, len(data)) + data)
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> SwitchProgress:
+        n_version, seq, exact = struct.unpack_from(">HqB", blob)
+        at = struct.calcsize(">HqB")
+        version = blob[at : at + n_version].decode()
+        at += n_version
+        states: dict[StageIndex, bytes] = {}
+        while at < len(blob):
+            k, size = struct.unpack_from(">HI", blob, at)
+            at += struct.calcsize(">HI")
+            states[StageIndex(k)] = blob[at : at + size]
+            at += size
+        return cls(version, seq, states, bool(exact))
+
+
+@dataclass(frozen=True)
 class SessionRecord:
     """Everything a coordinator needs to serve the next step of a session."""
 
@@ -51,6 +91,7 @@ class SessionRecord:
     # Replicas that must acknowledge each commit before the step is answered (Redis WAIT);
     # 0: the primary's word is enough (a failover may lose the last acknowledged steps).
     wait_replicas: int = 0
+    switch: SwitchProgress | None = None  # a version switch under way
 
     def stages(self, n_stages: int) -> list[StageState]:
         """Stage 0..n_stages-1's states, a fresh one (seq 0, no data) where none is stored."""
@@ -76,6 +117,8 @@ class StepCommit:
     # Replay progress while some stage still lags: every stage's state at a later level point,
     # so that the next replay starts there (ignored if this commit levels every stage).
     anchor: Anchor | None = None
+    # A version switch's progress to keep (dropped by any commit that moves model_version).
+    switch: SwitchProgress | None = None
 
 
 class CommitStatus(enum.Enum):

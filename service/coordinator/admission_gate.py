@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fallback.admission import AdmissionController, Shed
+from fallback.admission import AdmissionController, Shed, Ticket
 from fallback.priority import Priority
 from service.coordinator.step_errors import DeadlineExceeded, Overloaded
 from service.runtime.metrics import ADMISSION_QUEUED, SHEDS
@@ -42,18 +42,22 @@ class AdmissionGate:
             raise _shed(what, got)
         ADMISSION_QUEUED.set(self.controller.load().queued)
         try:
-            if not got.wait(max(0.0, deadline - time.monotonic())):
-                if got.shed is not None:
-                    raise _shed(what, got.shed)
-                raise DeadlineExceeded(
-                    f"{what}: queued for admission until its deadline; the session was not "
-                    "advanced, retry the same seq"
-                )
+            _wait_for_turn(what, got, deadline)
             started = time.monotonic()
             yield
             got.release(time.monotonic() - started)
         finally:
             got.release()  # idempotent: frees the slot or the queue place if still held
+
+
+def _wait_for_turn(what: str, ticket: Ticket, deadline: float) -> None:
+    if not ticket.wait(max(0.0, deadline - time.monotonic())):
+        if ticket.shed is not None:
+            raise _shed(what, ticket.shed)
+        raise DeadlineExceeded(
+            f"{what}: queued for admission until its deadline; the session was not advanced, "
+            "retry the same seq"
+        )
 
 
 def _shed(what: str, shed: Shed) -> Overloaded:

@@ -32,16 +32,35 @@ NONE = VersionAssets(None, None)
 
 
 class ModelAssets:
-    def __init__(self, settings: CoordinatorSettings) -> None:
-        self.settings = settings
-        self._loaded: dict[str, VersionAssets] = {}
+    """Assets are loaded in the background as versions appear (`prefetch`); a step reads what
+    is loaded (`loaded`) and never waits for a load."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings | None,
+        preloaded: dict[str, VersionAssets] | None = None,
+    ) -> None:
+        self.settings = settings  # None: nothing to load beyond `preloaded`
+        self._loaded: dict[str, VersionAssets] = dict(preloaded or {})
         self._failed: dict[str, float] = {}
         self._loading: dict[str, threading.Lock] = {}  # one per version: others do not wait
         self._lock = threading.Lock()
 
+    @classmethod
+    def preloaded(cls, assets: dict[str, VersionAssets]) -> ModelAssets:
+        return cls(None, assets)
+
+    def loaded(self, version: str) -> VersionAssets:
+        """The assets of `version` if loaded, else none (and a background load is started)."""
+        with self._lock:
+            assets = self._loaded.get(version)
+        if assets is None:
+            self.prefetch({version})
+            return NONE
+        return assets
+
     def get(self, version: str) -> VersionAssets:
-        """The assets of `version`, loaded on first use (a step of that version waits for
-        them once, unless `prefetch` loaded them as the version appeared)."""
+        """The assets of `version`, loaded now if they are not (off the step path only)."""
         with self._lock:
             if version in self._loaded:
                 return self._loaded[version]
@@ -65,26 +84,30 @@ class ModelAssets:
 
     def prefetch(self, versions: set[str]) -> None:
         """Load, in the background, the assets of versions not loaded yet."""
+        now = time.monotonic()
         with self._lock:
-            new = versions - self._loaded.keys() - self._loading.keys()
+            waiting = {v for v, until in self._failed.items() if now < until}
+            new = versions - self._loaded.keys() - self._loading.keys() - waiting
         for version in new:
             threading.Thread(
                 target=self.get, args=(version,), name=f"assets-{version}", daemon=True
             ).start()
 
-    def _directory(self, version: str) -> Path | None:
-        if self.settings.flash_dir is not None:
+    @staticmethod
+    def _directory(settings: CoordinatorSettings, version: str) -> Path | None:
+        if settings.flash_dir is not None:
             from service.runtime.checkpoint_source import version_weights
 
-            return version_weights(self.settings, self.settings.flash_dir, version)
-        source = self.settings.weights_dir
+            return version_weights(settings, settings.flash_dir, version)
+        source = settings.weights_dir
         if source is not None and weights.read_info(source).version == version:
             return source
         return None
 
     def _load(self, version: str) -> VersionAssets:
-        directory = self._directory(version)
-        if directory is None:
+        settings = self.settings
+        directory = self._directory(settings, version) if settings is not None else None
+        if settings is None or directory is None:
             log.warning("model=%s: no --weights-dir or --flash-dir holds it: no FALLBACK", version)
             return NONE
         student, _ = weights.load_student(directory)
@@ -93,9 +116,9 @@ class ModelAssets:
         if quality_file.is_file():
             policy = dataclasses.replace(
                 PolicyConfig.from_quality_table(json.loads(quality_file.read_text())),
-                early_exit_max_error_ratio=self.settings.early_exit_max_error_ratio,
-                fallback_max_error_ratio=self.settings.fallback_max_error_ratio,
-                latency_factor=self.settings.policy_latency_factor,
+                early_exit_max_error_ratio=settings.early_exit_max_error_ratio,
+                fallback_max_error_ratio=settings.fallback_max_error_ratio,
+                latency_factor=settings.policy_latency_factor,
             )
         log.info(
             "model=%s: student loaded for FALLBACK; quality table %s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import grpc
 
@@ -10,19 +11,21 @@ from fallback.admission import AdmissionConfig, AdmissionController
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
-from service.coordinator.engine import Durability, SessionEngine
-from service.coordinator.pipeline import Pipeline
+from service.coordinator.engine import Durability, SessionEngine, SessionLimits
+from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
 from service.coordinator.routing.discovery import discover_model, static_table
 from service.coordinator.routing.replica_choice import BanPolicy
-from service.coordinator.routing.stage_router import StageRouter
+from service.coordinator.routing.stage_router import StageRouter, grpc_transport
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
 from service.coordinator.session_servicer import SessionServicer
+from service.model.config import ModelConfig
 from service.proto import session_pb2, session_pb2_grpc
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
+from state.store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,67 @@ def routing_table(settings: CoordinatorSettings) -> RoutingTable:
     return static_table(settings.stage_addresses, settings.stage_connect_timeout_s)
 
 
+@dataclass(frozen=True)
+class StepPath:
+    """Everything a step goes through, built once; closed in reverse on shutdown."""
+
+    engine: SessionEngine
+    catalog: VersionCatalog
+    batcher: DynamicBatcher[PipelineInput, PipelineOutput]
+    router: StageRouter
+
+    def close(self) -> None:
+        self.catalog.stop()
+        self.batcher.close()
+        self.router.close()
+
+
+def build_step_path(
+    settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
+) -> StepPath:
+    router = StageRouter(
+        table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+    )
+    assets = ModelAssets(settings)
+    catalog = VersionCatalog(table, model, grpc_transport)
+    for version in catalog.start().whole:  # what is servable now, loaded before serving
+        assets.get(version)
+    table.subscribe(  # and every version that appears, in the background, before its first step
+        lambda views: assets.prefetch(
+            {r.model_version for view in views.values() for r in view.replicas.values()}
+        )
+    )
+    batcher = DynamicBatcher(
+        Pipeline(router, model.n_stages).run,
+        settings.batch_max_size,
+        settings.batch_max_wait_ms / 1e3,
+        settings.max_inflight_batches,
+    )
+    engine = SessionEngine(
+        store=store,
+        modes=ServeModes(store, batcher, model, settings.observation_log_depth),
+        versions=catalog,
+        assets=assets,
+        health=router.healthy,
+        admission=AdmissionGate(
+            AdmissionController(
+                AdmissionConfig(settings.admission_max_inflight, settings.admission_max_queue)
+            )
+        ),
+        limits=SessionLimits(
+            default_ttl_s=settings.session_ttl_s,
+            max_ttl_s=settings.max_session_ttl_s,
+            log_depth=settings.observation_log_depth,
+            catch_up_budget_s=settings.catch_up_budget_s,
+        ),
+        durability=Durability(
+            max_wait_replicas=settings.max_wait_replicas,
+            wait_timeout_s=settings.replica_wait_timeout_s,
+        ),
+    )
+    return StepPath(engine, catalog, batcher, router)
+
+
 def run(settings: CoordinatorSettings) -> None:
     if settings.replica_wait_timeout_s > settings.redis_timeout_s / 2:
         raise SystemExit(
@@ -51,43 +115,10 @@ def run(settings: CoordinatorSettings) -> None:
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
     table = routing_table(settings)
     model, version = discover_model(table, settings.stage_connect_timeout_s)
-    router = StageRouter(
-        table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+    path = build_step_path(settings, store, table, model)
+    servicer = SessionServicer(
+        path.engine, settings.step_timeout_s, settings.max_observation_bytes
     )
-    pipeline = Pipeline(router, model.n_stages)
-    assets = ModelAssets(settings)
-    assets.get(version)  # the student of the version served at start, loaded before serving
-    table.subscribe(  # and of every version that appears, before its first step
-        lambda views: assets.prefetch(
-            {r.model_version for view in views.values() for r in view.replicas.values()}
-        )
-    )
-    batcher = DynamicBatcher(
-        pipeline.run,
-        settings.batch_max_size,
-        settings.batch_max_wait_ms / 1e3,
-        settings.max_inflight_batches,
-    )
-    modes = ServeModes(
-        store, batcher, model, settings.observation_log_depth, settings.catch_up_budget_s
-    )
-    engine = SessionEngine(
-        store,
-        modes,
-        VersionCatalog(table, model),
-        assets,
-        router.healthy,
-        AdmissionGate(
-            AdmissionController(
-                AdmissionConfig(settings.admission_max_inflight, settings.admission_max_queue)
-            )
-        ),
-        settings.session_ttl_s,
-        settings.max_session_ttl_s,
-        settings.observation_log_depth,
-        Durability(settings.max_wait_replicas, settings.replica_wait_timeout_s),
-    )
-    servicer = SessionServicer(engine, settings.step_timeout_s, settings.max_observation_bytes)
 
     def register(server: grpc.Server) -> list[str]:
         session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server)
@@ -113,7 +144,6 @@ def run(settings: CoordinatorSettings) -> None:
     try:
         process.run_until_signal()
     finally:
-        batcher.close()
-        router.close()
+        path.close()
         table.stop()
         store.close()

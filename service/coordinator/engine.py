@@ -1,35 +1,43 @@
-"""The step contract: validate, load, batch through the stages, commit on seq, reply.
+"""The step contract: validate, load, plan and execute the step, commit on seq, reply.
 
-Knows no gRPC: the servicer maps its exceptions (service.coordinator.step_errors) to status codes.
+Knows no gRPC: the servicer maps its exceptions (step_errors) to status codes. How a step is
+served is decided by one pure planner (fallback.plan); `_serve` is the loop that executes
+each plan and folds its result back into the planner's view.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from fallback.policy import Verdict, best_latency_s
+from fallback.plan import (
+    CatchUp,
+    NoPath,
+    NoPathReason,
+    ServeMode,
+    Shed,
+    StepView,
+    SwitchView,
+    admission_latency_s,
+    plan_step,
+)
 from fallback.priority import Priority
 from service.coordinator import replies
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets, VersionAssets
-from service.coordinator.degrade import choose_mode
-from service.coordinator.replay import LevelStates
+from service.coordinator.routing.version_choice import NoPipeline, Stay, Switch, choose_version
 from service.coordinator.routing.versions import VersionCatalog
-from service.coordinator.serve_modes import (
-    Computed,
-    Lagging,
-    ServeModes,
-    StepInput,
-    store_errors,
-)
+from service.coordinator.serve_modes import Computed, ServeModes, StageFailed, StepInput, StepWork
 from service.coordinator.step_errors import (
+    ActionmeshError,
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
@@ -47,20 +55,13 @@ from service.runtime.metrics import (
     VERSION_SWITCHES,
     DegradedClock,
 )
-from state.session import (
-    CommitStatus,
-    SessionId,
-    SessionRecord,
-    StepCommit,
-)
-from state.store import SessionStore
+from state.session import CommitStatus, SessionId, SessionRecord, StepCommit
+from state.store import SessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-SHED_RETRY_AFTER_S = 0.5  # a shed step's retry hint when nothing can serve it now
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OpenedSession:
     session_id: str
     ttl_s: float
@@ -68,7 +69,7 @@ class OpenedSession:
     wait_replicas: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Durability:
     """How sessions that ask for replica acknowledgement are served."""
 
@@ -76,17 +77,25 @@ class Durability:
     wait_timeout_s: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class SessionLimits:
+    default_ttl_s: float
+    max_ttl_s: float
+    log_depth: int  # observations kept per session, for replay
+    catch_up_budget_s: float  # replay one step may do before it answers
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionSummary:
     record: SessionRecord
     ttl_left_s: float
     log_depth: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepAnswer:
     reply: bytes  # a serialized actionmesh.v1.StepReply
-    serve_mode: str
+    serve_mode: ServeMode
     recomputed: bool
 
 
@@ -97,21 +106,19 @@ Health = Callable[[str, int], list[bool]]
 class SessionEngine:
     def __init__(
         self,
+        *,
         store: SessionStore,
         modes: ServeModes,
         versions: VersionCatalog,
         assets: ModelAssets,
         health: Health,
         admission: AdmissionGate,
-        default_ttl_s: float,
-        max_ttl_s: float,
-        log_depth: int,
+        limits: SessionLimits,
         durability: Durability,
     ) -> None:
         self.store, self.modes, self.model, self.versions = store, modes, modes.model, versions
         self.assets, self.health, self.admission = assets, health, admission
-        self.default_ttl_s, self.max_ttl_s, self.log_depth = default_ttl_s, max_ttl_s, log_depth
-        self.durability = durability
+        self.limits, self.durability = limits, durability
         self.degraded_clock = DegradedClock()
 
     def open(self, ttl_s: float, client_id: str, wait_replicas: int) -> OpenedSession:
@@ -122,12 +129,14 @@ class SessionEngine:
                 f"wait_replicas {wait_replicas} exceeds this coordinator's max_wait_replicas "
                 f"{self.durability.max_wait_replicas}"
             )
-        ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
-        version = self.versions.for_session(None)
-        if version is None:
+        ttl = min(ttl_s or self.limits.default_ttl_s, self.limits.max_ttl_s)
+        choice = choose_version(self.versions.snapshot(), None)
+        if isinstance(choice, NoPipeline | Switch):
             raise Unavailable("no model version is served by every stage; retry shortly")
         session_id = SessionId(secrets.token_urlsafe(18))
-        record = SessionRecord(session_id, 0, version, ttl, client_id, wait_replicas=wait_replicas)
+        record = SessionRecord(
+            session_id, 0, choice.version, ttl, client_id, wait_replicas=wait_replicas
+        )
         with store_errors():
             self.store.create(record)
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
@@ -141,7 +150,12 @@ class SessionEngine:
             ttl,
             wait_replicas,
         )
-        return OpenedSession(session_id, ttl, version, wait_replicas)
+        return OpenedSession(
+            session_id=session_id,
+            ttl_s=ttl,
+            model_version=choice.version,
+            wait_replicas=wait_replicas,
+        )
 
     def get(self, session_id: str) -> SessionSummary:
         with store_errors():
@@ -150,7 +164,7 @@ class SessionEngine:
             log_depth = self.store.log_depth(SessionId(session_id))
         if record is None or ttl_left is None:
             raise _not_found(session_id)
-        return SessionSummary(record, ttl_left, log_depth)
+        return SessionSummary(record=record, ttl_left_s=ttl_left, log_depth=log_depth)
 
     def close(self, session_id: str) -> bool:
         with store_errors():
@@ -181,109 +195,122 @@ class SessionEngine:
     ) -> StepAnswer:
         received = time.perf_counter()
         self.check_observation(observation)
-        sid = SessionId(session_id)
+        record = self._next_step_of(session_id, seq)
+        if isinstance(record, StepAnswer):
+            return record
+        choice, version = self._version_for(record)
+        step = StepInput(
+            record=record,
+            seq=seq,
+            observation=observation,
+            timestamp_s=timestamp_s,
+            deadline=deadline,
+            version=version,
+            received=received,
+        )
+        view, assets = self._view(step, choice, priority)
+        what, best_s = f"session={session_id} seq={seq}", admission_latency_s(view)
+        admitted = self.admission.admitted(what, priority, record.client_id, deadline, best_s)
+        with admitted, store_errors():
+            return self._serve(step, view, assets, priority)
+
+    def _version_for(self, record: SessionRecord) -> tuple[Stay | Switch, str]:
+        """The step's version from the latest snapshot (no I/O: vetting is done off the path)."""
+        choice = choose_version(
+            self.versions.snapshot(), record.model_version if record.seq else None
+        )
+        if isinstance(choice, NoPipeline):
+            raise Unavailable(
+                f"session={record.session_id}: no model version is served by every stage; the "
+                "session was not advanced, retry the same seq"
+            )
+        return choice, choice.current if isinstance(choice, Switch) else choice.version
+
+    def _next_step_of(self, session_id: str, seq: int) -> SessionRecord | StepAnswer:
+        """The session, when `seq` is its next step; the stored reply when it is a retry."""
         with store_errors():
-            record = self.store.load(sid)
+            record = self.store.load(SessionId(session_id))
         if record is None:
             raise _not_found(session_id)
         if seq == record.seq and record.last_reply:
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
-        version = self.versions.for_session(record.model_version if record.seq else None)
-        if version is None:  # a session without history, and no whole pipeline to start it on
-            raise Unavailable(
-                f"session={session_id}: no model version is served by every stage; the session "
-                "was not advanced, retry the same seq"
+        return record
+
+    def _view(
+        self, step: StepInput, choice: Stay | Switch, priority: Priority
+    ) -> tuple[StepView, VersionAssets]:
+        """What the planner sees; the version's assets as loaded now (never loaded here)."""
+        n, record, assets = self.model.n_stages, step.record, self.assets.loaded(step.version)
+        switch = None
+        if isinstance(choice, Switch):
+            progress = record.switch
+            ready = progress is not None and (progress.version, progress.seq) == (
+                choice.target,
+                record.seq,
             )
-        step = StepInput(record, seq, observation, timestamp_s, deadline, version, received)
-        assets = self.assets.get(version)
-        healthy = self._healthy(version)
-        # The fastest acceptable mode's latency lets admission keep what it can still serve;
-        # unknown without a quality table, or when the student (usually the fastest) is missing.
-        policy = assets.policy if assets.student is not None else None
-        best_s = best_latency_s(policy, healthy, priority) if policy else None
-        what = f"session={session_id} seq={seq}"
-        with self.admission.admitted(what, priority, record.client_id, deadline, best_s):
-            return self._serve(step, assets, priority)
-
-    def _serve(self, step: StepInput, assets: VersionAssets, priority: Priority) -> StepAnswer:
-        """The step in the best serve mode that can answer in time (fallback.policy)."""
-        session_id, seq, version = step.record.session_id, step.seq, step.version
-        decision = choose_mode(self._healthy(version), step.time_left_s(), priority, assets)
-        lag: LevelStates | None = None
-        if decision.verdict is Verdict.FULL:
-            try:
-                computed = self.modes.full(step)
-            except Lagging as exc:  # a long lag: answered from the level stages meanwhile
-                lag = exc.level
-                level = [s.seq == step.record.seq for s in step.record.stages(self.model.n_stages)]
-                healthy = [h and ok for h, ok in zip(self._healthy(version), level, strict=True)]
-                decision = choose_mode(healthy, step.time_left_s(), priority, assets)
-                if decision.verdict is Verdict.SHED:  # no degraded answer good enough: finish
-                    try:  # the replay within this step instead (its progress would be lost)
-                        computed = self.modes.full(step, catch_up=False)
-                    except Lagging as again:
-                        raise DeadlineExceeded(
-                            f"session={session_id} seq={seq}: {again}, and no degraded answer "
-                            "qualifies; the session was not advanced, retry the same seq"
-                        ) from again
-                    return self._answer(step, computed, priority)
-            except Unavailable as exc:  # a stage failed under this step: degrade at once
-                if step.time_left_s() <= 0:
-                    raise
-                decision = choose_mode(self._healthy(version), step.time_left_s(), priority, assets)
-                if decision.verdict is Verdict.FULL:
-                    raise
-                log.warning("session=%s seq=%d degrades: %s", session_id, seq, exc)
-            else:
-                return self._answer(step, computed, priority)
-        if decision.verdict is Verdict.SHED:
-            unlimited = choose_mode(self._healthy(version), math.inf, priority, assets)
-            if unlimited.verdict is Verdict.SHED:  # not a matter of time: nothing can serve
-                raise Unavailable(
-                    f"session={session_id} seq={seq}: no serve mode can answer "
-                    f"({unlimited.detail or unlimited.reason.value}); the session was not "
-                    "advanced, retry the same seq"
-                )
-            SHEDS.labels(decision.reason.value, priority.name).inc()
-            raise Overloaded(
-                f"session={session_id} seq={seq}: no serve mode can answer in time "
-                f"({decision.detail or decision.reason.value}); the session was not advanced",
-                retry_after_s=SHED_RETRY_AFTER_S,
-            )
-        if decision.verdict is Verdict.EARLY_EXIT:
-            assert decision.exit_stage is not None
-            computed = self.modes.early_exit(step, decision.exit_stage, decision.confidence, lag)
-        else:
-            student = assets.student
-            assert student is not None
-            computed = self.modes.fallback(step, student, decision.confidence, lag)
-        return self._answer(step, computed, priority)
-
-    def _healthy(self, version: str) -> list[bool]:
-        return self.health(version, self.model.n_stages)
-
-    def _answer(self, step: StepInput, computed: Computed, priority: Priority) -> StepAnswer:
-        record, output, level = step.record, computed.done.value, computed.level
-        outcome = replies.StepOutcome(
-            session_id=record.session_id,
-            seq=step.seq,
-            action=output.action,
-            serve_mode=computed.mode,
-            confidence=computed.confidence,
-            model_version=step.version,
-            queue_ms=computed.done.queue_s * 1e3,
-            stages_ms=sum(output.stage_ms),
-            total_ms=(time.perf_counter() - step.received) * 1e3,
-            stage_ms=output.stage_ms,
-            observation_timestamp_s=step.timestamp_s,
-            batch_size=computed.done.batch_size,
-            exit_stage=computed.exit_stage,
-            replayed_steps=level.replayed_steps,
-            state_reset=level.reset,
+            healthy = tuple(self.health(choice.target, n))
+            switch = SwitchView(version=choice.target, healthy=healthy, ready=ready)
+        view = StepView(
+            version=step.version,
+            healthy=tuple(self.health(step.version, n)),
+            level=tuple(s.seq == record.seq for s in record.stages(n)),
+            time_left_s=step.time_left_s(),
+            priority=priority,
+            policy=assets.policy,
+            student_loaded=assets.student is not None,
+            catch_up_budget_s=self.limits.catch_up_budget_s,
+            switch=switch,
         )
-        reply = replies.encode(outcome)
+        return view, assets
+
+    def _serve(
+        self, step: StepInput, view: StepView, assets: VersionAssets, priority: Priority
+    ) -> StepAnswer:
+        """Plan, execute, fold the result into the view, plan again, until answered."""
+        record = step.record
+        work = StepWork(
+            states=[s.data for s in record.stages(self.model.n_stages)], switch=record.switch
+        )
+        while True:
+            plan = plan_step(dataclasses.replace(view, time_left_s=step.time_left_s()))
+            if isinstance(plan, Shed | NoPath):
+                raise _refusal(step, plan, priority, work)
+            if isinstance(plan, CatchUp):
+                caught_up = self.modes.catch_up(step, plan, work)
+                if isinstance(caught_up, StageFailed):
+                    view = self._failed(step, view, caught_up, work)
+                else:
+                    view = view.with_catch_up(plan, caught_up, step.time_left_s())
+                continue
+            computed = self.modes.answer(step, plan, work, assets.student)
+            if isinstance(computed, StageFailed):
+                view = self._failed(step, view, computed, work)
+                continue
+            return self._answer(step, computed, work, priority)
+
+    @staticmethod
+    def _failed(step: StepInput, view: StepView, failed: StageFailed, work: StepWork) -> StepView:
+        log.warning(
+            "session=%s seq=%d: stage %d of model %s failed, the step degrades: %s",
+            step.record.session_id,
+            step.seq,
+            failed.stage,
+            failed.version,
+            failed.detail,
+        )
+        work.tried.append(failed.detail)
+        return view.with_stage_failed(failed.version, failed.stage)
+
+    def _answer(
+        self, step: StepInput, computed: Computed, work: StepWork, priority: Priority
+    ) -> StepAnswer:
+        record = step.record
+        moved = computed.version != record.model_version
+        switched = moved and record.seq > 0
+        reset = work.reset or (switched and work.switch is not None and not work.switch.exact)
+        reply = self._reply(step, computed, work, reset)
         commit = StepCommit(
             expected_seq=record.seq,
             new_seq=step.seq,
@@ -292,31 +319,65 @@ class SessionEngine:
             ttl_s=record.ttl_s,
             n_stages=self.model.n_stages,
             observation=tensor_codec.to_bytes(step.observation),
-            log_limit=self.log_depth,
+            log_limit=self.limits.log_depth,
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
-            model_version=step.version if step.version != record.model_version else "",
+            model_version=computed.version if moved else "",
             student=computed.student,
-            anchor=computed.anchor,
+            anchor=work.anchor,
+            switch=None if moved else work.switch,
         )
         answer = self._commit(record, commit, computed.mode)
         if answer.recomputed:  # counted once the step is committed, not per attempt
-            REPLAYED_STEPS.inc(level.replayed_steps)
-            STATE_RESETS.inc(level.reset)
-            ANSWERS.labels(computed.mode, priority.name).inc()
-            self.degraded_clock.answered(computed.mode != "FULL")
-            if computed.switching:
-                VERSION_SWITCHES.inc()
-                log.info(
-                    "session=%s seq=%d moved from model %s to %s (replayed %d steps, reset=%s)",
-                    record.session_id,
-                    step.seq,
-                    record.model_version,
-                    step.version,
-                    level.replayed_steps,
-                    level.reset,
-                )
+            self._count(step, computed, work.replayed_steps, reset, priority, switched)
         return answer
+
+    @staticmethod
+    def _reply(step: StepInput, computed: Computed, work: StepWork, reset: bool) -> bytes:
+        output = computed.done.value
+        return replies.encode(
+            replies.StepOutcome(
+                session_id=step.record.session_id,
+                seq=step.seq,
+                action=output.action,
+                serve_mode=computed.mode,
+                confidence=computed.confidence,
+                model_version=computed.version,
+                queue_ms=computed.done.queue_s * 1e3,
+                stages_ms=sum(output.stage_ms),
+                total_ms=(time.perf_counter() - step.received) * 1e3,
+                stage_ms=output.stage_ms,
+                observation_timestamp_s=step.timestamp_s,
+                batch_size=computed.done.batch_size,
+                exit_stage=computed.exit_stage,
+                replayed_steps=work.replayed_steps,
+                state_reset=reset,
+            )
+        )
+
+    def _count(
+        self,
+        step: StepInput,
+        computed: Computed,
+        replayed: int,
+        reset: bool,
+        priority: Priority,
+        switched: bool,
+    ) -> None:
+        REPLAYED_STEPS.inc(replayed)
+        STATE_RESETS.inc(reset)
+        ANSWERS.labels(computed.mode.value, priority.name).inc()
+        self.degraded_clock.answered(computed.mode is not ServeMode.FULL)
+        if switched:
+            VERSION_SWITCHES.inc()
+            log.info(
+                "session=%s seq=%d moved from model %s to %s (reset=%s)",
+                step.record.session_id,
+                step.seq,
+                step.record.model_version,
+                computed.version,
+                reset,
+            )
 
     def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:
         """An earlier answer, acknowledged only once it is as durable as the session asked."""
@@ -327,18 +388,16 @@ class SessionEngine:
                 )
         STORED_REPLIES.inc()
         mode = session_pb2.ServeMode.Name(session_pb2.StepReply.FromString(reply).serve_mode)
-        return StepAnswer(reply, mode, recomputed=False)
+        return StepAnswer(reply=reply, serve_mode=ServeMode(mode), recomputed=False)
 
-    def _commit(self, record: SessionRecord, commit: StepCommit, mode: str) -> StepAnswer:
+    def _commit(self, record: SessionRecord, commit: StepCommit, mode: ServeMode) -> StepAnswer:
         seq = commit.new_seq
-        with store_errors():
-            outcome = self.store.commit(record.session_id, commit)
+        outcome = self.store.commit(record.session_id, commit)
         if outcome.status is CommitStatus.COMMITTED:
-            return StepAnswer(commit.last_reply, mode, recomputed=True)
+            return StepAnswer(reply=commit.last_reply, serve_mode=mode, recomputed=True)
         if outcome.status is CommitStatus.GONE:
             raise _not_found(record.session_id)
-        with store_errors():
-            current = self.store.load(record.session_id)
+        current = self.store.load(record.session_id)
         if current is not None and current.seq == seq:  # committed by another coordinator, or
             # by our own retried commit whose answer was lost
             log.info(
@@ -348,6 +407,37 @@ class SessionEngine:
             )
             return self._stored_reply(current, current.last_reply)
         raise SeqConflict(record.session_id, outcome.current_seq or 0, seq)
+
+
+def _refusal(
+    step: StepInput, plan: Shed | NoPath, priority: Priority, work: StepWork
+) -> ActionmeshError:
+    what = f"session={step.record.session_id} seq={step.seq}"
+    tried = f"; failed: {'; '.join(work.tried)}" if work.tried else ""
+    if isinstance(plan, Shed):
+        SHEDS.labels(plan.reason, priority.name).inc()
+        return Overloaded(
+            f"{what}: no serve mode can answer in time ({plan.detail}){tried}; the session was "
+            "not advanced",
+            retry_after_s=plan.retry_after_s,
+        )
+    if plan.reason is NoPathReason.DEADLINE:
+        return DeadlineExceeded(
+            f"{what}: {plan.detail}{tried}; the session was not advanced, retry the same seq"
+        )
+    return Unavailable(
+        f"{what}: no serve mode can answer ({plan.detail}){tried}; the session was not "
+        "advanced, retry the same seq"
+    )
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turns an unreachable store into Unavailable: the step was not advanced."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise Unavailable(f"session store unavailable: {exc}; retry the same seq") from exc
 
 
 def _not_found(session_id: str) -> SessionNotFound:

@@ -1,4 +1,5 @@
-"""Bring a session's stage states level before a step, by replaying its observation log.
+"""Bring a session's stage states level, or rebuild them on another model version, by
+replaying its observation log.
 
 Stages lag when steps were answered without them (a stage was down). A lagging stage's inputs at the missed steps are the earlier stages'
 outputs at those steps, so replay runs the whole pipeline from the anchor: every stage's
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from service.proto import tensor_codec
-from state.session import Anchor, SessionRecord, StageIndex
+from state.session import Anchor, SessionRecord, StageIndex, SwitchProgress
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -45,68 +46,104 @@ def level_states(
     store: SessionStore,
     step: StepFn,
     replay_until: float = math.inf,
+    resume: Anchor | None = None,
 ) -> LevelStates:
-    """Stages 0..n_stages-1 brought level with record.seq. A replay that reaches
-    `replay_until` (time.monotonic()) stops there and returns its progress instead, so that a
-    long lag is caught up over several steps rather than never within one step's deadline
-    (progress is only kept for a replay of every stage: the anchor holds them all)."""
+    """Stages 0..n_stages-1 brought level with record.seq by replay from the stored anchor (or
+    `resume`, this step's earlier progress). At `replay_until` (time.monotonic()) it stops and
+    returns its progress, so a long lag is caught up over several steps."""
     current = record.stages(n_stages)
     if all(s.seq == record.seq for s in current):
         return LevelStates([s.data for s in current])
-    anchor = record.anchor
+    anchor = resume or record.anchor
     logged = None
     if anchor is not None:
         logged = store.observations(record.session_id, anchor.seq + 1, record.seq)
     if anchor is None or logged is None:
-        log.warning(
-            "session=%s seq=%d stage states lag %s and the observation log does not reach back "
-            "to the last level step: state reset",
-            record.session_id,
-            record.seq,
-            [s.seq for s in current],
-        )
-        return LevelStates([b""] * n_stages, reset=True)
-    states = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
-    for i, observation in enumerate(logged):
-        if i and time.monotonic() >= replay_until:
-            seq = anchor.seq + i
-            log.info(
-                "session=%s replayed seq %d..%d of %d; the rest at the next steps",
-                record.session_id,
-                anchor.seq + 1,
-                seq,
-                record.seq,
-            )
-            progress = Anchor(seq, {StageIndex(k): d for k, d in enumerate(states) if d})
-            return LevelStates([], replayed_steps=i, progress=progress)
-        states = step(anchor.seq + 1 + i, tensor_codec.from_bytes(observation), states)
-    log.info(
-        "session=%s replayed seq %d..%d to bring stages level",
+        return _reset(record, n_stages)
+    base = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
+    states, done = _replay(anchor.seq + 1, logged, base, step, replay_until)
+    log.info("session=%s replayed %d steps after seq %d", record.session_id, done, anchor.seq)
+    if done < len(logged):  # out of time: the rest at the next steps
+        progress = Anchor(anchor.seq + done, {StageIndex(k): d for k, d in enumerate(states) if d})
+        return LevelStates([], replayed_steps=done, progress=progress)
+    return LevelStates(states, replayed_steps=done)
+
+
+def _reset(record: SessionRecord, n_stages: int) -> LevelStates:
+    log.warning(
+        "session=%s seq=%d stage states lag %s and the observation log does not reach back to "
+        "the last level step: state reset",
         record.session_id,
-        anchor.seq + 1,
         record.seq,
+        [s.seq for s in record.stages(n_stages)],
     )
-    return LevelStates(states, replayed_steps=len(logged))
+    return LevelStates([b""] * n_stages, reset=True)
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    progress: SwitchProgress  # the new version's states; level once progress.seq == record.seq
+    replayed_steps: int
 
 
 def rebuild_states(
-    record: SessionRecord, n_stages: int, store: SessionStore, step: StepFn, log_depth: int
-) -> LevelStates:
-    """States for a session moving to another model version: the logged observations replayed
-    from fresh states through the new version. Exact when the log reaches back to seq 1;
-    otherwise the history before the log is lost (reset=True), and the state is rebuilt from
-    the last `log_depth` observations, which is far better than a fresh one."""
+    record: SessionRecord,
+    n_stages: int,
+    store: SessionStore,
+    step: StepFn,
+    log_depth: int,
+    target: str,
+    progress: SwitchProgress | None,
+    replay_until: float = math.inf,
+) -> Rebuilt:
+    """A chunk of a session's move to model version `target`: the logged observations replayed
+    on it, resumed from `progress` if the log still reaches back to it, else from fresh states
+    over the whole log (exact if that reaches back to seq 1, else the older history is lost).
+    Stops at `replay_until` (time.monotonic()) after one step or more: every chunk progresses."""
+    start = _resume_point(record, store, log_depth, target, progress)
+    if start is None:
+        log.warning(
+            "session=%s seq=%d moves to model %s without its observation log: state reset",
+            record.session_id,
+            record.seq,
+            target,
+        )
+        return Rebuilt(SwitchProgress(target, record.seq, {}, exact=False), 0)
+    base, logged = start
+    first = [base.states.get(StageIndex(k), b"") for k in range(n_stages)]
+    states, done = _replay(base.seq + 1, logged, first, step, replay_until)
+    reached = SwitchProgress(
+        target, base.seq + done, {StageIndex(k): d for k, d in enumerate(states)}, base.exact
+    )
+    return Rebuilt(reached, done)
+
+
+def _replay(
+    first_seq: int, logged: list[bytes], states: list[bytes], step: StepFn, until: float
+) -> tuple[list[bytes], int]:
+    """The logged observations of seq first_seq onward replayed from `states` until `until`
+    (time.monotonic()), at least one: the states reached and how many steps that was."""
+    for done, observation in enumerate(logged):
+        if done and time.monotonic() >= until:
+            return states, done
+        states = step(first_seq + done, tensor_codec.from_bytes(observation), states)
+    return states, len(logged)
+
+
+def _resume_point(
+    record: SessionRecord,
+    store: SessionStore,
+    log_depth: int,
+    target: str,
+    progress: SwitchProgress | None,
+) -> tuple[SwitchProgress, list[bytes]] | None:
+    """Where a rebuild on `target` starts, and the observations it replays from there."""
+    if progress is not None and progress.version == target and progress.seq <= record.seq:
+        logged = store.observations(record.session_id, progress.seq + 1, record.seq)
+        if progress.seq == record.seq or logged is not None:
+            return progress, logged or []
     first = max(1, record.seq - log_depth + 1)
     logged = store.observations(record.session_id, first, record.seq) if log_depth else None
     if logged is None:
-        log.warning(
-            "session=%s seq=%d moves to another model version without its observation log: "
-            "state reset",
-            record.session_id,
-            record.seq,
-        )
-        return LevelStates([b""] * n_stages, reset=True)
-    states = [b""] * n_stages
-    for i, observation in enumerate(logged):
-        states = step(first + i, tensor_codec.from_bytes(observation), states)
-    return LevelStates(states, replayed_steps=len(logged), reset=first > 1)
+        return None
+    return SwitchProgress(target, first - 1, {}, exact=first == 1), logged

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fallback.plan import ServeMode
 from service.proto import session_pb2, tensor_codec
 
 
@@ -14,7 +15,7 @@ class StepOutcome:
     session_id: str
     seq: int
     action: torch.Tensor
-    serve_mode: str  # FULL / EARLY_EXIT / FALLBACK
+    serve_mode: ServeMode
     confidence: float
     model_version: str
     queue_ms: float
@@ -33,7 +34,7 @@ def encode(outcome: StepOutcome) -> bytes:
         session_id=outcome.session_id,
         seq=outcome.seq,
         action=tensor_codec.encode(outcome.action),
-        serve_mode=outcome.serve_mode,
+        serve_mode=outcome.serve_mode.value,
         exit_stage=outcome.exit_stage,
         confidence=outcome.confidence,
         model_version=outcome.model_version,

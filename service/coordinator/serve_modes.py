@@ -1,34 +1,31 @@
-"""How one step is computed in each serve mode: FULL (every stage, after bringing lagging
-stages level by replay), EARLY_EXIT(k) (stages 0..k and stage k's head), FALLBACK (the
-distilled student in this process). Nothing here commits: the engine does."""
+"""Executing a step's plan (fallback.plan): FULL (every stage), EARLY_EXIT(k) (stages 0..k
+and stage k's head), FALLBACK (the distilled student in this process), and CatchUp (replay of
+the observation log, for lagging stages or a version switch). Nothing here commits or
+decides: the engine plans, these compute, and a stage that fails comes back as a value."""
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from fallback.plan import CatchUp, EarlyExit, Fallback, Full, ServeMode
 from service.coordinator.batcher import Batched, DynamicBatcher
-from service.coordinator.degrade import student_step
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
-from service.coordinator.replay import LevelStates, StepFn, level_states, rebuild_states
-from service.coordinator.step_errors import DeadlineExceeded, Unavailable
+from service.coordinator.replay import StepFn, level_states, rebuild_states
+from service.coordinator.routing.stage_router import StageUnavailable
+from service.coordinator.step_errors import DeadlineExceeded
 from service.model.config import ModelConfig
 from service.model.student import Student
-from state.session import Anchor, SessionRecord, StageIndex, StageState
-from state.store import SessionStore, StoreUnavailable
-
-# While catching up a long lag, a step stops replaying once this much of its time is left, so
-# that it can still be answered (degraded) and commit its progress.
-CATCH_UP_RESERVE = 0.5
+from service.proto import tensor_codec
+from state.session import Anchor, SessionRecord, StageIndex, StageState, SwitchProgress
+from state.store import SessionStore
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepInput:
     """One step being served: what every serve mode needs."""
 
@@ -37,35 +34,45 @@ class StepInput:
     observation: torch.Tensor
     timestamp_s: float
     deadline: float  # time.monotonic()
-    version: str
+    version: str  # the session's version for this step (the switch target is in the plan)
     received: float  # time.perf_counter()
 
     def time_left_s(self) -> float:
         return self.deadline - time.monotonic()
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True)
+class StepWork:
+    """What a step's catch-ups did so far; committed with its answer whatever mode answers."""
+
+    states: list[bytes]  # the session's version, per stage (b"": fresh)
+    switch: SwitchProgress | None  # the switch target's states, when a switch is under way
+    replayed_steps: int = 0
+    reset: bool = False  # history was lost (the log did not reach back)
+    anchor: Anchor | None = None  # an unfinished catch-up's progress: the next starts here
+    tried: list[str] = field(default_factory=list)  # what failed under this step, for messages
+
+
+@dataclass(frozen=True, kw_only=True)
 class Computed:
     """A step's answer before it is committed."""
 
-    mode: str  # FULL / EARLY_EXIT / FALLBACK
+    mode: ServeMode
     confidence: float
-    exit_stage: int
+    exit_stage: int = 0
+    version: str  # the version that answered; the session moves when it is not its own
     done: Batched[PipelineOutput]
-    level: LevelStates  # how the states were brought level first (replay, reset)
-    switching: bool  # the session moves to another model version with this step
     stage_states: dict[StageIndex, StageState]  # the stages this step advanced
     student: StageState | None = None
-    anchor: Anchor | None = None  # replay progress to keep (a lag caught up over several steps)
 
 
-class Lagging(Exception):
-    """Some stages lag by more than one step's replay budget; `level.progress` is how far the
-    replay got. The step is answered degraded from the stages that are level."""
+@dataclass(frozen=True, kw_only=True)
+class StageFailed:
+    """No replica of `stage` of `version` could serve within the step."""
 
-    def __init__(self, level: LevelStates) -> None:
-        super().__init__(f"replayed {level.replayed_steps} steps, not level yet")
-        self.level = level
+    version: str
+    stage: int
+    detail: str
 
 
 class ServeModes:
@@ -75,90 +82,103 @@ class ServeModes:
         batcher: DynamicBatcher[PipelineInput, PipelineOutput],
         model: ModelConfig,
         log_depth: int,
-        catch_up_budget_s: float,
     ) -> None:
-        self.store, self.batcher, self.model = store, batcher, model
-        self.log_depth, self.catch_up_budget_s = log_depth, catch_up_budget_s
+        self.store, self.batcher, self.model, self.log_depth = store, batcher, model, log_depth
 
-    def full(self, step: StepInput, catch_up: bool = True) -> Computed:
-        """Raises Lagging when the lagging stages cannot be replayed level in this step
-        (within the catch-up budget; with catch_up=False, within the step's time)."""
-        record, n = step.record, self.model.n_stages
-        replay_step = self._replay_fn(step, n)
-        switching = record.seq > 0 and step.version != record.model_version
-        with store_errors():
-            if switching:
-                level = rebuild_states(record, n, self.store, replay_step, self.log_depth)
-            else:
-                until = self._replay_until(step, self.catch_up_budget_s if catch_up else math.inf)
-                level = level_states(record, n, self.store, replay_step, until)
-        if not level.complete:
-            raise Lagging(level)
-        done, states = self._run(step, level.states, n)
-        return Computed("FULL", 1.0, 0, done, level, switching, states)
-
-    def early_exit(
-        self, step: StepInput, exit_stage: int, confidence: float, progress: LevelStates | None
-    ) -> Computed:
-        """Stages 0..exit_stage advance; the later ones lag until they are back (replay)."""
-        record, depth = step.record, exit_stage + 1
-        _no_switch(step)
-        with store_errors():
-            level = level_states(record, depth, self.store, self._replay_fn(step, depth))
-        done, states = self._run(step, level.states, depth)
+    def answer(
+        self, step: StepInput, plan: Full | EarlyExit | Fallback, work: StepWork, student: Student | None
+    ) -> Computed | StageFailed:
+        if isinstance(plan, Fallback):
+            assert student is not None, "the planner answers FALLBACK only with a student"
+            return self._fallback(step, student, plan.confidence)
+        if isinstance(plan, EarlyExit):
+            depth, version, states = plan.stage + 1, step.version, work.states
+            mode, confidence, exit_stage = ServeMode.EARLY_EXIT, plan.confidence, plan.stage
+        else:
+            switching = work.switch is not None and plan.version == work.switch.version
+            depth, version = self.model.n_stages, plan.version
+            states = _switch_states(work.switch, depth) if work.switch and switching else work.states
+            mode, confidence, exit_stage = ServeMode.FULL, 1.0, 0
+        ran = self._run(step, version, states, depth)
+        if isinstance(ran, StageFailed):
+            return ran
+        done, advanced = ran
         return Computed(
-            "EARLY_EXIT",
-            confidence,
-            exit_stage,
-            done,
-            _caught_up(level, progress),
-            False,
-            states,
-            anchor=progress.progress if progress else None,
+            mode=mode,
+            confidence=confidence,
+            exit_stage=exit_stage,
+            version=version,
+            done=done,
+            stage_states=advanced,
         )
 
-    def fallback(
-        self, step: StepInput, student: Student, confidence: float, progress: LevelStates | None
-    ) -> Computed:
+    def catch_up(self, step: StepInput, plan: CatchUp, work: StepWork) -> bool | StageFailed:
+        """Replay toward the session's last step within the plan's budget; True once level."""
+        until = time.monotonic() + plan.budget_s
+        replay = self._replay_fn(step, plan.version, plan.depth)
+        try:
+            if plan.version != step.version:
+                return self._switch_chunk(step, plan.version, replay, until, work)
+            level = level_states(step.record, plan.depth, self.store, replay, until, work.anchor)
+        except StageUnavailable as exc:
+            return StageFailed(version=plan.version, stage=exc.stage, detail=str(exc))
+        work.replayed_steps += level.replayed_steps
+        work.reset = work.reset or level.reset
+        if not level.complete:
+            work.anchor = level.progress if plan.depth == self.model.n_stages else work.anchor
+            return False
+        work.states[: plan.depth] = level.states
+        return True
+
+    def _switch_chunk(
+        self, step: StepInput, target: str, replay: StepFn, until: float, work: StepWork
+    ) -> bool:
+        rebuilt = rebuild_states(
+            step.record,
+            self.model.n_stages,
+            self.store,
+            replay,
+            self.log_depth,
+            target,
+            work.switch,
+            until,
+        )
+        work.switch = rebuilt.progress
+        work.replayed_steps += rebuilt.replayed_steps
+        return rebuilt.progress.seq == step.record.seq
+
+    def _fallback(self, step: StepInput, student: Student, confidence: float) -> Computed:
         """The student answers; no stage advances. A cold student warms up on the log."""
         record = step.record
-        _no_switch(step)
         warm = record.student is not None and record.student.seq == record.seq
         state = record.student.data if warm and record.student is not None else b""
         warm_up: list[bytes] = []
         if not warm and record.seq > 0 and self.log_depth:
             first = max(1, record.seq - self.log_depth + 1)
-            with store_errors():
-                warm_up = self.store.observations(record.session_id, first, record.seq) or []
+            warm_up = self.store.observations(record.session_id, first, record.seq) or []
         started = time.perf_counter()
         action, new_state = student_step(student, step.observation, state, warm_up)
         done = Batched(PipelineOutput(action, [], [(time.perf_counter() - started) * 1e3]), 0.0, 1)
         return Computed(
-            "FALLBACK",
-            confidence,
-            0,
-            done,
-            _caught_up(LevelStates([]), progress),
-            False,
-            {},
+            mode=ServeMode.FALLBACK,
+            confidence=confidence,
+            version=step.version,
+            done=done,
+            stage_states={},
             student=StageState(step.seq, new_state),
-            anchor=progress.progress if progress else None,
         )
 
     def _run(
-        self, step: StepInput, states: list[bytes], depth: int
-    ) -> tuple[Batched[PipelineOutput], dict[StageIndex, StageState]]:
+        self, step: StepInput, version: str, states: list[bytes], depth: int
+    ) -> tuple[Batched[PipelineOutput], dict[StageIndex, StageState]] | StageFailed:
         """The step through stages 0..depth-1; the states it advanced, tagged with its seq."""
         item = PipelineInput(
-            step.record.session_id,
-            step.seq,
-            step.observation,
-            states,
-            step.deadline,
-            step.version,
-            depth,
+            step.record.session_id, step.seq, step.observation, states, step.deadline, version, depth
         )
-        done = self.compute(item, step.deadline)
+        try:
+            done = self.compute(item, step.deadline)
+        except StageUnavailable as exc:
+            return StageFailed(version=version, stage=exc.stage, detail=str(exc))
         advanced = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
         return done, advanced
 
@@ -173,43 +193,29 @@ class ServeModes:
                 "the session was not advanced, retry the same seq"
             ) from exc
 
-    @staticmethod
-    def _replay_until(step: StepInput, budget_s: float) -> float:
-        """Replay may use the budget, and never the reserve the step needs after."""
-        now, left = time.monotonic(), step.time_left_s()
-        return min(now + budget_s, now + left * (1 - CATCH_UP_RESERVE))
-
-    def _replay_fn(self, step: StepInput, depth: int) -> StepFn:
+    def _replay_fn(self, step: StepInput, version: str, depth: int) -> StepFn:
         def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
             item = PipelineInput(
-                step.record.session_id, s, obs, states, step.deadline, step.version, depth
+                step.record.session_id, s, obs, states, step.deadline, version, depth
             )
             return self.compute(item, step.deadline).value.states
 
         return replay_step
 
 
-def _no_switch(step: StepInput) -> None:
-    """A session moves to another model version only by a FULL step, which rebuilds every
-    stage's state on it: a degraded answer in between would mix versions."""
-    if step.record.seq > 0 and step.version != step.record.model_version:
-        raise Unavailable(
-            f"session={step.record.session_id}: moving to model {step.version} needs every "
-            "stage; the session was not advanced, retry the same seq"
-        )
+def _switch_states(progress: SwitchProgress, n_stages: int) -> list[bytes]:
+    return [progress.states.get(StageIndex(k), b"") for k in range(n_stages)]
 
 
-def _caught_up(level: LevelStates, progress: LevelStates | None) -> LevelStates:
-    """The reply reports the replay done in this step, whichever mode answered."""
-    if progress is None:
-        return level
-    return LevelStates(level.states, level.replayed_steps + progress.replayed_steps, level.reset)
-
-
-@contextmanager
-def store_errors() -> Iterator[None]:
-    """Turns an unreachable store into Unavailable: the step was not advanced."""
-    try:
-        yield
-    except StoreUnavailable as exc:
-        raise Unavailable(f"session store unavailable: {exc}; retry the same seq") from exc
+@torch.no_grad()
+def student_step(
+    student: Student, observation: torch.Tensor, state: bytes, warm_up: Sequence[bytes]
+) -> tuple[torch.Tensor, bytes]:
+    """One FALLBACK answer. A cold student (`state` empty) first runs over the logged
+    observations `warm_up` (oldest first), so that it answers with the session's history."""
+    hidden = tensor_codec.from_bytes(state).unsqueeze(0) if state else student.fresh_state(1)
+    if not state:
+        for logged in warm_up:
+            _, hidden = student(tensor_codec.from_bytes(logged).unsqueeze(0), hidden)
+    action, hidden = student(observation.unsqueeze(0), hidden)
+    return action[0], tensor_codec.to_bytes(hidden[0])

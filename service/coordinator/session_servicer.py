@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
+import torch
 
 from fallback.priority import Priority
 from service.coordinator.engine import SessionEngine, StepAnswer
@@ -136,16 +137,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         """One step with its metrics; raises ActionmeshError for the caller to map."""
         started = time.perf_counter()
         try:
-            size = len(request.observation.data)
-            if size > self.max_observation_bytes:
-                raise InvalidInput(
-                    f"observation is {size} bytes; the limit is {self.max_observation_bytes} "
-                    "(coordinator setting max_observation_bytes)"
-                )
-            try:
-                observation = tensor_codec.decode(request.observation)
-            except tensor_codec.TensorDecodeError as exc:
-                raise InvalidInput(f"observation: {exc}") from exc
+            observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
             budget = self.step_timeout_s
             if time_remaining is not None:
@@ -165,6 +157,18 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             raise
         metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
         return answer
+
+    def _observation(self, request: session_pb2.StepRequest) -> torch.Tensor:
+        size = len(request.observation.data)
+        if size > self.max_observation_bytes:
+            raise InvalidInput(
+                f"observation is {size} bytes; the limit is {self.max_observation_bytes} "
+                "(coordinator setting max_observation_bytes)"
+            )
+        try:
+            return tensor_codec.decode(request.observation)
+        except tensor_codec.TensorDecodeError as exc:
+            raise InvalidInput(f"observation: {exc}") from exc
 
 
 def _priority(value: int) -> Priority:

@@ -1,11 +1,10 @@
-"""The pure rules of a rolling update: which replica moves when, and which version a step
-runs on."""
+"""The pure rules of a rolling update: which replica moves when (which version a step runs
+on: tests/unit/test_version_choice.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.coordinator.routing.replica_choice import session_version
 from service.shard.rollout import Move, next_move
 from state.leadership import ReplicaInfo, StageView
 
@@ -60,34 +59,3 @@ def test_standby_reloads_at_once_and_nobody_moves_without_a_desired_version() ->
     assert next_move(standby, False, None, table, N) is Move.STAY
     assert next_move(leader(1, table), True, "v1", table, N) is Move.STAY
 
-
-def usable(version: str) -> bool:
-    return version != "bad"
-
-
-@pytest.mark.parametrize(
-    ("spec", "desired", "current", "want"),
-    [
-        # no rollout: a session stays on its version
-        ({k: ("v1", ["v1"]) for k in range(N)}, None, "v1", "v1"),
-        # the desired version is not offered by every stage yet: stay
-        ({0: ("v1", ["v2"]), 1: ("v1", ["v1"]), 2: ("v1", ["v2"])}, "v2", "v1", "v1"),
-        # every stage offers it: move
-        ({k: ("v1", ["v2"]) for k in range(N)}, "v2", "v1", "v2"),
-        # a desired version whose interface differs is never used
-        ({k: ("v1", ["bad"]) for k in range(N)}, "bad", "v1", "v1"),
-        # the session's version is partly gone and nothing was asked for: wait (UNAVAILABLE)
-        ({0: ("v1", ["v2"]), 1: ("v2", []), 2: ("v1", ["v2"])}, None, "v1", None),
-        # the session's version is retired everywhere: move to the whole one
-        ({k: ("v2", []) for k in range(N)}, None, "v1", "v2"),
-        # a new session takes the desired version when whole, else the serving one
-        ({k: ("v1", ["v2"]) for k in range(N)}, "v2", None, "v2"),
-        ({0: ("v1", ["v2"]), 1: ("v1", []), 2: ("v1", ["v2"])}, "v2", None, "v1"),
-        # nothing whole at all
-        ({0: ("v1", []), 1: ("v2", []), 2: ("v1", [])}, None, None, None),
-    ],
-)
-def test_session_version(
-    spec: dict[int, tuple[str, list[str]]], desired: str | None, current: str | None, want: str
-) -> None:
-    assert session_version(views(spec), N, desired, current, usable) == want

@@ -9,8 +9,8 @@ from service.coordinator.routing.replica_choice import (
     BanPolicy,
     candidates,
     is_banned,
-    serving_version,
 )
+from service.coordinator.routing.version_choice import serving_version
 from state.leadership import ReplicaInfo, StageView
 
 

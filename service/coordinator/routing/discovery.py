@@ -6,10 +6,9 @@ import json
 import logging
 import time
 
-import grpc
-
-from service.coordinator.routing.replica_choice import serving_version
 from service.coordinator.routing.stage_client import StageClient
+from service.coordinator.routing.version_choice import serving_version
+from service.coordinator.step_errors import Unavailable
 from service.model.config import ModelConfig
 from service.proto import stage_pb2
 from state.leadership import ReplicaInfo, RoutingTable, StageView
@@ -24,7 +23,7 @@ def _info(address: str, stage: int, timeout_s: float) -> stage_pb2.InfoReply:
     client = StageClient(stage, address)
     try:
         return client.info(max(0.1, timeout_s))
-    except grpc.RpcError as exc:
+    except Unavailable as exc:
         raise SystemExit(
             f"coordinator: stage {stage} replica at {address} did not answer Info within "
             f"{timeout_s:.1f}s (stage_connect_timeout_s): {exc}"

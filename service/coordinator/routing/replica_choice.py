@@ -5,7 +5,7 @@ The caller reads the clock and does the I/O; these take the routing view, the ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from state.leadership import ReplicaInfo, StageView
@@ -60,59 +60,3 @@ def candidates(
     free = [r for r in eligible if not is_banned(r, bans, now)]
     banned = [r for r in eligible if is_banned(r, bans, now)]
     return free + sorted(banned, key=lambda r: bans[r.replica_id].until)
-
-
-def serving_version(views: Mapping[int, StageView], n_stages: int) -> str | None:
-    """The model version to build pipelines from: one that every stage 0..n-1 has a replica of.
-
-    The leaders' version when they agree (the cluster's choice); otherwise the greatest by
-    name of the versions every stage offers (deterministic, so every coordinator picks the
-    same); None while no version is offered by every stage.
-    """
-    offered = [
-        {r.model_version for r in views[k].replicas.values()} if k in views else set()
-        for k in range(n_stages)
-    ]
-    common = set.intersection(*offered) if offered else set()
-    leaders = {
-        leader.model_version
-        for k in range(n_stages)
-        if k in views and (leader := views[k].leader) is not None
-    }
-    if len(leaders) == 1 and leaders <= common:
-        return next(iter(leaders))
-    return max(common) if common else None
-
-
-def session_version(
-    views: Mapping[int, StageView],
-    n_stages: int,
-    desired: str | None,
-    current: str | None,
-    usable: Callable[[str], bool],
-) -> str | None:
-    """The model version a session's next step runs on; None when no pipeline can serve it.
-
-    The desired version (`ckpt promote`) once every stage offers it; else the session's own
-    (`current`; None for a session without history, which takes any whole version) while every
-    stage offers it. A session whose version no stage offers any more (retired) moves to a
-    whole one; one whose version is only partly offered waits (UNAVAILABLE) rather than
-    switching versions behind the operator's back. `usable` vets a version's interface.
-    """
-
-    def whole(version: str | None) -> bool:
-        return (
-            version is not None
-            and all(k in views and views[k].offers(version) for k in range(n_stages))
-            and usable(version)
-        )
-
-    if whole(desired):
-        return desired
-    if current is not None:
-        if whole(current):
-            return current
-        if any(view.offers(current) for view in views.values()):
-            return None
-    fallback = serving_version(views, n_stages)
-    return fallback if whole(fallback) else None

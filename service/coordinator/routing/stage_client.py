@@ -1,6 +1,10 @@
-"""Stub wrapper: one long-lived channel to one replica of a stage, reused for every call."""
+"""How the coordinator reaches one replica of a stage (`StageTransport`), and its gRPC
+implementation: one long-lived channel per replica, reused for every call. The in-process
+implementation is routing/in_process_stage.py."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import grpc
 
@@ -18,7 +22,25 @@ class VersionRefused(Unavailable):
     a moment behind a rolling update, not a sick replica."""
 
 
+class StageTransport(Protocol):
+    """One replica of one stage. Both calls raise Unavailable (StageTimeout, VersionRefused),
+    never a transport's own error."""
+
+    stage: int
+    address: str
+
+    def forward(
+        self, request: stage_pb2.ForwardRequest, timeout_s: float
+    ) -> stage_pb2.ForwardReply: ...
+
+    def info(self, timeout_s: float) -> stage_pb2.InfoReply: ...
+
+    def close(self) -> None: ...
+
+
 class StageClient:
+    """StageTransport over gRPC."""
+
     def __init__(self, stage: int, address: str) -> None:
         self.stage, self.address = stage, address
         self._channel = grpc.insecure_channel(
@@ -31,9 +53,12 @@ class StageClient:
         self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
 
     def info(self, timeout_s: float) -> stage_pb2.InfoReply:
-        reply: stage_pb2.InfoReply = self._stub.Info(
-            stage_pb2.InfoRequest(), timeout=timeout_s, wait_for_ready=True
-        )
+        try:
+            reply: stage_pb2.InfoReply = self._stub.Info(
+                stage_pb2.InfoRequest(), timeout=timeout_s, wait_for_ready=True
+            )
+        except grpc.RpcError as exc:
+            raise Unavailable(f"stage {self.stage} at {self.address}: Info failed: {exc}") from exc
         return reply
 
     def forward(

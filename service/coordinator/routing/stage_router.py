@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from service.coordinator.routing.replica_choice import Ban, BanPolicy, candidates, is_banned
-from service.coordinator.routing.stage_client import StageClient, StageTimeout, VersionRefused
+from service.coordinator.routing.stage_client import (
+    StageClient,
+    StageTimeout,
+    StageTransport,
+    VersionRefused,
+)
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2
 from service.runtime import metrics
@@ -16,14 +22,32 @@ from state.leadership import ReplicaInfo, RoutingTable, StageView
 log = logging.getLogger(__name__)
 
 
+class StageUnavailable(Unavailable):
+    """No replica of `stage` could serve the call within the step (or its time ran out)."""
+
+    def __init__(self, stage: int, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def grpc_transport(replica: ReplicaInfo) -> StageTransport:
+    return StageClient(replica.stage, replica.address)
+
+
 class StageRouter:
     """Suspects a replica at its first failure (no waiting for its lease to run out), bans it
     with a ban that doubles on repeated failures, and clears the ban on its next success."""
 
-    def __init__(self, table: RoutingTable, stage_timeout_s: float, bans: BanPolicy) -> None:
-        self.table = table
+    def __init__(
+        self,
+        table: RoutingTable,
+        stage_timeout_s: float,
+        bans: BanPolicy,
+        connect: Callable[[ReplicaInfo], StageTransport] = grpc_transport,
+    ) -> None:
+        self.table, self.connect = table, connect
         self.stage_timeout_s, self.ban_policy = stage_timeout_s, bans
-        self._clients: dict[str, StageClient] = {}
+        self._clients: dict[str, StageTransport] = {}
         self._bans: dict[str, Ban] = {}
         self._lock = threading.Lock()
 
@@ -34,30 +58,21 @@ class StageRouter:
         tried: set[str] = set()
         failures: list[str] = []
         while True:
-            now = time.monotonic()
-            view = self.table.snapshot().get(stage, StageView(stage))
+            now, view = time.monotonic(), self.table.snapshot().get(stage, StageView(stage))
             with self._lock:
                 options = candidates(view, version, self._bans, now, frozenset(tried))
             timeout_s = min(self.stage_timeout_s, deadline - now)
             if not options or timeout_s <= 0:
-                reason = (
-                    "no time left before the step deadline"
-                    if options
-                    else f"no replica of model {version} left to try"
-                )
-                raise Unavailable(
-                    f"stage {stage}: {reason}"
-                    + (f" (tried: {'; '.join(failures)})" if failures else "")
-                    + "; the session was not advanced, retry the same seq"
-                )
+                raise _no_replica(stage, version, bool(options), failures)
             replica = options[0]
             try:
                 reply = self._client(replica).forward(request, timeout_s)
             except Unavailable as exc:
                 if isinstance(exc, StageTimeout) and timeout_s < self.stage_timeout_s:
-                    raise Unavailable(  # cut short by the step's deadline: not the replica's fault
+                    raise StageUnavailable(  # cut short by the step's deadline: not the replica's fault
+                        stage,
                         f"stage {stage}: the step deadline ran out during the call to "
-                        f"{replica.replica_id}; the session was not advanced, retry the same seq"
+                        f"{replica.replica_id}; the session was not advanced, retry the same seq",
                     ) from exc
                 tried.add(replica.replica_id)
                 failures.append(f"{replica.replica_id}: {exc}")
@@ -79,13 +94,11 @@ class StageRouter:
                 for k in range(n_stages)
             ]
 
-    def _client(self, replica: ReplicaInfo) -> StageClient:
+    def _client(self, replica: ReplicaInfo) -> StageTransport:
         with self._lock:
             client = self._clients.get(replica.address)
             if client is None:
-                client = self._clients[replica.address] = StageClient(
-                    replica.stage, replica.address
-                )
+                client = self._clients[replica.address] = self.connect(replica)
             return client
 
     def _suspect(self, replica: ReplicaInfo, now: float) -> None:
@@ -117,3 +130,17 @@ class StageRouter:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+def _no_replica(
+    stage: int, version: str, out_of_time: bool, failures: list[str]
+) -> StageUnavailable:
+    reason = (
+        "no time left before the step deadline"
+        if out_of_time
+        else f"no replica of model {version} left to try"
+    )
+    tried = f" (tried: {'; '.join(failures)})" if failures else ""
+    return StageUnavailable(
+        stage, f"stage {stage}: {reason}{tried}; the session was not advanced, retry the same seq"
+    )

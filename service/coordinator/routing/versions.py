@@ -1,5 +1,10 @@
-"""Which model version each session's step runs on, as the routing table and the desired
-version change: the I/O around router.session_version."""
+"""The versions a coordinator can serve, kept as an immutable snapshot off the step path.
+
+Whenever the routing table or the desired version changes, a background thread vets the
+versions newly offered by every stage (one `Info` call to one of its replicas: is its
+interface this coordinator's?) and publishes a new `VersionSnapshot`. A step only reads the
+latest snapshot; a version not vetted yet is simply not whole.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,17 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-import grpc
-
-from service.coordinator.routing.replica_choice import session_version
-from service.coordinator.routing.stage_client import StageClient
+from service.coordinator.routing.stage_client import StageTransport
+from service.coordinator.routing.version_choice import (
+    VersionSnapshot,
+    offered_by_every_stage,
+    serving_version,
+)
+from service.coordinator.step_errors import Unavailable
 from service.model.config import ModelConfig
-from state.leadership import RoutingTable
+from state.leadership import ReplicaInfo, RoutingTable, StageView
 
 log = logging.getLogger(__name__)
 
@@ -22,69 +31,81 @@ log = logging.getLogger(__name__)
 INTERFACE = ("observation_dim", "n_stages", "joints", "horizon")
 
 INFO_TIMEOUT_S = 0.5
-RETRY_UNKNOWN_S = 5.0  # a version whose Info failed is not used, nor asked again, for this long
+RETRY_UNKNOWN_S = 5.0  # a version whose Info failed is asked again after this long
+
+Connect = Callable[[ReplicaInfo], StageTransport]
 
 
 class VersionCatalog:
-    def __init__(self, table: RoutingTable, model: ModelConfig) -> None:
-        self.table, self.model = table, model
-        self._usable: dict[str, bool] = {}
-        self._unknown_until: dict[str, float] = {}  # Info failed: not asked again before
-        self._lock = threading.Lock()
-
-    def for_session(self, current: str | None) -> str | None:
-        """The version to run a step of a session on `current` (None: no history yet). With no
-        whole pipeline to run it on, a session stays on its own version, served degraded."""
-        chosen = session_version(
-            self.table.snapshot(),
-            self.model.n_stages,
-            self.table.desired_version(),
-            current,
-            self.usable,
+    def __init__(self, table: RoutingTable, model: ModelConfig, connect: Connect) -> None:
+        self.table, self.model, self.connect = table, model, connect
+        self._vetted: dict[str, bool] = {}  # version -> its interface matches
+        self._retry_at: dict[str, float] = {}  # Info failed: asked again from then
+        self._snapshot = VersionSnapshot(
+            whole=frozenset(), offered=frozenset(), desired=None, serving=None
         )
-        return current if chosen is None else chosen
+        self._changed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="version-catalog", daemon=True)
 
-    def usable(self, version: str) -> bool:
-        """A version whose interface matches this coordinator's model; asked once per version
-        (an Info call to one of its replicas), remembered once answered."""
-        with self._lock:
-            known = self._usable.get(version)
-            if known is None and time.monotonic() < self._unknown_until.get(version, 0.0):
-                return False
-        if known is not None:
-            return known
+    def start(self) -> VersionSnapshot:
+        """Vet what is offered now (so the first steps find it), then follow changes."""
+        self.refresh()
+        self.table.subscribe(lambda _views: self._changed.set())
+        self._thread.start()
+        return self._snapshot
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+        self._thread.join(timeout=2)
+
+    def snapshot(self) -> VersionSnapshot:
+        return self._snapshot
+
+    def refresh(self) -> None:
+        """Vet the versions every stage offers that are not vetted yet; publish a snapshot."""
+        views, n = self.table.snapshot(), self.model.n_stages
+        common = offered_by_every_stage(views, n)
+        for version in sorted(common - self._vetted.keys()):
+            if time.monotonic() >= self._retry_at.get(version, 0.0):
+                self._vet(version, views)
+        whole = frozenset(v for v in common if self._vetted.get(v))
+        self._snapshot = VersionSnapshot(
+            whole=whole,
+            offered=frozenset(r.model_version for v in views.values() for r in v.replicas.values()),
+            desired=self.table.desired_version(),
+            serving=serving_version(views, n),
+        )
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._changed.wait(timeout=RETRY_UNKNOWN_S)
+            self._changed.clear()
+            if not self._stopping.is_set():
+                self.refresh()
+
+    def _vet(self, version: str, views: dict[int, StageView]) -> None:
         replica = next(
-            (
-                r
-                for view in self.table.snapshot().values()
-                for r in view.replicas.values()
-                if r.model_version == version
-            ),
+            (r for view in views.values() for r in view.replicas.values() if r.model_version == version),
             None,
         )
         if replica is None:
-            return False
-        client = StageClient(replica.stage, replica.address)
+            return
+        transport = self.connect(replica)
         try:
-            config = json.loads(client.info(INFO_TIMEOUT_S).model_config_json)
+            config = json.loads(transport.info(INFO_TIMEOUT_S).model_config_json)
             if not isinstance(config, dict):
                 raise ValueError(f"model config is not an object: {config!r}")
-        except (grpc.RpcError, ValueError) as exc:  # unreachable, or an unreadable reply
+        except (Unavailable, ValueError) as exc:  # unreachable, or an unreadable reply
             log.warning("model=%s: Info of %s failed: %s", version, replica.replica_id, exc)
-            with self._lock:
-                self._unknown_until[version] = time.monotonic() + RETRY_UNKNOWN_S
-            return False
+            self._retry_at[version] = time.monotonic() + RETRY_UNKNOWN_S
+            return
         finally:
-            client.close()
+            transport.close()
         # Only the interface is compared: a version may well have config fields this
         # coordinator does not know.
         differs = [f for f in INTERFACE if config.get(f) != getattr(self.model, f)]
         if differs:
-            log.error(
-                "model=%s is not used: its %s differ from this coordinator's model",
-                version,
-                differs,
-            )
-        with self._lock:
-            self._usable[version] = not differs
-        return not differs
+            log.error("model=%s is not used: its %s differ from this coordinator's model", version, differs)
+        self._vetted[version] = not differs

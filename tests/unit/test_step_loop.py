@@ -1,0 +1,285 @@
+"""Every branch of a step through the coordinator's real step path, in process: each plan,
+lag and catch-up, a stage failing, hanging or refusing mid-step, shed versus no path, the
+commit race between two engines, and version switches. Answers are checked against the
+in-process reference model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from chaos.reference import observations, reference_run, reference_with_exits
+from fallback.policy import PolicyConfig
+from service.coordinator.assets import ModelAssets, VersionAssets
+from service.coordinator.engine import SessionEngine
+from service.coordinator.routing.in_process_stage import Fault
+from service.coordinator.step_errors import DeadlineExceeded, Overloaded, Unavailable
+from service.model.action_model import ActionModel
+from service.model.config import ModelConfig
+from service.proto import session_pb2
+from state.session import SessionId
+from tests.support.in_process import InProcessCoordinator
+
+pytestmark = pytest.mark.timeout(60)
+
+CFG = ModelConfig(
+    d_model=32, n_heads=2, n_layers=3, tokens=4, memory_tokens=2, n_stages=3, student_hidden=16
+)
+V1 = ActionModel(CFG).eval()
+V2 = ActionModel(CFG.model_copy(update={"seed": 1})).eval()
+OBS = observations(seed=3, steps=90, dim=CFG.observation_dim)
+REFERENCE = {"v1": reference_run(V1, OBS)[0], "v2": reference_run(V2, OBS)[0]}
+FULL, EARLY_EXIT, FALLBACK = (
+    session_pb2.ServeMode.FULL,
+    session_pb2.ServeMode.EARLY_EXIT,
+    session_pb2.ServeMode.FALLBACK,
+)
+
+
+@pytest.fixture
+def coordinator() -> Iterator[InProcessCoordinator]:
+    built = InProcessCoordinator({"v1": V1, "v2": V2}, serving=["v1"])
+    yield built
+    built.close()
+
+
+def build(**options: object) -> InProcessCoordinator:
+    return InProcessCoordinator({"v1": V1, "v2": V2}, **options)  # type: ignore[arg-type]
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, atol=1e-5)
+
+
+def test_full_answers_equal_the_reference(coordinator: InProcessCoordinator) -> None:
+    sid = coordinator.open()
+    want, _ = reference_run(V1, OBS[:10])
+    for seq, obs in enumerate(OBS[:10], start=1):
+        answer = coordinator.step(sid, seq, obs)
+        assert answer.reply.serve_mode == FULL and answer.reply.model_version == "v1"
+        assert same(answer.action, want[seq - 1])
+
+
+def test_a_stage_failing_mid_step_degrades_that_step_and_replay_restores_exactness(
+    coordinator: InProcessCoordinator,
+) -> None:
+    sid = coordinator.open()
+    full, exits = reference_with_exits(V1, OBS[:8])
+    for seq in (1, 2):
+        coordinator.step(sid, seq, OBS[seq - 1])
+    coordinator.fault("v1", 2, Fault.FAIL)  # no ban yet: the step finds out by calling it
+    for seq in (3, 4, 5):
+        answer = coordinator.step(sid, seq, OBS[seq - 1])
+        assert (answer.reply.serve_mode, answer.reply.exit_stage) == (EARLY_EXIT, 1)
+        assert same(answer.action, exits[seq - 1][1])
+    coordinator.fault("v1", 2, Fault.NONE)
+    coordinator.router._bans.clear()  # the replica "restarted": a new lease ends its ban
+    answer = coordinator.step(sid, 6, OBS[5])
+    assert answer.reply.serve_mode == FULL and answer.reply.replayed_steps == 3
+    assert same(answer.action, full[5])
+
+
+def test_stage_zero_down_is_answered_by_the_student(coordinator: InProcessCoordinator) -> None:
+    sid = coordinator.open()
+    coordinator.step(sid, 1, OBS[0])
+    coordinator.fault("v1", 0, Fault.FAIL)
+    answer = coordinator.step(sid, 2, OBS[1])
+    assert answer.reply.serve_mode == FALLBACK
+    student = coordinator.students["v1"]
+    assert student is not None
+    with torch.no_grad():
+        hidden = student.fresh_state(1)
+        for obs in OBS[:2]:  # a cold student warms up on the log first
+            want, hidden = student(obs.unsqueeze(0), hidden)
+    assert same(answer.action, want[0])
+
+
+def test_a_hung_replica_costs_one_stage_timeout_and_its_standby_answers() -> None:
+    coordinator = build(serving=["v1"], replicas=2, stage_timeout_s=0.1)
+    try:
+        sid = coordinator.open()
+        want, _ = reference_run(V1, OBS[:3])
+        coordinator.stage("v1", 1, 0).faults.fault = Fault.HANG
+        answer = coordinator.step(sid, 1, OBS[0], timeout_s=1.0)
+        assert answer.reply.serve_mode == FULL and same(answer.action, want[0])
+        assert coordinator.stage("v1", 1, 1).calls == 1
+        coordinator.step(sid, 2, OBS[1])  # banned now: straight to the standby
+        assert coordinator.stage("v1", 1, 0).calls == 1
+    finally:
+        coordinator.close()
+
+
+def test_a_version_refusal_goes_to_another_replica_without_a_ban() -> None:
+    coordinator = build(serving=["v1"], replicas=2)
+    try:
+        sid = coordinator.open()
+        coordinator.stage("v1", 2, 0).faults.fault = Fault.WRONG_VERSION
+        answer = coordinator.step(sid, 1, OBS[0])
+        assert answer.reply.serve_mode == FULL
+        assert coordinator.router._bans == {}
+    finally:
+        coordinator.close()
+
+
+def test_a_long_lag_is_caught_up_over_several_steps_answered_degraded_meanwhile() -> None:
+    coordinator = build(serving=["v1"], catch_up_budget_s=0.03)
+    try:
+        sid = coordinator.open()
+        full, exits = reference_with_exits(V1, OBS)
+        coordinator.step(sid, 1, OBS[0])
+        coordinator.fault("v1", 2, Fault.FAIL)
+        for seq in range(2, 32):
+            coordinator.step(sid, seq, OBS[seq - 1])
+        coordinator.fault("v1", 2, Fault.NONE)
+        coordinator.router._bans.clear()
+        for k in range(CFG.n_stages):  # a replay takes 3 ms or more: at most 10 per step
+            coordinator.fault("v1", k, Fault.SLOW, delay_s=0.001)
+        modes = []
+        for seq in range(32, len(OBS) + 1):
+            answer = coordinator.step(sid, seq, OBS[seq - 1])
+            modes.append(answer.reply.serve_mode)
+            if answer.reply.serve_mode == FULL:
+                assert same(answer.action, full[seq - 1])
+                break
+            assert answer.reply.serve_mode == EARLY_EXIT and answer.reply.replayed_steps >= 1
+            assert same(answer.action, exits[seq - 1][1])
+        assert modes[-1] == FULL and len(modes) >= 3, modes
+    finally:
+        coordinator.close()
+
+
+def test_a_lag_with_no_degraded_answer_finishes_its_catch_up_within_the_step() -> None:
+    coordinator = build(serving=["v1"], catch_up_budget_s=1e-9)  # one replayed step per step
+    try:
+        sid = coordinator.open()
+        full, _ = reference_run(V1, OBS[:8])
+        coordinator.step(sid, 1, OBS[0])
+        coordinator.fault("v1", 0, Fault.FAIL)
+        for seq in range(2, 7):
+            assert coordinator.step(sid, seq, OBS[seq - 1]).reply.serve_mode == FALLBACK
+        coordinator.engine.assets = ModelAssets.preloaded({"v1": VersionAssets(None, None)})
+        coordinator.fault("v1", 0, Fault.NONE)
+        coordinator.router._bans.clear()
+        answer = coordinator.step(sid, 7, OBS[6])  # no stage is level, no student: finish
+        assert answer.reply.serve_mode == FULL and answer.reply.replayed_steps == 5
+        assert same(answer.action, full[6])
+    finally:
+        coordinator.close()
+
+
+def test_shed_when_only_time_is_short_and_unavailable_when_nothing_can_serve() -> None:
+    table = {
+        "full": (1.0, 0.9, 30.0),
+        "early_exit_0": (1.25, 0.8, 8.0),
+        "early_exit_1": (1.1, 0.85, 18.0),
+        "fallback": (1.4, 0.75, 5.0),
+        "state_lost": (3.0, 0.4, 30.0),
+    }
+    policy = PolicyConfig.from_quality_table(
+        {"modes": {k: {"error": e, "success": s, "p50_ms": p} for k, (e, s, p) in table.items()}}
+    )
+    coordinator = build(serving=["v1"], policy=policy, student=False)
+    try:
+        sid = coordinator.open()
+        with pytest.raises(Overloaded, match="in time") as shed:
+            coordinator.step(sid, 1, OBS[0], timeout_s=0.004)
+        assert shed.value.retry_after_s > 0
+        coordinator.fault("v1", 0, Fault.FAIL)
+        with pytest.raises(Unavailable, match="student is not loaded"):
+            coordinator.step(sid, 1, OBS[0])
+    finally:
+        coordinator.close()
+
+
+def test_a_step_whose_deadline_passes_is_deadline_exceeded(coordinator: InProcessCoordinator) -> None:
+    sid = coordinator.open()
+    coordinator.fault("v1", 1, Fault.SLOW, delay_s=0.15)
+    with pytest.raises(DeadlineExceeded):
+        coordinator.step(sid, 1, OBS[0], timeout_s=0.1)
+    record = coordinator.store.load(SessionId(sid))
+    assert record is not None and record.seq == 0, "nothing was committed"
+
+
+def test_two_engines_racing_on_one_seq_commit_once_and_answer_the_same_bytes(
+    coordinator: InProcessCoordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid = coordinator.open()
+    other = SessionEngine(
+        store=coordinator.store,
+        modes=coordinator.engine.modes,
+        versions=coordinator.catalog,
+        assets=coordinator.engine.assets,
+        health=coordinator.router.healthy,
+        admission=coordinator.engine.admission,
+        limits=coordinator.engine.limits,
+        durability=coordinator.engine.durability,
+    )
+    stale = coordinator.store.load(SessionId(sid))
+    first = coordinator.engine.step(sid, 1, OBS[0], 0.0, time.monotonic() + 5)
+    # the other engine loaded the session before that commit: it computes seq 1 too
+    load, loads = coordinator.store.load, iter([stale])
+    coordinator.store.load = lambda s: next(loads, None) or load(s)  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="service.coordinator.engine"):
+        second = other.step(sid, 1, OBS[0], 0.0, time.monotonic() + 5)
+    assert first.recomputed and not second.recomputed
+    assert second.reply == first.reply
+    assert "lost the commit race" in caplog.text
+    record = load(SessionId(sid))
+    assert record is not None and record.seq == 1 and coordinator.store.log_depth(SessionId(sid)) == 1
+
+
+@pytest.mark.parametrize("log_reaches_back", [True, False])
+def test_promote_then_rollback_switches_sessions_in_chunks_without_a_failed_step(
+    log_reaches_back: bool,
+) -> None:
+    coordinator = build(
+        serving=["v1"], catch_up_budget_s=0.03, log_depth=len(OBS) if log_reaches_back else 4
+    )
+    try:
+        sid = coordinator.open()
+        for seq in range(1, 31):
+            coordinator.step(sid, seq, OBS[seq - 1])
+        coordinator.add_version("v2")
+        for version in ("v1", "v2"):  # a replay takes 3 ms or more: at most 10 per step
+            for k in range(CFG.n_stages):
+                coordinator.fault(version, k, Fault.SLOW, delay_s=0.001)
+        versions = []
+        for seq, target in [(s, "v2") for s in range(31, 61)] + [(s, "v1") for s in range(61, 91)]:
+            if seq in (31, 61):
+                coordinator.promote(target)
+            answer = coordinator.step(sid, seq, OBS[seq - 1])
+            assert answer.reply.serve_mode == FULL
+            versions.append(answer.reply.model_version)
+            switched = len(versions) > 1 and versions[-2] != versions[-1]
+            if switched:
+                assert answer.reply.state_reset is not log_reaches_back
+            if log_reaches_back or seq < 31:  # else the history before the log is lost
+                assert same(answer.action, REFERENCE[answer.reply.model_version][seq - 1])
+        forward, back = versions[:30], versions[30:]
+        assert forward[-1] == "v2" and back[-1] == "v1", versions
+        assert forward == sorted(forward) and back == sorted(back, reverse=True), versions
+        if log_reaches_back:
+            assert forward[0] == "v1" and back[0] == "v2", "caught up in chunks, not one step"
+    finally:
+        coordinator.close()
+
+
+def test_a_session_whose_version_is_retired_moves_within_the_step(
+    coordinator: InProcessCoordinator,
+) -> None:
+    sid = coordinator.open()
+    for seq in (1, 2, 3):
+        coordinator.step(sid, seq, OBS[seq - 1])
+    coordinator.add_version("v2")
+    coordinator.remove_version("v1")
+    answer = coordinator.step(sid, 4, OBS[3])  # v1's student answers while v2 catches up
+    assert answer.reply.model_version in ("v1", "v2")
+    for seq in range(5, 12):
+        answer = coordinator.step(sid, seq, OBS[seq - 1])
+    want, _ = reference_run(V2, OBS[:11])
+    assert answer.reply.model_version == "v2" and answer.reply.serve_mode == FULL
+    assert same(answer.action, want[-1])

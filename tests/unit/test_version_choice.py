@@ -1,0 +1,67 @@
+"""The version a session's step runs on: pure choice over a version snapshot."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.coordinator.routing.version_choice import (
+    NoPipeline,
+    Stay,
+    Switch,
+    VersionChoice,
+    VersionSnapshot,
+    choose_version,
+)
+
+
+def snapshot(
+    whole: set[str], offered: set[str] | None = None, desired: str | None = None
+) -> VersionSnapshot:
+    return VersionSnapshot(
+        whole=frozenset(whole),
+        offered=frozenset(offered if offered is not None else whole),
+        desired=desired,
+        serving=max(whole) if whole else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "seen", "current", "want"),
+    [
+        ("new session, nothing desired", snapshot({"v1"}), None, Stay(version="v1")),
+        ("new session, desired whole", snapshot({"v1", "v2"}, desired="v1"), None, Stay(version="v1")),
+        ("new session, desired not whole", snapshot({"v1"}, {"v1", "v2"}, "v2"), None, Stay(version="v1")),
+        ("new session, nothing whole", snapshot(set(), {"v1"}), None, NoPipeline()),
+        ("on the desired version", snapshot({"v1", "v2"}, desired="v2"), "v2", Stay(version="v2")),
+        (
+            "promoted: switch once the new version is whole",
+            snapshot({"v1", "v2"}, desired="v2"),
+            "v1",
+            Switch(current="v1", target="v2"),
+        ),
+        ("promoted, not whole yet: stay", snapshot({"v1"}, {"v1", "v2"}, "v2"), "v1", Stay(version="v1")),
+        (
+            "rolled back mid-switch",
+            snapshot({"v1", "v2"}, desired="v1"),
+            "v1",
+            Stay(version="v1"),
+        ),
+        (
+            "own version retired: switch to the serving one",
+            snapshot({"v3"}),
+            "v1",
+            Switch(current="v1", target="v3"),
+        ),
+        ("own version partly offered: stay, served degraded", snapshot({"v3"}, {"v1", "v3"}), "v1", Stay(version="v1")),
+        (
+            "a whole version not vetted (interface differs) is never switched to",
+            snapshot(set(), {"v1", "v9"}, "v9"),
+            "v1",
+            Stay(version="v1"),
+        ),
+    ],
+)
+def test_choose_version(
+    name: str, seen: VersionSnapshot, current: str | None, want: VersionChoice
+) -> None:
+    assert choose_version(seen, current) == want, name
