@@ -11,8 +11,10 @@ The rules, in order:
 1. No time left: `NoPath(DEADLINE)`.
 2. A version switch whose new states are ready, with every stage of the new version healthy:
    `Full` on the new version (the session moves with this step).
-3. A switch not ready yet, the new version whole, replay budget left: `CatchUp` on the new
-   version (its progress is committed with this step's answer, tagged with the version).
+3. A switch not ready yet, the new version whole: `CatchUp` on the new version within the
+   replay budget (its progress is committed with this step's answer, tagged with the
+   version); when the session's own version is no longer whole (its replicas are reloading),
+   the finishing catch-up of rule 6 at once, since only a degraded answer is left otherwise.
 4. Stages of the session's version lag (steps were answered without them), some of them in
    the healthy prefix, replay budget left: `CatchUp` of that prefix.
 5. The answer from the stages that are healthy *and* level: the degrade policy
@@ -93,7 +95,7 @@ class StepView:
         spent = replace(
             self,
             time_left_s=time_left_s,
-            catch_up_budget_s=0.0 if not plan.finish else self.catch_up_budget_s,
+            catch_up_budget_s=0.0,  # any catch-up spends it
             finish_allowed=self.finish_allowed and not plan.finish,
         )
         if not complete:
@@ -153,6 +155,8 @@ def plan_step(view: StepView) -> Plan:
     if switch is not None and all(switch.healthy):
         if switch.ready:
             return Full(version=switch.version)
+        if not all(view.healthy) and view.finish_allowed:  # the old version is going: hurry
+            return _finish(view, switch.version)
         if view.catch_up_budget_s > 0:
             return CatchUp(version=switch.version, depth=view.n_stages, budget_s=_budget(view))
     prefix = _healthy_prefix(view.healthy)
@@ -211,9 +215,9 @@ def _when_nothing_answers(view: StepView, usable: tuple[bool, ...], why_not: str
     switch_waits = switch is not None and all(switch.healthy) and not switch.ready
     lag_waits = all(view.healthy) and not all(view.level)
     if (switch_waits or lag_waits) and view.finish_allowed:
-        version = switch.version if switch is not None and switch_waits else view.version
-        budget = view.time_left_s * (1 - CATCH_UP_RESERVE)
-        return CatchUp(version=version, depth=view.n_stages, budget_s=budget, finish=True)
+        return _finish(
+            view, switch.version if switch is not None and switch_waits else view.version
+        )
     if switch_waits or lag_waits:
         return NoPath(
             reason=NoPathReason.DEADLINE,
@@ -223,6 +227,12 @@ def _when_nothing_answers(view: StepView, usable: tuple[bool, ...], why_not: str
     if unlimited is None:
         return NoPath(reason=NoPathReason.NOTHING_SERVES, detail=why_not)
     return Shed(retry_after_s=SHED_RETRY_AFTER_S, reason="nothing_fits", detail=why_not)
+
+
+def _finish(view: StepView, version: str) -> CatchUp:
+    """The once-per-step catch-up that tries to reach the present."""
+    budget = view.time_left_s * (1 - CATCH_UP_RESERVE)
+    return CatchUp(version=version, depth=view.n_stages, budget_s=budget, finish=True)
 
 
 def _budget(view: StepView) -> float:

@@ -1,4 +1,6 @@
-"""RedisSessionStore against a real redis-server on a free port (EmbeddedRedis)."""
+"""What only the Redis store does, against a real redis-server on a free port (EmbeddedRedis):
+key layout, TTLs as Redis sees them, retries, a stopped server. The contract every store keeps
+is tests/integration/test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from prometheus_client import REGISTRY
 from service.local.embedded_redis import EmbeddedRedis
 from state.redis_store import RETRY_ATTEMPTS, RedisSessionStore
 from state.session import (
-    Anchor,
     CommitStatus,
     SessionId,
     SessionRecord,
@@ -76,69 +77,6 @@ def retries(operation: str) -> float:
     return REGISTRY.get_sample_value("actionmesh_state_retries_total", labels) or 0.0
 
 
-def test_create_load_round_trip(store: RedisSessionStore) -> None:
-    sid = new_id()
-    record = SessionRecord(
-        sid, 0, "v1", 10.0, "robot-7", stage_states=stages_at(0), last_reply=b"\x00r\xff"
-    )
-    store.create(record)
-    assert store.load(sid) == record
-    assert store.load(new_id()) is None
-
-
-def test_create_twice_fails(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    with pytest.raises(ValueError, match=sid):
-        store.create(fresh_record(sid, ttl_s=99.0))
-    loaded = store.load(sid)
-    assert loaded is not None and loaded.ttl_s == 10.0
-
-
-def test_commit_with_expected_seq(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    outcome = store.commit(sid, step(0, 1, stages_at(1), b"reply-1", 10.0))
-    assert (outcome.status, outcome.current_seq) == (CommitStatus.COMMITTED, 1)
-    loaded = store.load(sid)
-    assert loaded is not None
-    assert (loaded.seq, loaded.stage_states, loaded.last_reply) == (1, stages_at(1), b"reply-1")
-    assert (loaded.model_version, loaded.client_id) == ("v1", "robot-7")
-
-
-def test_commit_of_some_stages_keeps_the_others(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    store.commit(sid, step(0, 1, {StageIndex(2): StageState(1, b"s2")}, b"early-exit", 10.0))
-    loaded = store.load(sid)
-    assert loaded is not None
-    assert loaded.stage_states[StageIndex(0)] == StageState(0, b"")
-    assert loaded.stage_states[StageIndex(2)] == StageState(1, b"s2")
-
-
-def test_stale_commit_conflicts_and_changes_nothing(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid, ttl_s=5.0))
-    store.commit(sid, step(0, 1, stages_at(1), b"reply-1", 5.0))
-    store.commit(sid, step(1, 2, stages_at(2), b"reply-2", 5.0))
-    before = store.load(sid)
-    outcome = store.commit(sid, step(0, 1, stages_at(7), b"stale", 60.0))
-    assert (outcome.status, outcome.current_seq) == (CommitStatus.CONFLICT, 2)
-    assert store.load(sid) == before
-    ttl_left = store.ttl_left_s(sid)
-    assert ttl_left is not None and ttl_left <= 5.0  # the TTL was not refreshed either
-
-
-def test_retried_commit_sees_its_own_seq(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    assert store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0)).status is CommitStatus.COMMITTED
-    after_first = store.load(sid)
-    outcome = store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0))
-    assert (outcome.status, outcome.current_seq) == (CommitStatus.CONFLICT, 1)
-    assert store.load(sid) == after_first
-
-
 def test_commit_refreshes_ttl(store: RedisSessionStore, raw: redis.Redis) -> None:
     sid = new_id()
     store.create(fresh_record(sid, ttl_s=2.0))
@@ -149,27 +87,6 @@ def test_commit_refreshes_ttl(store: RedisSessionStore, raw: redis.Redis) -> Non
     assert raw.pttl(key) > 25_000
     ttl_left = store.ttl_left_s(sid)
     assert ttl_left is not None and 25.0 < ttl_left <= 30.0
-
-
-def test_expired_session_is_gone(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid, ttl_s=0.3))
-    deadline = time.monotonic() + EXPIRY_DEADLINE_S
-    while store.load(sid) is not None:
-        assert time.monotonic() < deadline, f"session={sid} outlived its 0.3 s TTL"
-        time.sleep(0.02)
-    outcome = store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0))
-    assert (outcome.status, outcome.current_seq) == (CommitStatus.GONE, None)
-    assert store.ttl_left_s(sid) is None
-    assert store.load(sid) is None  # the failed commit did not resurrect it
-
-
-def test_delete(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    assert store.delete(sid) is True
-    assert store.load(sid) is None
-    assert store.delete(sid) is False
 
 
 def test_every_key_carries_the_hash_tag(store: RedisSessionStore, raw: redis.Redis) -> None:
@@ -218,76 +135,9 @@ def logged(store: RedisSessionStore, sid: SessionId, steps: int, limit: int) -> 
         assert store.commit(sid, commit).status is CommitStatus.COMMITTED
 
 
-def test_observation_log_keeps_the_last_n(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    logged(store, sid, steps=10, limit=4)
-    assert store.log_depth(sid) == 4
-    assert store.observations(sid, 7, 10) == [b"obs7", b"obs8", b"obs9", b"obs10"]
-    assert store.observations(sid, 9, 9) == [b"obs9"]
-    assert store.observations(sid, 6, 10) is None, "seq 6 was trimmed away"
-    assert store.observations(sid, 10, 11) is None, "seq 11 was never logged"
-
-
 def test_delete_removes_the_log_too(store: RedisSessionStore, raw: redis.Redis) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
     logged(store, sid, steps=3, limit=8)
     assert store.delete(sid)
     assert list(raw.scan_iter(match=f"am:{{{sid}}}:*")) == []
-
-
-def test_anchor_is_set_when_a_stage_starts_lagging_and_dropped_once_level(
-    store: RedisSessionStore,
-) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    logged(store, sid, steps=3, limit=8)
-    level = store.load(sid)
-    assert level is not None and level.anchor is None
-    early = {k: v for k, v in stages_at(4).items() if k != 2}  # stage 2 is down
-    store.commit(sid, StepCommit(3, 4, early, b"r4", 10.0, 3, b"obs4", 8))
-    store.commit(
-        sid,
-        StepCommit(
-            4, 5, {k: v for k, v in stages_at(5).items() if k != 2}, b"r5", 10.0, 3, b"obs5", 8
-        ),
-    )
-    lagging = store.load(sid)
-    assert lagging is not None
-    assert lagging.anchor == Anchor(3, {k: s.data for k, s in stages_at(3).items()})
-    assert [lagging.stage_states[StageIndex(k)].seq for k in range(3)] == [5, 5, 3]
-    store.commit(sid, StepCommit(5, 6, stages_at(6), b"r6", 10.0, 3, b"obs6", 8))
-    caught_up = store.load(sid)
-    assert caught_up is not None and caught_up.anchor is None
-    assert [caught_up.stage_states[StageIndex(k)].seq for k in range(3)] == [6, 6, 6]
-
-
-def test_anchor_of_a_fresh_session_has_no_states(store: RedisSessionStore) -> None:
-    sid = new_id()
-    store.create(SessionRecord(sid, 0, "v1", 10.0))
-    store.commit(sid, StepCommit(0, 1, {StageIndex(0): StageState(1, b"s0")}, b"r1", 10.0, 3))
-    record = store.load(sid)
-    assert record is not None and record.anchor == Anchor(0, {})
-
-
-def test_replay_progress_moves_the_anchor_and_the_student_state_is_kept(
-    store: RedisSessionStore,
-) -> None:
-    sid = new_id()
-    store.create(fresh_record(sid))
-    logged(store, sid, steps=3, limit=8)
-    early = {k: v for k, v in stages_at(4).items() if k != 2}
-    store.commit(sid, StepCommit(3, 4, early, b"r4", 10.0, 3, b"obs4", 8))
-    progress = Anchor(4, {StageIndex(k): b"replayed-%d" % k for k in range(3)})
-    student = StageState(5, b"gru")
-    store.commit(
-        sid, StepCommit(4, 5, {}, b"r5", 10.0, 3, b"obs5", 8, student=student, anchor=progress)
-    )
-    record = store.load(sid)
-    assert record is not None
-    assert record.anchor == progress and record.student == student
-    assert [record.stage_states[StageIndex(k)].seq for k in range(3)] == [4, 4, 3]
-    store.commit(sid, StepCommit(5, 6, stages_at(6), b"r6", 10.0, 3, b"obs6", 8, anchor=progress))
-    level = store.load(sid)
-    assert level is not None and level.anchor is None, "a level commit ignores replay progress"

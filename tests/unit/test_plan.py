@@ -191,10 +191,10 @@ def test_a_ready_switch_moves_at_once_and_falls_back_to_the_old_version_if_a_new
 
 def test_a_switch_whose_old_version_is_gone_finishes_within_the_step() -> None:
     gone = view(healthy=(DOWN, DOWN, DOWN), student_loaded=False, switch=switch(ready=False))
-    first = plan_step(gone)
-    assert isinstance(first, CatchUp) and first.version == "v2" and not first.finish
-    finish = plan_step(gone.with_catch_up(first, complete=False, time_left_s=0.8))
+    finish = plan_step(gone)
     assert isinstance(finish, CatchUp) and finish.finish and finish.version == "v2"
+    out_of_time = plan_step(gone.with_catch_up(finish, complete=False, time_left_s=0.1))
+    assert isinstance(out_of_time, NoPath) and out_of_time.reason is NoPathReason.DEADLINE
 
 
 def test_a_switch_to_a_version_not_whole_waits_on_the_old_one() -> None:
@@ -228,4 +228,17 @@ def test_no_catch_up_without_budget_or_lag() -> None:
     assert math.isclose(
         plan_step(view(level=(UP, DOWN, DOWN), time_left_s=0.1)).budget_s,  # type: ignore[union-attr]
         0.05,
+    )
+
+
+def test_a_switch_hurries_when_the_old_version_is_no_longer_whole() -> None:
+    """Its replicas are reloading onto the new version: finish now rather than degrade; if the
+    finish falls short, the old version's degraded answer commits the progress."""
+    going = view(healthy=(UP, UP, DOWN), switch=switch(ready=False))
+    finish = plan_step(going)
+    assert isinstance(finish, CatchUp) and finish.finish and finish.version == "v2"
+    short = going.with_catch_up(finish, complete=False, time_left_s=0.5)
+    assert plan_step(short) == EarlyExit(stage=1, confidence=1 / 1.1)
+    assert plan_step(going.with_catch_up(finish, complete=True, time_left_s=0.5)) == Full(
+        version="v2"
     )
