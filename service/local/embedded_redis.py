@@ -10,13 +10,16 @@ comes back as it was left: same port, same files, the AOF replayed.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.local.lifecycle import Lifecycle
 
@@ -27,21 +30,14 @@ POLL_INTERVAL_S = 0.02
 PROBE_TIMEOUT_S = 0.5
 LOG_TAIL_LINES = 20
 CONF_NAME = "redis.conf"
-_PID_RE = re.compile(r"process_id:(\d+)\r\n")
 
 # `always`: fsync before each reply (a COMMITTED commit survives a power cut); `everysec`: up to
 # a second of acknowledged writes can be lost to a power cut (not to a crash of redis alone).
 AppendFsync = Literal["always", "everysec"]
 
-RespValue = str | int | None | list["RespValue"]
-
 
 class EmbeddedRedisError(RuntimeError):
     """redis-server could not be started; the message carries the tail of its log."""
-
-
-class RespError(Exception):
-    """The server answered with an error reply (-ERR, -LOADING, ...)."""
 
 
 def redis_server_binary() -> str:
@@ -147,7 +143,7 @@ class EmbeddedRedis(Lifecycle):
     def wait_synced(self, timeout_s: float) -> None:
         """Wait until this replica's link to its primary is up (the initial sync done)."""
         deadline = time.monotonic() + timeout_s
-        while "master_link_status:up" not in self._info("replication"):
+        while self._info("replication").get("master_link_status") != "up":
             self._check_alive()
             if time.monotonic() > deadline:
                 raise EmbeddedRedisError(
@@ -168,11 +164,11 @@ class EmbeddedRedis(Lifecycle):
                 f"redis-server exited with {proc.returncode}:\n{tail(self._log_path())}"
             )
 
-    def _info(self, section: str) -> str:
+    def _info(self, section: str) -> dict[str, Any]:
         try:
-            return str(resp_command(self._port, "INFO", section))
-        except (OSError, RespError):
-            return ""
+            return info(self._port, section)
+        except (OSError, redis.RedisError):
+            return {}
 
     def _log_path(self) -> Path:
         return self._data_dir / "redis.log"
@@ -225,16 +221,24 @@ def spawn_server(
     return proc
 
 
-def resp_command(port: int, *args: str, timeout_s: float = PROBE_TIMEOUT_S) -> RespValue:
-    """One command to the server on 127.0.0.1:port over a fresh connection (no redis client here:
-    the redis package belongs to the store backend). Raises OSError when nothing answers."""
-    request = f"*{len(args)}\r\n".encode()
-    for arg in args:
-        encoded = arg.encode()
-        request += b"$%d\r\n%s\r\n" % (len(encoded), encoded)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-        sock.sendall(request)
-        return _RespReader(sock).read()
+def probe_client(port: int) -> redis.Redis:
+    """A client for short commands to the server (or sentinel) on 127.0.0.1:port: replies
+    decoded, no retries (its callers poll), a connection only while in use. Close it after."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=PROBE_TIMEOUT_S,
+        socket_connect_timeout=PROBE_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+
+
+def info(port: int, section: str) -> dict[str, Any]:
+    """One INFO section of the server on 127.0.0.1:port, parsed. Raises redis.RedisError
+    (ConnectionError while nothing answers, BusyLoadingError while it loads) or OSError."""
+    with probe_client(port) as client:
+        return cast("dict[str, Any]", client.info(section))
 
 
 def answering_pid(port: int) -> int | None:
@@ -243,11 +247,10 @@ def answering_pid(port: int) -> int | None:
     Stronger than a PING: it proves the answer comes from our child and not a stranger on the port.
     """
     try:
-        info = resp_command(port, "INFO", "server")
-    except (OSError, RespError):
+        pid = info(port, "server").get("process_id")
+    except (OSError, redis.RedisError):
         return None
-    match = _PID_RE.search(str(info))
-    return int(match.group(1)) if match else None
+    return int(pid) if pid is not None else None
 
 
 def free_port() -> int:
@@ -274,52 +277,6 @@ def tail(log_path: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-_tail = tail  # the name embedded_etcd imports
-
-
 def conf_quote(value: str) -> str:
     """A value for redis.conf, quoted so that spaces and quotes in paths survive."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class _RespReader:
-    """Just enough RESP2 to read INFO and SENTINEL replies."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buf = b""
-
-    def read(self) -> RespValue:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self._exactly(size + 2)[:-2].decode(errors="replace")
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self.read() for _ in range(size)]
-        raise RespError(f"unexpected reply {line[:80]!r}")
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self._buf:
-            self._fill()
-        line, _, self._buf = self._buf.partition(b"\r\n")
-        return line
-
-    def _exactly(self, size: int) -> bytes:
-        while len(self._buf) < size:
-            self._fill()
-        data, self._buf = self._buf[:size], self._buf[size:]
-        return data
-
-    def _fill(self) -> None:
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed mid-reply")
-        self._buf += chunk

@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 from typing import Self
 
+import redis
+
 from service.local.embedded_redis import (
     BIND_ATTEMPTS,
     POLL_INTERVAL_S,
     EmbeddedRedisError,
-    RespError,
-    RespValue,
     conf_quote,
     free_port,
+    probe_client,
     redis_server_binary,
-    resp_command,
     spawn_server,
     terminate,
 )
@@ -91,11 +91,12 @@ class EmbeddedSentinels(Lifecycle):
         """The primary as the first answering sentinel names it; None if none answers."""
         for port in self.ports:
             try:
-                reply = resp_command(port, "SENTINEL", "get-master-addr-by-name", self.service_name)
-            except (OSError, RespError):
+                with probe_client(port) as client:
+                    reply = client.sentinel_get_master_addr_by_name(self.service_name)
+            except (OSError, redis.RedisError):
                 continue
-            if isinstance(reply, list) and len(reply) == 2:
-                return str(reply[0]), int(str(reply[1]))
+            if isinstance(reply, tuple) and len(reply) == 2:
+                return str(reply[0]), int(reply[1])
         return None
 
     def wait_converged(self, *, replicas: int, timeout_s: float) -> None:
@@ -153,19 +154,16 @@ class EmbeddedSentinels(Lifecycle):
         )
 
     def _master_view(self, port: int) -> dict[str, str]:
+        """SENTINEL MASTER as one sentinel sees the primary, every value as text; {} if that
+        sentinel does not answer."""
         try:
-            reply = resp_command(port, "SENTINEL", "master", self.service_name)
-        except (OSError, RespError):
+            with probe_client(port) as client:
+                reply = client.sentinel_master(self.service_name)
+        except (OSError, redis.RedisError):
             return {}
-        return _pairs(reply)
-
-
-def _pairs(reply: RespValue) -> dict[str, str]:
-    """A flat [field, value, ...] reply as a dict."""
-    if not isinstance(reply, list):
-        return {}
-    items = [str(item) for item in reply]
-    return dict(zip(items[::2], items[1::2], strict=True))
+        if not isinstance(reply, dict):
+            return {}
+        return {str(field): str(value) for field, value in reply.items()}
 
 
 def _converged(view: dict[str, str], other_sentinels: int, replicas: int) -> bool:
