@@ -5,7 +5,6 @@ is tests/integration/test_store_contract.py."""
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +16,10 @@ from prometheus_client import REGISTRY
 from service.local.embedded_redis import EmbeddedRedis
 from state.redis_store import RETRY_ATTEMPTS, RedisSessionStore
 from state.session import (
-    CommitStatus,
     SessionId,
-    SessionRecord,
-    StageIndex,
-    StageState,
-    StepCommit,
 )
 from state.store import StoreUnavailable
+from tests.support.session_records import fresh_record, logged, new_id, stages_at, step
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,26 +45,6 @@ def raw(server: EmbeddedRedis) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(server.url)
     yield client
     client.close()
-
-
-def new_id() -> SessionId:
-    return SessionId(secrets.token_hex(8))
-
-
-def fresh_record(session_id: SessionId, ttl_s: float = 10.0) -> SessionRecord:
-    stages = {StageIndex(k): StageState(seq=0, data=b"") for k in range(3)}
-    return SessionRecord(session_id, 0, "v1", ttl_s, client_id="robot-7", stage_states=stages)
-
-
-def stages_at(seq: int) -> dict[StageIndex, StageState]:
-    """Binary stage data, NUL and high bytes included, distinct per stage and seq."""
-    return {StageIndex(k): StageState(seq, bytes([0, 255, k, seq]) * 3) for k in range(3)}
-
-
-def step(
-    expected: int, new: int, states: dict[StageIndex, StageState], reply: bytes, ttl_s: float
-) -> StepCommit:
-    return StepCommit(expected, new, states, reply, ttl_s, n_stages=3)
 
 
 def retries(operation: str) -> float:
@@ -125,14 +100,6 @@ def test_stop_ends_the_redis_process(tmp_path: Path) -> None:
     embedded.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-
-
-def logged(store: RedisSessionStore, sid: SessionId, steps: int, limit: int) -> None:
-    for seq in range(1, steps + 1):
-        commit = StepCommit(
-            seq - 1, seq, stages_at(seq), b"r", 10.0, 3, f"obs{seq}".encode(), limit
-        )
-        assert store.commit(sid, commit).status is CommitStatus.COMMITTED
 
 
 def test_delete_removes_the_log_too(store: RedisSessionStore, raw: redis.Redis) -> None:

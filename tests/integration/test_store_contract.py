@@ -4,7 +4,6 @@ one does, the other must do too."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,6 @@ from state.redis_store import RedisSessionStore
 from state.session import (
     Anchor,
     CommitStatus,
-    SessionId,
     SessionRecord,
     StageIndex,
     StageState,
@@ -24,6 +22,7 @@ from state.session import (
     SwitchProgress,
 )
 from state.store import NotReplicated, SessionStore
+from tests.support.session_records import fresh_record, logged, new_id, stages_at, step
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,34 +46,6 @@ def store(request: pytest.FixtureRequest) -> Iterator[SessionStore]:
     redis_store.close()
 
 
-def new_id() -> SessionId:
-    return SessionId(secrets.token_hex(8))
-
-
-def fresh_record(session_id: SessionId, ttl_s: float = 10.0) -> SessionRecord:
-    stages = {StageIndex(k): StageState(seq=0, data=b"") for k in range(3)}
-    return SessionRecord(session_id, 0, "v1", ttl_s, client_id="robot-7", stage_states=stages)
-
-
-def stages_at(seq: int) -> dict[StageIndex, StageState]:
-    """Binary stage data, NUL and high bytes included, distinct per stage and seq."""
-    return {StageIndex(k): StageState(seq, bytes([0, 255, k, seq]) * 3) for k in range(3)}
-
-
-def step(
-    expected: int, new: int, states: dict[StageIndex, StageState], reply: bytes, ttl_s: float
-) -> StepCommit:
-    return StepCommit(expected, new, states, reply, ttl_s, n_stages=3)
-
-
-def logged(store: SessionStore, sid: SessionId, steps: int, limit: int) -> None:
-    for seq in range(1, steps + 1):
-        commit = StepCommit(
-            seq - 1, seq, stages_at(seq), b"r", 10.0, 3, f"obs{seq}".encode(), limit
-        )
-        assert store.commit(sid, commit).status is CommitStatus.COMMITTED
-
-
 def test_create_load_round_trip(store: SessionStore) -> None:
     sid = new_id()
     record = SessionRecord(
@@ -85,7 +56,6 @@ def test_create_load_round_trip(store: SessionStore) -> None:
     assert store.load(new_id()) is None
 
 
-
 def test_create_twice_fails(store: SessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
@@ -93,7 +63,6 @@ def test_create_twice_fails(store: SessionStore) -> None:
         store.create(fresh_record(sid, ttl_s=99.0))
     loaded = store.load(sid)
     assert loaded is not None and loaded.ttl_s == 10.0
-
 
 
 def test_commit_with_expected_seq(store: SessionStore) -> None:
@@ -107,7 +76,6 @@ def test_commit_with_expected_seq(store: SessionStore) -> None:
     assert (loaded.model_version, loaded.client_id) == ("v1", "robot-7")
 
 
-
 def test_commit_of_some_stages_keeps_the_others(store: SessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
@@ -116,7 +84,6 @@ def test_commit_of_some_stages_keeps_the_others(store: SessionStore) -> None:
     assert loaded is not None
     assert loaded.stage_states[StageIndex(0)] == StageState(0, b"")
     assert loaded.stage_states[StageIndex(2)] == StageState(1, b"s2")
-
 
 
 def test_stale_commit_conflicts_and_changes_nothing(store: SessionStore) -> None:
@@ -132,7 +99,6 @@ def test_stale_commit_conflicts_and_changes_nothing(store: SessionStore) -> None
     assert ttl_left is not None and ttl_left <= 5.0  # the TTL was not refreshed either
 
 
-
 def test_retried_commit_sees_its_own_seq(store: SessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
@@ -141,7 +107,6 @@ def test_retried_commit_sees_its_own_seq(store: SessionStore) -> None:
     outcome = store.commit(sid, step(0, 1, stages_at(1), b"r1", 10.0))
     assert (outcome.status, outcome.current_seq) == (CommitStatus.CONFLICT, 1)
     assert store.load(sid) == after_first
-
 
 
 def test_expired_session_is_gone(store: SessionStore) -> None:
@@ -157,14 +122,12 @@ def test_expired_session_is_gone(store: SessionStore) -> None:
     assert store.load(sid) is None  # the failed commit did not resurrect it
 
 
-
 def test_delete(store: SessionStore) -> None:
     sid = new_id()
     store.create(fresh_record(sid))
     assert store.delete(sid) is True
     assert store.load(sid) is None
     assert store.delete(sid) is False
-
 
 
 def test_observation_log_keeps_the_last_n(store: SessionStore) -> None:
@@ -176,7 +139,6 @@ def test_observation_log_keeps_the_last_n(store: SessionStore) -> None:
     assert store.observations(sid, 9, 9) == [b"obs9"]
     assert store.observations(sid, 6, 10) is None, "seq 6 was trimmed away"
     assert store.observations(sid, 10, 11) is None, "seq 11 was never logged"
-
 
 
 def test_anchor_is_set_when_a_stage_starts_lagging_and_dropped_once_level(
@@ -205,14 +167,12 @@ def test_anchor_is_set_when_a_stage_starts_lagging_and_dropped_once_level(
     assert [caught_up.stage_states[StageIndex(k)].seq for k in range(3)] == [6, 6, 6]
 
 
-
 def test_anchor_of_a_fresh_session_has_no_states(store: SessionStore) -> None:
     sid = new_id()
     store.create(SessionRecord(sid, 0, "v1", 10.0))
     store.commit(sid, StepCommit(0, 1, {StageIndex(0): StageState(1, b"s0")}, b"r1", 10.0, 3))
     record = store.load(sid)
     assert record is not None and record.anchor == Anchor(0, {})
-
 
 
 def test_replay_progress_moves_the_anchor_and_the_student_state_is_kept(
