@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pytest
 
@@ -18,16 +17,10 @@ from fallback.policy import (
 )
 from fallback.priority import Priority
 from fallback.quality import ModeQuality, QualityTable, quality_confidence
+from tests.support.quality_tables import GOOD, table_json
 
 # Three stages. FULL is best and slowest; deeper exits are better and slower; the student
 # is the fastest. Errors are relative to FULL's 1.0, so ratios read straight off.
-GOOD = {
-    "full": (1.0, 0.90, 30.0),
-    "early_exit_0": (1.25, 0.80, 8.0),
-    "early_exit_1": (1.1, 0.85, 18.0),
-    "fallback": (1.4, 0.75, 5.0),
-    "state_lost": (3.0, 0.40, 30.0),
-}
 BAD_EXIT_1 = {**GOOD, "early_exit_1": (1.5, 0.70, 18.0)}  # above the 1.3 bar
 BAD_EXITS = {**BAD_EXIT_1, "early_exit_0": (2.0, 0.50, 8.0)}
 BAD_FALLBACK = {**GOOD, "fallback": (2.0, 0.50, 5.0)}  # above the 1.5 bar
@@ -38,14 +31,6 @@ ALL_UP = (UP, UP, UP)
 LAST_DOWN = (UP, UP, DOWN)
 MIDDLE_DOWN = (UP, DOWN, UP)
 FIRST_DOWN = (DOWN, UP, UP)
-
-
-def table_json(modes: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
-    return {
-        "modes": {
-            name: {"error": e, "success": s, "p50_ms": p} for name, (e, s, p) in modes.items()
-        }
-    }
 
 
 def config(modes: dict[str, tuple[float, float, float]] = GOOD) -> PolicyConfig:

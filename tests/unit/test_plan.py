@@ -22,25 +22,11 @@ from fallback.plan import (
     admission_latency_s,
     plan_step,
 )
-from fallback.policy import PolicyConfig
 from fallback.priority import Priority
+from tests.support.quality_tables import policy
 
 UP, DOWN = True, False
 ALL = (UP, UP, UP)
-
-
-def policy(**modes: tuple[float, float, float]) -> PolicyConfig:
-    table = {
-        "full": (1.0, 0.9, 30.0),
-        "early_exit_0": (1.25, 0.8, 8.0),
-        "early_exit_1": (1.1, 0.85, 18.0),
-        "fallback": (1.4, 0.75, 5.0),
-        "state_lost": (3.0, 0.4, 30.0),
-        **modes,
-    }
-    return PolicyConfig.from_quality_table(
-        {"modes": {k: {"error": e, "success": s, "p50_ms": p} for k, (e, s, p) in table.items()}}
-    )
 
 
 MEASURED = policy()
@@ -82,8 +68,16 @@ def switch(ready: bool, healthy: tuple[bool, ...] = ALL) -> SwitchView:
             EarlyExit(stage=0, confidence=1 / 1.25),
         ),
         ("unmeasured, whole", view(policy=None), Full(version="v1")),
-        ("unmeasured, last down", view(policy=None, healthy=(UP, UP, DOWN)), EarlyExit(stage=1, confidence=0.0)),
-        ("unmeasured, first down", view(policy=None, healthy=(DOWN, UP, UP)), Fallback(confidence=0.0)),
+        (
+            "unmeasured, last down",
+            view(policy=None, healthy=(UP, UP, DOWN)),
+            EarlyExit(stage=1, confidence=0.0),
+        ),
+        (
+            "unmeasured, first down",
+            view(policy=None, healthy=(DOWN, UP, UP)),
+            Fallback(confidence=0.0),
+        ),
         (
             "unmeasured, first down, no student",
             view(policy=None, healthy=(DOWN, UP, UP), student_loaded=False),
@@ -110,7 +104,9 @@ def test_nothing_fits_in_time_but_would_with_more_is_shed_with_a_retry_hint() ->
 
 
 def test_safety_is_served_below_every_quality_bar() -> None:
-    bad = policy(early_exit_0=(2.0, 0.5, 8.0), early_exit_1=(2.0, 0.5, 18.0), fallback=(1.8, 0.55, 5.0))
+    bad = policy(
+        early_exit_0=(2.0, 0.5, 8.0), early_exit_1=(2.0, 0.5, 18.0), fallback=(1.8, 0.55, 5.0)
+    )
     seen = view(policy=bad, healthy=(DOWN, UP, UP))
     assert isinstance(plan_step(seen), Shed | NoPath)
     assert plan_step(dataclasses.replace(seen, priority=Priority.SAFETY)) == Fallback(
@@ -183,7 +179,9 @@ def test_a_version_switch_catches_up_in_chunks_and_answers_on_the_old_version_me
     )
 
 
-def test_a_ready_switch_moves_at_once_and_falls_back_to_the_old_version_if_a_new_stage_fails() -> None:
+def test_a_ready_switch_moves_at_once_and_falls_back_to_the_old_version_if_a_new_stage_fails() -> (
+    None
+):
     ready = view(switch=switch(ready=True))
     assert plan_step(ready) == Full(version="v2")
     assert plan_step(ready.with_stage_failed("v2", 1)) == Full(version="v1")
@@ -211,7 +209,9 @@ def test_the_loop_always_ends() -> None:
             seen = seen.with_catch_up(plan, complete=False, time_left_s=seen.time_left_s / 2)
         elif isinstance(plan, Full | EarlyExit):
             failed_stage = 0 if isinstance(plan, EarlyExit) else 2
-            seen = seen.with_stage_failed(plan.version if isinstance(plan, Full) else "v1", failed_stage)
+            seen = seen.with_stage_failed(
+                plan.version if isinstance(plan, Full) else "v1", failed_stage
+            )
         else:
             break
     assert isinstance(plan, Shed | NoPath | Fallback)

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from chaos.reference import observations, reference_run, reference_with_exits
-from fallback.policy import PolicyConfig
 from service.coordinator.assets import ModelAssets, VersionAssets
 from service.coordinator.engine import SessionEngine
 from service.coordinator.routing.in_process_stage import Fault
@@ -23,6 +22,7 @@ from service.model.config import ModelConfig
 from service.proto import session_pb2
 from state.session import SessionId
 from tests.support.in_process import InProcessCoordinator
+from tests.support.quality_tables import policy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,17 +172,8 @@ def test_a_lag_with_no_degraded_answer_finishes_its_catch_up_within_the_step() -
 
 
 def test_shed_when_only_time_is_short_and_unavailable_when_nothing_can_serve() -> None:
-    table = {
-        "full": (1.0, 0.9, 30.0),
-        "early_exit_0": (1.25, 0.8, 8.0),
-        "early_exit_1": (1.1, 0.85, 18.0),
-        "fallback": (1.4, 0.75, 5.0),
-        "state_lost": (3.0, 0.4, 30.0),
-    }
-    policy = PolicyConfig.from_quality_table(
-        {"modes": {k: {"error": e, "success": s, "p50_ms": p} for k, (e, s, p) in table.items()}}
-    )
-    coordinator = build(serving=["v1"], policy=policy, student=False)
+    measured = policy()
+    coordinator = build(serving=["v1"], policy=measured, student=False)
     try:
         sid = coordinator.open()
         with pytest.raises(Overloaded, match="in time") as shed:
@@ -195,7 +186,9 @@ def test_shed_when_only_time_is_short_and_unavailable_when_nothing_can_serve() -
         coordinator.close()
 
 
-def test_a_step_whose_deadline_passes_is_deadline_exceeded(coordinator: InProcessCoordinator) -> None:
+def test_a_step_whose_deadline_passes_is_deadline_exceeded(
+    coordinator: InProcessCoordinator,
+) -> None:
     sid = coordinator.open()
     coordinator.fault("v1", 1, Fault.SLOW, delay_s=0.15)
     with pytest.raises(DeadlineExceeded):
@@ -229,7 +222,9 @@ def test_two_engines_racing_on_one_seq_commit_once_and_answer_the_same_bytes(
     assert second.reply == first.reply
     assert "lost the commit race" in caplog.text
     record = load(SessionId(sid))
-    assert record is not None and record.seq == 1 and coordinator.store.log_depth(SessionId(sid)) == 1
+    assert (
+        record is not None and record.seq == 1 and coordinator.store.log_depth(SessionId(sid)) == 1
+    )
 
 
 @pytest.mark.parametrize("log_reaches_back", [True, False])
