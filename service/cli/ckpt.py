@@ -28,9 +28,7 @@ from checkpoint.errors import (
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import Manifest, keygen, load_private_key, load_public_key
 from checkpoint.remote import Remote
-from service.model import weights
-from service.model.action_model import ActionModel
-from service.model.config import ModelConfig
+from service.model.weights_files import read_info
 from service.runtime.settings import CkptSettings
 from state.desired_version import set_desired_version
 from state.leadership import LeadershipUnavailable
@@ -76,6 +74,11 @@ def _weights_source(settings: CkptSettings, scratch: Path) -> Path:
     """A weights dir to snapshot: --weights-dir, or fresh weights from --stages/--seed."""
     if settings.weights_dir is not None:
         return settings.weights_dir
+    # torch only here: every other action (list, show, promote...) starts without it.
+    from service.model import weights
+    from service.model.action_model import ActionModel
+    from service.model.config import ModelConfig
+
     weights.save(ActionModel(ModelConfig(n_stages=settings.stages, seed=settings.seed)), scratch)
     return scratch
 
@@ -89,7 +92,7 @@ def create(settings: CkptSettings, version: str | None) -> dict[str, Any]:
         )
     with tempfile.TemporaryDirectory(prefix="actionmesh-ckpt-") as scratch:
         source = _weights_source(settings, Path(scratch))
-        info = weights.read_info(source)
+        info = read_info(source)
         if version is not None and version != info.version:
             raise VerificationFailed(f"these weights are version {info.version}, not {version}")
         creator = f"{getpass.getuser()}@{socket.gethostname()}"

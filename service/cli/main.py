@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from service.local.child_process import die_with_parent
 from service.runtime.settings import (
@@ -17,6 +18,7 @@ from service.runtime.settings import (
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
+    InvalidSettings,
     Settings,
     ShardSettings,
     StatusSettings,
@@ -25,11 +27,13 @@ from service.runtime.settings import (
     load,
 )
 
+# Each handler imports its command's module when it runs, not before: `ckpt list`, `status`
+# and `--help` must not pay for torch (tests/unit/test_cli_startup.py checks it).
 
-def _up(args: argparse.Namespace) -> int:
+
+def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
     from service.local.local_cluster import LocalCluster
 
-    settings = load(ClusterSettings, "up", args)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -54,51 +58,54 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(settings: DemoSettings, args: argparse.Namespace) -> int:
     from service.bench import demo
 
-    return demo.run(load(DemoSettings, "demo", args))
+    return demo.run(settings)
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(settings: BenchSettings, args: argparse.Namespace) -> int:
     from service.bench import step_latency
 
-    return step_latency.main(load(BenchSettings, "bench", args))
+    return step_latency.main(settings)
 
 
-def _ckpt(args: argparse.Namespace) -> int:
+def _ckpt(settings: CkptSettings, args: argparse.Namespace) -> int:
     from service.cli import ckpt
 
-    return ckpt.main(load(CkptSettings, "ckpt", args), args.action, args.version)
+    return ckpt.main(settings, args.action, args.version)
 
 
-def _status(args: argparse.Namespace) -> int:
+def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
     from service.cli import status
 
-    return status.main(load(StatusSettings, "status", args))
+    return status.main(settings)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(settings: TrainSettings, args: argparse.Namespace) -> int:
     from service.cli import train
 
-    return train.main(load(TrainSettings, "train", args))
+    return train.main(settings)
 
 
-def _coordinator(args: argparse.Namespace) -> int:
+def _coordinator(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
     from service.coordinator import coordinator_process
 
-    coordinator_process.run(load(CoordinatorSettings, "coordinator", args))
+    coordinator_process.run(settings)
     return 0
 
 
-def _shard(args: argparse.Namespace) -> int:
+def _shard(settings: ShardSettings, args: argparse.Namespace) -> int:
     from service.shard import shard_process
 
-    shard_process.run(load(ShardSettings, "shard", args))
+    shard_process.run(settings)
     return 0
 
 
-_COMMANDS: list[tuple[str, type[Settings], Callable[[argparse.Namespace], int], str]] = [
+# A handler gets the command's settings (validated) and the parsed arguments.
+Handler = Callable[[Any, argparse.Namespace], int]
+
+_COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
     (
         "up",
         ClusterSettings,
@@ -151,7 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve recurrent robot action models split into pipeline stages across nodes. "
         "Settings come from a TOML file ([<command>] table), then ACTIONMESH_* env vars, then flags.",
     )
-    parser.add_argument("--log-level", default="INFO", help="Python log level (default: INFO).")
+    # Also after the command (`actionmesh ckpt list --log-level debug`), from
+    # ACTIONMESH_LOG_LEVEL and from TOML: there it is the `log_level` setting of every command.
+    parser.add_argument(
+        "--log-level",
+        dest="global_log_level",
+        default=None,
+        help="Python log level (default: INFO).",
+    )
     parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, settings_cls, handler, help_text in _COMMANDS:
@@ -162,21 +176,38 @@ def build_parser() -> argparse.ArgumentParser:
                 "version", nargs="?", default=None, help="A version id, where the action takes one."
             )
         add_flags(sub, settings_cls)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser
 
 
+def command_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The parsed command's settings (file < env < flags); `--log-level` counts as a flag
+    before the command as after it, where it wins."""
+    if args.log_level is None:
+        args = argparse.Namespace(**{**vars(args), "log_level": args.global_log_level})
+    settings: Settings = load(args.settings_cls, args.command, args, environ)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse, load the command's settings, then run it; 2 (a usage error) on invalid settings."""
     args = build_parser().parse_args(argv)
     if args.die_with_parent is not None:
         die_with_parent(args.die_with_parent)
+    try:
+        settings = command_settings(args)
+    except InvalidSettings as exc:
+        print(exc, file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    handler: Handler = args.handler
+    return handler(settings, args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Weights on disk as safetensors (one file per stage, one for the student) + model.json.
+"""Weights on disk as safetensors (one file per stage, one for the student) + model.json
+(whose reading, torch-free, is in weights_files.py).
 
 Never pickle. The model version is derived from the config and the tensors' bytes, so the
 same seed and config always give the same version on every node.
@@ -8,32 +9,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from service.model.action_model import ActionModel
-from service.model.config import ModelConfig
 from service.model.stage import Stage
 from service.model.student import Student
+from service.model.weights_files import (
+    MANIFEST,
+    QUALITY_FILE,
+    STUDENT_FILE,
+    WeightsInfo,
+    read_info,
+    stage_file,
+)
 
-MANIFEST = "model.json"
-
-
-def stage_file(stage: int) -> str:
-    return f"stage-{stage}.safetensors"
-
-
-STUDENT_FILE = "student.safetensors"
-QUALITY_FILE = "quality.json"  # the offline quality table of `actionmesh train`, when trained
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    config: ModelConfig
-    version: str
+__all__ = [  # the file names and read_info live in weights_files (no torch); kept here too
+    "MANIFEST",
+    "QUALITY_FILE",
+    "STUDENT_FILE",
+    "WeightsInfo",
+    "load_model",
+    "load_stage",
+    "load_student",
+    "model_version",
+    "read_info",
+    "save",
+    "stage_file",
+]
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -57,11 +62,6 @@ def save(model: ActionModel, directory: Path) -> WeightsInfo:
     manifest = {"version": info.version, "config": model.cfg.model_dump()}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return info
-
-
-def read_info(directory: Path) -> WeightsInfo:
-    manifest = json.loads((directory / MANIFEST).read_text())
-    return WeightsInfo(config=ModelConfig(**manifest["config"]), version=manifest["version"])
 
 
 def load_stage(directory: Path, index: int) -> tuple[Stage, WeightsInfo]:

@@ -4,25 +4,118 @@ Only this module reads the environment. Each command's settings are a frozen pyd
 its `--help` text comes from the field descriptions. The config file is TOML with one table per
 command (`[coordinator]`, `[shard]`, `[up]`, ...), given by `--config` or `ACTIONMESH_CONFIG`.
 Env vars are `ACTIONMESH_<FIELD>` (lists comma-separated).
+
+A field that several commands share is written once: in a field group (a mixin class below,
+e.g. `EtcdSettings`, `RedisSettings`, `GrpcProcessSettings`) or, where only its purpose
+differs per command, by one helper (`_etcd_url`, `_grpc_port`) that fixes its default,
+bounds and wording. Rules between fields are validators of the group that holds the fields.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "ACTIONMESH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
+# Where etcd keys live (/actionmesh/<cluster>/) unless --cluster says otherwise: one default for
+# every command, so that `up`, `shard`, `coordinator`, `status` and `ckpt promote --etcd` started
+# without --cluster all meet under the same keys.
+DEFAULT_CLUSTER = "default"
+DEFAULT_STAGES = 3  # pipeline stages of fresh weights (ModelConfig's default)
+
+
+class InvalidSettings(ValueError):
+    """Settings that cannot be used; its message is one line naming the flags at fault."""
+
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Every command's settings: frozen, unknown keys refused, and the log level."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    log_level: str = Field(
+        "INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(
+                f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
+        return level
+
+
+# --- shared field definitions: default, bounds and wording written once --------------------
+
+
+def _etcd_url(use: str) -> Any:
+    """The `etcd` field; `use` says what this command does with it."""
+    return Field(None, description=f"etcd URL (etcd://h1:2379,h2:2379): {use}")
+
+
+def _grpc_port(default: int, whose: str = "") -> Any:
+    return Field(default, ge=0, le=65535, description=f"{whose}gRPC port; 0 picks a free one.")
+
+
+def _grpc_workers(default: int) -> Any:
+    return Field(
+        default, ge=1, description="Threads serving gRPC calls (each open stream holds one)."
+    )
+
+
+def _stages(use: str) -> Any:
+    return Field(DEFAULT_STAGES, ge=1, description=use)
+
+
+def _trusted_keys() -> Any:
+    return Field(
+        default_factory=list,
+        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
+    )
+
+
+def _signing_key() -> Any:
+    return Field(
+        None, description="ed25519 private key (PEM) that signs the checkpoint versions created."
+    )
+
+
+# --- field groups --------------------------------------------------------------------------
+
+
+class EtcdSettings(Settings):
+    """Which etcd, and which cluster's keys in it: every command that reads or writes etcd."""
+
+    etcd: str | None = _etcd_url("where the cluster's stage replicas register.")
+    cluster: str = Field(
+        DEFAULT_CLUSTER, description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+    )
+
+
+class GrpcProcessSettings(Settings):
+    """A process serving gRPC, with its ops port (/metrics, /live, /ready) beside it."""
+
+    host: str = Field("127.0.0.1", description="Address to serve gRPC and the ops port on.")
+    port: int = _grpc_port(0)
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one."
+    )
+    grpc_workers: int = _grpc_workers(8)
+    ready_file: Path | None = Field(
+        None, description="Write the bound ports here as JSON once serving."
+    )
 
 
 class CheckpointSourceSettings(Settings):
@@ -39,33 +132,93 @@ class CheckpointSourceSettings(Settings):
         description="With --flash-dir: where versions are pulled from (s3://... or file://...); "
         "its CURRENT is what a shard serves at start.",
     )
-    trusted_keys: list[Path] = Field(
-        default_factory=list,
-        description="ed25519 public keys (PEM) whose checkpoint signatures are accepted.",
-    )
+    trusted_keys: list[Path] = _trusted_keys()
     insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
 
+    @model_validator(mode="after")
+    def _remote_needs_flash(self) -> typing.Self:
+        if self.remote is not None and self.flash_dir is None:
+            raise ValueError(
+                "--remote needs --flash-dir (versions are pulled onto this node's flash)"
+            )
+        return self
 
-class CoordinatorSettings(CheckpointSourceSettings):
-    host: str = Field("127.0.0.1", description="Address to serve the session API on.")
-    port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one."
+
+class RedisSettings(Settings):
+    """The session store's connection, and how long a commit may wait for Redis replicas."""
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Session state store.")
+    redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout of each Redis call.")
+    replica_wait_timeout_s: float = Field(
+        0.4,
+        gt=0,
+        description="For sessions opened with wait_replicas: how long a commit waits for replicas (at most half of redis_timeout_s).",
     )
-    etcd: str | None = Field(
-        None,
-        description="etcd URL (etcd://h1:2379,h2:2379): stage leaders and standbys are found there.",
+    max_wait_replicas: int = Field(
+        2, ge=0, description="The most Redis replicas a session may ask to acknowledge its steps."
     )
-    cluster: str = Field(
-        "default", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> typing.Self:
+        # WAIT blocks the connection: past the socket timeout the client gives up on a commit
+        # that may still succeed. Half leaves room for the commit's own round trips.
+        if self.replica_wait_timeout_s > self.redis_timeout_s / 2:
+            raise ValueError(
+                f"--replica-wait-timeout-s {self.replica_wait_timeout_s} must be at most half of "
+                f"--redis-timeout-s {self.redis_timeout_s}"
+            )
+        return self
+
+
+class SessionServingSettings(Settings):
+    """Coordinator settings that `up` (and demo, bench) pass on to the coordinator they start."""
+
+    session_ttl_s: float = Field(
+        60.0, gt=0, description="Default session TTL, refreshed on every step."
     )
+    batch_max_size: int = Field(
+        16, ge=1, description="Most steps of different sessions batched into one Forward per stage."
+    )
+    batch_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a step waits for others to batch with, while another batch is in flight.",
+    )
+
+
+class ShardRuntimeSettings(Settings):
+    """Shard settings that `up` (and demo, bench) pass on to every shard they start."""
+
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads per shard; several shards on one node must share its cores.",
+    )
+    lease_ttl_s: float = Field(
+        2.0, gt=0, description="Stage leader lease TTL; keepalive every third of it."
+    )
+
+
+class JsonOutputSettings(Settings):
+    json_output: bool = Field(False, description="Print one JSON object instead of text.")
+
+
+# --- one model per command -----------------------------------------------------------------
+
+
+class CoordinatorSettings(
+    CheckpointSourceSettings,
+    SessionServingSettings,
+    RedisSettings,
+    EtcdSettings,
+    GrpcProcessSettings,
+):
+    port: int = _grpc_port(50050)
+    grpc_workers: int = _grpc_workers(64)
+    etcd: str | None = _etcd_url("stage leaders and standbys are found there.")
     stage_addresses: list[str] = Field(
         default_factory=list,
         description="Without --etcd: host:port of each stage's one shard, in stage order.",
-    )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Session state store.")
-    session_ttl_s: float = Field(
-        60.0, gt=0, description="Default session TTL, refreshed on every step."
     )
     max_session_ttl_s: float = Field(
         3600.0, gt=0, description="Upper bound on the TTL a client may ask for."
@@ -87,14 +240,6 @@ class CoordinatorSettings(CheckpointSourceSettings):
     stage_connect_timeout_s: float = Field(
         30.0, gt=0, description="How long to wait at start-up for every stage to have a replica."
     )
-    batch_max_size: int = Field(
-        16, ge=1, description="Most steps of different sessions batched into one Forward per stage."
-    )
-    batch_max_wait_ms: float = Field(
-        2.0,
-        ge=0,
-        description="Longest a step waits for others to batch with, while another batch is in flight.",
-    )
     max_inflight_batches: int = Field(
         2,
         ge=1,
@@ -113,21 +258,6 @@ class CoordinatorSettings(CheckpointSourceSettings):
     )
     max_observation_bytes: int = Field(
         65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
-    )
-    redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout of each Redis call.")
-    replica_wait_timeout_s: float = Field(
-        0.4,
-        gt=0,
-        description="For sessions opened with wait_replicas: how long a commit waits for replicas (at most half of redis_timeout_s).",
-    )
-    max_wait_replicas: int = Field(
-        2, ge=0, description="The most Redis replicas a session may ask to acknowledge its steps."
-    )
-    grpc_workers: int = Field(
-        64, ge=1, description="Threads serving gRPC calls (each open stream holds one)."
-    )
-    ready_file: Path | None = Field(
-        None, description="Write the bound ports here as JSON once serving."
     )
     weights_dir: Path | None = Field(
         None,
@@ -156,59 +286,51 @@ class CoordinatorSettings(CheckpointSourceSettings):
         "(SAFETY is never shed while it can be served in time).",
     )
 
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> typing.Self:
+        # Each pair below: the first can never take effect beyond the second (a stage call and
+        # a step's replay are cut at the step deadline, a session's TTL at the cap, a ban at
+        # the longest ban), so a larger value is a mistake, not a choice.
+        pairs = [
+            ("ban_base_s", "ban_max_s"),
+            ("session_ttl_s", "max_session_ttl_s"),
+            ("stage_timeout_s", "step_timeout_s"),
+            ("catch_up_budget_s", "step_timeout_s"),
+        ]
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(
+                    f"{_flag(low)} {getattr(self, low)} must be at most "
+                    f"{_flag(high)} {getattr(self, high)}"
+                )
+        return self
 
-class ShardSettings(CheckpointSourceSettings):
+
+class ShardSettings(
+    CheckpointSourceSettings, ShardRuntimeSettings, EtcdSettings, GrpcProcessSettings
+):
     stage: int = Field(0, ge=0, description="Which pipeline stage this shard serves.")
-    host: str = Field("127.0.0.1", description="Address to serve StageService on.")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="HTTP port for /metrics, /live, /ready; 0 picks a free one."
-    )
+    etcd: str | None = _etcd_url("register and campaign for stage leader.")
     weights_dir: Path | None = Field(
         None,
         description="Directory with model.json and stage-K.safetensors; without it (and without --flash-dir), weights are initialised from --seed.",
     )
-    n_stages: int = Field(3, ge=1, description="Stages of the model when initialising from --seed.")
+    n_stages: int = _stages("Stages of the model when initialising from --seed.")
     seed: int = Field(0, description="Initialisation seed when no --weights-dir is given.")
-    torch_threads: int = Field(
-        1,
-        ge=1,
-        description="torch intra-op threads; several shards on one node must share its cores.",
-    )
     replica_id: str = Field(
         "", description="Name of this replica in logs, Info and etcd; default stage-K@host:port."
-    )
-    etcd: str | None = Field(
-        None,
-        description="etcd URL (etcd://h1:2379,h2:2379): register and campaign for stage leader.",
-    )
-    cluster: str = Field(
-        "default", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
-    )
-    lease_ttl_s: float = Field(
-        2.0, gt=0, description="Leader lease TTL; keepalive every third of it."
     )
     advertise_address: str = Field(
         "", description="host:port others reach this shard at; default host and the bound port."
     )
-    grpc_workers: int = Field(8, ge=1, description="Threads serving gRPC calls.")
-    ready_file: Path | None = Field(
-        None, description="Write the bound ports here as JSON once serving."
-    )
 
 
-class ClusterSettings(Settings):
-    stages: int = Field(3, ge=1, description="Number of pipeline stages.")
+class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings):
+    stages: int = _stages("Number of pipeline stages.")
     replicas: int = Field(
         1, ge=1, description="Shard processes per stage: one leader, the rest hot standbys."
     )
-    etcd: str | None = Field(
-        None, description="Use this etcd; without it a private single-node etcd is started."
-    )
-    cluster: str = Field(
-        "local", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
-    )
-    lease_ttl_s: float = Field(2.0, gt=0, description="Stage leader lease TTL.")
+    etcd: str | None = _etcd_url("use this etcd; without it a private single-node etcd is started.")
     seed: int = Field(0, description="Model initialisation seed.")
     redis_url: str | None = Field(
         None, description="Use this Redis; without it a private redis-server is started."
@@ -223,27 +345,21 @@ class ClusterSettings(Settings):
     work_dir: Path | None = Field(
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
     )
-    port: int = Field(
-        50050, ge=0, le=65535, description="Coordinator gRPC port; 0 picks a free one."
-    )
-    torch_threads: int = Field(1, ge=1, description="torch threads per shard.")
-    batch_max_size: int = Field(16, ge=1, description="Coordinator batch size limit.")
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="Coordinator batching wait.")
-    session_ttl_s: float = Field(60.0, gt=0, description="Default session TTL.")
+    port: int = _grpc_port(50050, "Coordinator ")
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )
 
 
 class DemoSettings(ClusterSettings):
-    port: int = Field(0, ge=0, le=65535, description="Coordinator gRPC port; 0 picks a free one.")
+    port: int = _grpc_port(0, "Coordinator ")
     duration_s: float = Field(20.0, gt=0, description="How long the simulated robot runs.")
     rate_hz: float = Field(50.0, gt=0, description="Control rate of the simulated robot.")
     print_every: int = Field(10, ge=1, description="Print one table row every N steps.")
 
 
-class BenchSettings(ClusterSettings):
-    port: int = Field(0, ge=0, le=65535, description="Coordinator gRPC port; 0 picks a free one.")
+class BenchSettings(JsonOutputSettings, ClusterSettings):
+    port: int = _grpc_port(0, "Coordinator ")
     steps: int = Field(200, ge=10, description="Sequential steps measured for each latency figure.")
     concurrency: list[int] = Field(
         default_factory=lambda: [1, 4, 16],
@@ -252,7 +368,6 @@ class BenchSettings(ClusterSettings):
     throughput_s: float = Field(
         5.0, gt=0, description="Seconds measured at each concurrency level."
     )
-    json_output: bool = Field(False, description="Print one JSON object instead of a table.")
     wait_replicas: int = Field(
         0,
         ge=0,
@@ -278,6 +393,17 @@ class BenchSettings(ClusterSettings):
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
 
+    @model_validator(mode="after")
+    def _replicas_to_wait_for(self) -> typing.Self:
+        # A private Redis has exactly --redis-replicas replicas: asking more to acknowledge a
+        # step can never be satisfied (an external --redis-url may have any number).
+        if self.redis_url is None and self.wait_replicas > self.redis_replicas:
+            raise ValueError(
+                f"--wait-replicas {self.wait_replicas} needs at least as many "
+                f"--redis-replicas (got {self.redis_replicas})"
+            )
+        return self
+
 
 CKPT_ACTIONS = (
     "keygen",
@@ -293,7 +419,7 @@ CKPT_ACTIONS = (
 )
 
 
-class CkptSettings(Settings):
+class CkptSettings(JsonOutputSettings, EtcdSettings):
     flash_dir: Path = Field(
         Path("actionmesh-flash"),
         description="This node's local flash: versions/, CURRENT, quarantine/.",
@@ -302,44 +428,69 @@ class CkptSettings(Settings):
         None,
         description="Remote store: s3://bucket/prefix[?endpoint_url=...&region=...] or file:///path.",
     )
-    signing_key: Path | None = Field(
-        None, description="ed25519 private key (PEM) that signs created versions."
-    )
-    trusted_keys: list[Path] = Field(
-        default_factory=list, description="ed25519 public keys (PEM) whose signatures are accepted."
-    )
+    signing_key: Path | None = _signing_key()
+    trusted_keys: list[Path] = _trusted_keys()
     insecure: bool = Field(False, description="Accept unsigned versions and create them unsigned.")
     weights_dir: Path | None = Field(
         None, description="create: the weights to snapshot (model.json + *.safetensors)."
     )
-    stages: int = Field(
-        3, ge=1, description="create without --weights-dir: stages of fresh weights."
-    )
+    stages: int = _stages("create without --weights-dir: stages of fresh weights.")
     seed: int = Field(0, description="create without --weights-dir: seed of fresh weights.")
     keep: int = Field(
         5, ge=1, description="gc: keep this many newest versions (and every one in use)."
     )
     key_dir: Path = Field(Path("."), description="keygen: where to write the key pair.")
-    etcd: str | None = Field(
-        None,
-        description="promote/rollback: also set the running cluster's desired version in this "
-        "etcd, so that its shards and coordinators roll over to it now, without a failed step.",
+    etcd: str | None = _etcd_url(
+        "with promote or rollback, also set the running cluster's desired version in this "
+        "etcd, so that its shards and coordinators roll over to it now, without a failed step."
     )
-    cluster: str = Field(
-        "local", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
-    )
-    json_output: bool = Field(False, description="Print one JSON object instead of text.")
 
 
-class StatusSettings(Settings):
-    etcd: str | None = Field(
-        None, description="etcd URL of the cluster (`actionmesh up` prints it)."
-    )
-    cluster: str = Field(
-        "local", description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
-    )
+class StatusSettings(JsonOutputSettings, EtcdSettings):
+    etcd: str | None = _etcd_url("the cluster's (`actionmesh up` prints it).")
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
-    json_output: bool = Field(False, description="Print one JSON object instead of a table.")
+
+
+class TrainSettings(Settings):
+    output_dir: Path = Field(
+        Path("actionmesh-weights"),
+        description="Where the trained weights (model.json + *.safetensors) and the quality table go.",
+    )
+    seed: int = Field(0, description="Seed of the initialisation and of every training episode.")
+    d_model: int = Field(256, ge=8, description="Model width.")
+    n_heads: int = Field(8, ge=1, description="Attention heads per layer.")
+    n_layers: int = Field(6, ge=1, description="Transformer layers, split over the stages.")
+    tokens: int = Field(32, ge=1, description="Tokens per step that the observation becomes.")
+    memory_tokens: int = Field(4, ge=1, description="Recurrent memory per stage, in tokens.")
+    stages: int = _stages("Pipeline stages.")
+    student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
+    iterations: int = Field(
+        30, ge=1, description="Phase (a): batches of episodes the full model imitates."
+    )
+    batch_episodes: int = Field(8, ge=1, description="Episodes per training batch.")
+    bptt_steps: int = Field(8, ge=1, description="Steps per truncated-backpropagation window.")
+    learning_rate: float = Field(1e-3, gt=0, description="Phase (a) peak learning rate.")
+    action_noise: float = Field(
+        0.5,
+        ge=0,
+        description="Noise on executed set-points while collecting training states, in max steps.",
+    )
+    distill_episodes: int = Field(
+        128, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
+    )
+    head_iterations: int = Field(300, ge=1, description="Phase (b): updates per stage head.")
+    head_learning_rate: float = Field(1e-2, gt=0, description="Phase (b) learning rate.")
+    student_iterations: int = Field(300, ge=1, description="Phase (c): student updates.")
+    student_learning_rate: float = Field(3e-3, gt=0, description="Phase (c) learning rate.")
+    eval_episodes: int = Field(64, ge=1, description="Held-out episodes in the quality table.")
+    eval_seed: int = Field(
+        1_000_000, description="Seed of the held-out episodes (training never draws from it)."
+    )
+    flash_dir: Path | None = Field(
+        None, description="Also snapshot the weights as a checkpoint version on this flash."
+    )
+    signing_key: Path | None = _signing_key()
+    insecure: bool = Field(False, description="Create the checkpoint version unsigned.")
 
 
 S = TypeVar("S", bound=Settings)
@@ -391,19 +542,42 @@ def _parse_text(raw: str, annotation: Any) -> Any:
     )
 
 
+def _from_file(path: Path, section: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f).get(section, {})
+    except OSError as exc:
+        raise InvalidSettings(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidSettings(f"config file {path} is not valid TOML: {exc}") from exc
+    if not isinstance(table, dict):
+        raise InvalidSettings(f"config file {path}: [{section}] must be a table")
+    return table
+
+
+def _problem(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{_flag(str(error['loc'][0]))}: {message}" if error["loc"] else message
+
+
 def load(
     cls: type[S],
     section: str,
     args: argparse.Namespace,
     environ: typing.Mapping[str, str] | None = None,
 ) -> S:
-    """Merge file, env and flags (later wins) and validate; SystemExit with a readable message."""
+    """Merge file, env and flags (later wins) and validate.
+
+    Raises InvalidSettings with one line, `actionmesh <section>: ...`, naming every flag at
+    fault (the CLI prints it and exits 2, a usage error)."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     config_path = getattr(args, "config", None) or env.get(CONFIG_ENV)
-    if config_path:
-        with Path(config_path).open("rb") as f:
-            values.update(tomllib.load(f).get(section, {}))
+    try:
+        if config_path:
+            values.update(_from_file(Path(config_path), section))
+    except InvalidSettings as exc:
+        raise InvalidSettings(f"actionmesh {section}: {exc}") from exc
     values.update(_from_env(cls, env))
     for name, field in cls.model_fields.items():
         raw = getattr(args, name, None)
@@ -412,51 +586,6 @@ def load(
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_flag(str(e['loc'][0])) if e['loc'] else section}: {e['msg']}" for e in exc.errors()
-        )
-        raise SystemExit(f"actionmesh {section}: invalid settings: {problems}") from exc
-
-
-class TrainSettings(Settings):
-    output_dir: Path = Field(
-        Path("actionmesh-weights"),
-        description="Where the trained weights (model.json + *.safetensors) and the quality table go.",
-    )
-    seed: int = Field(0, description="Seed of the initialisation and of every training episode.")
-    d_model: int = Field(256, ge=8, description="Model width.")
-    n_heads: int = Field(8, ge=1, description="Attention heads per layer.")
-    n_layers: int = Field(6, ge=1, description="Transformer layers, split over the stages.")
-    tokens: int = Field(32, ge=1, description="Tokens per step that the observation becomes.")
-    memory_tokens: int = Field(4, ge=1, description="Recurrent memory per stage, in tokens.")
-    stages: int = Field(3, ge=1, description="Pipeline stages.")
-    student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
-    iterations: int = Field(
-        30, ge=1, description="Phase (a): batches of episodes the full model imitates."
-    )
-    batch_episodes: int = Field(8, ge=1, description="Episodes per training batch.")
-    bptt_steps: int = Field(8, ge=1, description="Steps per truncated-backpropagation window.")
-    learning_rate: float = Field(1e-3, gt=0, description="Phase (a) peak learning rate.")
-    action_noise: float = Field(
-        0.5,
-        ge=0,
-        description="Noise on executed set-points while collecting training states, in max steps.",
-    )
-    distill_episodes: int = Field(
-        128, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
-    )
-    head_iterations: int = Field(300, ge=1, description="Phase (b): updates per stage head.")
-    head_learning_rate: float = Field(1e-2, gt=0, description="Phase (b) learning rate.")
-    student_iterations: int = Field(300, ge=1, description="Phase (c): student updates.")
-    student_learning_rate: float = Field(3e-3, gt=0, description="Phase (c) learning rate.")
-    eval_episodes: int = Field(64, ge=1, description="Held-out episodes in the quality table.")
-    eval_seed: int = Field(
-        1_000_000, description="Seed of the held-out episodes (training never draws from it)."
-    )
-    flash_dir: Path | None = Field(
-        None, description="Also snapshot the weights as a checkpoint version on this flash."
-    )
-    signing_key: Path | None = Field(
-        None, description="ed25519 private key (PEM) that signs the checkpoint version."
-    )
-    insecure: bool = Field(False, description="Create the checkpoint version unsigned.")
+        problems = "; ".join(_problem(e) for e in exc.errors())
+        line = " ".join(f"actionmesh {section}: invalid settings: {problems}".split())
+        raise InvalidSettings(line) from exc

@@ -1,4 +1,5 @@
-"""Settings: config file < env vars < flags, validation messages, and the --help of every command."""
+"""Settings: config file < env vars < flags, validation messages and rules between fields,
+the log level from anywhere, one cluster default, and the --help of every command."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from service.cli.main import build_parser, main
+from service.cli.main import build_parser, command_settings, main
 from service.runtime.settings import (
     BenchSettings,
+    CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
+    InvalidSettings,
     Settings,
     ShardSettings,
+    StatusSettings,
+    TrainSettings,
     load,
 )
 
@@ -27,6 +32,9 @@ COMMANDS: dict[str, type[Settings]] = {
     "bench": BenchSettings,
     "coordinator": CoordinatorSettings,
     "shard": ShardSettings,
+    "ckpt": CkptSettings,
+    "status": StatusSettings,
+    "train": TrainSettings,
 }
 NO_ENV: dict[str, str] = {}
 
@@ -44,10 +52,11 @@ def write_toml(tmp_path: Path, text: str) -> Path:
 def load_error(
     cls: type[Settings], section: str, args: argparse.Namespace, environ: dict[str, str]
 ) -> str:
-    with pytest.raises(SystemExit) as caught:
+    with pytest.raises(InvalidSettings) as caught:
         load(cls, section, args, environ=environ)
-    assert isinstance(caught.value.code, str), caught.value.code  # a message, not a bare status
-    return caught.value.code
+    message = str(caught.value)
+    assert "\n" not in message, message  # one line
+    return message
 
 
 def help_text(command: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -154,9 +163,7 @@ def test_list_from_env_is_comma_separated() -> None:
 
 
 def test_list_of_ints_from_env() -> None:
-    settings = load(
-        BenchSettings, "bench", parse("bench"), {"ACTIONMESH_CONCURRENCY": "2,8"}
-    )
+    settings = load(BenchSettings, "bench", parse("bench"), {"ACTIONMESH_CONCURRENCY": "2,8"})
     assert settings.concurrency == [2, 8]
 
 
@@ -267,7 +274,7 @@ def test_help_of_every_command_shows_field_descriptions(
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_help_lists_a_flag_per_field(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = help_text(command, capsys)
-    renames = {"json_output": "--json"} if command == "bench" else {}
+    renames = {"json_output": "--json"}
     for name in COMMANDS[command].model_fields:
         flag = renames.get(name, "--" + name.replace("_", "-"))
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), flag
@@ -287,3 +294,170 @@ def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         main(["shard", "--no-such-flag", "1"])
     assert caught.value.code == 2
     assert "--no-such-flag" in capsys.readouterr().err
+
+
+# --- one cluster default ------------------------------------------------------------------
+
+
+def every_settings_class(cls: type[Settings] = Settings) -> list[type[Settings]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *every_settings_class(sub)]
+    return found
+
+
+def test_every_command_defaults_to_the_same_cluster() -> None:
+    # `ckpt promote V --etcd URL` must write where the coordinators started without --cluster
+    # look, and `status --etcd URL` must read where `up` and `shard` register.
+    defaults = {
+        cls.__name__: cls.model_fields["cluster"].default
+        for cls in every_settings_class()
+        if "cluster" in cls.model_fields
+    }
+    assert {"CoordinatorSettings", "ShardSettings", "ClusterSettings"} <= set(defaults)
+    assert {"CkptSettings", "StatusSettings"} <= set(defaults)
+    assert len(set(defaults.values())) == 1, defaults
+
+
+def test_commands_from_the_readme_meet_under_one_cluster() -> None:
+    etcd = "etcd://127.0.0.1:2379"
+    clusters = {
+        command: command_settings(parse(*argv, "--etcd", etcd), NO_ENV).model_dump()["cluster"]
+        for command, argv in {
+            "up": ["up"],
+            "coordinator": ["coordinator"],
+            "shard": ["shard", "--stage", "1"],
+            "status": ["status"],
+            "ckpt": ["ckpt", "promote", "m-1"],
+        }.items()
+    }
+    assert len(set(clusters.values())) == 1, clusters
+
+
+# --- rules between fields -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags"),
+    [
+        (
+            ["coordinator", "--replica-wait-timeout-s", "0.6"],
+            ["--replica-wait-timeout-s", "--redis-timeout-s"],
+        ),
+        (
+            ["coordinator", "--redis-timeout-s", "0.5"],  # default wait 0.4 > 0.25
+            ["--replica-wait-timeout-s", "--redis-timeout-s"],
+        ),
+        (["coordinator", "--ban-base-s", "40"], ["--ban-base-s", "--ban-max-s"]),
+        (["coordinator", "--session-ttl-s", "7200"], ["--session-ttl-s", "--max-session-ttl-s"]),
+        (["coordinator", "--stage-timeout-s", "3"], ["--stage-timeout-s", "--step-timeout-s"]),
+        (["coordinator", "--step-timeout-s", "0.05"], ["--step-timeout-s"]),
+        (["coordinator", "--catch-up-budget-s", "2.5"], ["--catch-up-budget-s"]),
+        (["shard", "--remote", "file:///tmp/r"], ["--remote", "--flash-dir"]),
+        (["coordinator", "--remote", "file:///tmp/r"], ["--remote", "--flash-dir"]),
+        (["bench", "--wait-replicas", "1"], ["--wait-replicas", "--redis-replicas"]),
+    ],
+)
+def test_rules_between_fields_name_both_flags(argv: list[str], flags: list[str]) -> None:
+    command = argv[0]
+    message = load_error(COMMANDS[command], command, parse(*argv), NO_ENV)
+    assert message.startswith(f"actionmesh {command}: invalid settings: "), message
+    assert "Value error" not in message
+    for flag in flags:
+        assert flag in message, (flag, message)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["coordinator", "--replica-wait-timeout-s", "0.5", "--redis-timeout-s", "1"],  # = half
+        ["coordinator", "--ban-base-s", "30"],
+        ["coordinator", "--session-ttl-s", "3600"],
+        ["coordinator", "--stage-timeout-s", "2", "--catch-up-budget-s", "2"],
+        ["shard", "--remote", "file:///tmp/r", "--flash-dir", "/tmp/f"],
+        ["bench", "--wait-replicas", "1", "--redis-replicas", "1"],
+        ["bench", "--wait-replicas", "1", "--redis-url", "redis://elsewhere:6379/0"],
+    ],
+)
+def test_rules_between_fields_allow_the_limit(argv: list[str]) -> None:
+    load(COMMANDS[argv[0]], argv[0], parse(*argv), NO_ENV)
+
+
+def test_rule_applies_to_values_from_env_and_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[coordinator]\nredis_timeout_s = 0.5\n")
+    args = parse("coordinator", "--config", str(path))
+    message = load_error(CoordinatorSettings, "coordinator", args, NO_ENV)
+    assert "--replica-wait-timeout-s" in message
+    environ = {"ACTIONMESH_REPLICA_WAIT_TIMEOUT_S": "0.2"}
+    assert load(CoordinatorSettings, "coordinator", args, environ).redis_timeout_s == 0.5
+
+
+def test_defaults_of_every_command_are_valid() -> None:
+    for cls in COMMANDS.values():
+        cls.model_validate({})
+
+
+def test_invalid_settings_are_one_line_and_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["coordinator", "--replica-wait-timeout-s", "0.9", "--port", "70000"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("actionmesh coordinator: invalid settings: ")
+    assert "--port" in lines[0]  # field errors first: the rule runs once every field is valid
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "cannot read config file"), ("[coordinator\nport = 1", "not valid TOML")],
+)
+def test_unusable_config_file_is_a_usage_error(
+    tmp_path: Path, content: str | None, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "actionmesh.toml"
+    if content is not None:
+        path.write_text(content)
+    code = main(["coordinator", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("actionmesh coordinator: ") and expected in err, err
+
+
+# --- --log-level --------------------------------------------------------------------------
+
+
+def log_level(*argv: str, environ: dict[str, str] = NO_ENV) -> str:
+    level: str = command_settings(parse(*argv), environ).log_level
+    return level
+
+
+def test_log_level_defaults_to_info() -> None:
+    assert log_level("ckpt", "list") == "INFO"
+
+
+def test_log_level_before_or_after_the_command() -> None:
+    assert log_level("--log-level", "debug", "ckpt", "list") == "DEBUG"
+    assert log_level("ckpt", "list", "--log-level", "debug") == "DEBUG"
+    assert log_level("status", "--log-level", "warning") == "WARNING"
+    # both: the one after the command is the more specific
+    assert log_level("--log-level", "error", "shard", "--log-level", "debug") == "DEBUG"
+
+
+def test_log_level_from_env_and_file(tmp_path: Path) -> None:
+    environ = {"ACTIONMESH_LOG_LEVEL": "debug"}
+    assert log_level("ckpt", "list", environ=environ) == "DEBUG"
+    assert log_level("ckpt", "list", "--log-level", "error", environ=environ) == "ERROR"
+    assert log_level("--log-level", "error", "ckpt", "list", environ=environ) == "ERROR"
+    path = write_toml(tmp_path, '[ckpt]\nlog_level = "warning"\n')
+    assert log_level("ckpt", "list", "--config", str(path)) == "WARNING"
+    assert log_level("ckpt", "list", "--config", str(path), environ=environ) == "DEBUG"
+
+
+def test_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ckpt", "list", "--log-level", "loud"]) == 2
+    err = capsys.readouterr().err
+    assert "--log-level" in err and "loud" in err and len(err.splitlines()) == 1
