@@ -105,11 +105,6 @@ def build_step_path(
 
 
 def run(settings: CoordinatorSettings) -> None:
-    if settings.replica_wait_timeout_s > settings.redis_timeout_s / 2:
-        raise SystemExit(
-            f"coordinator: replica_wait_timeout_s {settings.replica_wait_timeout_s} must be at "
-            f"most half of redis_timeout_s {settings.redis_timeout_s}"
-        )
     store = open_session_store(settings.redis_url, settings.redis_timeout_s)
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
