@@ -325,7 +325,8 @@ class SessionEngine:
             model_version=computed.version if moved else "",
             student=computed.student,
             anchor=work.anchor,
-            switch=None if moved else work.switch,
+            # progress is written only when this step made some (the store keeps the last)
+            switch=work.switch if not moved and work.switch is not record.switch else None,
         )
         answer = self._commit(record, commit, computed.mode)
         if answer.recomputed:  # counted once the step is committed, not per attempt
