@@ -34,21 +34,14 @@ import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from fallback.policy import PolicyConfig, StepConditions, Verdict, best_latency_s, decide
+from fallback.policy import PolicyConfig, StepConditions, best_latency_s, decide
 from fallback.priority import Priority
+from fallback.serve_mode import ServeMode
 
 # A catch-up never uses this share of the step's time left: the step must still be answered
 # (and its progress committed) after it.
 CATCH_UP_RESERVE = 0.5
 SHED_RETRY_AFTER_S = 0.5  # a shed step's retry hint when nothing can serve it now
-
-
-class ServeMode(StrEnum):
-    """How an answer was computed; names as in `actionmesh.v1.ServeMode`."""
-
-    FULL = "FULL"
-    EARLY_EXIT = "EARLY_EXIT"
-    FALLBACK = "FALLBACK"
 
 
 class NoPathReason(StrEnum):
@@ -185,12 +178,12 @@ def _answer(
     if view.policy is None:
         return _unmeasured(view, usable)
     decision = decide(StepConditions(usable, time_left_s, view.priority), view.policy)
-    if decision.verdict is Verdict.FULL:
+    if decision.mode is ServeMode.FULL:
         return Full(version=view.version), ""
-    if decision.verdict is Verdict.EARLY_EXIT:
+    if decision.mode is ServeMode.EARLY_EXIT:
         assert decision.exit_stage is not None
         return EarlyExit(stage=decision.exit_stage, confidence=decision.confidence), ""
-    if decision.verdict is Verdict.FALLBACK:
+    if decision.mode is ServeMode.FALLBACK:
         if view.student_loaded:
             return Fallback(confidence=decision.confidence), ""
         return None, "the student is not loaded"

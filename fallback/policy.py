@@ -47,15 +47,7 @@ from fallback.quality import (
     early_exit_name,
     quality_confidence,
 )
-
-
-class Verdict(StrEnum):
-    """The serve modes (names as in `actionmesh.v1.ServeMode`), plus SHED: do not serve."""
-
-    FULL = "FULL"
-    EARLY_EXIT = "EARLY_EXIT"
-    FALLBACK = "FALLBACK"
-    SHED = "SHED"
+from fallback.serve_mode import ServeMode
 
 
 class Reason(StrEnum):
@@ -105,7 +97,7 @@ class StepConditions:
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: Verdict
+    mode: ServeMode | None  # None: SHED, nothing acceptable answers in time
     reason: Reason
     exit_stage: int | None = None  # set for EARLY_EXIT
     confidence: float = 0.0  # what the reply reports; 0 for SHED
@@ -114,7 +106,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class _Mode:
-    verdict: Verdict
+    mode: ServeMode
     name: str  # the quality table's key
     quality: ModeQuality
     stages_needed: int  # stages 0..stages_needed-1 must be healthy
@@ -144,10 +136,10 @@ def decide(conditions: StepConditions, config: PolicyConfig) -> Decision:
         chosen = min(servable, key=lambda m: m.quality.error)
         reason = Reason.SAFETY_OVERRIDE
     else:
-        return Decision(Verdict.SHED, Reason.NOTHING_FITS, detail="; ".join(passed_over))
+        return Decision(None, Reason.NOTHING_FITS, detail="; ".join(passed_over))
     offline = quality_confidence(chosen.quality, config.quality.full)
     confidence = conditions.confidence.get(chosen.name, offline)
-    return Decision(chosen.verdict, reason, chosen.exit_stage, confidence, "; ".join(passed_over))
+    return Decision(chosen.mode, reason, chosen.exit_stage, confidence, "; ".join(passed_over))
 
 
 def best_latency_s(
@@ -180,10 +172,10 @@ def _check_stages(stages_healthy: Sequence[bool], quality: QualityTable) -> None
 
 def _modes_by_preference(config: PolicyConfig) -> list[_Mode]:
     quality = config.quality
-    full = _Mode(Verdict.FULL, FULL, quality.full, quality.n_stages, None)
+    full = _Mode(ServeMode.FULL, FULL, quality.full, quality.n_stages, None)
     exits = [
         _Mode(
-            Verdict.EARLY_EXIT,
+            ServeMode.EARLY_EXIT,
             early_exit_name(k),
             quality.early_exits[k],
             k + 1,
@@ -193,7 +185,7 @@ def _modes_by_preference(config: PolicyConfig) -> list[_Mode]:
         for k in reversed(range(len(quality.early_exits)))
     ]
     student = _Mode(
-        Verdict.FALLBACK, FALLBACK, quality.fallback, 0, config.fallback_max_error_ratio
+        ServeMode.FALLBACK, FALLBACK, quality.fallback, 0, config.fallback_max_error_ratio
     )
     return [full, *exits, student]
 
@@ -226,7 +218,7 @@ def _confident_choice(
     doubtful: list[str] = []
     for mode in qualified:
         runtime = conditions.confidence.get(mode.name)
-        if mode.verdict is Verdict.FULL or runtime is None or runtime >= config.min_confidence:
+        if mode.mode is ServeMode.FULL or runtime is None or runtime >= config.min_confidence:
             passed_over.extend(doubtful)
             return mode
         doubtful.append(f"{mode.name}: confidence {runtime:.2f} < {config.min_confidence:g}")
@@ -236,6 +228,6 @@ def _confident_choice(
 def _reason(chosen: _Mode, preferred: _Mode, conditions: StepConditions) -> Reason:
     if chosen is not preferred:
         return Reason.LOW_CONFIDENCE
-    if chosen.verdict is Verdict.FULL:
+    if chosen.mode is ServeMode.FULL:
         return Reason.HEALTHY
     return Reason.OVER_BUDGET if all(conditions.stages_healthy) else Reason.STAGE_DOWN

@@ -111,9 +111,7 @@ def run(settings: CoordinatorSettings) -> None:
     table = routing_table(settings)
     model, version = discover_model(table, settings.stage_connect_timeout_s)
     path = build_step_path(settings, store, table, model)
-    servicer = SessionServicer(
-        path.engine, settings.step_timeout_s, settings.max_observation_bytes
-    )
+    servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
 
     def register(server: grpc.Server) -> list[str]:
         session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server)

@@ -22,7 +22,6 @@ from fallback.plan import (
     CatchUp,
     NoPath,
     NoPathReason,
-    ServeMode,
     Shed,
     StepView,
     SwitchView,
@@ -30,6 +29,7 @@ from fallback.plan import (
     plan_step,
 )
 from fallback.priority import Priority
+from fallback.serve_mode import ServeMode
 from service.coordinator import replies
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets, VersionAssets

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fallback.plan import ServeMode
+from fallback.serve_mode import ServeMode
 from service.proto import session_pb2, tensor_codec
 
 

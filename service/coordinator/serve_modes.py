@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fallback.plan import CatchUp, EarlyExit, Fallback, Full, ServeMode
+from fallback.plan import CatchUp, EarlyExit, Fallback, Full
+from fallback.serve_mode import ServeMode
 from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
 from service.coordinator.replay import StepFn, level_states, rebuild_states
@@ -86,7 +87,11 @@ class ServeModes:
         self.store, self.batcher, self.model, self.log_depth = store, batcher, model, log_depth
 
     def answer(
-        self, step: StepInput, plan: Full | EarlyExit | Fallback, work: StepWork, student: Student | None
+        self,
+        step: StepInput,
+        plan: Full | EarlyExit | Fallback,
+        work: StepWork,
+        student: Student | None,
     ) -> Computed | StageFailed:
         if isinstance(plan, Fallback):
             assert student is not None, "the planner answers FALLBACK only with a student"
@@ -97,7 +102,9 @@ class ServeModes:
         else:
             switching = work.switch is not None and plan.version == work.switch.version
             depth, version = self.model.n_stages, plan.version
-            states = _switch_states(work.switch, depth) if work.switch and switching else work.states
+            states = (
+                _switch_states(work.switch, depth) if work.switch and switching else work.states
+            )
             mode, confidence, exit_stage = ServeMode.FULL, 1.0, 0
         ran = self._run(step, version, states, depth)
         if isinstance(ran, StageFailed):
@@ -173,7 +180,13 @@ class ServeModes:
     ) -> tuple[Batched[PipelineOutput], dict[StageIndex, StageState]] | StageFailed:
         """The step through stages 0..depth-1; the states it advanced, tagged with its seq."""
         item = PipelineInput(
-            step.record.session_id, step.seq, step.observation, states, step.deadline, version, depth
+            step.record.session_id,
+            step.seq,
+            step.observation,
+            states,
+            step.deadline,
+            version,
+            depth,
         )
         try:
             done = self.compute(item, step.deadline)

@@ -11,12 +11,12 @@ from fallback.policy import (
     PolicyConfig,
     Reason,
     StepConditions,
-    Verdict,
     best_latency_s,
     decide,
 )
 from fallback.priority import Priority
 from fallback.quality import ModeQuality, QualityTable, quality_confidence
+from fallback.serve_mode import ServeMode
 from tests.support.quality_tables import GOOD, table_json
 
 # Three stages. FULL is best and slowest; deeper exits are better and slower; the student
@@ -48,11 +48,11 @@ def run(
     return decide(conditions, config(modes))
 
 
-FULL = (Verdict.FULL, None)
-EXIT_0 = (Verdict.EARLY_EXIT, 0)
-EXIT_1 = (Verdict.EARLY_EXIT, 1)
-FALLBACK = (Verdict.FALLBACK, None)
-SHED = (Verdict.SHED, None)
+FULL = (ServeMode.FULL, None)
+EXIT_0 = (ServeMode.EARLY_EXIT, 0)
+EXIT_1 = (ServeMode.EARLY_EXIT, 1)
+FALLBACK = (ServeMode.FALLBACK, None)
+SHED = (None, None)
 
 
 @pytest.mark.parametrize(
@@ -83,11 +83,11 @@ def test_normal_priority(
     health: tuple[bool, ...],
     budget_ms: float,
     modes: dict[str, tuple[float, float, float]],
-    expected: tuple[Verdict, int | None],
+    expected: tuple[ServeMode | None, int | None],
     reason: Reason,
 ) -> None:
     decision = run(health, budget_ms, modes)
-    assert (decision.verdict, decision.exit_stage) == expected
+    assert (decision.mode, decision.exit_stage) == expected
     assert decision.reason is reason
 
 
@@ -118,11 +118,11 @@ def test_safety_is_served_whenever_something_fits(
     health: tuple[bool, ...],
     budget_ms: float,
     modes: dict[str, tuple[float, float, float]],
-    expected: tuple[Verdict, int | None],
+    expected: tuple[ServeMode | None, int | None],
     reason: Reason,
 ) -> None:
     decision = run(health, budget_ms, modes, Priority.SAFETY)
-    assert (decision.verdict, decision.exit_stage) == expected
+    assert (decision.mode, decision.exit_stage) == expected
     assert decision.reason is reason
 
 
@@ -162,19 +162,19 @@ def test_runtime_confidence(
     health: tuple[bool, ...],
     budget_ms: float,
     confidence: dict[str, float],
-    expected: tuple[Verdict, int | None],
+    expected: tuple[ServeMode | None, int | None],
     reason: Reason,
     reported: float,
 ) -> None:
     decision = run(health, budget_ms, confidence=confidence)
-    assert (decision.verdict, decision.exit_stage) == expected
+    assert (decision.mode, decision.exit_stage) == expected
     assert decision.reason is reason
     assert decision.confidence == pytest.approx(reported)
 
 
 def test_a_degraded_decision_says_what_was_passed_over() -> None:
     decision = run(LAST_DOWN, 10, BAD_EXIT_1)
-    assert (decision.verdict, decision.exit_stage) == EXIT_0
+    assert (decision.mode, decision.exit_stage) == EXIT_0
     assert decision.detail == "full: stage 2 down; early_exit_1: 18.0 ms > 10.0 ms left"
     shed = run(ALL_UP, 4)
     assert "fallback: 5.0 ms > 4.0 ms left" in shed.detail
@@ -183,7 +183,7 @@ def test_a_degraded_decision_says_what_was_passed_over() -> None:
 def test_thresholds_are_configurable() -> None:
     strict = dataclasses.replace(config(), early_exit_max_error_ratio=1.05)
     decision = decide(StepConditions(LAST_DOWN, 0.1), strict)
-    assert decision.verdict is Verdict.FALLBACK  # both exits now fail the bar
+    assert decision.mode is ServeMode.FALLBACK  # both exits now fail the bar
     slow = dataclasses.replace(config(), latency_factor=2.0)  # FULL now needs 60 ms
     assert decide(StepConditions(ALL_UP, 0.05), slow).exit_stage == 1
     doubting = dataclasses.replace(config(), min_confidence=0.95)

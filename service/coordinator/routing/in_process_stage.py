@@ -81,7 +81,9 @@ class InProcessStage:
         try:
             reply: stage_pb2.ForwardReply = self.servicer.Forward(request, _CONTEXT)
         except _Aborted as exc:
-            kind = VersionRefused if exc.code == grpc.StatusCode.FAILED_PRECONDITION else Unavailable
+            kind = (
+                VersionRefused if exc.code == grpc.StatusCode.FAILED_PRECONDITION else Unavailable
+            )
             raise kind(f"{what}: {exc}") from exc
         return reply
 

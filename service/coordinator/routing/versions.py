@@ -87,7 +87,12 @@ class VersionCatalog:
 
     def _vet(self, version: str, views: dict[int, StageView]) -> None:
         replica = next(
-            (r for view in views.values() for r in view.replicas.values() if r.model_version == version),
+            (
+                r
+                for view in views.values()
+                for r in view.replicas.values()
+                if r.model_version == version
+            ),
             None,
         )
         if replica is None:
@@ -107,5 +112,9 @@ class VersionCatalog:
         # coordinator does not know.
         differs = [f for f in INTERFACE if config.get(f) != getattr(self.model, f)]
         if differs:
-            log.error("model=%s is not used: its %s differ from this coordinator's model", version, differs)
+            log.error(
+                "model=%s is not used: its %s differ from this coordinator's model",
+                version,
+                differs,
+            )
         self._vetted[version] = not differs
