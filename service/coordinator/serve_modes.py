@@ -100,11 +100,8 @@ class ServeModes:
             depth, version, states = plan.stage + 1, step.version, work.states
             mode, confidence, exit_stage = ServeMode.EARLY_EXIT, plan.confidence, plan.stage
         else:
-            switching = work.switch is not None and plan.version == work.switch.version
             depth, version = self.model.n_stages, plan.version
-            states = (
-                _switch_states(work.switch, depth) if work.switch and switching else work.states
-            )
+            states = _states_on(version, work, depth)
             mode, confidence, exit_stage = ServeMode.FULL, 1.0, 0
         ran = self._run(step, version, states, depth)
         if isinstance(ran, StageFailed):
@@ -216,7 +213,11 @@ class ServeModes:
         return replay_step
 
 
-def _switch_states(progress: SwitchProgress, n_stages: int) -> list[bytes]:
+def _states_on(version: str, work: StepWork, n_stages: int) -> list[bytes]:
+    """The states to run `version` from: the switch's rebuilt ones, else the session's own."""
+    progress = work.switch
+    if progress is None or progress.version != version:
+        return work.states
     return [progress.states.get(StageIndex(k), b"") for k in range(n_stages)]
 
 
