@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from fallback.policy import PolicyConfig, StepConditions, best_latency_s, decide
+from fallback.policy import PolicyConfig, Reason, StepConditions, best_latency_s, decide
 from fallback.priority import Priority
 from fallback.serve_mode import ServeMode
 
@@ -219,7 +219,7 @@ def _when_nothing_answers(view: StepView, usable: tuple[bool, ...], why_not: str
     unlimited, _ = _answer(view, usable, math.inf)
     if unlimited is None:
         return NoPath(reason=NoPathReason.NOTHING_SERVES, detail=why_not)
-    return Shed(retry_after_s=SHED_RETRY_AFTER_S, reason="nothing_fits", detail=why_not)
+    return Shed(retry_after_s=SHED_RETRY_AFTER_S, reason=Reason.NOTHING_FITS.value, detail=why_not)
 
 
 def _finish(view: StepView, version: str) -> CatchUp:
