@@ -105,6 +105,9 @@ class MemorySessionStore:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
 
+    def replicas(self) -> int:
+        return 0
+
     def ping(self) -> bool:
         return True
 

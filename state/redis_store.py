@@ -195,6 +195,12 @@ class RedisSessionStore:
         keys = [_session_key(session_id), _log_key(session_id)]
         return self._call("delete", lambda: self._client.unlink(*keys), retry=False) > 0
 
+    def replicas(self) -> int:
+        info = cast(
+            "dict[str, object]", self._call("replicas", lambda: self._client.info("replication"))
+        )
+        return int(str(info.get("connected_slaves", 0)))
+
     def ping(self) -> bool:
         """False, not an exception, when Redis does not answer: this is a health probe."""
         try:

@@ -50,6 +50,9 @@ class SessionStore(Protocol):
     def delete(self, session_id: SessionId) -> bool:
         """Remove everything of the session; True if it existed."""
 
+    def replicas(self) -> int:
+        """Replicas connected to the primary now: the most `wait_replicas` can ask for."""
+
     def ping(self) -> bool:
         """True when the backend answers."""
 

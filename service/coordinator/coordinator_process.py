@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from fallback.admission import AdmissionConfig, AdmissionController
+from service.coordinator import session_handlers
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
@@ -20,7 +21,7 @@ from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
-from service.proto import session_pb2, session_pb2_grpc
+from service.proto import session_pb2
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
@@ -95,6 +96,7 @@ def build_step_path(
             max_ttl_s=settings.max_session_ttl_s,
             log_depth=settings.observation_log_depth,
             catch_up_budget_s=settings.catch_up_budget_s,
+            max_observation_abs=settings.max_observation_abs,
         ),
         durability=Durability(
             max_wait_replicas=settings.max_wait_replicas,
@@ -114,7 +116,7 @@ def run(settings: CoordinatorSettings) -> None:
     servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
 
     def register(server: grpc.Server) -> list[str]:
-        session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server)
+        session_handlers.add_to_server(servicer, server)
         return [session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name]
 
     process = GrpcProcess(

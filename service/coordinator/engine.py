@@ -40,6 +40,7 @@ from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
     InvalidInput,
+    NotEnoughReplicas,
     Overloaded,
     SeqConflict,
     SessionNotFound,
@@ -83,6 +84,7 @@ class SessionLimits:
     max_ttl_s: float
     log_depth: int  # observations kept per session, for replay
     catch_up_budget_s: float  # replay one step may do before it answers
+    max_observation_abs: float = 1e4  # larger observation values are refused
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +131,7 @@ class SessionEngine:
                 f"wait_replicas {wait_replicas} exceeds this coordinator's max_wait_replicas "
                 f"{self.durability.max_wait_replicas}"
             )
+        self._check_replicas(wait_replicas)
         ttl = min(ttl_s or self.limits.default_ttl_s, self.limits.max_ttl_s)
         choice = choose_version(self.versions.snapshot(), None)
         if isinstance(choice, NoPipeline | Switch):
@@ -140,9 +143,7 @@ class SessionEngine:
         with store_errors():
             self.store.create(record)
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
-                self.store.confirm_replicated(
-                    session_id, wait_replicas, self.durability.wait_timeout_s
-                )
+                self._confirm_or_delete(session_id, wait_replicas)
         log.info(
             "session=%s opened client=%r ttl=%.1fs wait_replicas=%d",
             session_id,
@@ -156,6 +157,26 @@ class SessionEngine:
             model_version=choice.version,
             wait_replicas=wait_replicas,
         )
+
+    def _check_replicas(self, wait_replicas: int) -> None:
+        """Refused before anything is created: a session its caller never hears of would
+        linger for its TTL."""
+        if not wait_replicas:
+            return
+        with store_errors():
+            connected = self.store.replicas()
+        if wait_replicas > connected:
+            raise NotEnoughReplicas(
+                f"wait_replicas {wait_replicas}: the session store has {connected} replicas "
+                "connected; ask for at most that many"
+            )
+
+    def _confirm_or_delete(self, session_id: SessionId, wait_replicas: int) -> None:
+        try:
+            self.store.confirm_replicated(session_id, wait_replicas, self.durability.wait_timeout_s)
+        except StoreUnavailable:
+            self.store.delete(session_id)  # the caller is not told its id: leave nothing behind
+            raise
 
     def get(self, session_id: str) -> SessionSummary:
         with store_errors():
@@ -183,6 +204,13 @@ class SessionEngine:
         if not bool(torch.isfinite(observation).all()):
             bad = (~torch.isfinite(observation)).nonzero().flatten().tolist()
             raise InvalidInput(f"observation has NaN or Inf at index {bad}")
+        bound = self.limits.max_observation_abs
+        if bool((observation.abs() > bound).any()):
+            bad = (observation.abs() > bound).nonzero().flatten().tolist()
+            raise InvalidInput(
+                f"observation values at index {bad} are beyond +-{bound:g} (coordinator setting "
+                "max_observation_abs)"
+            )
 
     def step(
         self,

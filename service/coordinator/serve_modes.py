@@ -189,6 +189,9 @@ class ServeModes:
             done = self.compute(item, step.deadline)
         except StageUnavailable as exc:
             return StageFailed(version=version, stage=exc.stage, detail=str(exc))
+        bad = _first_nonfinite(done.value)
+        if bad is not None:  # never answered, never committed: that stage is out for this step
+            return StageFailed(version=version, stage=bad, detail=f"stage {bad}: non-finite output")
         advanced = {StageIndex(k): StageState(step.seq, d) for k, d in enumerate(done.value.states)}
         return done, advanced
 
@@ -208,9 +211,23 @@ class ServeModes:
             item = PipelineInput(
                 step.record.session_id, s, obs, states, step.deadline, version, depth
             )
-            return self.compute(item, step.deadline).value.states
+            output = self.compute(item, step.deadline).value
+            bad = _first_nonfinite(output)
+            if bad is not None:
+                raise StageUnavailable(bad, f"stage {bad}: non-finite output replaying seq {s}")
+            return output.states
 
         return replay_step
+
+
+def _first_nonfinite(output: PipelineOutput) -> int | None:
+    """The first stage whose new state, or whose action (the last stage run), is not finite."""
+    for k, state in enumerate(output.states):
+        if not bool(torch.isfinite(tensor_codec.from_bytes(state)).all()):
+            return k
+    if not bool(torch.isfinite(output.action).all()):
+        return len(output.states) - 1
+    return None
 
 
 def _states_on(version: str, work: StepWork, n_stages: int) -> list[bytes]:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 import grpc
 import torch
+from google.protobuf.message import Message
 
 from fallback.priority import Priority
 from service.coordinator.engine import SessionEngine, StepAnswer
+from service.coordinator.session_handlers import Malformed
 from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
     InvalidInput,
+    NotEnoughReplicas,
     Overloaded,
     SeqConflict,
     SessionNotFound,
@@ -25,6 +29,13 @@ from service.runtime import metrics
 
 log = logging.getLogger(__name__)
 
+MAX_ID_CHARS = 128  # session and client ids (ours are 24 characters)
+# What a status message may carry: far below gRPC's metadata limits, so the robot gets the
+# real status and never "metadata size exceeds hard limit".
+MAX_STATUS_CHARS = 1000
+
+R = TypeVar("R", bound=Message)
+
 ERROR_KEY = "actionmesh-error"
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 RETRY_AFTER_KEY = "actionmesh-retry-after-s"
@@ -34,6 +45,7 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
     InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
     SessionNotFound: (grpc.StatusCode.NOT_FOUND, "session_not_found"),
     SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
+    NotEnoughReplicas: (grpc.StatusCode.FAILED_PRECONDITION, "not_enough_replicas"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
     DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
@@ -58,9 +70,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         )
 
     def OpenSession(  # noqa: N802 (gRPC naming)
-        self, request: session_pb2.OpenSessionRequest, context: grpc.ServicerContext
+        self,
+        request: session_pb2.OpenSessionRequest | Malformed,
+        context: grpc.ServicerContext,
     ) -> session_pb2.OpenSessionReply:
         try:
+            request = _checked(request)
             opened = self.engine.open(request.ttl_s, request.client_id, request.wait_replicas)
         except ActionmeshError as exc:
             _abort(context, exc)
@@ -73,7 +88,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         )
 
     def Step(  # noqa: N802
-        self, request: session_pb2.StepRequest, context: grpc.ServicerContext
+        self, request: session_pb2.StepRequest | Malformed, context: grpc.ServicerContext
     ) -> session_pb2.StepReply:
         try:
             answer = self._step(request, context.time_remaining())
@@ -82,29 +97,33 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         return session_pb2.StepReply.FromString(answer.reply)
 
     def StreamSteps(  # noqa: N802
-        self, request_iterator: Iterator[session_pb2.StepRequest], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[session_pb2.StepRequest | Malformed],
+        context: grpc.ServicerContext,
     ) -> Iterator[session_pb2.StreamStepsReply]:
         for request in request_iterator:
+            seq = 0 if isinstance(request, Malformed) else request.seq
             try:
                 answer = self._step(request, None)
             except ActionmeshError as exc:
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
                     code=status_of(exc).value[0],
-                    message=str(exc),
+                    message=_bounded(str(exc)),
                     current_seq=current,
                     reason=reason_of(exc),
                     retry_after_s=exc.retry_after_s if isinstance(exc, Overloaded) else 0.0,
                 )
-                yield session_pb2.StreamStepsReply(seq=request.seq, error=error)
+                yield session_pb2.StreamStepsReply(seq=seq, error=error)
                 continue
             reply = session_pb2.StepReply.FromString(answer.reply)
-            yield session_pb2.StreamStepsReply(seq=request.seq, reply=reply)
+            yield session_pb2.StreamStepsReply(seq=seq, reply=reply)
 
     def GetSession(  # noqa: N802
-        self, request: session_pb2.GetSessionRequest, context: grpc.ServicerContext
+        self, request: session_pb2.GetSessionRequest | Malformed, context: grpc.ServicerContext
     ) -> session_pb2.SessionInfo:
         try:
+            request = _checked(request)
             summary = self.engine.get(request.session_id)
         except ActionmeshError as exc:
             _abort(context, exc)
@@ -125,18 +144,24 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         )
 
     def CloseSession(  # noqa: N802
-        self, request: session_pb2.CloseSessionRequest, context: grpc.ServicerContext
+        self, request: session_pb2.CloseSessionRequest | Malformed, context: grpc.ServicerContext
     ) -> session_pb2.CloseSessionReply:
         try:
+            request = _checked(request)
             closed = self.engine.close(request.session_id)
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.CloseSessionReply(closed=closed)
 
-    def _step(self, request: session_pb2.StepRequest, time_remaining: float | None) -> StepAnswer:
+    def _step(
+        self, request: session_pb2.StepRequest | Malformed, time_remaining: float | None
+    ) -> StepAnswer:
         """One step with its metrics; raises ActionmeshError for the caller to map."""
         started = time.perf_counter()
+        what = "malformed request" if isinstance(request, Malformed) else f"seq={request.seq}"
         try:
+            request = _checked(request)
+            what = f"session={request.session_id} seq={request.seq}"
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
             budget = self.step_timeout_s
@@ -153,7 +178,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         except ActionmeshError as exc:
             code = status_of(exc)
             metrics.STEP_ERRORS.labels(code.name).inc()
-            log.info("session=%s seq=%d %s: %s", request.session_id, request.seq, code.name, exc)
+            log.info("%s %s: %s", what, code.name, _bounded(str(exc)))
             raise
         metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
         return answer
@@ -187,4 +212,22 @@ def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
     if isinstance(exc, Overloaded):
         metadata.append((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"))
     context.set_trailing_metadata(tuple(metadata))
-    context.abort(status_of(exc), str(exc))
+    context.abort(status_of(exc), _bounded(str(exc)))
+
+
+def _checked(request: R | Malformed) -> R:
+    """The request if it parsed and its ids are of a sane length; else InvalidInput (which
+    quotes neither)."""
+    if isinstance(request, Malformed):
+        raise InvalidInput(request.describe())
+    for field in ("session_id", "client_id"):
+        value = getattr(request, field, "")
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidInput(f"{field} is {len(value)} characters; at most {MAX_ID_CHARS}")
+    return request
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_STATUS_CHARS:
+        return message
+    return f"{message[: MAX_STATUS_CHARS - 40]}... ({len(message)} characters in all)"

@@ -26,6 +26,11 @@ class SeqConflict(ActionmeshError):
         self.current_seq = current_seq
 
 
+class NotEnoughReplicas(ActionmeshError):
+    """The session asks for more store replicas than are connected: change the request or the
+    deployment, retrying will not help."""
+
+
 class Unavailable(ActionmeshError):
     """Nothing could serve this step now; the session was not advanced: retry the same seq."""
 

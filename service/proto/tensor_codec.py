@@ -18,6 +18,7 @@ _TO_PROTO: dict[torch.dtype, int] = {
 }
 _FROM_PROTO: dict[int, torch.dtype] = {v: k for k, v in _TO_PROTO.items()}
 
+_MAX_RANK = 8  # more dimensions than any tensor of ours has; bounds what errors quote
 _MAX_DIM = 2**31 - 1
 
 if sys.byteorder != "little":  # the wire format is little-endian; we do not byte-swap
@@ -59,6 +60,8 @@ def decode(message: tensor_pb2.Tensor) -> torch.Tensor:
     if dtype is None:
         raise TensorDecodeError(f"unsupported dtype {dtype_name(message.dtype)}")
     shape = list(message.shape)
+    if len(shape) > _MAX_RANK:
+        raise TensorDecodeError(f"{len(shape)} dimensions; at most {_MAX_RANK}")
     if any(not 0 <= d <= _MAX_DIM for d in shape):
         raise TensorDecodeError(f"dimension out of range 0..{_MAX_DIM} in shape {shape}")
     itemsize = torch.empty((), dtype=dtype).element_size()

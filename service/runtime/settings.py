@@ -259,6 +259,13 @@ class CoordinatorSettings(
     max_observation_bytes: int = Field(
         65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
     )
+    max_observation_abs: float = Field(
+        1e4,
+        gt=0,
+        allow_inf_nan=False,
+        description="Observation values beyond +-this are refused with INVALID_ARGUMENT: far "
+        "outside what a model is trained on, and huge finite inputs overflow inside it.",
+    )
     weights_dir: Path | None = Field(
         None,
         description="The distilled student (and quality.json) for FALLBACK answers, for the "

@@ -227,3 +227,7 @@ def test_a_session_asking_for_replicas_is_not_acknowledged_without_them(
     assert record is not None and record.seq == 1, "the primary holds the write"
     with pytest.raises(NotReplicated):
         store.confirm_replicated(sid, 1, 0.05)
+
+
+def test_a_lone_store_reports_no_replicas(store: SessionStore) -> None:
+    assert store.replicas() == 0

@@ -131,7 +131,7 @@ class InProcessCoordinator:
                 log_depth=log_depth,
                 catch_up_budget_s=catch_up_budget_s,
             ),
-            durability=Durability(max_wait_replicas=0, wait_timeout_s=0.1),
+            durability=Durability(max_wait_replicas=2, wait_timeout_s=0.1),
         )
 
     def add_version(self, version: str, replicas: int = 1) -> None:

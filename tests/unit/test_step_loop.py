@@ -16,11 +16,17 @@ from chaos.reference import observations, reference_run, reference_with_exits
 from service.coordinator.assets import ModelAssets, VersionAssets
 from service.coordinator.engine import SessionEngine
 from service.coordinator.routing.in_process_stage import Fault
-from service.coordinator.step_errors import DeadlineExceeded, Overloaded, Unavailable
+from service.coordinator.step_errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    NotEnoughReplicas,
+    Overloaded,
+    Unavailable,
+)
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
-from service.proto import session_pb2
-from state.session import SessionId
+from service.proto import session_pb2, tensor_codec
+from state.session import SessionId, StageIndex
 from tests.support.in_process import InProcessCoordinator
 from tests.support.quality_tables import policy
 
@@ -278,3 +284,37 @@ def test_a_session_whose_version_is_retired_moves_within_the_step(
     want, _ = reference_run(V2, OBS[:11])
     assert answer.reply.model_version == "v2" and answer.reply.serve_mode == FULL
     assert same(answer.action, want[-1])
+
+
+def test_a_session_asking_for_more_replicas_than_exist_is_refused_before_it_is_created(
+    coordinator: InProcessCoordinator,
+) -> None:
+    with pytest.raises(NotEnoughReplicas, match="0 replicas connected"):
+        coordinator.engine.open(0.0, "robot", wait_replicas=1)
+    assert coordinator.store._sessions == {}, "no session its caller was never told of"
+
+
+def test_huge_finite_observations_are_refused_with_the_bound(
+    coordinator: InProcessCoordinator,
+) -> None:
+    sid = coordinator.open()
+    with pytest.raises(InvalidInput, match=r"beyond \+-10000 .*max_observation_abs"):
+        coordinator.step(sid, 1, torch.full((CFG.observation_dim,), 1e30))
+    at_bound = torch.full((CFG.observation_dim,), 1e4)
+    assert torch.isfinite(coordinator.step(sid, 1, at_bound).action).all()
+
+
+def test_a_stage_answering_non_finite_values_is_never_answered_nor_committed(
+    coordinator: InProcessCoordinator,
+) -> None:
+    sid = coordinator.open()
+    coordinator.step(sid, 1, OBS[0])
+    coordinator.fault("v1", 2, Fault.NON_FINITE)
+    answer = coordinator.step(sid, 2, OBS[1])
+    assert (answer.reply.serve_mode, answer.reply.exit_stage) == (EARLY_EXIT, 1)
+    assert torch.isfinite(answer.action).all()
+    record = coordinator.store.load(SessionId(sid))
+    assert record is not None
+    for state in record.stage_states.values():
+        assert not state.data or torch.isfinite(tensor_codec.from_bytes(state.data)).all()
+    assert record.stage_states[StageIndex(2)].seq == 1, "stage 2's NaN state was not committed"

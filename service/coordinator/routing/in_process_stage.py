@@ -8,17 +8,19 @@ batcher, pipeline, engine) on it and run every branch in milliseconds.
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import NoReturn, cast
 
 import grpc
+import torch
 
 from service.coordinator.routing.stage_client import StageTimeout, VersionRefused
 from service.coordinator.step_errors import Unavailable
 from service.model.stage import Stage
-from service.proto import stage_pb2
+from service.proto import stage_pb2, tensor_codec
 from service.shard.stage_servicer import StageServicer
 
 
@@ -28,6 +30,7 @@ class Fault(enum.Enum):
     HANG = "hang"  # every call runs out of its time (a SIGSTOPped process)
     SLOW = "slow"  # every call takes `delay_s` longer (an overloaded node)
     WRONG_VERSION = "wrong_version"  # every call is refused as another model version
+    NON_FINITE = "non_finite"  # every call answers NaN states (a numerically broken stage)
 
 
 @dataclass
@@ -85,6 +88,10 @@ class InProcessStage:
                 VersionRefused if exc.code == grpc.StatusCode.FAILED_PRECONDITION else Unavailable
             )
             raise kind(f"{what}: {exc}") from exc
+        if fault is Fault.NON_FINITE:
+            for result in reply.results:
+                state = tensor_codec.decode(result.state)
+                result.state.CopyFrom(tensor_codec.encode(torch.full_like(state, math.nan)))
         return reply
 
     def info(self, timeout_s: float) -> stage_pb2.InfoReply:
