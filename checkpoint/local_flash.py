@@ -34,6 +34,7 @@ from checkpoint.manifest import (
     build_manifest,
     check_id,
     hash_file,
+    key_id,
     parse_manifest,
     sign,
     verify_signature,
@@ -47,11 +48,16 @@ INCOMING_PREFIX = ".incoming-"
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """`corrupt`: proven bad whatever the keys (a file or the manifest does not match, or the
+    signature of a trusted signer does not verify): only such a version is quarantined. A
+    version that is merely not vouched for (unsigned, or signed by a key not given) is not."""
+
     version: str
     ok: bool
     problems: tuple[str, ...] = ()
     manifest: Manifest | None = None
     quarantined_to: Path | None = None
+    corrupt: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,15 @@ def check_signature(
     if manifest.signature is None:
         return "manifest is unsigned (pass insecure=True to accept unsigned versions)"
     return f"manifest signature by {manifest.signer} does not verify with any trusted key"
+
+
+def tampered(manifest: Manifest, trusted_keys: Sequence[Ed25519PublicKey]) -> bool:
+    """The manifest names a trusted key as its signer, and that key's signature does not
+    verify: the manifest changed after it was signed (proof of corruption, not of a key typo)."""
+    return any(
+        manifest.signer == key_id(key) and not verify_signature(manifest, key)
+        for key in trusted_keys
+    )
 
 
 def check_files(directory: Path, manifest: Manifest) -> list[str]:
@@ -162,19 +177,25 @@ class LocalFlash:
             return VerifyResult(version, ok=False, problems=("not on local flash",))
         try:
             manifest = self.manifest(version)
-        except (NotFound, VerificationFailed) as exc:
-            return VerifyResult(version, ok=False, problems=(str(exc),))
+        except (NotFound, VerificationFailed) as exc:  # a complete version has a manifest
+            return VerifyResult(version, ok=False, problems=(str(exc),), corrupt=True)
         problems = []
         refused = check_signature(manifest, self.trusted_keys, self.insecure)
         if refused:
             problems.append(refused)
-        problems.extend(check_files(self.path(version), manifest))
-        return VerifyResult(version, ok=not problems, problems=tuple(problems), manifest=manifest)
+        bad_files = check_files(self.path(version), manifest)
+        problems.extend(bad_files)
+        corrupt = bool(bad_files) or (refused is not None and tampered(manifest, self.trusted_keys))
+        return VerifyResult(
+            version, not problems, tuple(problems), manifest=manifest, corrupt=corrupt
+        )
 
     def verify(self, version: str) -> VerifyResult:
-        """Verify; a version that fails is moved to quarantine/ and reported (log + result)."""
+        """Verify; a version proven corrupt is moved to quarantine/ and reported (log +
+        result). One the trusted keys cannot vouch for is reported and left in place: a
+        missing or wrong key must not empty the cache."""
         result = self.check(version)
-        if result.ok or not self.path(version).is_dir():
+        if result.ok or not result.corrupt or not self.path(version).is_dir():
             return result
         moved = self.quarantine(version)
         log.error(
@@ -189,6 +210,7 @@ class LocalFlash:
             problems=result.problems,
             manifest=result.manifest,
             quarantined_to=moved,
+            corrupt=True,
         )
 
     def quarantine(self, version: str) -> Path:
@@ -202,7 +224,7 @@ class LocalFlash:
     def load_current(self) -> LoadResult:
         """The version to serve: CURRENT if it verifies, else the newest good version (by
         created_at, and not newer than CURRENT when CURRENT's manifest is still readable, so
-        a rollback is not undone). Bad versions met on the way are quarantined. CURRENT itself
+        a rollback is not undone). Corrupt versions met on the way are quarantined. CURRENT itself
         is left alone: pulling a good copy of it repairs the node. Raises NotFound if no
         version verifies."""
         bad: list[VerifyResult] = []

@@ -135,9 +135,16 @@ def verify(settings: CkptSettings, version: str | None) -> dict[str, Any]:
         }
         for r in results
     }
-    bad = [v for v, r in report.items() if not r["ok"]]
-    if bad:
-        raise VerificationFailed(f"failed verification and quarantined: {bad}", report)
+    corrupt = [r.version for r in results if r.quarantined_to is not None]
+    unvouched = [r.version for r in results if not r.ok and r.quarantined_to is None]
+    if corrupt or unvouched:
+        found = [f"corrupt, quarantined: {corrupt}"] if corrupt else []
+        if unvouched:
+            keys = ", ".join(str(p) for p in settings.trusted_keys) or "none given"
+            found.append(
+                f"not vouched for by the trusted keys ({keys}), left in place: {unvouched}"
+            )
+        raise VerificationFailed("failed verification: " + "; ".join(found), report)
     return {"verified": report}
 
 

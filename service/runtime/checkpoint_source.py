@@ -37,10 +37,10 @@ def version_weights(
     loaded = ensure_local(flash, remote, version)
     for bad in loaded.quarantined:
         log.error(
-            "version=%s failed verification (%s); quarantined to %s",
+            "version=%s failed verification (%s); %s",
             bad.version,
             "; ".join(bad.problems),
-            bad.quarantined_to,
+            f"quarantined to {bad.quarantined_to}" if bad.quarantined_to else "left in place",
         )
     if not loaded.from_current:
         log.warning("version=%s served: CURRENT is missing or bad", loaded.version)

@@ -19,6 +19,17 @@ from service.proto import stage_pb2, stage_pb2_grpc
 from tests.conftest import SMALL_MODEL
 
 
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`actionmesh ckpt ARGV...` as a script runs it (default log level)."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "ckpt", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
 def ckpt(tmp: Path, action: str, *args: str, expect: int = 0) -> dict[str, Any]:
     common = [
         "--flash-dir",
@@ -154,3 +165,22 @@ def test_shard_on_a_corrupt_current_serves_the_previous_good_version(tmp_path: P
         assert "quarantined" in shard.log_tail(60)
     finally:
         shard.stop()
+
+
+def test_verify_with_wrong_or_missing_keys_reports_and_moves_nothing(tmp_path: Path) -> None:
+    ckpt(tmp_path, "keygen")
+    weights_dir, v1 = save_weights(tmp_path, 1)
+    ckpt(tmp_path, "create", "--weights-dir", str(weights_dir))
+    other = tmp_path / "other-keys"
+    run("keygen", "--key-dir", str(other))
+    flash = tmp_path / "flash"
+    for keys in (["--trusted-keys", str(other / "checkpoint-signing.pub")], []):
+        done = run("verify", "--flash-dir", str(flash), *keys, "--json")
+        assert done.returncode == 1, done.stderr
+        error = json.loads(done.stdout)
+        assert error["kind"] == "VerificationFailed"
+        assert "not vouched for" in error["error"] and "left in place" in error["error"]
+        assert error["details"][v1]["quarantined_to"] is None
+        assert [p.name for p in (flash / "versions").iterdir()] == [v1]
+        assert list((flash / "quarantine").iterdir()) == []
+    assert ckpt(tmp_path, "verify")["verified"][v1]["ok"]  # the right key: still good

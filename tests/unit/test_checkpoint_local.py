@@ -140,10 +140,38 @@ def test_signatures_refused_unless_trusted_or_insecure(tmp_path: Path) -> None:
     lax = LocalFlash(tmp_path / "lax", [trusted], insecure=True)
     lax.add(source, unsigned)
     assert lax.verify("v1").ok
-    # the same version, read by a node that does not accept unsigned versions
+    # the same version, read by a node that does not accept unsigned versions: refused and
+    # reported, but not moved (its bytes match its manifest; only the keys cannot vouch for it)
     result = LocalFlash(tmp_path / "lax", [trusted]).verify("v1")
     assert not result.ok and "unsigned" in result.problems[0]
-    assert result.quarantined_to is not None
+    assert result.quarantined_to is None and not result.corrupt
+    assert lax.versions() == ["v1"]
+
+
+@pytest.mark.parametrize("keys", ["none", "other"])
+def test_keys_that_cannot_vouch_report_but_never_quarantine(
+    flash: LocalFlash, tmp_path: Path, key: Ed25519PrivateKey, keys: str
+) -> None:
+    """An operator's missing or wrong --trusted-keys must not empty the flash cache: good,
+    correctly signed versions are reported as not vouched for and left where they are."""
+    create(flash, tmp_path, key, "v1", 1)
+    create(flash, tmp_path, key, "v2", 2)
+    wrong = [] if keys == "none" else [Ed25519PrivateKey.generate().public_key()]
+    typo = LocalFlash(flash.root, wrong)
+    for version in ("v1", "v2"):
+        result = typo.verify(version)
+        assert not result.ok and not result.corrupt and result.quarantined_to is None
+        assert "does not verify with any trusted key" in result.problems[0]
+    with pytest.raises(NotFound):
+        typo.load_current()
+    assert flash.versions() == ["v1", "v2"] and list(flash.quarantine_dir.iterdir()) == []
+    assert flash.load_current().version == "v2"  # the right keys still serve it
+
+    # Bytes that do not match the manifest are proven corrupt whatever the keys: quarantined.
+    (flash.path("v1") / FILES[0]).write_bytes(b"rot")
+    rotten = typo.verify("v1")
+    assert rotten.corrupt and rotten.quarantined_to is not None
+    assert flash.versions() == ["v2"]
 
 
 def test_no_good_version_raises_not_found(
