@@ -37,7 +37,7 @@ CFG = ModelConfig(
 )
 V1 = ActionModel(CFG).eval()
 V2 = ActionModel(CFG.model_copy(update={"seed": 1})).eval()
-OBS = observations(seed=3, steps=90, dim=CFG.observation_dim)
+OBS = observations(seed=3, steps=160, dim=CFG.observation_dim)
 REFERENCE = {"v1": reference_run(V1, OBS)[0], "v2": reference_run(V2, OBS)[0]}
 FULL, EARLY_EXIT, FALLBACK = (
     session_pb2.ServeMode.FULL,
@@ -248,23 +248,26 @@ def test_promote_then_rollback_switches_sessions_in_chunks_without_a_failed_step
         for version in ("v1", "v2"):  # a replay takes 3 ms or more: at most 10 per step
             for k in range(CFG.n_stages):
                 coordinator.fault(version, k, Fault.SLOW, delay_s=0.001)
-        versions = []
-        for seq, target in [(s, "v2") for s in range(31, 61)] + [(s, "v1") for s in range(61, 91)]:
-            if seq in (31, 61):
-                coordinator.promote(target)
-            answer = coordinator.step(sid, seq, OBS[seq - 1])
-            assert answer.reply.serve_mode == FULL
-            versions.append(answer.reply.model_version)
-            switched = len(versions) > 1 and versions[-2] != versions[-1]
-            if switched:
-                assert answer.reply.state_reset is not log_reaches_back
-            if log_reaches_back or seq < 31:  # else the history before the log is lost
-                assert same(answer.action, REFERENCE[answer.reply.model_version][seq - 1])
-        forward, back = versions[:30], versions[30:]
-        assert forward[-1] == "v2" and back[-1] == "v1", versions
-        assert forward == sorted(forward) and back == sorted(back, reverse=True), versions
-        if log_reaches_back:
-            assert forward[0] == "v1" and back[0] == "v2", "caught up in chunks, not one step"
+        seq, phases = 30, []
+        for target in ("v2", "v1"):
+            coordinator.promote(target)
+            versions = []
+            while not versions or versions[-1] != target:
+                seq += 1
+                assert len(versions) < 60, f"not on {target} after 60 steps: {versions}"
+                answer = coordinator.step(sid, seq, OBS[seq - 1])
+                assert answer.reply.serve_mode == FULL
+                versions.append(answer.reply.model_version)
+                if versions[-1] == target:  # the switching step
+                    assert answer.reply.state_reset is not log_reaches_back
+                exact = log_reaches_back or (
+                    not phases and versions[-1] == "v1"
+                )  # before any switch
+                if exact:
+                    assert same(answer.action, REFERENCE[answer.reply.model_version][seq - 1])
+            phases.append(versions)
+        if log_reaches_back:  # the whole history to replay: more than one step's budget
+            assert all(len(versions) > 1 for versions in phases), phases
     finally:
         coordinator.close()
 
