@@ -118,12 +118,19 @@ class LocalFlash:
         trusted_keys: Sequence[Ed25519PublicKey] = (),
         *,
         insecure: bool = False,
+        create: bool = True,
     ) -> None:
+        """`create=False` (readers): a `root` without versions/ is refused with NotFound
+        rather than created, so a mistyped path is not silently made into an empty cache."""
         self.root = root
         self.trusted_keys = tuple(trusted_keys)
         self.insecure = insecure
         self.versions_dir = root / "versions"
         self.quarantine_dir = root / "quarantine"
+        if not create:
+            if not self.versions_dir.is_dir():
+                raise NotFound(f"no checkpoint flash at {root} (it has no versions/ directory)")
+            return
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
 
@@ -216,6 +223,7 @@ class LocalFlash:
     def quarantine(self, version: str) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         target = self.quarantine_dir / f"{check_id(version)}-{stamp}"
+        self.quarantine_dir.mkdir(exist_ok=True)
         os.rename(self.path(version), target)
         fsync_dir(self.versions_dir)
         fsync_dir(self.quarantine_dir)

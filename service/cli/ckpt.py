@@ -36,9 +36,15 @@ from state.leadership import LeadershipUnavailable
 _EXIT = {NotFound: 1, VerificationFailed: 1, PreconditionFailed: 3, StoreUnavailable: 4}
 
 
-def open_flash(settings: CkptSettings) -> LocalFlash:
+def open_flash(settings: CkptSettings, *, create: bool = False) -> LocalFlash:
+    """This node's flash. Only the verbs that put versions on it (create, pull) and those that
+    move pointers or delete (promote, rollback, gc) may create it; the others (list, show,
+    verify, push) refuse a directory that is not a flash: a mistyped --flash-dir."""
     keys = [load_public_key(path) for path in settings.trusted_keys]
-    return LocalFlash(settings.flash_dir, keys, insecure=settings.insecure)
+    try:
+        return LocalFlash(settings.flash_dir, keys, insecure=settings.insecure, create=create)
+    except NotFound as exc:
+        raise NotFound(f"{exc}: check --flash-dir (read-only commands do not create it)") from exc
 
 
 def open_remote(settings: CkptSettings) -> Remote:
@@ -84,7 +90,7 @@ def _weights_source(settings: CkptSettings, scratch: Path) -> Path:
 
 
 def create(settings: CkptSettings, version: str | None) -> dict[str, Any]:
-    flash = open_flash(settings)
+    flash = open_flash(settings, create=True)
     key = load_private_key(settings.signing_key) if settings.signing_key else None
     if key is None and not settings.insecure:
         raise VerificationFailed(
@@ -126,6 +132,8 @@ def show(settings: CkptSettings, version: str | None) -> dict[str, Any]:
 
 def verify(settings: CkptSettings, version: str | None) -> dict[str, Any]:
     flash = open_flash(settings)
+    if version is not None and not flash.path(version).is_dir():
+        raise NotFound(f"version={version} not found on local flash {flash.root}")
     results = [flash.verify(v) for v in ([version] if version else flash.versions())]
     report = {
         r.version: {
@@ -167,7 +175,7 @@ def pull(settings: CkptSettings, version: str | None) -> dict[str, Any]:
     target = version or remote.current()
     if target is None:
         raise NotFound("pull needs a VERSION (remote CURRENT is unset)")
-    pulled = remote.pull(open_flash(settings), target, _progress("download"))
+    pulled = remote.pull(open_flash(settings, create=True), target, _progress("download"))
     return {
         "pulled": _summary(pulled.manifest),
         "downloaded": list(pulled.downloaded),
@@ -192,7 +200,7 @@ def _tell_cluster(settings: CkptSettings, version: str) -> bool:
 def promote(settings: CkptSettings, version: str | None) -> dict[str, Any]:
     if version is None:
         raise NotFound("promote needs a VERSION (see `ckpt list`)")
-    flash = open_flash(settings)
+    flash = open_flash(settings, create=True)
     pointer = open_remote(settings).promote(version) if settings.remote else None
     if flash.path(version).is_dir():
         flash.set_current(version)
@@ -206,7 +214,7 @@ def promote(settings: CkptSettings, version: str | None) -> dict[str, Any]:
 
 
 def rollback(settings: CkptSettings, version: str | None) -> dict[str, Any]:
-    flash = open_flash(settings)
+    flash = open_flash(settings, create=True)
     if settings.remote:
         pointer = open_remote(settings).rollback()
         target, previous = pointer.version, pointer.previous
@@ -224,7 +232,7 @@ def rollback(settings: CkptSettings, version: str | None) -> dict[str, Any]:
 
 
 def collect(settings: CkptSettings, version: str | None) -> dict[str, Any]:
-    flash = open_flash(settings)
+    flash = open_flash(settings, create=True)
     remote = open_remote(settings) if settings.remote else None
     local = gc.collect_local(
         flash, settings.keep, remote_current=remote.current() if remote else None

@@ -184,3 +184,24 @@ def test_verify_with_wrong_or_missing_keys_reports_and_moves_nothing(tmp_path: P
         assert [p.name for p in (flash / "versions").iterdir()] == [v1]
         assert list((flash / "quarantine").iterdir()) == []
     assert ckpt(tmp_path, "verify")["verified"][v1]["ok"]  # the right key: still good
+
+
+def test_read_only_verbs_refuse_a_mistyped_flash_dir_and_an_unknown_version(
+    tmp_path: Path,
+) -> None:
+    ckpt(tmp_path, "keygen")
+    weights_dir, v1 = save_weights(tmp_path, 1)
+    ckpt(tmp_path, "create", "--weights-dir", str(weights_dir))
+    typo = tmp_path / "flahs"
+    for argv in (["list"], ["show", v1], ["verify"], ["verify", v1], ["push", v1]):
+        done = run(*argv, "--flash-dir", str(typo))
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert done.stderr.count("\n") == 1 and "--flash-dir" in done.stderr, done.stderr
+        assert not typo.exists(), f"{argv} created {typo}"
+
+    flash = ["--flash-dir", str(tmp_path / "flash")]
+    done = run("verify", "no-such-version", *flash, "--json")
+    assert done.returncode == 1
+    error = json.loads(done.stdout)
+    assert error["kind"] == "NotFound" and "not found" in error["error"], error
+    assert "quarantined" not in error["error"]

@@ -293,3 +293,11 @@ def test_pull_reuses_local_parts_and_ensure_local_repairs(
     assert loaded.version == "v2" and node.current() == "v2"
     assert [r.version for r in loaded.quarantined] == ["v2"]
     assert node.check("v2").ok
+
+
+def test_a_reader_refuses_a_directory_that_is_not_a_flash(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no versions/"):
+        LocalFlash(tmp_path / "typo", create=False)
+    assert not (tmp_path / "typo").exists()
+    LocalFlash(tmp_path / "flash")  # a writer creates it; then a reader opens it
+    assert LocalFlash(tmp_path / "flash", create=False).versions() == []
