@@ -73,6 +73,7 @@ def test_help_imports_no_torch() -> None:
 
 
 def test_ckpt_list_on_an_empty_flash_imports_no_torch(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "versions").mkdir(parents=True)  # list refuses a path with no flash
     result = run_cli([["ckpt", "list", "--flash-dir", str(tmp_path / "empty"), "--json"]])
     assert result == {"codes": [0], "torch": False}
 
@@ -116,6 +117,7 @@ def test_invalid_settings_exit_2_with_one_line() -> None:
 
 
 def test_log_level_after_the_command_from_a_real_process(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "versions").mkdir(parents=True)  # list refuses a path with no flash
     result = subprocess.run(
         [
             sys.executable,
