@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+QUOTE_LIMIT = 60
+
+
+def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """What an error message quotes of an input: its repr, cut to `limit` characters (a
+    20 KB version id must not become a 20 KB error line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}...({len(text)} chars)"
+
 
 class CheckpointError(Exception):
     """Base of every checkpoint failure."""

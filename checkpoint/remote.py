@@ -25,6 +25,7 @@ from checkpoint.errors import (
     StoreUnavailable,
     VerificationFailed,
     VersionConflict,
+    shown,
 )
 from checkpoint.local_flash import LoadResult, LocalFlash, check_signature
 from checkpoint.manifest import (
@@ -101,17 +102,12 @@ class Remote:
         return parse_manifest(found.data)
 
     def pointer(self) -> Pointer | None:
+        """The remote CURRENT, or None when unset. Raises VerificationFailed when it is not a
+        JSON object naming a valid version id (a shard then serves its own flash)."""
         found = self.store.get(CURRENT_KEY)
         if found is None:
             return None
-        doc = json.loads(found.data)
-        return Pointer(
-            version=doc["version"],
-            previous=doc.get("previous"),
-            updated_at=doc.get("updated_at", ""),
-            by=doc.get("by", ""),
-            etag=found.etag,
-        )
+        return parse_pointer(found.data, found.etag)
 
     def current(self) -> str | None:
         pointer = self.pointer()
@@ -185,7 +181,7 @@ class Remote:
         promoting at once, one wins and the other gets PreconditionFailed. With `expected`,
         also refuse unless CURRENT still names that version (what the operator last saw)."""
         self.manifest(version)  # must be committed remotely
-        before = self.pointer()
+        before, etag_before = self._pointer_to_replace(expected)
         if expected is not None and (before is None or before.version != expected):
             raise PreconditionFailed(
                 f"CURRENT is {before.version if before else 'unset'}, not {expected}: "
@@ -196,10 +192,10 @@ class Remote:
         doc = {"version": version, "previous": previous, "updated_at": updated_at, "by": operator}
         data = json.dumps(doc, sort_keys=True).encode()
         try:
-            if before is None:
+            if etag_before is None:
                 etag = self.store.put_if(CURRENT_KEY, data, if_none_match=True)
             else:
-                etag = self.store.put_if(CURRENT_KEY, data, if_match=before.etag)
+                etag = self.store.put_if(CURRENT_KEY, data, if_match=etag_before)
         except PreconditionFailed as exc:
             raise PreconditionFailed(
                 f"promote {version} lost a race: CURRENT changed while promoting "
@@ -208,6 +204,21 @@ class Remote:
             ) from exc
         log.info("version=%s promoted (previous %s) by %s", version, previous, operator)
         return Pointer(version, previous, updated_at, operator, etag)
+
+    def _pointer_to_replace(self, expected: str | None) -> tuple[Pointer | None, str | None]:
+        """CURRENT and the etag a conditional write must name to replace it. A malformed
+        CURRENT may be replaced by a plain promote (that is how it is repaired), not by one
+        that expects a version (rollback)."""
+        found = self.store.get(CURRENT_KEY)
+        if found is None:
+            return None, None
+        try:
+            return parse_pointer(found.data, found.etag), found.etag
+        except VerificationFailed as exc:
+            if expected is not None:
+                raise
+            log.warning("replacing a malformed remote CURRENT: %s", exc)
+            return None, found.etag
 
     def rollback(self, *, by: str | None = None) -> Pointer:
         """Promote the version CURRENT names as previous (or, failing that, its parent)."""
@@ -265,6 +276,32 @@ class Remote:
         return False
 
 
+def parse_pointer(data: bytes, etag: str) -> Pointer:
+    """CURRENT's bytes as a Pointer; VerificationFailed unless a JSON object whose version
+    (and previous, if any) are valid version ids."""
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        version, previous = doc.get("version"), doc.get("previous")
+        if not isinstance(version, str):
+            raise ValueError(f"no version id in it (version: {shown(version)})")
+        if previous is not None and not isinstance(previous, str):
+            raise ValueError(f"previous is {shown(previous)}, not a version id")
+        return Pointer(
+            version=check_id(version),
+            previous=None if previous is None else check_id(previous),
+            updated_at=str(doc.get("updated_at", "")),
+            by=str(doc.get("by", "")),
+            etag=etag,
+        )
+    except ValueError as exc:  # json.JSONDecodeError and InvalidInput are ValueErrors
+        raise VerificationFailed(
+            f"remote CURRENT is malformed ({exc}; it holds {shown(data)}): "
+            "repair it with `ckpt promote VERSION`"
+        ) from None
+
+
 def ensure_local(
     flash: LocalFlash, remote: Remote | None, version: str | None = None
 ) -> LoadResult:
@@ -278,6 +315,8 @@ def ensure_local(
             version = remote.current()
         except StoreUnavailable as exc:
             log.warning("remote unreachable, serving the newest good local version: %s", exc)
+        except VerificationFailed as exc:
+            log.warning("%s; serving the newest good local version", exc)
     if version is None:
         return flash.load_current()
     local = flash.verify(version)

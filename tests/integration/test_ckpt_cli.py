@@ -205,3 +205,62 @@ def test_read_only_verbs_refuse_a_mistyped_flash_dir_and_an_unknown_version(
     error = json.loads(done.stdout)
     assert error["kind"] == "NotFound" and "not found" in error["error"], error
     assert "quarantined" not in error["error"]
+
+
+def start_shard(tmp: Path, *flags: str) -> ChildProcess:
+    return ChildProcess(
+        "shard-ckpt",
+        ChildProcess.actionmesh(
+            "shard",
+            "--stage",
+            "1",
+            "--port",
+            "0",
+            "--flash-dir",
+            str(tmp / "flash"),
+            "--trusted-keys",
+            str(tmp / "keys" / "checkpoint-signing.pub"),
+            *flags,
+        ),
+        tmp / "logs",
+    ).start()
+
+
+def served_version(shard: ChildProcess) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
+        info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
+    return str(info.model_version)
+
+
+def test_a_malformed_remote_current_is_one_line_and_a_shard_serves_its_flash(
+    tmp_path: Path,
+) -> None:
+    ckpt(tmp_path, "keygen")
+    weights_dir, v1 = save_weights(tmp_path, 1)
+    ckpt(tmp_path, "create", "--weights-dir", str(weights_dir))
+    ckpt(tmp_path, "promote", v1)
+    flags = [
+        "--flash-dir",
+        str(tmp_path / "flash"),
+        "--remote",
+        f"file://{tmp_path / 'remote'}",
+        "--trusted-keys",
+        str(tmp_path / "keys" / "checkpoint-signing.pub"),
+    ]
+    for current in (b"not json {", b'{"version": "../../etc", "previous": null}'):
+        (tmp_path / "remote" / "CURRENT").write_bytes(current)
+        for verb in ("pull", "list"):
+            done = run(verb, *flags)
+            assert (done.returncode, done.stdout) == (1, ""), done.stderr
+            assert done.stderr.count("\n") == 1 and "remote CURRENT is malformed" in done.stderr
+            as_json = run(verb, *flags, "--json")
+            assert as_json.returncode == 1 and as_json.stdout.count("\n") == 1, as_json.stderr
+            assert json.loads(as_json.stdout)["kind"] == "VerificationFailed"
+
+    shard = start_shard(tmp_path, "--remote", f"file://{tmp_path / 'remote'}")
+    try:
+        shard.wait_ready(60)
+        assert served_version(shard) == v1
+        assert "remote CURRENT is malformed" in shard.log_tail(60)
+    finally:
+        shard.stop()

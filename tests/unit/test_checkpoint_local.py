@@ -301,3 +301,36 @@ def test_a_reader_refuses_a_directory_that_is_not_a_flash(tmp_path: Path) -> Non
     assert not (tmp_path / "typo").exists()
     LocalFlash(tmp_path / "flash")  # a writer creates it; then a reader opens it
     assert LocalFlash(tmp_path / "flash", create=False).versions() == []
+
+
+@pytest.mark.parametrize(
+    "current",
+    [
+        b"not json {",
+        b"",
+        b'["v1"]',
+        b'{"version": "../../etc"}',
+        b'{"version": 7}',
+        b'{"version": "v1", "previous": "a/b"}',
+        b'{"previous": "v1"}',
+    ],
+)
+def test_a_malformed_remote_current_is_refused_and_a_node_serves_its_flash(
+    flash: LocalFlash,
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    current: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    remote = Remote(open_blobstore(f"file://{tmp_path / 'remote'}"))
+    create(flash, tmp_path, key, "v1", 1)
+    remote.push(flash, "v1")
+    remote.store.put_bytes("CURRENT", current)
+    with pytest.raises(VerificationFailed, match="remote CURRENT is malformed"):
+        remote.current()
+    loaded = ensure_local(flash, remote)
+    assert loaded.version == "v1"
+    assert "remote CURRENT is malformed" in caplog.text
+    assert "serving the newest good local version" in caplog.text
+    # The operator repairs it by promoting a version: CURRENT is overwritten.
+    assert remote.promote("v1").version == "v1" and remote.current() == "v1"
