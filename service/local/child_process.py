@@ -9,17 +9,14 @@ code between fork and exec is unsafe in a parent that runs gRPC threads.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from service.local.supervised import Supervised
 from service.runtime import ready_file
-
-log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -42,7 +39,7 @@ class ChildProcess:
         self.ready_path = log_dir / f"{name}.ready.json"
         self.log_path = log_dir / f"{name}.log"
         self.args = [*args, "--ready-file", str(self.ready_path)]
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Supervised | None = None
         self.ports: dict[str, int] = {}
 
     @staticmethod
@@ -57,16 +54,7 @@ class ChildProcess:
 
     def start(self) -> ChildProcess:
         self.ready_path.unlink(missing_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                self.args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        log.info("%s started pid=%d log=%s", self.name, self._proc.pid, self.log_path)
+        self._proc = Supervised(self.name, self.args, self.log_path)
         return self
 
     def wait_ready(self, timeout_s: float) -> dict[str, int]:
@@ -83,34 +71,26 @@ class ChildProcess:
         raise TimeoutError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
 
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+        return None if self._proc is None else self._proc.returncode()
+
+    def signal(self, signum: int) -> None:
+        """Send signum if it still runs (SIGSTOP/SIGCONT to hang and resume it); no wait."""
+        if self._proc is not None:
+            self._proc.signal(signum)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; for tests and chaos."""
-        if self._proc is not None and self._proc.poll() is None:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        if self._proc is not None:
+            self._proc.kill()
 
     def terminate(self) -> None:
         """SIGTERM without waiting: a graceful stop begins."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+        self.signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, wait, SIGKILL after timeout_s."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "%s pid=%d ignored SIGTERM for %.0fs; killing", self.name, self._proc.pid, timeout_s
-            )
-            self.kill()
+        if self._proc is not None:
+            self._proc.stop(timeout_s)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return "(no log)" if self._proc is None else self._proc.log_tail(lines)

@@ -14,7 +14,6 @@ import logging
 import secrets
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,8 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Self
 
-from service.local.embedded_redis import BIND_ATTEMPTS, POLL_INTERVAL_S, PROBE_TIMEOUT_S, tail
+from service.local.embedded_redis import (
+    BIND_ATTEMPTS,
+    LOG_TAIL_LINES,
+    POLL_INTERVAL_S,
+    PROBE_TIMEOUT_S,
+)
 from service.local.lifecycle import Lifecycle
+from service.local.supervised import Supervised
 from state.etcd_client import EtcdConnection, EtcdUnavailable, MemberStatus
 
 _log = logging.getLogger(__name__)
@@ -78,11 +83,10 @@ class EmbeddedEtcd(Lifecycle):
         self.log_path = work_dir / "etcd.log"
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Supervised | None = None
         self._ports: _Ports | None = None
         self._initial_cluster = ""
         self._token = ""
-        self._log_offset = 0
 
     @property
     def url(self) -> str:
@@ -100,7 +104,7 @@ class EmbeddedEtcd(Lifecycle):
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and self._proc.running
 
     def start(self) -> Self:
         """Start on free ports and wait until this very member answers; retry if a bind fails."""
@@ -129,30 +133,19 @@ class EmbeddedEtcd(Lifecycle):
             self._wait_ready(time.monotonic() + self._start_timeout_s)
         except _PortTaken as exc:
             raise EmbeddedEtcdError(
-                f"etcd name={self.name} could not rebind its ports:\n{tail(self.log_path)}"
+                f"etcd name={self.name} could not rebind its ports:\n{self._log_tail()}"
             ) from exc
         return self
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if etcd is still there after stop_timeout_s."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=self._stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                _log.warning(
-                    "etcd name=%s pid=%d still up %.1fs after SIGTERM, killing",
-                    self.name,
-                    self._proc.pid,
-                    self._stop_timeout_s,
-                )
-                self.kill()
+        if self._proc is not None:
+            self._proc.stop(self._stop_timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as when a node loses power."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None:
             self._proc.kill()
-            self._proc.wait(timeout=self._stop_timeout_s)
 
     def status(self) -> MemberStatus:
         """This member's status (member id, leader id, raft term, revision), asked of it alone.
@@ -189,23 +182,11 @@ class EmbeddedEtcd(Lifecycle):
         self._ports, self._initial_cluster, self._token = ports, initial_cluster, token
 
     def _launch(self) -> None:
-        """Spawn etcd without waiting.
-
-        No preexec_fn (e.g. PR_SET_PDEATHSIG): it makes CPython run at-fork hooks in the child
-        before exec, and with gRPC threads alive in this process that child can crash (seen as
-        etcd "exiting" with -11). Own session: a terminal's Ctrl-C reaches only us, and we stop
-        etcd in order.
-        """
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                [etcd_binary(), *self._args()],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        """Spawn etcd without waiting, in its own session (a terminal's Ctrl-C reaches only us,
+        and we stop etcd in order)."""
+        self._proc = Supervised(
+            f"etcd name={self.name}", [etcd_binary(), *self._args()], self.log_path
+        )
 
     def _args(self) -> list[str]:
         ports = self._assigned()
@@ -235,11 +216,11 @@ class EmbeddedEtcd(Lifecycle):
         if self._answering():
             _log.info("etcd name=%s pid=%d port=%d ready", self.name, proc.pid, self.client_port)
             return True
-        if proc.poll() is not None:
-            if _BIND_FAILED in self._log_since_launch():
+        if (code := proc.returncode()) is not None:
+            if _BIND_FAILED in proc.log_since_start():
                 raise _PortTaken
             raise EmbeddedEtcdError(
-                f"etcd name={self.name} exited with {proc.returncode}:\n{tail(self.log_path)}"
+                f"etcd name={self.name} exited with {code}:\n{self._log_tail()}"
             )
         return False
 
@@ -247,7 +228,7 @@ class EmbeddedEtcd(Lifecycle):
         self.kill()
         raise EmbeddedEtcdError(
             f"etcd name={self.name} port={self.client_port} did not answer within "
-            f"start_timeout_s={self._start_timeout_s}:\n{tail(self.log_path)}"
+            f"start_timeout_s={self._start_timeout_s}:\n{self._log_tail()}"
         )
 
     def _answering(self) -> bool:
@@ -266,10 +247,8 @@ class EmbeddedEtcd(Lifecycle):
         ours = [member_id for member_id, name in members if name == self.name]
         return ours == [answering]
 
-    def _log_since_launch(self) -> str:
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_offset)
-            return log.read().decode(errors="replace")
+    def _log_tail(self) -> str:
+        return "(no log)" if self._proc is None else self._proc.log_tail(LOG_TAIL_LINES)
 
 
 class EmbeddedEtcdCluster(Lifecycle):

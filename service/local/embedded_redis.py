@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Literal, Self, cast
@@ -22,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.local.lifecycle import Lifecycle
+from service.local.supervised import Supervised
 
 _log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class EmbeddedRedis(Lifecycle):
         self._replica_of = replica_of
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Supervised | None = None
         self._port = 0
 
     @property
@@ -92,12 +92,12 @@ class EmbeddedRedis(Lifecycle):
         if self._proc is not None:
             raise EmbeddedRedisError(f"redis pid={self._proc.pid} already started")
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        binary = redis_server_binary()
         conf = self._data_dir / CONF_NAME
+        argv = [redis_server_binary(), str(conf)]
         for _ in range(BIND_ATTEMPTS):
             port = free_port()
             conf.write_text(self._conf_text(port))
-            proc = spawn_server([binary, str(conf)], port, self._log_path(), self._start_timeout_s)
+            proc = spawn_server("redis", argv, port, self._log_path(), self._start_timeout_s)
             if proc is not None:
                 self._proc, self._port = proc, port
                 _log.info("redis pid=%d port=%d ready", proc.pid, port)
@@ -116,12 +116,10 @@ class EmbeddedRedis(Lifecycle):
         Waits until it answers, not for a replica's sync: its primary may be gone by now.
         """
         proc = self._started()
-        if proc.poll() is None:
+        if proc.running:
             raise EmbeddedRedisError(f"redis pid={proc.pid} is still running; kill() it first")
-        conf = self._data_dir / CONF_NAME
-        started = spawn_server(
-            [redis_server_binary(), str(conf)], self._port, self._log_path(), self._start_timeout_s
-        )
+        argv = [redis_server_binary(), str(self._data_dir / CONF_NAME)]
+        started = spawn_server("redis", argv, self._port, self._log_path(), self._start_timeout_s)
         if started is None:
             raise EmbeddedRedisError(f"redis port={self._port} was taken while redis was down")
         self._proc = started
@@ -130,15 +128,12 @@ class EmbeddedRedis(Lifecycle):
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no shutdown save, no goodbye to clients."""
-        proc = self._started()
-        proc.kill()
-        proc.wait()
-        _log.info("redis pid=%d port=%d killed", proc.pid, self._port)
+        self._started().kill()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if redis is still there after stop_timeout_s."""
         if self._proc is not None:
-            terminate(self._proc, self._stop_timeout_s)
+            self._proc.stop(self._stop_timeout_s)
 
     def wait_synced(self, timeout_s: float) -> None:
         """Wait until this replica's link to its primary is up (the initial sync done)."""
@@ -148,20 +143,20 @@ class EmbeddedRedis(Lifecycle):
             if time.monotonic() > deadline:
                 raise EmbeddedRedisError(
                     f"redis port={self._port} did not sync with its primary within "
-                    f"{timeout_s}s:\n{tail(self._log_path())}"
+                    f"{timeout_s}s:\n{self._started().log_tail(LOG_TAIL_LINES)}"
                 )
             time.sleep(POLL_INTERVAL_S)
 
-    def _started(self) -> subprocess.Popen[bytes]:
+    def _started(self) -> Supervised:
         if self._proc is None:
             raise EmbeddedRedisError("redis is not started; call start() first")
         return self._proc
 
     def _check_alive(self) -> None:
         proc = self._started()
-        if proc.poll() is not None:
+        if (code := proc.returncode()) is not None:
             raise EmbeddedRedisError(
-                f"redis-server exited with {proc.returncode}:\n{tail(self._log_path())}"
+                f"redis-server exited with {code}:\n{proc.log_tail(LOG_TAIL_LINES)}"
             )
 
     def _info(self, section: str) -> dict[str, Any]:
@@ -192,30 +187,28 @@ class EmbeddedRedis(Lifecycle):
 
 
 def spawn_server(
-    argv: list[str], port: int, log_path: Path, start_timeout_s: float
-) -> subprocess.Popen[bytes] | None:
+    kind: str, argv: list[str], port: int, log_path: Path, start_timeout_s: float
+) -> Supervised | None:
     """Start a redis-server (or sentinel) and wait until this very process answers on port.
 
     None if the port was taken (the caller tries another); raises if it exits or stays silent.
     Its output is appended to log_path, so a restarted server's log follows the earlier one.
+    It shares our session (unlike our other children): a terminal's Ctrl-C reaches it too.
     """
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
+    proc = Supervised(f"{kind} port={port}", argv, log_path, new_session=False)
     deadline = time.monotonic() + start_timeout_s
     while answering_pid(port) != proc.pid:
-        if proc.poll() is not None:
-            log_tail = tail(log_path)
+        if (code := proc.returncode()) is not None:
+            log_tail = proc.log_tail(LOG_TAIL_LINES)
             if "Address already in use" in log_tail:
-                _log.info("redis port=%d taken, trying another", port)
+                _log.info("%s port=%d taken, trying another", kind, port)
                 return None
-            raise EmbeddedRedisError(f"{argv[0]} exited with {proc.returncode}:\n{log_tail}")
+            raise EmbeddedRedisError(f"{argv[0]} exited with {code}:\n{log_tail}")
         if time.monotonic() > deadline:
-            terminate(proc, PROBE_TIMEOUT_S)
+            proc.stop(PROBE_TIMEOUT_S)
             raise EmbeddedRedisError(
                 f"{argv[0]} port={port} did not answer within "
-                f"start_timeout_s={start_timeout_s}:\n{tail(log_path)}"
+                f"start_timeout_s={start_timeout_s}:\n{proc.log_tail(LOG_TAIL_LINES)}"
             )
         time.sleep(POLL_INTERVAL_S)
     return proc
@@ -258,23 +251,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _log.warning("redis pid=%d still up %.1fs after SIGTERM, killing", proc.pid, timeout_s)
-        proc.kill()
-        proc.wait()
-
-
-def tail(log_path: Path) -> str:
-    lines = log_path.read_text(errors="replace").splitlines()
-    return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
 def conf_quote(value: str) -> str:

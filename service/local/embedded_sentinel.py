@@ -9,7 +9,6 @@ and promotes the replica with the best replication offset.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Self
@@ -25,9 +24,9 @@ from service.local.embedded_redis import (
     probe_client,
     redis_server_binary,
     spawn_server,
-    terminate,
 )
 from service.local.lifecycle import Lifecycle
+from service.local.supervised import Supervised
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class EmbeddedSentinels(Lifecycle):
         self._failover_timeout_ms = failover_timeout_ms
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: list[Supervised] = []
         self.ports: list[int] = []
 
     @property
@@ -116,7 +115,7 @@ class EmbeddedSentinels(Lifecycle):
 
     def stop(self) -> None:
         for proc in self._procs:
-            terminate(proc, self._stop_timeout_s)
+            proc.stop(self._stop_timeout_s)
         self._procs = []
 
     def _start_one(self, index: int) -> None:
@@ -128,7 +127,7 @@ class EmbeddedSentinels(Lifecycle):
             port = free_port()
             conf.write_text(self._conf_text(port, sentinel_dir))  # sentinel rewrites it later
             argv = [redis_server_binary(), str(conf), "--sentinel"]
-            proc = spawn_server(argv, port, log_path, self._start_timeout_s)
+            proc = spawn_server("sentinel", argv, port, log_path, self._start_timeout_s)
             if proc is not None:
                 self._procs.append(proc)
                 self.ports.append(port)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
@@ -243,12 +242,12 @@ def test_client_leaves_a_hung_coordinator(cluster: LocalCluster, model: ActionMo
         try:
             robot.progress(20)
             assert client.current_address == address_of(hung)
-            os.kill(hung.pid, signal.SIGSTOP)
+            hung.signal(signal.SIGSTOP)
             stopped_at = len(robot.results)
             try:
                 robot.progress(20)
             finally:
-                os.kill(hung.pid, signal.SIGCONT)
+                hung.signal(signal.SIGCONT)
         finally:
             robot.stopped.set()
             robot.join(timeout=10)
