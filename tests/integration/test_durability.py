@@ -49,7 +49,9 @@ def test_wait_replicas_steps_are_acknowledged_only_once_replicated(tmp_path: Pat
             session_pb2_grpc.SessionServiceStub(channel).OpenSession(
                 session_pb2.OpenSessionRequest(wait_replicas=1), timeout=10
             )
-        assert no.value.code() == grpc.StatusCode.UNAVAILABLE  # not even opened unreplicated
+        # not even opened unreplicated: refused before anything is created, saying why
+        assert no.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "0 replicas connected" in (no.value.details() or "")
         acked = [r.acked for r in robots]
         replica.restart()
         progress(robots, 10)
