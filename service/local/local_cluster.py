@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -14,17 +15,50 @@ from service.local.local_checkpoints import LocalCheckpoints
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
-from service.runtime.settings import ClusterSettings
+from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
 
 log = logging.getLogger(__name__)
 
 
-class LocalCluster:
-    """Start with `with LocalCluster(settings) as cluster:`; leaving the block stops everything."""
+def settings_flags(cls: type[Settings], overrides: Mapping[str, object]) -> list[str]:
+    """`overrides` (field name -> value of `cls`) as the command-line flags that set them.
 
-    def __init__(self, settings: ClusterSettings, model: ModelConfig | None = None) -> None:
+    An unknown name fails here, in the caller, rather than as a child that exits at start-up;
+    the values are the child's to validate (with the flags the cluster adds)."""
+    unknown = sorted(set(overrides) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"not settings of {cls.__name__}: {', '.join(unknown)}")
+    flags: list[str] = []
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif isinstance(value, list | tuple):
+            flags += [flag, ",".join(str(v) for v in value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+class LocalCluster:
+    """Start with `with LocalCluster(settings) as cluster:`; leaving the block stops everything.
+
+    coordinator_overrides, shard_overrides: settings of every coordinator (CoordinatorSettings
+    fields) and every shard (ShardSettings fields) this cluster starts, beyond what `settings`
+    sets; passed to each child as flags, after the cluster's own (so they win)."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        model: ModelConfig | None = None,
+        *,
+        coordinator_overrides: Mapping[str, object] | None = None,
+        shard_overrides: Mapping[str, object] | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model or ModelConfig(n_stages=settings.stages, seed=settings.seed)
+        self._coordinator_flags = settings_flags(CoordinatorSettings, coordinator_overrides or {})
+        self._shard_flags = settings_flags(ShardSettings, shard_overrides or {})
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
@@ -151,6 +185,7 @@ class LocalCluster:
             "0",
             "--torch-threads",
             str(self.settings.torch_threads),
+            *self._shard_flags,
         )
         return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
 
@@ -174,7 +209,8 @@ class LocalCluster:
         return [f"127.0.0.1:{s.ports['grpc_port']}" for s in self.shards]
 
     def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
-        """Start (and wait for) a coordinator on this cluster's shards and Redis."""
+        """Start (and wait for) a coordinator on this cluster's shards and Redis; `extra` flags
+        come last (they win over the cluster's coordinator_overrides)."""
         assert self.checkpoints is not None, "cluster not started"
         args = ChildProcess.actionmesh(
             "coordinator",
@@ -198,6 +234,7 @@ class LocalCluster:
             self.checkpoints.remote_url,
             "--trusted-keys",
             str(self.checkpoints.public_key),
+            *self._coordinator_flags,
             *extra,
         )
         child = ChildProcess(name, args, self.log_dir).start()

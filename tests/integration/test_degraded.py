@@ -21,6 +21,8 @@ from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.support.waiting import wait_for
 
 FULL, EARLY_EXIT, FALLBACK = session_pb2.FULL, session_pb2.EARLY_EXIT, session_pb2.FALLBACK
+# A log that reaches back to the outage's start, so that replay brings the lagging stages level.
+LONG_LOG = {"observation_log_depth": 2000}
 
 
 def latest_mode(robots: list[SteppingRobot]) -> set[int]:
@@ -79,11 +81,10 @@ def through_an_outage(
     return robots
 
 
-def test_last_stage_dies_answers_come_from_the_exit_head_then_full_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ACTIONMESH_OBSERVATION_LOG_DEPTH", "2000")  # replay reaches back
-    with LocalCluster(cluster_settings(tmp_path, replicas=1), SMALL_MODEL) as cluster:
+def test_last_stage_dies_answers_come_from_the_exit_head_then_full_again(tmp_path: Path) -> None:
+    with LocalCluster(
+        cluster_settings(tmp_path, replicas=1), SMALL_MODEL, coordinator_overrides=LONG_LOG
+    ) as cluster:
         model, _ = weights.load_model(cluster.weights_dir)
         robots = through_an_outage(cluster, "stage-2-r0", EARLY_EXIT)
         degraded = [o for r in robots for o in r.outcomes if o.serve_mode == EARLY_EXIT]
@@ -92,9 +93,8 @@ def test_last_stage_dies_answers_come_from_the_exit_head_then_full_again(
 
 
 def test_middle_stage_dies_the_policy_picks_the_student_over_a_poor_exit_head(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("ACTIONMESH_OBSERVATION_LOG_DEPTH", "2000")
     work = tmp_path / "cluster"
     weights.save(ActionModel(SMALL_MODEL), work / "weights")
     quality = {
@@ -105,7 +105,9 @@ def test_middle_stage_dies_the_policy_picks_the_student_over_a_poor_exit_head(
         "state_lost": {"error": 0.04, "success": 0.3, "p50_ms": 5.0},
     }
     (work / "weights" / weights.QUALITY_FILE).write_text(json.dumps({"modes": quality}))
-    with LocalCluster(cluster_settings(work, replicas=1), SMALL_MODEL) as cluster:
+    with LocalCluster(
+        cluster_settings(work, replicas=1), SMALL_MODEL, coordinator_overrides=LONG_LOG
+    ) as cluster:
         model, _ = weights.load_model(cluster.weights_dir)
         robots = through_an_outage(cluster, "stage-1-r0", FALLBACK)
         fallback = [o for r in robots for o in r.outcomes if o.serve_mode == FALLBACK]

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
-import pytest
 
 from chaos.reference import observations
 from service.coordinator.session_servicer import ERROR_KEY, RETRY_AFTER_KEY
@@ -64,13 +63,12 @@ class Client(threading.Thread):
             seq += 1
 
 
-def test_best_effort_is_shed_first_and_safety_never(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ACTIONMESH_ADMISSION_MAX_INFLIGHT", "2")
-    monkeypatch.setenv("ACTIONMESH_ADMISSION_MAX_QUEUE", "2")
+def test_best_effort_is_shed_first_and_safety_never(tmp_path: Path) -> None:
+    admission = {"admission_max_inflight": 2, "admission_max_queue": 2}
     with (
-        LocalCluster(cluster_settings(tmp_path), SMALL_MODEL) as cluster,
+        LocalCluster(
+            cluster_settings(tmp_path), SMALL_MODEL, coordinator_overrides=admission
+        ) as cluster,
         grpc.insecure_channel(cluster.address) as channel,
     ):
         stub = session_pb2_grpc.SessionServiceStub(channel)

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from chaos.fleet import SteppingRobot
 from chaos.invariants import failed, progress, robots_stepping
 from service.local.local_cluster import LocalCluster
@@ -68,15 +66,16 @@ def pipeline_on(table: EtcdRoutingTable, version: str) -> bool:
     )
 
 
-def test_roll_forward_and_back_under_load_without_a_failed_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_roll_forward_and_back_under_load_without_a_failed_step(tmp_path: Path) -> None:
     # A log as long as the test: every switch replays the whole history, so every answer can
     # be checked against its version's reference run exactly.
-    monkeypatch.setenv("ACTIONMESH_OBSERVATION_LOG_DEPTH", "1000")
     new = ActionModel(SMALL_MODEL.model_copy(update={"seed": 1}))
     weights.save(new, tmp_path / "weights-v2")
-    with LocalCluster(cluster_settings(tmp_path / "cluster", replicas=2), SMALL_MODEL) as cluster:
+    with LocalCluster(
+        cluster_settings(tmp_path / "cluster", replicas=2),
+        SMALL_MODEL,
+        coordinator_overrides={"observation_log_depth": 1000},
+    ) as cluster:
         assert cluster.checkpoints is not None
         old_model, old = weights.load_model(cluster.weights_dir)
         v1 = old.version
