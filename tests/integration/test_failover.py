@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from service.proto import session_pb2, stage_pb2, stage_pb2_grpc
 from state.backends import open_routing_table
 from state.leadership import ReplicaInfo
 from tests.conftest import SMALL_MODEL, cluster_settings
+from tests.support.scraping import scrape
 from tests.support.waiting import wait_for
 
 TTL_S = 2.0
@@ -163,16 +163,6 @@ def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
         assert set(failed(robots)) <= {"UNAVAILABLE"}  # only at the kill, before the retry
 
 
-def coordinator_metric(cluster: LocalCluster, sample: str) -> float | None:
-    assert cluster.coordinator is not None
-    port = cluster.coordinator.ports["metrics_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[1])
-    return None
-
-
 def status_json(cluster: LocalCluster) -> dict[str, Any]:
     result = subprocess.run(
         [
@@ -220,19 +210,19 @@ def test_status_shows_leaders_and_standbys_with_health(tmp_path: Path) -> None:
 
 def test_etcd_outage_keeps_routing_on_the_last_table(tmp_path: Path) -> None:
     settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
-    connected = 'actionmesh_etcd_connected{client="routing_table"}'
     with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
-        assert cluster.etcd is not None
+        assert cluster.etcd is not None and cluster.coordinator is not None
+        port = cluster.coordinator.ports["metrics_port"]
+
+        def connected() -> float | None:
+            return scrape(port).value("actionmesh_etcd_connected", client="routing_table")
+
         progress(robots, 10)
         cluster.etcd.kill()
-        wait_for(
-            lambda: coordinator_metric(cluster, connected) == 0.0, 15, "coordinator sees etcd gone"
-        )
+        wait_for(lambda: connected() == 0.0, 15, "coordinator sees etcd gone")
         progress(robots, 30)
         cluster.etcd.restart()
-        wait_for(
-            lambda: coordinator_metric(cluster, connected) == 1.0, 30, "coordinator reconnects"
-        )
+        wait_for(lambda: connected() == 1.0, 30, "coordinator reconnects")
         old = leader_of(cluster, 1)
         assert old is not None
         cluster.replica_process(old.replica_id).stop()  # a change after the restart is seen

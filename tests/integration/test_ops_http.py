@@ -9,6 +9,7 @@ import torch
 from chaos.reference import open_session, step
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2_grpc
+from tests.support.scraping import scrape
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -25,13 +26,15 @@ def test_coordinator_and_shards_export_metrics(
     port = cluster.coordinator.ports["metrics_port"]
     assert get(port, "/live")[0] == 200
     assert get(port, "/ready")[0] == 200
-    _, text = get(port, "/metrics")
-    for name in (
-        'actionmesh_step_latency_seconds_count{serve_mode="FULL"}',
-        'actionmesh_stage_call_latency_seconds_count{stage="2"}',
-        "actionmesh_batch_size_count",
-        "actionmesh_redis_commit_seconds_count",
+    coordinator = scrape(port)
+    for name, labels in (
+        ("actionmesh_step_latency_seconds_count", {"serve_mode": "FULL"}),
+        ("actionmesh_stage_call_latency_seconds_count", {"stage": "2"}),
+        ("actionmesh_batch_size_count", {}),
+        ("actionmesh_redis_commit_seconds_count", {}),
     ):
-        assert name in text, f"{name} missing from coordinator metrics"
-    _, shard_text = get(cluster.shards[0].ports["metrics_port"], "/metrics")
-    assert 'actionmesh_shard_forward_items_total{stage="0"}' in shard_text
+        assert coordinator.value(name, **labels), (
+            f"{name}{labels} missing or 0 in coordinator metrics"
+        )
+    shard = scrape(cluster.shards[0].ports["metrics_port"])
+    assert shard.value("actionmesh_shard_forward_items_total", stage="0")

@@ -4,7 +4,6 @@ commit a step once."""
 from __future__ import annotations
 
 import threading
-import urllib.request
 
 import grpc
 import torch
@@ -16,6 +15,7 @@ from service.model.action_model import ActionModel
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 from state.redis_store import RedisSessionStore
 from state.session import SessionId, StageIndex, StageState, StepCommit
+from tests.support.scraping import scrape
 
 LOG_DEPTH = 64  # the coordinator's default observation_log_depth
 
@@ -62,12 +62,7 @@ def lag_last_stage(
 
 def coordinator_metric(cluster: LocalCluster, name: str) -> float:
     assert cluster.coordinator is not None
-    port = cluster.coordinator.ports["metrics_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
+    return scrape(cluster.coordinator.ports["metrics_port"]).total(name)
 
 
 def test_lagging_stage_is_replayed_to_equal_a_never_failed_run(
