@@ -1,8 +1,9 @@
 """Simulated robots stepping sessions at control rate, as a controller would: a failed step
 (UNAVAILABLE, DEADLINE_EXCEEDED) is retried with the same seq. Used by the bench and the tests.
 
-Deliberately raw: one coordinator, no failover, every answer recorded, so that tests see
-exactly what the server said. Robot controllers use the client library, service/client/.
+SteppingRobot is deliberately raw: one coordinator, no failover, every answer recorded, so that
+tests see exactly what the server said. ClientRobot is a controller on the client library
+(service/client/), with its timeouts, recording every attempt the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from service.client import ActionMeshClient, ServiceUnavailable, Session, StepResult, StepStream
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -35,11 +37,57 @@ class Outcome:
     confidence: float = 0.0
 
 
-class SteppingRobot(threading.Thread):
-    """Steps one session through `observations`, one per period, until stopped or done.
+class Robot(threading.Thread):
+    """Steps one session through `observations`, one per period, until stopped or done; a
+    failed step is resent with the same seq.
 
     Records every answer, so a caller can check that no step was lost or applied twice.
+    Subclasses say how a step is sent (`_step`) and what a run opens and closes around it.
     """
+
+    session_id: str
+
+    def __init__(self, observations: list[torch.Tensor], period_s: float) -> None:
+        super().__init__(daemon=True)
+        self.obs, self.period_s = observations, period_s
+        self.outcomes: list[Outcome] = []
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    @property
+    def acked(self) -> int:
+        return sum(o.code == "OK" for o in self.outcomes)
+
+    def _step(self, seq: int) -> Outcome:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        """Before the first step, in the robot's thread."""
+
+    def _end(self) -> None:
+        """After the last step (or the error that ended the run), in the robot's thread."""
+
+    def run(self) -> None:
+        seq = 1
+        try:
+            self._begin()
+            while seq <= len(self.obs) and not self._stop_event.is_set():
+                started = time.monotonic()
+                outcome = self._step(seq)
+                self.outcomes.append(outcome)
+                seq += outcome.code == "OK"
+                self._stop_event.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        except BaseException as exc:  # surfaced to the caller through .error
+            self.error = exc
+        finally:
+            self._end()
+
+
+class SteppingRobot(Robot):
+    """A robot on the raw session stubs: one coordinator, every status as the server sent it."""
 
     def __init__(
         self,
@@ -52,24 +100,14 @@ class SteppingRobot(threading.Thread):
     ) -> None:
         """streaming: step over one StreamSteps stream (the normal control-loop mode) rather
         than unary Step calls; the server's step_timeout_s then bounds each step."""
-        super().__init__(daemon=True)
-        self.stub, self.obs, self.period_s = stub, observations, period_s
+        super().__init__(observations, period_s)
+        self.stub = stub
         self.step_timeout_s, self.streaming = step_timeout_s, streaming
         self._outbox: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
         self._replies: Iterator[session_pb2.StreamStepsReply] | None = None
         request = session_pb2.OpenSessionRequest(client_id="robot", wait_replicas=wait_replicas)
         opened = stub.OpenSession(request, timeout=10)
         self.session_id = str(opened.session_id)
-        self.outcomes: list[Outcome] = []
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    @property
-    def acked(self) -> int:
-        return sum(o.code == "OK" for o in self.outcomes)
 
     def _send(self, request: session_pb2.StepRequest) -> session_pb2.StepReply:
         """One step, unary or over the stream; raises _StepFailed with the status name."""
@@ -117,21 +155,75 @@ class SteppingRobot(threading.Thread):
         while (request := self._outbox.get()) is not None:
             yield request
 
-    def run(self) -> None:
-        seq = 1
+    def _begin(self) -> None:
         if self.streaming:
             self._replies = self.stub.StreamSteps(self._requests())
+
+    def _end(self) -> None:
+        self._outbox.put(None)  # ends the stream, if any
+
+
+class ClientRobot(Robot):
+    """A robot controller on the client library (ActionMeshClient with its default step
+    timeout unless told otherwise), stepping unary or over one stream (StepStream).
+
+    Every attempt is recorded: the client is made with max_attempts=1 and the robot resends
+    the same seq itself, so a failure the library would retry (and the robot feel as a late
+    action) shows as a failed outcome. A resent seq carries the first attempt's timestamp, so
+    that the stored reply of a step committed after the robot gave up is taken as its answer.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        observations: list[torch.Tensor],
+        period_s: float,
+        streaming: bool = False,
+        step_timeout_s: float | None = None,
+    ) -> None:
+        """step_timeout_s: None keeps the client library's default."""
+        super().__init__(observations, period_s)
+        self.streaming = streaming
+        timeout = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
+        self.client = ActionMeshClient([address], max_attempts=1, client_id="robot", **timeout)
+        self.session: Session = self.client.open_session()
+        self.session_id = self.session.session_id
+        self._stream: StepStream | None = None
+        self._timestamps: dict[int, float] = {}
+
+    def _begin(self) -> None:
+        if self.streaming:
+            self._stream = self.session.stream()
+
+    def _end(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self.client.close()
+
+    def _step(self, seq: int) -> Outcome:
+        assert self.session.seq == seq - 1, f"the session is at {self.session.seq}, not {seq - 1}"
+        timestamp = self._timestamps.setdefault(seq, time.time())
+        stepper = self._stream or self.session
+        sent = time.monotonic()
         try:
-            while seq <= len(self.obs) and not self._stop_event.is_set():
-                started = time.monotonic()
-                outcome = self._step(seq)
-                self.outcomes.append(outcome)
-                seq += outcome.code == "OK"
-                self._stop_event.wait(max(0.0, self.period_s - (time.monotonic() - started)))
-        except BaseException as exc:  # surfaced to the caller through .error
-            self.error = exc
-        finally:
-            self._outbox.put(None)  # ends the stream, if any
+            result: StepResult = stepper.step(self.obs[seq - 1], timestamp_s=timestamp)
+        except ServiceUnavailable as exc:
+            return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
+        now = time.monotonic()
+        if result.seq != seq:
+            raise AssertionError(f"sent seq {seq}, acknowledged {result.seq}")
+        return Outcome(
+            seq,
+            now,
+            now - sent,
+            "OK",
+            session_pb2.ServeMode.Value(result.serve_mode),
+            result.action,
+            result.model_version,
+            False,  # the client library does not say; the reference checks would
+            result.exit_stage,
+            result.confidence,
+        )
 
 
 class _StepFailed(Exception):
