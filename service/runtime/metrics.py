@@ -42,6 +42,12 @@ SHARD_FORWARD_LATENCY = Histogram(
 SHARD_FORWARD_ITEMS = Counter(
     "actionmesh_shard_forward_items_total", "Session items computed by this shard.", ["stage"]
 )
+SHARD_VERSION_REFUSALS = Counter(
+    "actionmesh_shard_version_refusals_total",
+    "Forward calls this shard refused (FAILED_PRECONDITION) because they asked for a model "
+    "version it does not serve: a coordinator tried to mix versions, or routed on stale news.",
+    ["stage"],
+)
 REPLAYED_STEPS = Counter(
     "actionmesh_replayed_steps_total",
     "Logged observations replayed to bring lagging stage states level.",

@@ -38,6 +38,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self._retiring: _Retiring | None = None
         self._versions = threading.Lock()  # stage, version and _retiring change together
         self._label = str(stage.index)
+        metrics.SHARD_VERSION_REFUSALS.labels(self._label)  # exposed (as 0) before any refusal
         self._lock = threading.Lock()  # one batch at a time: torch threads are already set
         self._calls = 0
         self._items = 0
@@ -67,6 +68,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
     ) -> stage_pb2.ForwardReply:
         stage = self._stage_for(request.model_version)
         if stage is None:
+            metrics.SHARD_VERSION_REFUSALS.labels(self._label).inc()
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"stage {self.stage.index} serves model {self.version}, not {request.model_version}",
