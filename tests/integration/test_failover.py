@@ -13,13 +13,14 @@ from typing import Any
 
 import grpc
 
+from chaos.fleet import Robot
 from chaos.invariants import (
     check_failures_at,
     check_nothing_lost_or_doubled,
     failed,
     progress,
     robots_stepping,
-    worst_latency_after,
+    worst_step_latency_after,
 )
 from service.local.embedded_etcd import EmbeddedEtcdCluster
 from service.local.local_cluster import LocalCluster
@@ -55,6 +56,19 @@ def replica_role(address: str) -> str:
         return str(info.role)
 
 
+def check_failover(robots: list[Robot], fault_at: float, what: str) -> None:
+    """What a leader's failure may cost the robots stepping through it: at most one failed
+    attempt per robot, sent within 1 s after the fault, and no step (retries included) waiting
+    as long as the lease TTL: the coordinator moves to the standby on a failed or late stage
+    call, it does not wait for etcd to elect one. The bound is generous on purpose (the machine
+    is shared and noisy). The answers themselves are checked against the in-process reference
+    when robots_stepping ends."""
+    worst = worst_step_latency_after(robots, fault_at)
+    print(f"{what}: slowest step after it {worst * 1e3:.0f} ms; failed steps {failed(robots)}")
+    check_failures_at(robots, fault_at, window_s=1.0, per_robot=1)
+    assert worst < TTL_S, f"{what}: a step waited {worst:.2f} s, not less than the lease TTL"
+
+
 def test_kill_9_of_a_stage_leader(tmp_path: Path) -> None:
     settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
     with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
@@ -69,13 +83,14 @@ def test_kill_9_of_a_stage_leader(tmp_path: Path) -> None:
             "a standby leads stage 1",
         )
         progress(robots, 20)
-        print(
-            f"kill -9: slowest step in the next second {worst_latency_after(robots, killed_at) * 1e3:.0f} ms; "
-            f"new leader in etcd after {took:.2f} s; failed steps {failed(robots)}"
-        )
+        print(f"kill -9: new leader in etcd after {took:.2f} s")
+        check_failover(robots, killed_at, "kill -9")
 
 
 def test_hung_leader_is_suspected_and_later_serves_as_standby(tmp_path: Path) -> None:
+    """The steps go to the standby as soon as the hung leader is suspected (a stage call past
+    stage_timeout_s), long before its lease runs out: check_failover bounds every step by the
+    lease TTL."""
     settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=TTL_S)
     with LocalCluster(settings, model=SMALL_MODEL) as cluster, robots_stepping(cluster) as robots:
         progress(robots, 20)
@@ -99,10 +114,7 @@ def test_hung_leader_is_suspected_and_later_serves_as_standby(tmp_path: Path) ->
         new = leader_of(cluster, 2)
         assert new is not None and new.replica_id != old.replica_id
         progress(robots, 20)
-        print(
-            f"SIGSTOP: slowest step in the next second {worst_latency_after(robots, stopped_at) * 1e3:.0f} ms; "
-            f"failed steps {failed(robots)}"
-        )
+        check_failover(robots, stopped_at, "SIGSTOP")
 
 
 def test_graceful_leader_shutdown_fails_no_step(tmp_path: Path) -> None:
