@@ -6,14 +6,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chaos.fleet import SteppingRobot
-from chaos.invariants import failed, progress, robots_stepping
+import pytest
+
+from chaos.fleet import ClientRobot, Robot
+from chaos.invariants import (
+    MAX_STEPS,
+    failed,
+    progress,
+    robots_stepping,
+    worst_step_latency_after,
+)
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
+from service.proto import session_pb2
 from state.etcd_routing import EtcdRoutingTable
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.integration.test_failover import status_json
@@ -48,7 +61,7 @@ def ckpt(cluster: LocalCluster, *args: str) -> dict[str, Any]:
     return out
 
 
-def serving(robots: list[SteppingRobot], version: str) -> bool:
+def serving(robots: list[Robot], version: str) -> bool:
     """Every robot's latest acknowledged step ran on `version`."""
     latest = [next((o for o in reversed(r.outcomes) if o.code == "OK"), None) for r in robots]
     return all(o is not None and o.model_version == version for o in latest)
@@ -106,3 +119,178 @@ def test_roll_forward_and_back_under_load_without_a_failed_step(tmp_path: Path) 
         versions = [o.model_version for o in robot.outcomes if o.code == "OK"]
         phases = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
         assert phases == [v1, v2, v1], "a session switched versions back and forth"
+
+
+CONTROL_PERIOD_S = 0.05  # 20 Hz
+SWITCH_WITHIN_S = 5.0  # from the new version being whole to every robot answered on it
+
+
+class FirstTrue(threading.Thread):
+    """Polls `condition` every 10 ms from now on; `at` is when it first held (monotonic)."""
+
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        super().__init__(daemon=True)
+        self.condition, self.at, self._stop_event = condition, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            if self.condition():
+                self.at = time.monotonic()
+                return
+            self._stop_event.wait(0.01)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def every_stage_offers(table: EtcdRoutingTable, version: str) -> bool:
+    """Some replica of every stage announces `version`: a session can move to it."""
+    views = table.snapshot()
+    return len(views) == SMALL_MODEL.n_stages and all(
+        any(r.model_version == version for r in view.replicas.values()) for view in views.values()
+    )
+
+
+def first_answer_on(robot: Robot, version: str, after: float) -> float | None:
+    """When `robot` first got an answer on `version` after `after` (monotonic), if it did."""
+    return next(
+        (
+            o.at
+            for o in robot.outcomes
+            if o.code == "OK" and o.model_version == version and o.at > after
+        ),
+        None,
+    )
+
+
+def switch_to(
+    table: EtcdRoutingTable, robots: list[Robot], version: str, operate: Callable[[], None]
+) -> float:
+    """Run `operate` (a CLI promote or rollback) and wait until every robot answers on
+    `version`, within SWITCH_WITHIN_S of every stage offering it; when the operation began."""
+    whole = FirstTrue(lambda: every_stage_offers(table, version))
+    whole.start()
+    began = time.monotonic()
+    try:
+        operate()
+        wait_for(lambda: whole.at > 0, 60, f"every stage offers {version}")
+        wait_for(lambda: serving(robots, version), 60, f"every session moves to {version}")
+    finally:
+        whole.stop()
+    moved = [first_answer_on(r, version, began) for r in robots]
+    assert all(m is not None for m in moved)
+    timings = {
+        "whole": whole.at - began,
+        "last robot moved": max(m for m in moved if m is not None) - began,
+        "slowest step": worst_step_latency_after(robots, began),
+    }
+    print(f"switch to {version}: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    for robot, at in zip(robots, moved, strict=True):
+        assert at is not None and at - whole.at <= SWITCH_WITHIN_S, (
+            f"session {robot.session_id} answered on {version} {at - whole.at:.2f} s after "
+            f"every stage offered it"
+        )
+    return began
+
+
+def failures(robots: list[Robot], operations: dict[str, float]) -> list[str]:
+    """Every failed attempt: robot, seq, code, and when it was sent after each operation."""
+    out = []
+    for i, robot in enumerate(robots):
+        for o in robot.outcomes:
+            if o.code != "OK":
+                sent = o.at - o.latency_s
+                when = ", ".join(f"{sent - t:+.2f} s after {op}" for op, t in operations.items())
+                out.append(f"robot {i} seq {o.seq} {o.code} after {o.latency_s:.2f} s, sent {when}")
+    return out
+
+
+# On a stream the coordinator budgets each step at its own step_timeout_s (2 s): a StepRequest
+# carries no deadline, so the server cannot know that the client library gives up after 0.5 s.
+# While a session's version is no longer whole, a step spends half its time left finishing the
+# move (about 1 s); the client times out, cancels the stream and resends, two or three times
+# in a row. With the coordinator's --step-timeout-s 0.5 the same test passes.
+STREAM_DEADLINE_UNKNOWN = pytest.mark.xfail(
+    strict=True,
+    reason="a stream step's budget is the coordinator's step_timeout_s (2 s), not the client's "
+    "0.5 s: steps time out on the client while a session moves to another version",
+)
+
+
+@pytest.mark.parametrize(
+    "streaming", [False, pytest.param(True, marks=STREAM_DEADLINE_UNKNOWN)], ids=["unary", "stream"]
+)
+def test_robots_on_the_client_library_roll_forward_and_back_without_a_failed_step(
+    tmp_path: Path, streaming: bool
+) -> None:
+    """Four robots at 20 Hz on the client library, with its default step timeout (0.5 s),
+    stepping unary or over one stream each, two replicas per stage; the operator promotes a new
+    version with the CLI, later rolls back. No step fails, every robot is answered on the new
+    version within SWITCH_WITHIN_S of every stage offering it, and every answer equals its
+    version's in-process reference over the session's whole history (the log keeps all of it);
+    an answer served degraded while a session moves must say so.
+
+    Regression test: a session's move to a new version replayed its whole history inside one
+    step, so robots with the client's 0.5 s deadline stalled (about 35 s) until the rebuild
+    happened to fit; a move is now caught up in chunks within each step's catch-up budget."""
+    new = ActionModel(SMALL_MODEL.model_copy(update={"seed": 1}))
+    weights.save(new, tmp_path / "weights-v2")
+    with LocalCluster(
+        cluster_settings(tmp_path / "cluster", replicas=2),
+        SMALL_MODEL,
+        coordinator_overrides={"observation_log_depth": MAX_STEPS},
+    ) as cluster:
+        assert cluster.checkpoints is not None
+        old_model, old = weights.load_model(cluster.weights_dir)
+        v1 = old.version
+        v2 = cluster.checkpoints.publish(tmp_path / "weights-v2", promote=False)
+        table = EtcdRoutingTable(cluster.etcd_url, cluster.settings.cluster)
+        table.start()
+        try:
+            assert pipeline_on(table, v1)
+            with robots_stepping(
+                cluster,
+                period_s=CONTROL_PERIOD_S,
+                models={v1: old_model, v2: new},
+                degraded=True,
+                client_library=True,
+                streaming=streaming,
+            ) as robots:
+                timeouts = {r.client.step_timeout_s for r in robots if isinstance(r, ClientRobot)}
+                print(f"robots on the client library, step timeout {timeouts} s")
+                progress(robots, 40)
+
+                def promote() -> None:
+                    promoted = ckpt(cluster, "promote", v2)
+                    assert (promoted["current"], promoted["cluster"]) == (v2, True)
+
+                operations = {"promote": switch_to(table, robots, v2, promote)}
+                wait_for(lambda: pipeline_on(table, v2), 60, "every replica and leader on v2")
+                progress(robots, 40)
+
+                def rollback() -> None:
+                    rolled = ckpt(cluster, "rollback")
+                    assert (rolled["current"], rolled["previous"], rolled["cluster"]) == (
+                        v1,
+                        v2,
+                        True,
+                    )
+
+                operations["rollback"] = switch_to(table, robots, v1, rollback)
+                wait_for(lambda: pipeline_on(table, v1), 60, "every replica and leader on v1")
+                progress(robots, 40)
+                modes = Counter(
+                    session_pb2.ServeMode.Name(o.serve_mode)
+                    for r in robots
+                    for o in r.outcomes
+                    if o.code == "OK"
+                )
+                print(f"answers by mode {dict(modes)}; failed steps {failed(robots)}")
+        finally:
+            table.stop()
+    assert failed(robots) == [], "steps failed:\n" + "\n".join(failures(robots, operations))
+    for robot in robots:
+        versions = [o.model_version for o in robot.outcomes if o.code == "OK"]
+        phases = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
+        assert phases == [v1, v2, v1], f"session {robot.session_id} moved {phases}"
