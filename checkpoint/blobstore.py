@@ -6,12 +6,13 @@ Backends: `file:///path` (local_blobstore.py) and `s3://bucket/prefix` (s3_blobs
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from checkpoint.errors import PreconditionFailed
+from checkpoint.errors import InvalidInput, PreconditionFailed, shown
 
 __all__ = ["BlobStore", "PreconditionFailed", "S3Options", "Tagged", "check_key", "open_blobstore"]
 
@@ -71,11 +72,39 @@ class S3Options:
     retry_max_wait_s: float = 5.0
 
 
+# S3's rules for bucket names: 3-63 lowercase letters, digits, '.' and '-', starting and ending
+# with a letter or digit, no '..'.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_S3_PARAMETERS = ("endpoint_url", "region", "profile")
+
+
 def check_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid blob key {key!r}")
+        raise InvalidInput(f"invalid blob key {shown(key)}")
     return key
+
+
+def check_bucket(bucket: str) -> str:
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise InvalidInput(
+            f"invalid S3 bucket name {shown(bucket)}: 3-63 lowercase letters, digits, '.' and "
+            "'-', starting and ending with a letter or digit"
+        )
+    return bucket
+
+
+def check_endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        valid = False
+    if not valid:
+        raise InvalidInput(
+            f"invalid S3 endpoint_url {shown(url)}: use http://host:port or https://host"
+        )
+    return url
 
 
 def check_conditions(if_match: str | None, if_none_match: bool) -> None:
@@ -85,29 +114,37 @@ def check_conditions(if_match: str | None, if_none_match: bool) -> None:
 
 def open_blobstore(url: str, s3: S3Options | None = None) -> BlobStore:
     """`file:///abs/path` or `s3://bucket[/prefix][?endpoint_url=...&region=...]`; query
-    parameters override the matching fields of `s3`."""
+    parameters override the matching fields of `s3`. InvalidInput (a ValueError) for a URL
+    that cannot name a store; nothing is contacted here."""
     parts = urlsplit(url)
     if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URL {url!r} must be file:///absolute/path")
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise InvalidInput(f"file URL {shown(url)} must be file:///absolute/path")
         from checkpoint.local_blobstore import LocalBlobStore
 
         return LocalBlobStore(Path(parts.path))
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise ValueError(f"S3 URL {url!r} names no bucket: use s3://bucket/prefix")
+            raise InvalidInput(f"S3 URL {shown(url)} names no bucket: use s3://bucket/prefix")
+        bucket = check_bucket(parts.netloc)
         options = _with_query(s3 or S3Options(), parts.query)
+        if options.endpoint_url is not None:
+            check_endpoint(options.endpoint_url)
         from checkpoint.s3_blobstore import S3BlobStore
 
-        return S3BlobStore(parts.netloc, parts.path.strip("/"), options)
-    raise ValueError(f"unsupported blob store URL {url!r}: use file:///path or s3://bucket/prefix")
+        return S3BlobStore(bucket, parts.path.strip("/"), options)
+    raise InvalidInput(
+        f"unsupported blob store URL {shown(url)}: use file:///path or s3://bucket/prefix"
+    )
 
 
 def _with_query(options: S3Options, query: str) -> S3Options:
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
-    unknown = set(params) - {"endpoint_url", "region", "profile"}
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = set(params) - set(_S3_PARAMETERS)
     if unknown:
-        raise ValueError(f"unknown S3 URL parameters {sorted(unknown)}")
+        raise InvalidInput(
+            f"unknown S3 URL parameters {shown(sorted(unknown))}: use {', '.join(_S3_PARAMETERS)}"
+        )
     return replace(
         options,
         endpoint_url=params.get("endpoint_url", options.endpoint_url),

@@ -33,5 +33,14 @@ class VerificationFailed(CheckpointError):
     """Sizes, checksums or the signature of a version do not match its manifest."""
 
 
+class InvalidInput(CheckpointError, ValueError):
+    """An argument that cannot be used as given (a URL, key file, bucket name or version id):
+    fix it and run again; retrying as is will not help."""
+
+
+class StoreNotFound(NotFound):
+    """The blob store itself (an S3 bucket) does not exist: not the same as a missing key."""
+
+
 class StoreUnavailable(CheckpointError):
     """The blob store could not be reached after bounded retries; try again later."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from checkpoint.blobstore import Tagged, check_conditions, check_key
 from checkpoint.durable import atomic_write, fsync_dir, is_temp_name
-from checkpoint.errors import NotFound, PreconditionFailed
+from checkpoint.errors import InvalidInput, NotFound, PreconditionFailed
 
 LOCK_NAME = ".lock"
 
@@ -25,7 +25,7 @@ LOCK_NAME = ".lock"
 class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         if not root.is_absolute():
-            raise ValueError(f"blob store root {root} must be an absolute path")
+            raise InvalidInput(f"blob store root {root} must be an absolute path")
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 

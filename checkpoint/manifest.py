@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from checkpoint.durable import atomic_write
-from checkpoint.errors import CheckpointError, VerificationFailed
+from checkpoint.errors import CheckpointError, InvalidInput, VerificationFailed, shown
 
 MANIFEST_NAME = "manifest.json"
 PRIVATE_KEY_NAME = "checkpoint-signing.key"
@@ -32,9 +32,13 @@ _CHUNK = 1 << 20
 
 
 def check_id(value: str, what: str = "version id") -> str:
-    """Version ids and file names become paths and object keys: plain names only."""
+    """Version ids and file names become paths and object keys: plain names only (no '/',
+    no '..'); InvalidInput (a ValueError) otherwise."""
     if not _ID.match(value) or ".." in value:
-        raise ValueError(f"invalid {what} {value!r}: use letters, digits, '.', '_', '-'")
+        raise InvalidInput(
+            f"invalid {what} {shown(value)}: use up to 128 letters, digits, '.', '_', '-' "
+            "(no '/' or '..')"
+        )
     return value
 
 
@@ -209,15 +213,52 @@ def keygen(directory: Path) -> tuple[Path, Path]:
     return private_path, public_path
 
 
+def _key_bytes(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise InvalidInput(f"the {what} {path} is empty")
+    return data
+
+
+def _parses(load: Any, data: bytes) -> bool:
+    try:
+        load(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    """An ed25519 private key from a PEM file; InvalidInput saying what the file is instead."""
+    data = _key_bytes(path, "signing key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        if _parses(serialization.load_pem_public_key, data):
+            raise InvalidInput(
+                f"{path} is a public key: sign with the private key ({PRIVATE_KEY_NAME})"
+            ) from None
+        raise InvalidInput(f"{path} is not a PEM private key (see `ckpt keygen`)") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise CheckpointError(f"{path} is not an ed25519 private key")
+        raise InvalidInput(f"{path} is not an ed25519 private key (see `ckpt keygen`)")
     return key
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
+    """An ed25519 public key from a PEM file; InvalidInput saying what the file is instead."""
+    data = _key_bytes(path, "trusted key")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        if _parses(lambda raw: serialization.load_pem_private_key(raw, password=None), data):
+            raise InvalidInput(
+                f"{path} is a private key: trust the public key ({PUBLIC_KEY_NAME}), and keep "
+                "the private one off the nodes"
+            ) from None
+        raise InvalidInput(f"{path} is not a PEM public key (see `ckpt keygen`)") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise CheckpointError(f"{path} is not an ed25519 public key")
+        raise InvalidInput(f"{path} is not an ed25519 public key (see `ckpt keygen`)")
     return key

@@ -28,7 +28,14 @@ from tenacity import (
 )
 
 from checkpoint.blobstore import S3Options, Tagged, check_conditions, check_key
-from checkpoint.errors import NotFound, PreconditionFailed, StoreUnavailable
+from checkpoint.errors import (
+    CheckpointError,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    StoreNotFound,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -59,16 +66,39 @@ _RETRYABLE_CODES = frozenset(
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+_INVALID_CODES = frozenset({"InvalidBucketName", "InvalidArgument", "InvalidRequest"})
+# Not the store's fault and not fixed by asking again: the settings are wrong.
+_SETTINGS_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.ParamValidationError,
+    botocore.exceptions.ProfileNotFound,
+    botocore.exceptions.NoRegionError,
+    botocore.exceptions.InvalidRegionError,
+)
 
 T = TypeVar("T")
 
 
-def _code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
+    """The S3 error reply behind `exc` (boto3's managed upload wraps it in
+    S3UploadFailedError, keeping it as the context)."""
+    if isinstance(exc, S3UploadFailedError):
+        exc = exc.__context__ or exc
+    return exc if isinstance(exc, botocore.exceptions.ClientError) else None
+
+
+def _code(exc: BaseException) -> str:
+    error = _client_error(exc)
+    return str(error.response.get("Error", {}).get("Code", "")) if error is not None else ""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if _client_error(exc) is not None:
         return _code(exc) in _RETRYABLE_CODES
     return isinstance(
         exc,
@@ -83,22 +113,25 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = prefix
         self.options = options
-        session = boto3.session.Session(
-            aws_access_key_id=options.access_key_id,
-            aws_secret_access_key=options.secret_access_key,
-            aws_session_token=options.session_token,
-            region_name=options.region,
-            profile_name=options.profile,
-        )
-        self.client: S3Client = session.client(
-            "s3",
-            endpoint_url=options.endpoint_url,
-            config=botocore.config.Config(
-                connect_timeout=options.connect_timeout_s,
-                read_timeout=options.read_timeout_s,
-                retries={"max_attempts": 1, "mode": "standard"},  # tenacity retries, counted
-            ),
-        )
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=options.access_key_id,
+                aws_secret_access_key=options.secret_access_key,
+                aws_session_token=options.session_token,
+                region_name=options.region,
+                profile_name=options.profile,
+            )
+            self.client: S3Client = session.client(
+                "s3",
+                endpoint_url=options.endpoint_url,
+                config=botocore.config.Config(
+                    connect_timeout=options.connect_timeout_s,
+                    read_timeout=options.read_timeout_s,
+                    retries={"max_attempts": 1, "mode": "standard"},  # tenacity retries, counted
+                ),
+            )
+        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+            raise InvalidInput(f"S3 store s3://{bucket}/{prefix}: {_one_line(exc)}") from exc
         self.transfer = TransferConfig(
             multipart_threshold=options.multipart_threshold_bytes,
             multipart_chunksize=options.multipart_chunksize_bytes,
@@ -130,20 +163,32 @@ class S3BlobStore:
             before_sleep=count,
             reraise=True,
         )
+        where = f"{operation} on s3://{self.bucket}/{self.prefix}"
         try:
             return retrying(fn)
-        except botocore.exceptions.ClientError as exc:
-            if _code(exc) in _NOT_FOUND_CODES:
-                raise NotFound(f"{operation}: s3://{self.bucket}/{self.prefix}: {exc}") from exc
-            if _code(exc) in _PRECONDITION_CODES:
-                raise PreconditionFailed(f"{operation}: {exc}") from exc
+        except (botocore.exceptions.ClientError, S3UploadFailedError) as exc:
+            code = _code(exc)
+            if code == "NoSuchBucket":
+                raise StoreNotFound(
+                    f"{where}: bucket {self.bucket} does not exist (check the --remote URL)"
+                ) from exc
+            if code in _NOT_FOUND_CODES:
+                raise NotFound(f"{where}: {_one_line(exc)}") from exc
+            if code in _PRECONDITION_CODES:
+                raise PreconditionFailed(f"{operation}: {_one_line(exc)}") from exc
+            if code in _INVALID_CODES:
+                raise InvalidInput(f"{where}: {_one_line(exc)}") from exc
             if is_retryable(exc):
-                raise StoreUnavailable(f"{operation} failed after retries: {exc}") from exc
-            raise
-        except (botocore.exceptions.BotoCoreError, S3UploadFailedError) as exc:
+                raise StoreUnavailable(
+                    f"{where} failed after {self.options.max_attempts} attempts: {_one_line(exc)}"
+                ) from exc
+            raise CheckpointError(f"{where} refused: {_one_line(exc)}") from exc
+        except _SETTINGS_ERRORS as exc:
+            raise InvalidInput(f"{where}: {_one_line(exc)}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
             raise StoreUnavailable(
-                f"{operation} on s3://{self.bucket}/{self.prefix} failed after "
-                f"{self.options.max_attempts} attempts: {exc}; check endpoint_url and network"
+                f"{where} failed after {self.options.max_attempts} attempts: {_one_line(exc)}; "
+                "check endpoint_url and network"
             ) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -166,6 +211,8 @@ class S3BlobStore:
                     self.bucket, full, str(path), Config=self.transfer
                 ),
             )
+        except StoreNotFound:
+            raise
         except NotFound as exc:
             raise NotFound(f"s3://{self.bucket}/{full} not found") from exc
 
@@ -178,6 +225,8 @@ class S3BlobStore:
 
         try:
             return self._call("get", fetch)
+        except StoreNotFound:
+            raise
         except NotFound:
             return None
 
@@ -185,7 +234,9 @@ class S3BlobStore:
         full = self._key(key)
         try:
             self._call("head", lambda: self.client.head_object(Bucket=self.bucket, Key=full))
-        except NotFound:
+        except StoreNotFound:
+            raise
+        except NotFound:  # a HEAD reply has no body: a missing bucket looks the same
             return False
         return True
 
@@ -232,6 +283,8 @@ class S3BlobStore:
 
         try:
             return self._call("put_if", put)
+        except StoreNotFound:
+            raise
         except NotFound as exc:  # If-Match on a key that is gone
             raise PreconditionFailed(f"{key} no longer exists (expected etag {if_match})") from exc
         except PreconditionFailed as exc:

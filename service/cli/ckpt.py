@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import socket
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from checkpoint import gc
 from checkpoint.blobstore import open_blobstore
 from checkpoint.errors import (
     CheckpointError,
+    InvalidInput,
     NotFound,
     PreconditionFailed,
     StoreUnavailable,
@@ -33,6 +35,9 @@ from service.runtime.settings import CkptSettings
 from state.desired_version import set_desired_version
 from state.leadership import LeadershipUnavailable
 
+log = logging.getLogger(__name__)
+
+# Everything else (bad input, a refused request, an OSError on a path given by a flag) is 1.
 _EXIT = {NotFound: 1, VerificationFailed: 1, PreconditionFailed: 3, StoreUnavailable: 4}
 
 
@@ -98,7 +103,12 @@ def create(settings: CkptSettings, version: str | None) -> dict[str, Any]:
         )
     with tempfile.TemporaryDirectory(prefix="actionmesh-ckpt-") as scratch:
         source = _weights_source(settings, Path(scratch))
-        info = read_info(source)
+        try:
+            info = read_info(source)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(
+                f"{source} is not a weights directory (its model.json: {exc})"
+            ) from exc
         if version is not None and version != info.version:
             raise VerificationFailed(f"these weights are version {info.version}, not {version}")
         creator = f"{getpass.getuser()}@{socket.gethostname()}"
@@ -264,11 +274,20 @@ _ACTIONS: dict[str, Callable[[CkptSettings, str | None], dict[str, Any]]] = {
 
 
 def main(settings: CkptSettings, action: str, version: str | None) -> int:
+    """Run `action`; every failure is one line (on stderr, or one JSON object on stdout with
+    --json) and an exit code from _EXIT, never a traceback."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # "Found credentials in ..."
+        for noisy in ("boto3", "botocore", "s3transfer", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         result = _ACTIONS[action](settings, version)
-    except (CheckpointError, OSError) as exc:  # OSError: a key or directory named by a flag
+    except Exception as exc:
         code = next((c for kind, c in _EXIT.items() if isinstance(exc, kind)), 1)
         message = str(exc.args[0]) if isinstance(exc, CheckpointError) and exc.args else str(exc)
+        if not isinstance(exc, CheckpointError | OSError):  # OSError: a path named by a flag
+            log.debug("ckpt %s failed", action, exc_info=True)
+            message = f"unexpected {type(exc).__name__}: {message} (--log-level debug shows where)"
+        message = " ".join(message.split()) or type(exc).__name__
         details = exc.args[1] if isinstance(exc, CheckpointError) and len(exc.args) > 1 else None
         if settings.json_output:
             print(json.dumps({"error": message, "kind": type(exc).__name__, "details": details}))

@@ -14,11 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from checkpoint import gc
 from checkpoint.blobstore import BlobStore, open_blobstore
-from checkpoint.errors import NotFound, PreconditionFailed, VerificationFailed
+from checkpoint.errors import InvalidInput, NotFound, PreconditionFailed, VerificationFailed
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import (
     MANIFEST_NAME,
     build_manifest,
+    check_id,
     keygen,
     load_private_key,
     load_public_key,
@@ -334,3 +335,52 @@ def test_a_malformed_remote_current_is_refused_and_a_node_serves_its_flash(
     assert "serving the newest good local version" in caplog.text
     # The operator repairs it by promoting a version: CURRENT is overwritten.
     assert remote.promote("v1").version == "v1" and remote.current() == "v1"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("s3://", "names no bucket"),
+        ("s3:///prefix", "names no bucket"),
+        ("ftp://host/x", "unsupported"),
+        ("file://otherhost/x", "file:///absolute/path"),
+        ("file:relative/x", "file:///absolute/path"),
+        ("s3://bucket/p?colour=red", "unknown S3 URL parameters"),
+        ("s3://bucket/p?endpoint_url=notaurl", "endpoint_url"),
+        ("s3://bucket/p?endpoint_url=http://host:port", "endpoint_url"),
+        ("s3://Bad_Bucket/p", "bucket name"),
+        ("s3://ab/p", "bucket name"),
+        ("s3://a..b/p", "bucket name"),
+        ("s3://" + "b" * 64 + "/p", "bucket name"),
+    ],
+)
+def test_a_url_that_cannot_name_a_store_is_invalid_input(url: str, says: str) -> None:
+    """Refused before any S3 client exists (so no socket is opened here)."""
+    with pytest.raises(InvalidInput, match=says):
+        open_blobstore(url)
+
+
+def test_bad_ids_keys_and_blob_keys_are_invalid_input_quoted_briefly(tmp_path: Path) -> None:
+    for bad in ("../x", "a/b", "..", "", "v" * 20_000):
+        with pytest.raises(InvalidInput, match="invalid version id") as caught:
+            check_id(bad)
+        assert len(str(caught.value)) < 200
+    store = open_blobstore(f"file://{tmp_path / 'store'}")
+    with pytest.raises(InvalidInput, match="invalid blob key"):
+        store.exists("../escape")
+
+    private, public = keygen(tmp_path / "keys")
+    (tmp_path / "garbage").write_bytes(b"garbage")
+    (tmp_path / "empty").write_bytes(b"")
+    cases = [
+        (load_public_key, private, "is a private key"),
+        (load_private_key, public, "is a public key"),
+        (load_public_key, tmp_path / "garbage", "not a PEM public key"),
+        (load_private_key, tmp_path / "garbage", "not a PEM private key"),
+        (load_public_key, tmp_path / "empty", "is empty"),
+        (load_private_key, tmp_path / "nowhere", "cannot read"),
+        (load_public_key, tmp_path, "cannot read"),  # a directory
+    ]
+    for load, path, says in cases:
+        with pytest.raises(InvalidInput, match=says):
+            load(path)
