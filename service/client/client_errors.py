@@ -9,6 +9,7 @@ RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 ERROR_KEY = "actionmesh-error"  # set by the coordinator on every error it returns
 RETRY_AFTER_KEY = "actionmesh-retry-after-s"  # set on a shed step
+STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # sent when a stream opens: each step's deadline
 
 
 class ActionMeshClientError(Exception):

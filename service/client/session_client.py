@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from service.client.client_errors import (
+    STEP_TIMEOUT_KEY,
     ActionMeshClientError,
     InvalidObservation,
     RetryableFailure,
@@ -401,7 +402,10 @@ class StepStream(_Closing):
     def _attempt(self, address: str, request: session_pb2.StepRequest) -> session_pb2.StepReply:
         if self._open is None or self._open.address != address:
             self.close()
-            self._open = _OpenStream(address, self.session.client.coordinators.stub(address))
+            client = self.session.client
+            self._open = _OpenStream(
+                address, client.coordinators.stub(address), client.step_timeout_s
+            )
         try:
             item = self._open.exchange(request, self.session.client.step_timeout_s)
         except RetryableFailure:
@@ -422,13 +426,15 @@ class StepStream(_Closing):
 class _OpenStream:
     """One StreamSteps call; a reader thread hands its items over, so that a step can time out."""
 
-    def __init__(self, address: str, stub: Any) -> None:
+    def __init__(self, address: str, stub: Any, step_timeout_s: float) -> None:
         self.address = address
         self._outbox: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
         self._inbox: queue.SimpleQueue[session_pb2.StreamStepsReply | grpc.RpcError | None] = (
             queue.SimpleQueue()
         )
-        self._call = stub.StreamSteps(self._requests())
+        # A stream has no per-message deadline: the coordinator is told the robot's own.
+        deadline = ((STEP_TIMEOUT_KEY, f"{step_timeout_s:.6f}"),)
+        self._call = stub.StreamSteps(self._requests(), metadata=deadline)
         threading.Thread(target=self._read, name=f"stream-{address}", daemon=True).start()
 
     def _requests(self) -> Iterator[session_pb2.StepRequest]:

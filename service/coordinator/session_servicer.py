@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import TypeVar
@@ -39,6 +40,7 @@ R = TypeVar("R", bound=Message)
 ERROR_KEY = "actionmesh-error"
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 RETRY_AFTER_KEY = "actionmesh-retry-after-s"
+STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # a stream's per-step deadline, from the robot
 
 # Each error's status code and reason (the code alone is shared by several kinds).
 _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
@@ -101,10 +103,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request_iterator: Iterator[session_pb2.StepRequest | Malformed],
         context: grpc.ServicerContext,
     ) -> Iterator[session_pb2.StreamStepsReply]:
+        try:
+            budget_s = _stream_step_timeout_s(context)
+        except InvalidInput as exc:
+            _abort(context, exc)
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:
-                answer = self._step(request, None)
+                answer = self._step(request, budget_s)
             except ActionmeshError as exc:
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
@@ -213,6 +219,20 @@ def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
         metadata.append((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"))
     context.set_trailing_metadata(tuple(metadata))
     context.abort(status_of(exc), _bounded(str(exc)))
+
+
+def _stream_step_timeout_s(context: grpc.ServicerContext) -> float | None:
+    """The robot's per-step deadline on a stream (metadata STEP_TIMEOUT_KEY), if it sent one."""
+    sent = dict(context.invocation_metadata() or ()).get(STEP_TIMEOUT_KEY)
+    if sent is None:
+        return None
+    try:
+        seconds = float(str(sent)[:32])
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInput(f"{STEP_TIMEOUT_KEY} must be a number of seconds > 0")
+    return seconds
 
 
 def _checked(request: R | Malformed) -> R:

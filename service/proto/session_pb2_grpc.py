@@ -79,6 +79,9 @@ class SessionServiceServicer:
 
     def StreamSteps(self, request_iterator, context):
         """The same over one bidirectional stream; a failed step yields an error item, not a closed stream.
+        Each step's deadline: the stream's metadata `actionmesh-step-timeout-s` (seconds, the
+        robot's own per-step deadline; the client library sends it), at most the coordinator's
+        step_timeout_s, which applies alone without it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

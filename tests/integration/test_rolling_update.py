@@ -206,21 +206,10 @@ def failures(robots: list[Robot], operations: dict[str, float]) -> list[str]:
     return out
 
 
-# On a stream the coordinator budgets each step at its own step_timeout_s (2 s): a StepRequest
-# carries no deadline, so the server cannot know that the client library gives up after 0.5 s.
-# While a session's version is no longer whole, a step spends half its time left finishing the
-# move (about 1 s); the client times out, cancels the stream and resends, two or three times
-# in a row. With the coordinator's --step-timeout-s 0.5 the same test passes.
-STREAM_DEADLINE_UNKNOWN = pytest.mark.xfail(
-    strict=True,
-    reason="a stream step's budget is the coordinator's step_timeout_s (2 s), not the client's "
-    "0.5 s: steps time out on the client while a session moves to another version",
-)
-
-
-@pytest.mark.parametrize(
-    "streaming", [False, pytest.param(True, marks=STREAM_DEADLINE_UNKNOWN)], ids=["unary", "stream"]
-)
+# On a stream the client library tells the coordinator its per-step deadline when the stream
+# opens (metadata actionmesh-step-timeout-s); without it every stream step had the
+# coordinator's 2 s and the robots timed out while their sessions moved.
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 def test_robots_on_the_client_library_roll_forward_and_back_without_a_failed_step(
     tmp_path: Path, streaming: bool
 ) -> None:
