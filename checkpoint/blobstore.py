@@ -6,6 +6,7 @@ Backends: `file:///path` (local_blobstore.py) and `s3://bucket/prefix` (s3_blobs
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +57,12 @@ class BlobStore(Protocol):
 @dataclass(frozen=True)
 class S3Options:
     """Explicit S3 settings; anything left None comes from the usual boto3 sources
-    (environment, ~/.aws/config and credentials, instance metadata)."""
+    (environment, ~/.aws/config and credentials, instance metadata).
+
+    `deadline_s` bounds every operation against a store that does not answer: each of the
+    `max_attempts` attempts gets connect and read timeouts (attempt_timeouts) such that all
+    of them timing out, plus the longest waits between them, add up to it. A transfer that
+    keeps receiving bytes is not cut: each read waits at most the read timeout."""
 
     endpoint_url: str | None = None
     region: str | None = None
@@ -66,16 +72,32 @@ class S3Options:
     session_token: str | None = None
     multipart_threshold_bytes: int = 64 * 1024 * 1024
     multipart_chunksize_bytes: int = 16 * 1024 * 1024
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    max_attempts: int = 5
-    retry_max_wait_s: float = 5.0
+    deadline_s: float = 10.0
+    max_attempts: int = 3
+    connect_timeout_s: float = 1.0  # at most this, and at most half of an attempt
+    retry_max_wait_s: float = 0.5
+
+
+def attempt_timeouts(options: S3Options) -> tuple[float, float]:
+    """(connect, read) timeouts of one attempt: `max_attempts` attempts that each time out,
+    plus the longest waits between them, take `deadline_s`. InvalidInput if that leaves an
+    attempt no time."""
+    waits = (options.max_attempts - 1) * options.retry_max_wait_s
+    per_attempt = (options.deadline_s - waits) / options.max_attempts
+    if not (options.max_attempts >= 1 and per_attempt >= 0.1 and math.isfinite(per_attempt)):
+        raise InvalidInput(
+            f"S3 deadline_s={options.deadline_s} leaves no time for {options.max_attempts} "
+            f"attempts {options.retry_max_wait_s}s apart: use at least "
+            f"{waits + 0.1 * options.max_attempts:.1f}"
+        )
+    connect = min(options.connect_timeout_s, per_attempt / 2)
+    return connect, per_attempt - connect
 
 
 # S3's rules for bucket names: 3-63 lowercase letters, digits, '.' and '-', starting and ending
 # with a letter or digit, no '..'.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_S3_PARAMETERS = ("endpoint_url", "region", "profile")
+_S3_PARAMETERS = ("endpoint_url", "region", "profile", "deadline_s")
 
 
 def check_key(key: str) -> str:
@@ -113,8 +135,8 @@ def check_conditions(if_match: str | None, if_none_match: bool) -> None:
 
 
 def open_blobstore(url: str, s3: S3Options | None = None) -> BlobStore:
-    """`file:///abs/path` or `s3://bucket[/prefix][?endpoint_url=...&region=...]`; query
-    parameters override the matching fields of `s3`. InvalidInput (a ValueError) for a URL
+    """`file:///abs/path` or `s3://bucket[/prefix][?endpoint_url=...&region=...&profile=...
+    &deadline_s=...]`; query parameters override the matching fields of `s3`. InvalidInput (a ValueError) for a URL
     that cannot name a store; nothing is contacted here."""
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -145,9 +167,20 @@ def _with_query(options: S3Options, query: str) -> S3Options:
         raise InvalidInput(
             f"unknown S3 URL parameters {shown(sorted(unknown))}: use {', '.join(_S3_PARAMETERS)}"
         )
-    return replace(
+    deadline_s = options.deadline_s
+    if "deadline_s" in params:
+        try:
+            deadline_s = float(params["deadline_s"])
+        except ValueError:
+            raise InvalidInput(
+                f"S3 URL parameter deadline_s={shown(params['deadline_s'])} is not a number"
+            ) from None
+    chosen = replace(
         options,
         endpoint_url=params.get("endpoint_url", options.endpoint_url),
         region=params.get("region", options.region),
         profile=params.get("profile", options.profile),
+        deadline_s=deadline_s,
     )
+    attempt_timeouts(chosen)  # refuses a deadline that leaves an attempt no time
+    return chosen

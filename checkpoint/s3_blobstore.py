@@ -4,7 +4,8 @@ The only file that imports boto3. Large files go through boto3's managed transfe
 above `multipart_threshold_bytes`). Conditional writes use S3's If-Match / If-None-Match on
 PutObject. Retryable failures (connection errors, timeouts, throttling, 5xx) are retried with
 tenacity (bounded attempts, exponential backoff with jitter) and counted; everything else
-(missing keys, failed preconditions, access denied) surfaces at once."""
+(missing keys, failed preconditions, access denied) surfaces at once. Every operation gives
+up within `S3Options.deadline_s` on a store that does not answer (blobstore.attempt_timeouts)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,17 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
-from checkpoint.blobstore import S3Options, Tagged, check_conditions, check_key
+from checkpoint.blobstore import (
+    S3Options,
+    Tagged,
+    attempt_timeouts,
+    check_conditions,
+    check_key,
+)
 from checkpoint.errors import (
     CheckpointError,
     InvalidInput,
@@ -113,6 +121,7 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = prefix
         self.options = options
+        connect_s, read_s = attempt_timeouts(options)
         try:
             session = boto3.session.Session(
                 aws_access_key_id=options.access_key_id,
@@ -125,9 +134,11 @@ class S3BlobStore:
                 "s3",
                 endpoint_url=options.endpoint_url,
                 config=botocore.config.Config(
-                    connect_timeout=options.connect_timeout_s,
-                    read_timeout=options.read_timeout_s,
-                    retries={"max_attempts": 1, "mode": "standard"},  # tenacity retries, counted
+                    connect_timeout=connect_s,
+                    read_timeout=read_s,
+                    # One request per call: tenacity retries, counted. (botocore's own
+                    # "max_attempts" counts retries, not attempts: 1 meant two requests.)
+                    retries={"total_max_attempts": 1, "mode": "standard"},
                 ),
             )
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
@@ -135,6 +146,7 @@ class S3BlobStore:
         self.transfer = TransferConfig(
             multipart_threshold=options.multipart_threshold_bytes,
             multipart_chunksize=options.multipart_chunksize_bytes,
+            num_download_attempts=1,  # tenacity retries, within the deadline
         )
 
     def _key(self, key: str) -> str:
@@ -156,7 +168,9 @@ class S3BlobStore:
 
         retrying = Retrying(
             retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.options.max_attempts),
+            # No attempt starts past the deadline (attempts that time out fit in it anyway).
+            stop=stop_after_attempt(self.options.max_attempts)
+            | stop_before_delay(self.options.deadline_s),
             wait=wait_exponential_jitter(
                 multiplier=0.1, jitter=0.2, max=self.options.retry_max_wait_s
             ),

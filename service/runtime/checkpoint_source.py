@@ -1,6 +1,12 @@
 """Where weights come from on checkpoints (a shard's stage, the coordinator's student): the
 remote CURRENT or a named version (with no remote, the local one), verified on this node's
-flash and pulled when missing or bad there."""
+flash and pulled when missing or bad there.
+
+At start, a node whose flash holds a verified version serves it at once and reconciles with
+the remote afterwards (`reconcile`, in the background): a remote that is slow, unreachable or
+holds a malformed CURRENT never delays serving what is already here. Only a node with nothing
+good on flash waits for the remote (every remote operation is bounded by the store's
+deadline, S3Options.deadline_s)."""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ import logging
 from pathlib import Path
 
 from checkpoint.blobstore import open_blobstore
-from checkpoint.errors import CheckpointError, VerificationFailed
-from checkpoint.local_flash import LocalFlash
+from checkpoint.errors import CheckpointError, NotFound, VerificationFailed
+from checkpoint.local_flash import LoadResult, LocalFlash
 from checkpoint.manifest import load_public_key
 from checkpoint.remote import Remote, ensure_local
 from service.model import weights
@@ -18,12 +24,58 @@ from service.runtime.settings import CheckpointSourceSettings
 log = logging.getLogger(__name__)
 
 
-def verified_weights(settings: CheckpointSourceSettings, flash_dir: Path) -> Path:
-    """The directory of the version to serve at start; SystemExit with the reason if none."""
+def verified_weights(settings: CheckpointSourceSettings, flash_dir: Path) -> tuple[Path, bool]:
+    """The directory of the version to serve at start, and whether the caller should
+    reconcile with the remote (the version came from flash without asking it); SystemExit
+    with the reason if there is none."""
     try:
-        return version_weights(settings, flash_dir, None)
+        if settings.remote is None:
+            return version_weights(settings, flash_dir, None), False
+        try:
+            loaded = _flash(settings, flash_dir).load_current()
+        except NotFound:  # nothing good here: wait for the remote (within its deadline)
+            return version_weights(settings, flash_dir, None), False
+        log.info(
+            "version=%s verified on local flash: serving it at once; reconciling with the "
+            "remote %s in the background",
+            loaded.version,
+            settings.remote,
+        )
+        return _checked(loaded), True
     except CheckpointError as exc:
         raise SystemExit(f"no verified weights on {flash_dir}: {exc}") from exc
+
+
+def reconcile(settings: CheckpointSourceSettings, flash_dir: Path, serving: str) -> str | None:
+    """After serving `serving` from flash: the remote CURRENT when it names another version,
+    pulled and verified on flash (local CURRENT then names it); None when they agree or the
+    remote cannot say (unreachable, malformed CURRENT, a failed pull), with a log line."""
+    try:
+        target = _remote(settings).current() if settings.remote else None
+        if target is None or target == serving:
+            log.info("version=%s is the remote CURRENT (%s): in step", serving, target or "unset")
+            return None
+        version_weights(settings, flash_dir, target)
+    except CheckpointError as exc:
+        log.warning(
+            "could not reconcile with the remote %s, still serving version=%s from local flash: %s",
+            settings.remote,
+            serving,
+            exc,
+        )
+        return None
+    log.info("version=%s is the remote CURRENT (serving %s): pulled and verified", target, serving)
+    return target
+
+
+def _flash(settings: CheckpointSourceSettings, flash_dir: Path) -> LocalFlash:
+    keys = [load_public_key(path) for path in settings.trusted_keys]
+    return LocalFlash(flash_dir, keys, insecure=settings.insecure)
+
+
+def _remote(settings: CheckpointSourceSettings) -> Remote:
+    assert settings.remote is not None
+    return Remote(open_blobstore(settings.remote))
 
 
 def version_weights(
@@ -31,10 +83,12 @@ def version_weights(
 ) -> Path:
     """The verified local directory of `version` (default: the remote CURRENT, else the local
     one), pulled from the remote when missing or bad on flash."""
-    keys = [load_public_key(path) for path in settings.trusted_keys]
-    flash = LocalFlash(flash_dir, keys, insecure=settings.insecure)
-    remote = Remote(open_blobstore(settings.remote)) if settings.remote else None
-    loaded = ensure_local(flash, remote, version)
+    remote = _remote(settings) if settings.remote else None
+    return _checked(ensure_local(_flash(settings, flash_dir), remote, version))
+
+
+def _checked(loaded: LoadResult) -> Path:
+    """`loaded`'s directory, once its weights are known to be the version it is filed as."""
     for bad in loaded.quarantined:
         log.error(
             "version=%s failed verification (%s); %s",

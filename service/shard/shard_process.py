@@ -6,8 +6,12 @@ serves exactly like a leader (shards are stateless), it is just not routed to fi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import torch
@@ -20,7 +24,7 @@ from service.proto import stage_pb2, stage_pb2_grpc
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import ShardSettings
 from service.shard.stage_servicer import StageServicer
-from service.shard.version_follower import VersionFollower
+from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
 from state.backends import open_replica_membership, open_routing_table
 from state.leadership import ReplicaInfo, ReplicaMembership
 
@@ -30,18 +34,66 @@ log = logging.getLogger(__name__)
 DRAIN_S = 0.5
 
 
-def load_stage(settings: ShardSettings) -> tuple[Stage, str]:
-    """This shard's stage and the model version it advertises."""
-    directory = settings.weights_dir
+def load_stage(settings: ShardSettings) -> tuple[Stage, str, bool]:
+    """This shard's stage, the model version it advertises, and whether it came from flash
+    without asking the remote (then reconcile with it in the background: _reconcile)."""
+    directory, reconcile = settings.weights_dir, False
     if settings.flash_dir is not None:
         from service.runtime.checkpoint_source import verified_weights
 
-        directory = verified_weights(settings, settings.flash_dir)
+        directory, reconcile = verified_weights(settings, settings.flash_dir)
     if directory is not None:
         stage, info = weights.load_stage(directory, settings.stage)
-        return stage, info.version
+        return stage, info.version, reconcile
     model = ActionModel(ModelConfig(n_stages=settings.n_stages, seed=settings.seed))
-    return model.stage(settings.stage), weights.model_version(model)
+    return model.stage(settings.stage), weights.model_version(model), False
+
+
+def _load_version(settings: ShardSettings, flash_dir: Path, version: str, n_stages: int) -> Stage:
+    from service.runtime.checkpoint_source import version_weights
+
+    stage, info = weights.load_stage(version_weights(settings, flash_dir, version), settings.stage)
+    if info.config.n_stages != n_stages:
+        raise ValueError(
+            f"version {version} has {info.config.n_stages} stages, this pipeline {n_stages}"
+        )
+    return stage
+
+
+def _reconcile(
+    settings: ShardSettings,
+    servicer: StageServicer,
+    membership: ReplicaMembership | None,
+    follower: VersionFollower | None,
+) -> None:
+    """In the background, after serving the version on flash: move to the remote CURRENT if
+    it names another one, as a start would have, unless the cluster's desired version (etcd)
+    governs this shard's version (then its follower moves it)."""
+    from service.runtime.checkpoint_source import reconcile
+
+    assert settings.flash_dir is not None
+    serving = servicer.version
+    target = reconcile(settings, settings.flash_dir, serving)
+    if target is None:
+        return
+    if follower is not None and follower.table.desired_version() is not None:
+        log.info("version=%s not loaded: the cluster's desired version decides", target)
+        return
+    try:
+        stage = _load_version(settings, settings.flash_dir, target, servicer.stage.cfg.n_stages)
+    except Exception as exc:  # keep serving what is here
+        log.error(
+            "version=%s (remote CURRENT) could not be loaded, serving %s: %s", target, serving, exc
+        )
+        return
+    servicer.swap(stage, target, RETIRE_AFTER_S)
+    if membership is not None:
+        membership.announce(dataclasses.replace(membership.info, model_version=target))
+    log.info("stage=%d now serves %s, the remote CURRENT (was %s)", stage.index, target, serving)
+
+
+def _in_background(target: Callable[..., None], *args: object) -> None:
+    threading.Thread(target=target, args=args, name=target.__name__, daemon=True).start()
 
 
 def _follower(
@@ -57,16 +109,7 @@ def _follower(
         return None
 
     def load(version: str) -> Stage:
-        from service.runtime.checkpoint_source import version_weights
-
-        stage, info = weights.load_stage(
-            version_weights(settings, flash_dir, version), settings.stage
-        )
-        if info.config.n_stages != n_stages:
-            raise ValueError(
-                f"version {version} has {info.config.n_stages} stages, this pipeline {n_stages}"
-            )
-        return stage
+        return _load_version(settings, flash_dir, version, n_stages)
 
     follower = VersionFollower(
         open_routing_table(settings.etcd, settings.cluster), membership, servicer, load, n_stages
@@ -78,7 +121,7 @@ def _follower(
 def run(settings: ShardSettings) -> None:
     torch.set_num_threads(settings.torch_threads)
     torch.set_num_interop_threads(1)
-    stage, version = load_stage(settings)
+    stage, version, reconcile = load_stage(settings)
     if not 0 <= settings.stage < stage.cfg.n_stages:
         raise SystemExit(
             f"--stage {settings.stage} out of range: the model has {stage.cfg.n_stages} stages"
@@ -110,6 +153,8 @@ def run(settings: ShardSettings) -> None:
     )
     process.start(settings.ready_file)
     if settings.etcd is None:
+        if reconcile:
+            _in_background(_reconcile, settings, servicer, None, None)
         process.run_until_signal()
         return
     membership = open_replica_membership(
@@ -121,6 +166,8 @@ def run(settings: ShardSettings) -> None:
     servicer.role = lambda: membership.role.value
     membership.start()
     follower = _follower(settings, servicer, membership, stage.cfg.n_stages)
+    if reconcile:
+        _in_background(_reconcile, settings, servicer, membership, follower)
 
     def step_down() -> None:
         if follower is not None:

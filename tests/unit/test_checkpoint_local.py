@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from checkpoint import gc
-from checkpoint.blobstore import BlobStore, open_blobstore
+from checkpoint.blobstore import BlobStore, S3Options, attempt_timeouts, open_blobstore
 from checkpoint.errors import InvalidInput, NotFound, PreconditionFailed, VerificationFailed
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import (
@@ -384,3 +384,20 @@ def test_bad_ids_keys_and_blob_keys_are_invalid_input_quoted_briefly(tmp_path: P
     for load, path, says in cases:
         with pytest.raises(InvalidInput, match=says):
             load(path)
+
+
+@pytest.mark.parametrize("deadline_s", [1.5, 10.0, 60.0])
+def test_attempt_timeouts_add_up_to_the_deadline(deadline_s: float) -> None:
+    options = S3Options(deadline_s=deadline_s)
+    connect, read = attempt_timeouts(options)
+    waits = (options.max_attempts - 1) * options.retry_max_wait_s
+    assert 0 < connect <= read
+    assert options.max_attempts * (connect + read) + waits == pytest.approx(deadline_s)
+
+
+def test_the_deadline_is_a_url_parameter_and_too_short_a_deadline_is_refused() -> None:
+    for bad, says in (("0.2", "leaves no time"), ("-1", "leaves no time"), ("soon", "number")):
+        with pytest.raises(InvalidInput, match=says):
+            open_blobstore(f"s3://bucket/p?deadline_s={bad}&endpoint_url=http://127.0.0.1:1")
+    with pytest.raises(InvalidInput, match="leaves no time"):
+        attempt_timeouts(S3Options(deadline_s=float("inf")))
