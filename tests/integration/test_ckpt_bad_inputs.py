@@ -67,6 +67,8 @@ CASES = [
     Case("list " + FLASH + " --remote s3://bucket/p?colour=red", 1, "unknown S3 URL param"),
     Case("list " + FLASH + " --remote s3://bucket/p?endpoint_url=notaurl", 1, "endpoint_url"),
     Case("list " + FLASH + " --remote s3://bucket/p?endpoint_url=http://h:x", 1, "endpoint_url"),
+    Case("list " + FLASH + " --remote s3://bucket/p?deadline_s=0.1", 1, "leaves no time"),
+    Case("list " + FLASH + " --remote s3://bucket/p?deadline_s=soon", 1, "not a number"),
     Case("list " + FLASH + " --remote s3://Bad_Bucket/p", 1, "invalid S3 bucket name"),
     Case("list " + FLASH + " --remote s3://ab/p", 1, "invalid S3 bucket name"),
     Case("list " + FLASH + " --remote {no_bucket}", 1, "does not exist"),
