@@ -27,13 +27,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from checkpoint.durable import atomic_write, fsync_dir, fsync_file
-from checkpoint.errors import NotFound, VerificationFailed, VersionConflict
+from checkpoint.errors import NotFound, VerificationFailed, VersionConflict, shown
 from checkpoint.manifest import (
     MANIFEST_NAME,
     Manifest,
     build_manifest,
     check_id,
     hash_file,
+    is_id,
     key_id,
     parse_manifest,
     sign,
@@ -140,9 +141,12 @@ class LocalFlash:
         return self.versions_dir / check_id(version)
 
     def versions(self) -> list[str]:
-        """Ids of the complete versions on flash (verified or not), sorted by name."""
+        """Ids of the complete versions on flash (verified or not), sorted by name; anything
+        else in versions/ (temp dirs, names that are not version ids) is not a version."""
         return sorted(
-            p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            p.name
+            for p in self.versions_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and is_id(p.name)
         )
 
     def manifest(self, version: str) -> Manifest:
@@ -170,9 +174,16 @@ class LocalFlash:
         return index
 
     def current(self) -> str | None:
+        """The version CURRENT names; None when unset or when it names no valid version id
+        (logged: a node then serves its newest good version)."""
         try:
-            text = (self.root / CURRENT_NAME).read_text().strip()
+            text = (self.root / CURRENT_NAME).read_text(errors="replace").strip()
         except FileNotFoundError:
+            return None
+        if text and not is_id(text):
+            log.warning(
+                "local CURRENT on %s names no version id (%s): ignored", self.root, shown(text)
+            )
             return None
         return text or None
 

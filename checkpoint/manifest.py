@@ -31,10 +31,14 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
+def is_id(value: str) -> bool:
+    return bool(_ID.match(value)) and ".." not in value
+
+
 def check_id(value: str, what: str = "version id") -> str:
     """Version ids and file names become paths and object keys: plain names only (no '/',
     no '..'); InvalidInput (a ValueError) otherwise."""
-    if not _ID.match(value) or ".." in value:
+    if not is_id(value):
         raise InvalidInput(
             f"invalid {what} {shown(value)}: use up to 128 letters, digits, '.', '_', '-' "
             "(no '/' or '..')"

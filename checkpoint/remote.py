@@ -34,6 +34,7 @@ from checkpoint.manifest import (
     Manifest,
     check_id,
     hash_file,
+    is_id,
     parse_manifest,
 )
 
@@ -88,11 +89,14 @@ class Remote:
     # -- reading ---------------------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        """Committed versions (those whose manifest is present)."""
+        """Committed versions (those whose manifest is present); keys whose name is not a
+        version id are not versions."""
         return sorted(
             key.split("/")[1]
             for key in self.store.list("versions/")
-            if key.endswith(f"/{MANIFEST_NAME}") and key.count("/") == 2
+            if key.endswith(f"/{MANIFEST_NAME}")
+            and key.count("/") == 2
+            and is_id(key.split("/")[1])
         )
 
     def manifest(self, version: str) -> Manifest:

@@ -401,3 +401,21 @@ def test_the_deadline_is_a_url_parameter_and_too_short_a_deadline_is_refused() -
             open_blobstore(f"s3://bucket/p?deadline_s={bad}&endpoint_url=http://127.0.0.1:1")
     with pytest.raises(InvalidInput, match="leaves no time"):
         attempt_timeouts(S3Options(deadline_s=float("inf")))
+
+
+def test_stray_names_on_flash_or_remote_do_not_break_readers(
+    flash: LocalFlash, tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    """A local CURRENT that names no valid id, and directories or keys whose names are not
+    version ids, are ignored (and logged), not fatal to every reader."""
+    create(flash, tmp_path, key, "v1", 1)
+    (flash.versions_dir / "not a version").mkdir()
+    (flash.root / "CURRENT").write_text("../../etc\n")
+    assert flash.versions() == ["v1"]
+    assert flash.current() is None
+    assert flash.load_current().version == "v1"
+    remote = Remote(open_blobstore(f"file://{tmp_path / 'remote'}"))
+    remote.push(flash, "v1")
+    remote.store.put_bytes("versions/not a version/manifest.json", b"{}")
+    assert remote.versions() == ["v1"]
+    assert gc.collect_remote(remote, keep_newest=1, dry_run=True).keep == ("v1",)
