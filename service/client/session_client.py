@@ -83,6 +83,8 @@ class StepResult:
     total_ms: float  # on the server, from receipt to reply
     batch_size: int
     observation_timestamp_s: float
+    replayed_steps: int = 0  # lagging stages (or a version switch) caught up in this step
+    state_reset: bool = False  # computed without the session's history: the log did not reach back
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,8 @@ class Session:
             reply.timing.total_ms,
             reply.batch_size,
             reply.observation_timestamp_s,
+            replayed_steps=reply.replayed_steps,
+            state_reset=reply.state_reset,
         )
         self.seq, self.model_version = result.seq, result.model_version
         return result

@@ -62,3 +62,20 @@ def test_a_stored_reply_to_an_earlier_observation_is_acknowledged_and_the_step_r
     result = session._step_with(call, torch.zeros(3), "NORMAL", timestamp_s=2.0)
     assert [seq for seq, _ in sent] == [5, 6]
     assert result.seq == 6 and session.seq == 6
+
+
+def test_a_step_result_says_when_history_was_replayed_or_lost() -> None:
+    session = Session(None, "s", 0, ActionSpec(3, 2, 7), "m-1")  # type: ignore[arg-type]
+
+    def call(request: session_pb2.StepRequest) -> session_pb2.StepReply:
+        return session_pb2.StepReply(
+            seq=request.seq,
+            action=tensor_codec.encode(torch.zeros(2, 7)),
+            serve_mode=session_pb2.FULL,
+            observation_timestamp_s=request.timestamp_s,
+            replayed_steps=12,
+            state_reset=True,
+        )
+
+    result = session._step_with(call, torch.zeros(3), "NORMAL", timestamp_s=1.0)
+    assert (result.replayed_steps, result.state_reset) == (12, True)
