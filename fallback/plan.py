@@ -23,7 +23,9 @@ The rules, in order:
    FALLBACK needs the student loaded.
 6. Nothing can answer from those stages, but the catch-up could finish within this step
    (once per step, up to `1 - CATCH_UP_RESERVE` of the time left): `CatchUp(finish=True)`,
-   the switch first. A finishing catch-up that did not finish: `NoPath(DEADLINE)`.
+   the switch first. A finishing catch-up that did not finish: `Full(fresh=True)`, FULL from
+   fresh states, flagged `state_reset` (its progress cannot be committed without an answer,
+   so a retry would replay as far and fall short again: the session would never move).
 7. Something could answer with more time: `Shed` with a retry hint; nothing could at all:
    `NoPath(NOTHING_SERVES)`.
 """
@@ -84,6 +86,10 @@ class StepView:
             return replace(self, switch=replace(self.switch, healthy=healthy))
         return replace(self, healthy=_without(self.healthy, stage))
 
+    def without_student(self) -> StepView:
+        """The student failed under this step (say it answered non-finite values)."""
+        return replace(self, student_loaded=False)
+
     def with_catch_up(self, plan: CatchUp, complete: bool, time_left_s: float) -> StepView:
         spent = replace(
             self,
@@ -102,6 +108,7 @@ class StepView:
 @dataclass(frozen=True, kw_only=True)
 class Full:
     version: str  # the session's version, or the switch's once its states are ready
+    fresh: bool = False  # from fresh states: the history could not be replayed in time (rule 6)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,11 +218,8 @@ def _when_nothing_answers(view: StepView, usable: tuple[bool, ...], why_not: str
         return _finish(
             view, switch.version if switch is not None and switch_waits else view.version
         )
-    if switch_waits or lag_waits:
-        return NoPath(
-            reason=NoPathReason.DEADLINE,
-            detail=f"catching up did not finish in time, and no degraded answer qualifies ({why_not})",
-        )
+    if switch_waits or lag_waits:  # replaying again at the retry would fall short again
+        return Full(version=switch.version if switch and switch_waits else view.version, fresh=True)
     unlimited, _ = _answer(view, usable, math.inf)
     if unlimited is None:
         return NoPath(reason=NoPathReason.NOTHING_SERVES, detail=why_not)

@@ -87,7 +87,8 @@ class ModelAssets:
         now = time.monotonic()
         with self._lock:
             waiting = {v for v, until in self._failed.items() if now < until}
-            new = versions - self._loaded.keys() - self._loading.keys() - waiting
+            busy = {v for v, lock in self._loading.items() if lock.locked()}
+            new = versions - self._loaded.keys() - busy - waiting  # a failed load is retried
         for version in new:
             threading.Thread(
                 target=self.get, args=(version,), name=f"assets-{version}", daemon=True

@@ -35,7 +35,14 @@ from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets, VersionAssets
 from service.coordinator.routing.version_choice import NoPipeline, Stay, Switch, choose_version
 from service.coordinator.routing.versions import VersionCatalog
-from service.coordinator.serve_modes import Computed, ServeModes, StageFailed, StepInput, StepWork
+from service.coordinator.serve_modes import (
+    Computed,
+    ServeModes,
+    StageFailed,
+    StepInput,
+    StepWork,
+    StudentFailed,
+)
 from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
@@ -313,6 +320,10 @@ class SessionEngine:
                     view = view.with_catch_up(plan, caught_up, step.time_left_s())
                 continue
             computed = self.modes.answer(step, plan, work, assets.student)
+            if isinstance(computed, StudentFailed):
+                work.tried.append(computed.detail)
+                view = view.without_student()
+                continue
             if isinstance(computed, StageFailed):
                 view = self._failed(step, view, computed, work)
                 continue
@@ -337,7 +348,11 @@ class SessionEngine:
         record = step.record
         moved = computed.version != record.model_version
         switched = moved and record.seq > 0
-        reset = work.reset or (switched and work.switch is not None and not work.switch.exact)
+        reset = (
+            computed.reset
+            or work.reset
+            or (switched and work.switch is not None and not work.switch.exact)
+        )
         reply = self._reply(step, computed, work, reset)
         commit = StepCommit(
             expected_seq=record.seq,
@@ -359,6 +374,11 @@ class SessionEngine:
         answer = self._commit(record, commit, computed.mode)
         if answer.recomputed:  # counted once the step is committed, not per attempt
             self._count(step, computed, work.replayed_steps, reset, priority, switched)
+        if step.time_left_s() <= 0:  # committed, but late (a slow store): a retry gets it stored
+            raise DeadlineExceeded(
+                f"session={record.session_id} seq={step.seq}: answered after the deadline; the "
+                "step is committed, retry the same seq for its reply"
+            )
         return answer
 
     @staticmethod

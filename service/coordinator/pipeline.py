@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.coordinator.routing.stage_router import StageRouter
+from service.coordinator.routing.stage_router import StageRouter, StageUnavailable
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2, tensor_codec, tensor_pb2
 from service.runtime import metrics
@@ -93,7 +93,8 @@ class Pipeline:
             inputs = [result.output for result in reply.results]
             for i, result in enumerate(reply.results):
                 states[i].append(result.state.SerializeToString())
-        return [
-            PipelineOutput(tensor_codec.decode(result.action), states[i], stage_ms)
-            for i, result in enumerate(reply.results)
-        ]
+        try:
+            actions = [tensor_codec.decode(result.action) for result in reply.results]
+        except tensor_codec.TensorDecodeError as exc:  # a broken replica: that stage is out
+            raise StageUnavailable(depth - 1, f"stage {depth - 1}: unreadable action: {exc}") from exc
+        return [PipelineOutput(actions[i], states[i], stage_ms) for i in range(len(batch))]

@@ -62,9 +62,17 @@ class Computed:
     confidence: float
     exit_stage: int = 0
     version: str  # the version that answered; the session moves when it is not its own
+    reset: bool = False  # computed from fresh states: the session's history is lost
     done: Batched[PipelineOutput]
     stage_states: dict[StageIndex, StageState]  # the stages this step advanced
     student: StageState | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentFailed:
+    """The student could not answer this step (never answered nor committed)."""
+
+    detail: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +100,7 @@ class ServeModes:
         plan: Full | EarlyExit | Fallback,
         work: StepWork,
         student: Student | None,
-    ) -> Computed | StageFailed:
+    ) -> Computed | StageFailed | StudentFailed:
         if isinstance(plan, Fallback):
             assert student is not None, "the planner answers FALLBACK only with a student"
             return self._fallback(step, student, plan.confidence)
@@ -101,7 +109,7 @@ class ServeModes:
             mode, confidence, exit_stage = ServeMode.EARLY_EXIT, plan.confidence, plan.stage
         else:
             depth, version = self.model.n_stages, plan.version
-            states = _states_on(version, work, depth)
+            states = [b""] * depth if plan.fresh else _states_on(version, work, depth)
             mode, confidence, exit_stage = ServeMode.FULL, 1.0, 0
         ran = self._run(step, version, states, depth)
         if isinstance(ran, StageFailed):
@@ -112,6 +120,7 @@ class ServeModes:
             confidence=confidence,
             exit_stage=exit_stage,
             version=version,
+            reset=isinstance(plan, Full) and plan.fresh,
             done=done,
             stage_states=advanced,
         )
@@ -151,7 +160,9 @@ class ServeModes:
         work.replayed_steps += rebuilt.replayed_steps
         return rebuilt.progress.seq == step.record.seq
 
-    def _fallback(self, step: StepInput, student: Student, confidence: float) -> Computed:
+    def _fallback(
+        self, step: StepInput, student: Student, confidence: float
+    ) -> Computed | StudentFailed:
         """The student answers; no stage advances. A cold student warms up on the log."""
         record = step.record
         warm = record.student is not None and record.student.seq == record.seq
@@ -162,6 +173,11 @@ class ServeModes:
             warm_up = self.store.observations(record.session_id, first, record.seq) or []
         started = time.perf_counter()
         action, new_state = student_step(student, step.observation, state, warm_up)
+        if not (
+            torch.isfinite(action).all()
+            and torch.isfinite(tensor_codec.from_bytes(new_state)).all()
+        ):
+            return StudentFailed(detail="the student answered non-finite values")
         done = Batched(PipelineOutput(action, [], [(time.perf_counter() - started) * 1e3]), 0.0, 1)
         return Computed(
             mode=ServeMode.FALLBACK,

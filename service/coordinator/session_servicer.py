@@ -54,12 +54,18 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
 }
 
 
+def _status(exc: ActionmeshError) -> tuple[grpc.StatusCode, str]:
+    """By the nearest class in `_STATUS` (a StageUnavailable is an Unavailable)."""
+    kind = next((k for k in type(exc).__mro__ if k in _STATUS), None)
+    return _STATUS[kind] if kind is not None else (grpc.StatusCode.INTERNAL, "internal")
+
+
 def status_of(exc: ActionmeshError) -> grpc.StatusCode:
-    return _STATUS.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))[0]
+    return _status(exc)[0]
 
 
 def reason_of(exc: ActionmeshError) -> str:
-    return _STATUS.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))[1]
+    return _status(exc)[1]
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):

@@ -6,6 +6,7 @@ in-process reference model."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 
@@ -321,3 +322,38 @@ def test_a_stage_answering_non_finite_values_is_never_answered_nor_committed(
     for state in record.stage_states.values():
         assert not state.data or torch.isfinite(tensor_codec.from_bytes(state.data)).all()
     assert record.stage_states[StageIndex(2)].seq == 1, "stage 2's NaN state was not committed"
+
+
+def test_a_move_that_cannot_be_replayed_in_time_is_answered_reset_not_stalled() -> None:
+    coordinator = build(serving=["v1"], student=False)
+    try:
+        sid = coordinator.open()
+        for seq in range(1, 41):
+            coordinator.step(sid, seq, OBS[seq - 1])
+        coordinator.add_version("v2")
+        coordinator.remove_version("v1")  # nothing of v1 answers, no student: move or fail
+        for k in range(CFG.n_stages):
+            coordinator.fault("v2", k, Fault.SLOW, delay_s=0.002)  # 40 replays need 0.24 s+
+        answer = coordinator.step(sid, 41, OBS[40], timeout_s=0.1)
+        assert (answer.reply.model_version, answer.reply.serve_mode) == ("v2", FULL)
+        assert answer.reply.state_reset, "the history could not be replayed in time: said so"
+        assert torch.isfinite(answer.action).all()
+    finally:
+        coordinator.close()
+
+
+def test_a_student_answering_non_finite_values_is_never_answered(
+    coordinator: InProcessCoordinator,
+) -> None:
+    sid = coordinator.open()
+    coordinator.step(sid, 1, OBS[0])
+    student = coordinator.students["v1"]
+    assert student is not None
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.fill_(math.nan)
+    coordinator.fault("v1", 0, Fault.FAIL)
+    with pytest.raises(Unavailable, match="non-finite"):
+        coordinator.step(sid, 2, OBS[1])
+    record = coordinator.store.load(SessionId(sid))
+    assert record is not None and record.seq == 1 and record.student is None
