@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -448,10 +449,21 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         anchor=Anchor(int(anchor_seq), anchored) if anchor_seq is not None else None,
         student=StageState(int(fields[b"student_seq"]), student) if student else None,
         wait_replicas=int(fields.get(b"wait_replicas", b"0")),  # absent in older sessions
-        switch=SwitchProgress.decode(switch) if switch else None,
+        switch=_switch_progress(session_id, switch),
     )
 
 
 def _parse_outcome(reply: list[bytes]) -> CommitOutcome:
     status = CommitStatus(reply[0].decode())
     return CommitOutcome(status=status, current_seq=int(reply[1]) if len(reply) > 1 else None)
+
+
+def _switch_progress(session_id: SessionId, blob: bytes | None) -> SwitchProgress | None:
+    """A stored switch's progress; an unreadable one is dropped (the switch starts over)."""
+    if not blob:
+        return None
+    try:
+        return SwitchProgress.decode(blob)
+    except (struct.error, UnicodeDecodeError) as exc:
+        _log.warning("session=%s: unreadable version-switch progress dropped: %s", session_id, exc)
+        return None

@@ -111,7 +111,7 @@ class ModelAssets:
         if settings is None or directory is None:
             log.warning("model=%s: no --weights-dir or --flash-dir holds it: no FALLBACK", version)
             return NONE
-        student, _ = weights.load_student(directory)
+        student, info = weights.load_student(directory)
         quality_file = directory / weights.QUALITY_FILE
         policy = None
         if quality_file.is_file():
@@ -121,6 +121,14 @@ class ModelAssets:
                 fallback_max_error_ratio=settings.fallback_max_error_ratio,
                 latency_factor=settings.policy_latency_factor,
             )
+            if policy.quality.n_stages != info.config.n_stages:  # the planner could not use it
+                log.error(
+                    "model=%s: quality.json is for %d stages, the model has %d: ignored",
+                    version,
+                    policy.quality.n_stages,
+                    info.config.n_stages,
+                )
+                policy = None
         log.info(
             "model=%s: student loaded for FALLBACK; quality table %s",
             version,

@@ -108,3 +108,13 @@ def test_delete_removes_the_log_too(store: RedisSessionStore, raw: redis.Redis) 
     logged(store, sid, steps=3, limit=8)
     assert store.delete(sid)
     assert list(raw.scan_iter(match=f"am:{{{sid}}}:*")) == []
+
+
+def test_an_unreadable_switch_progress_is_dropped_not_fatal(
+    store: RedisSessionStore, raw: redis.Redis
+) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    raw.hset(f"am:{{{sid}}}:session", "switch", b"\x00")
+    loaded = store.load(sid)
+    assert loaded is not None and loaded.switch is None
