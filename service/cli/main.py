@@ -28,7 +28,7 @@ from service.runtime.settings import (
 )
 
 # Each handler imports its command's module when it runs, not before: `ckpt list`, `status`
-# and `--help` must not pay for torch (tests/unit/test_cli_startup.py checks it).
+# and `--help` must not pay for torch (tests/integration/test_cli_startup.py checks it).
 
 
 def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
