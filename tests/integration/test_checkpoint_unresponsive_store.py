@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import REGISTRY
 
@@ -23,11 +22,11 @@ from checkpoint.errors import StoreUnavailable
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import keygen, load_private_key, load_public_key
 from checkpoint.remote import Remote
-from service.local.child_process import ChildExited, ChildProcess
+from service.local.child_process import ChildExited
 from service.model import weights
 from service.model.action_model import ActionModel
-from service.proto import stage_pb2, stage_pb2_grpc
 from tests.conftest import SMALL_MODEL
+from tests.support.flash_shard import served_version, start_flash_shard
 
 SLACK_S = 2.0  # scheduling on 2 busy cores, process start-up aside
 
@@ -150,32 +149,6 @@ def signed_version(tmp: Path, seed: int, flash: LocalFlash) -> str:
     return info.version
 
 
-def shard(tmp: Path, remote: str) -> ChildProcess:
-    return ChildProcess(
-        "shard-unresponsive",
-        ChildProcess.actionmesh(
-            "shard",
-            "--stage",
-            "1",
-            "--port",
-            "0",
-            "--flash-dir",
-            str(tmp / "flash"),
-            "--remote",
-            remote,
-            "--trusted-keys",
-            str(tmp / "keys" / "checkpoint-signing.pub"),
-        ),
-        tmp / "logs",
-    ).start()
-
-
-def served_version(child: ChildProcess) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{child.ports['grpc_port']}") as channel:
-        info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
-    return str(info.model_version)
-
-
 def test_a_shard_serves_its_verified_flash_at_once_while_the_remote_does_not_answer(
     silent: str, aws_env: None, tmp_path: Path
 ) -> None:
@@ -186,7 +159,12 @@ def test_a_shard_serves_its_verified_flash_at_once_while_the_remote_does_not_ans
     v1 = signed_version(tmp_path, 1, flash)
     flash.set_current(v1)
     # A deadline long enough that waiting for the remote could not pass for "at once".
-    child = shard(tmp_path, f"s3://ckpt/fleet?endpoint_url={silent}&deadline_s=60")
+    child = start_flash_shard(
+        tmp_path,
+        "shard-unresponsive",
+        "--remote",
+        f"s3://ckpt/fleet?endpoint_url={silent}&deadline_s=60",
+    )
     try:
         child.wait_ready(30)
         assert served_version(child) == v1
@@ -207,7 +185,9 @@ def test_a_shard_moves_to_the_remote_current_once_reconciled(tmp_path: Path) -> 
     remote = Remote(open_blobstore(f"file://{tmp_path / 'remote'}"))
     remote.push(operator, v2)
     remote.promote(v2)  # promoted while this node was down
-    child = shard(tmp_path, f"file://{tmp_path / 'remote'}")
+    child = start_flash_shard(
+        tmp_path, "shard-unresponsive", "--remote", f"file://{tmp_path / 'remote'}"
+    )
     try:
         child.wait_ready(30)
         deadline = time.monotonic() + 30
@@ -224,7 +204,12 @@ def test_a_shard_with_nothing_on_flash_gives_up_within_the_deadline(
     silent: str, aws_env: None, tmp_path: Path
 ) -> None:
     keygen(tmp_path / "keys")
-    child = shard(tmp_path, f"s3://ckpt/fleet?endpoint_url={silent}&deadline_s=2")
+    child = start_flash_shard(
+        tmp_path,
+        "shard-unresponsive",
+        "--remote",
+        f"s3://ckpt/fleet?endpoint_url={silent}&deadline_s=2",
+    )
     started = time.monotonic()
     with pytest.raises(ChildExited) as exited:
         child.wait_ready(30)

@@ -21,6 +21,7 @@ from checkpoint.manifest import keygen, load_private_key, load_public_key
 from checkpoint.remote import Remote
 from service.model.config import ModelConfig
 from service.model.weights_files import MANIFEST
+from service.runtime.settings import CKPT_ACTIONS
 from tests.integration.test_checkpoint_remote import endpoint  # noqa: F401 (the moto server)
 
 V1 = "m-bad-inputs-1"
@@ -212,18 +213,7 @@ def check(case: Case, world: dict[str, str], env: dict[str, str]) -> list[str]:
 def test_every_verb_ends_bad_input_with_one_line_and_its_exit_code(
     world: dict[str, str], tmp_path: Path
 ) -> None:
-    assert {c.argv.split()[0] for c in CASES} >= {
-        "keygen",
-        "create",
-        "list",
-        "show",
-        "verify",
-        "push",
-        "pull",
-        "promote",
-        "rollback",
-        "gc",
-    }
+    assert {c.argv.split()[0] for c in CASES} >= set(CKPT_ACTIONS)
     env = s3_env(tmp_path)
     with ThreadPoolExecutor(2) as pool:
         found = [

@@ -17,6 +17,7 @@ from service.model import weights
 from service.model.action_model import ActionModel
 from service.proto import stage_pb2, stage_pb2_grpc
 from tests.conftest import SMALL_MODEL
+from tests.support.flash_shard import served_version, start_flash_shard
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -207,31 +208,6 @@ def test_read_only_verbs_refuse_a_mistyped_flash_dir_and_an_unknown_version(
     assert "quarantined" not in error["error"]
 
 
-def start_shard(tmp: Path, *flags: str) -> ChildProcess:
-    return ChildProcess(
-        "shard-ckpt",
-        ChildProcess.actionmesh(
-            "shard",
-            "--stage",
-            "1",
-            "--port",
-            "0",
-            "--flash-dir",
-            str(tmp / "flash"),
-            "--trusted-keys",
-            str(tmp / "keys" / "checkpoint-signing.pub"),
-            *flags,
-        ),
-        tmp / "logs",
-    ).start()
-
-
-def served_version(shard: ChildProcess) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
-        info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
-    return str(info.model_version)
-
-
 def test_a_malformed_remote_current_is_one_line_and_a_shard_serves_its_flash(
     tmp_path: Path,
 ) -> None:
@@ -257,7 +233,7 @@ def test_a_malformed_remote_current_is_one_line_and_a_shard_serves_its_flash(
             assert as_json.returncode == 1 and as_json.stdout.count("\n") == 1, as_json.stderr
             assert json.loads(as_json.stdout)["kind"] == "VerificationFailed"
 
-    shard = start_shard(tmp_path, "--remote", f"file://{tmp_path / 'remote'}")
+    shard = start_flash_shard(tmp_path, "shard-ckpt", "--remote", f"file://{tmp_path / 'remote'}")
     try:
         shard.wait_ready(60)
         assert served_version(shard) == v1
