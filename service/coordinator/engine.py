@@ -106,6 +106,10 @@ class StepAnswer:
     reply: bytes  # a serialized actionmesh.v1.StepReply
     serve_mode: ServeMode
     recomputed: bool
+    # Where the coordinator's time went (0 for a stored reply), for the server-timing trailer.
+    load_ms: float = 0.0
+    encode_ms: float = 0.0
+    commit_ms: float = 0.0
 
 
 # Stage health per stage of a model version (StageRouter.healthy).
@@ -233,6 +237,7 @@ class SessionEngine:
         record = self._next_step_of(session_id, seq)
         if isinstance(record, StepAnswer):
             return record
+        loaded = time.perf_counter()
         choice, version = self._version_for(record)
         step = StepInput(
             record=record,
@@ -242,6 +247,7 @@ class SessionEngine:
             deadline=deadline,
             version=version,
             received=received,
+            load_s=loaded - received,
         )
         view, assets = self._view(step, choice, priority)
         what, best_s = f"session={session_id} seq={seq}", admission_latency_s(view)
@@ -353,7 +359,9 @@ class SessionEngine:
             or work.reset
             or (switched and work.switch is not None and not work.switch.exact)
         )
+        encoding = time.perf_counter()
         reply = self._reply(step, computed, work, reset)
+        encoded = time.perf_counter()
         commit = StepCommit(
             expected_seq=record.seq,
             new_seq=step.seq,
@@ -371,7 +379,12 @@ class SessionEngine:
             # progress is written only when this step made some (the store keeps the last)
             switch=work.switch if not moved and work.switch is not record.switch else None,
         )
-        answer = self._commit(record, commit, computed.mode)
+        answer = dataclasses.replace(
+            self._commit(record, commit, computed.mode),
+            load_ms=step.load_s * 1e3,
+            encode_ms=(encoded - encoding) * 1e3,
+            commit_ms=(time.perf_counter() - encoded) * 1e3,
+        )
         if answer.recomputed:  # counted once the step is committed, not per attempt
             self._count(step, computed, work.replayed_steps, reset, priority, switched)
         if step.time_left_s() <= 0:  # committed, but late (a slow store): a retry gets it stored
@@ -396,6 +409,8 @@ class SessionEngine:
                 stages_ms=sum(output.stage_ms),
                 total_ms=(time.perf_counter() - step.received) * 1e3,
                 stage_ms=output.stage_ms,
+                stage_compute_ms=output.compute_ms,
+                load_ms=step.load_s * 1e3,
                 observation_timestamp_s=step.timestamp_s,
                 batch_size=computed.done.batch_size,
                 exit_stage=computed.exit_stage,

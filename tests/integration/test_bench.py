@@ -39,6 +39,13 @@ def test_bench_json_keys(tmp_path: Path) -> None:
     for key in ("inprocess_p50_ms", "inprocess_p99_ms", "cluster_p50_ms", "cluster_p99_ms"):
         assert out[key] > 0, key
     assert abs(out["overhead_p50_ms"] - (out["cluster_p50_ms"] - out["inprocess_p50_ms"])) < 0.01
+    assert abs(out["overhead_p99_ms"] - (out["cluster_p99_ms"] - out["inprocess_p99_ms"])) < 0.01
+    parts = out["overhead_breakdown_ms"]
+    per_stage = ("stage_transport", "stage_compute_beyond_inprocess")
+    assert all(len(parts[key]) == out["stages"] for key in per_stage)
+    # Parts the coordinator times itself are positive (it reported them); none is missing.
+    assert parts["redis_load"] > 0 and parts["redis_commit"] > 0 and parts["reply_encode"] > 0
+    assert parts["robot_coordinator_hop"] > 0 and all(t > 0 for t in parts["stage_transport"])
     assert set(out["steps_per_s"]) == {"1", "4"} and all(v > 0 for v in out["steps_per_s"].values())
 
 
