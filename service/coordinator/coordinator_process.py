@@ -19,6 +19,7 @@ from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter, grpc_transport
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
@@ -82,6 +83,7 @@ def build_step_path(
     )
     engine = SessionEngine(
         store=store,
+        cache=SessionCache(settings.session_cache_size),
         modes=ServeModes(store, batcher, model, settings.observation_log_depth),
         versions=catalog,
         assets=assets,

@@ -43,6 +43,7 @@ from service.coordinator.serve_modes import (
     StepWork,
     StudentFailed,
 )
+from service.coordinator.session_cache import SessionCache
 from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
@@ -63,7 +64,7 @@ from service.runtime.metrics import (
     VERSION_SWITCHES,
     DegradedClock,
 )
-from state.session import CommitStatus, SessionId, SessionRecord, StepCommit
+from state.session import CommitStatus, SessionId, SessionRecord, StepCommit, committed
 from state.store import SessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class SessionEngine:
         self,
         *,
         store: SessionStore,
+        cache: SessionCache,
         modes: ServeModes,
         versions: VersionCatalog,
         assets: ModelAssets,
@@ -130,6 +132,7 @@ class SessionEngine:
         durability: Durability,
     ) -> None:
         self.store, self.modes, self.model, self.versions = store, modes, modes.model, versions
+        self.cache = cache
         self.assets, self.health, self.admission = assets, health, admission
         self.limits, self.durability = limits, durability
         self.degraded_clock = DegradedClock()
@@ -268,7 +271,11 @@ class SessionEngine:
         return choice, choice.current if isinstance(choice, Switch) else choice.version
 
     def _next_step_of(self, session_id: str, seq: int) -> SessionRecord | StepAnswer:
-        """The session, when `seq` is its next step; the stored reply when it is a retry."""
+        """The session, when `seq` is its next step; the stored reply when it is a retry.
+        A session this coordinator committed last needs no load (see session_cache)."""
+        cached = self.cache.take(SessionId(session_id), seq)
+        if cached is not None:
+            return cached
         with store_errors():
             record = self.store.load(SessionId(session_id))
         if record is None:
@@ -458,6 +465,7 @@ class SessionEngine:
         seq = commit.new_seq
         outcome = self.store.commit(record.session_id, commit)
         if outcome.status is CommitStatus.COMMITTED:
+            self.cache.put(committed(record, commit))
             return StepAnswer(reply=commit.last_reply, serve_mode=mode, recomputed=True)
         if outcome.status is CommitStatus.GONE:
             raise _not_found(record.session_id)

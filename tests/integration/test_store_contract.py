@@ -20,6 +20,7 @@ from state.session import (
     StageState,
     StepCommit,
     SwitchProgress,
+    committed,
 )
 from state.store import NotReplicated, SessionStore
 from tests.support.session_records import fresh_record, logged, new_id, stages_at, step
@@ -231,3 +232,30 @@ def test_a_session_asking_for_replicas_is_not_acknowledged_without_them(
 
 def test_a_lone_store_reports_no_replicas(store: SessionStore) -> None:
     assert store.replicas() == 0
+
+
+def test_the_record_after_a_commit_is_what_the_store_holds(store: SessionStore) -> None:
+    """`committed` (how the coordinator's session cache applies its own commits) agrees with
+    the store after every kind of commit: level, a stage lagging, replay progress, a student
+    state, switch progress, a version move, level again."""
+    sid = new_id()
+    store.create(fresh_record(sid))
+    progress = Anchor(1, {StageIndex(k): b"replayed-%d" % k for k in range(3)})
+    switch = SwitchProgress("v2", 4, {StageIndex(0): b"\x00new0"}, exact=False)
+    lagging = {k: v for k, v in stages_at(2).items() if k != 1}
+    commits = [
+        StepCommit(0, 1, stages_at(1), b"r1", 10.0, 3, b"obs1", 8),
+        StepCommit(1, 2, lagging, b"r2", 10.0, 3, b"obs2", 8),
+        StepCommit(
+            2, 3, {}, b"r3", 10.0, 3, b"obs3", 8, student=StageState(3, b"g"), anchor=progress
+        ),
+        StepCommit(3, 4, stages_at(4), b"r4", 10.0, 3, b"obs4", 8, switch=switch),
+        StepCommit(4, 5, stages_at(5), b"r5", 10.0, 3, b"obs5", 8),
+        StepCommit(5, 6, stages_at(6), b"r6", 10.0, 3, b"obs6", 8, model_version="v2"),
+        StepCommit(6, 7, stages_at(7), b"r7", 10.0, 3, b"obs7", 8),
+    ]
+    for commit in commits:
+        before = store.load(sid)
+        assert before is not None
+        assert store.commit(sid, commit).status is CommitStatus.COMMITTED
+        assert store.load(sid) == committed(before, commit), f"after seq {commit.new_seq}"

@@ -24,6 +24,7 @@ from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_cache import SessionCache
 from service.model.action_model import ActionModel
 from service.model.student import Student
 from service.proto import session_pb2, tensor_codec
@@ -120,6 +121,7 @@ class InProcessCoordinator:
         assets = ModelAssets.preloaded({v: VersionAssets(s, policy) for v, s in students.items()})
         self.engine = SessionEngine(
             store=self.store,
+            cache=SessionCache(64),
             modes=ServeModes(self.store, self.batcher, self.cfg, log_depth),
             versions=self.catalog,
             assets=assets,
