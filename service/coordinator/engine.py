@@ -237,6 +237,7 @@ class SessionEngine:
     ) -> StepAnswer:
         received = time.perf_counter()
         self.check_observation(observation)
+        loading = time.perf_counter()
         record = self._next_step_of(session_id, seq)
         if isinstance(record, StepAnswer):
             return record
@@ -250,7 +251,7 @@ class SessionEngine:
             deadline=deadline,
             version=version,
             received=received,
-            load_s=loaded - received,
+            load_s=loaded - loading,
         )
         view, assets = self._view(step, choice, priority)
         what, best_s = f"session={session_id} seq={seq}", admission_latency_s(view)
