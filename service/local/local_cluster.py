@@ -56,7 +56,11 @@ class LocalCluster:
         shard_overrides: Mapping[str, object] | None = None,
     ) -> None:
         self.settings = settings
-        self.model = model or ModelConfig(n_stages=settings.stages, seed=settings.seed)
+        self.model = model or ModelConfig(
+            n_stages=settings.stages,
+            seed=settings.seed,
+            stage_boundaries=ModelConfig.boundaries_setting(settings.stage_boundaries),
+        )
         self._coordinator_flags = settings_flags(CoordinatorSettings, coordinator_overrides or {})
         self._shard_flags = settings_flags(ShardSettings, shard_overrides or {})
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
