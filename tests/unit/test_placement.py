@@ -45,17 +45,15 @@ def test_a_faster_node_takes_more_layers_and_the_slowest_stage_is_minimised() ->
     plan = plan_placement(nodes, COSTS, 2, speeds(nodes))
     layers = {s.node: s.layer_end - s.layer_start for s in plan.stages}
     assert layers["fast"] > layers["slow"]
-    # No other split on these two nodes has a faster slowest stage.
-    even = [node("a", 4, 10), node("b", 4, 40)]
+    # No other split or order on these two nodes has a faster slowest stage (compute only:
+    # a stage call's transfer adds well under 10 ms here).
     for first in range(1, BIG.n_layers):
-        for order in (even, even[::-1]):
-            forced = ModelConfig.model_validate({**BIG.model_dump(), "n_stages": 2})
-            costs = layer_costs(forced)
+        for order in (nodes, nodes[::-1]):
             slowest = max(
-                (last - start) * costs.layer_flops / (n.gflops or 1) / 1e9
-                for (start, last), n in zip([(0, first), (first, BIG.n_layers)], order, strict=True)
+                layers * COSTS.layer_flops / ((n.gflops or 1) * 1e9)
+                for layers, n in zip((first, BIG.n_layers - first), order, strict=True)
             )
-            assert plan.bottleneck_s <= slowest + 0.01  # transfers add under 10 ms here
+            assert plan.bottleneck_s <= slowest + 0.01
 
 
 def test_a_node_too_small_for_any_layer_is_left_out() -> None:
