@@ -366,6 +366,11 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
     )
     port: int = _grpc_port(50050, "Coordinator ")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the coordinator serves robots on; 0.0.0.0 exposes it beyond this "
+        "machine (shards, Redis and etcd stay on loopback).",
+    )
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )

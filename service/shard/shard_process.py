@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -143,8 +144,9 @@ def advertised(settings: ShardSettings, port: int) -> str:
         return advertise_address(
             settings.host, port, settings.advertise_address, etcd_hosts, host_addresses()
         )
-    except ValueError as exc:  # UnroutableAddress, or a bad etcd URL
-        raise SystemExit(f"actionmesh shard: {exc}") from None
+    except ValueError as exc:  # UnroutableAddress, or a bad etcd URL: a usage error
+        print(f"actionmesh shard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run(settings: ShardSettings) -> None:
