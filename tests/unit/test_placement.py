@@ -3,6 +3,7 @@ headroom, faster nodes take more layers, and an impossible inventory says what i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,24 @@ def test_plan_command_without_speeds_asks_for_gflops_or_measure(
     nodes.write_text("nodes:\n  - {name: a, memory_gib: 4}\n")
     assert plan_cli.main(PlanSettings(nodes=nodes, stages=1)) == 2
     assert "--measure" in capsys.readouterr().err
+
+
+def test_measure_takes_nodes_without_gflops_as_fast_as_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text("nodes:\n  - {name: a, memory_gib: 2}\n  - {name: b, memory_gib: 2}\n")
+    small = ModelConfig(d_model=32, n_heads=2, n_layers=4, tokens=4, memory_tokens=1, n_stages=2)
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"version": "m-x", "config": small.model_dump()}))
+    settings = PlanSettings(nodes=nodes, model=model, measure=True, json_output=True)
+    assert plan_cli.main(settings) == 0
+    result = json.loads(capsys.readouterr().out)
+    measured = result["plan"]["measured"]
+    assert measured["layer_ms"] > 0
+    for stage in result["plan"]["stages"]:
+        assert stage["gflops"] == pytest.approx(measured["local_gflops"], abs=0.01)
+    # Two layers per stage on equal nodes: each stage computes for two measured layers.
+    for stage in result["plan"]["stages"]:
+        assert stage["layers"][1] - stage["layers"][0] == 2
+        assert stage["compute_ms"] == pytest.approx(2 * measured["layer_ms"], rel=0.05)
