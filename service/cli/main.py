@@ -19,6 +19,7 @@ from service.runtime.settings import (
     CoordinatorSettings,
     DemoSettings,
     InvalidSettings,
+    PlanSettings,
     Settings,
     ShardSettings,
     StatusSettings,
@@ -88,6 +89,12 @@ def _train(settings: TrainSettings, args: argparse.Namespace) -> int:
     return train.main(settings)
 
 
+def _plan(settings: PlanSettings, args: argparse.Namespace) -> int:
+    from service.cli import plan
+
+    return plan.main(settings)
+
+
 def _coordinator(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
     from service.coordinator import coordinator_process
 
@@ -136,6 +143,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         TrainSettings,
         _train,
         "Train the model, its exit heads and student on a reach task; write weights and a quality table.",
+    ),
+    (
+        "plan",
+        PlanSettings,
+        _plan,
+        "Choose stage boundaries and nodes from a node inventory: table, YAML, kustomize patches.",
     ),
     (
         "coordinator",

@@ -15,6 +15,7 @@ from service.local.local_checkpoints import LocalCheckpoints
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
+from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,11 @@ class LocalCluster:
         shard_overrides: Mapping[str, object] | None = None,
     ) -> None:
         self.settings = settings
-        self.model = model or ModelConfig(n_stages=settings.stages, seed=settings.seed)
+        self.model = model or ModelConfig(
+            n_stages=settings.stages,
+            seed=settings.seed,
+            stage_boundaries=ModelConfig.boundaries_setting(settings.stage_boundaries),
+        )
         self._coordinator_flags = settings_flags(CoordinatorSettings, coordinator_overrides or {})
         self._shard_flags = settings_flags(ShardSettings, shard_overrides or {})
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -82,7 +87,8 @@ class LocalCluster:
     @property
     def address(self) -> str:
         assert self.coordinator is not None, "cluster not started"
-        return f"127.0.0.1:{self.coordinator.ports['grpc_port']}"
+        host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
+        return format_host_port(host, self.coordinator.ports["grpc_port"])
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -214,6 +220,8 @@ class LocalCluster:
         assert self.checkpoints is not None, "cluster not started"
         args = ChildProcess.actionmesh(
             "coordinator",
+            "--host",
+            self.settings.host,
             "--port",
             str(port),
             "--redis-url",

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.runtime import ready_file
+from service.runtime import ready_file, sd_notify
 from service.runtime.ops_http import OpsServer
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class GrpcProcess:
         if ready_path is not None:
             ready_file.write(ready_path, grpc_port=self.port, metrics_port=self.ops.port)
         log.info("%s serving grpc=%d metrics=%d", self.name, self.port, self.ops.port)
+        sd_notify.notify(f"READY=1\nSTATUS=serving grpc={self.port} metrics={self.ops.port}")
 
     def run_until_signal(
         self, grace_s: float = 2.0, before_stop: Callable[[], None] | None = None
@@ -76,6 +77,7 @@ class GrpcProcess:
         if before_stop is not None:
             before_stop()
         log.info("%s stopping (grace %.1fs)", self.name, grace_s)
+        sd_notify.notify("STOPPING=1")
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
         self.ops.stop()

@@ -79,6 +79,14 @@ def _stages(use: str) -> Any:
     return Field(DEFAULT_STAGES, ge=1, description=use)
 
 
+def _stage_boundaries(use: str) -> Any:
+    return Field(
+        default_factory=list,
+        description=f"{use}: first layer of stages 1..N-1 (e.g. 2,5), as `actionmesh plan` "
+        "prints them; empty splits the layers evenly.",
+    )
+
+
 def _trusted_keys() -> Any:
     return Field(
         default_factory=list,
@@ -332,11 +340,15 @@ class ShardSettings(
     )
     n_stages: int = _stages("Stages of the model when initialising from --seed.")
     seed: int = Field(0, description="Initialisation seed when no --weights-dir is given.")
+    stage_boundaries: list[int] = _stage_boundaries("When initialising from --seed")
     replica_id: str = Field(
         "", description="Name of this replica in logs, Info and etcd; default stage-K@host:port."
     )
     advertise_address: str = Field(
-        "", description="host:port others reach this shard at; default host and the bound port."
+        "",
+        description="host:port others reach this shard at (registered in etcd); default --host "
+        "and the bound port, or with --host 0.0.0.0 this host's one routable address. A wildcard "
+        "or (with etcd on another host) loopback address is refused.",
     )
 
 
@@ -347,6 +359,7 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     )
     etcd: str | None = _etcd_url("use this etcd; without it a private single-node etcd is started.")
     seed: int = Field(0, description="Model initialisation seed.")
+    stage_boundaries: list[int] = _stage_boundaries("Stage split of the fresh model")
     redis_url: str | None = Field(
         None, description="Use this Redis; without it a private redis-server is started."
     )
@@ -361,6 +374,11 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
     )
     port: int = _grpc_port(50050, "Coordinator ")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the coordinator serves robots on; 0.0.0.0 exposes it beyond this "
+        "machine (shards, Redis and etcd stay on loopback).",
+    )
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )
@@ -451,6 +469,7 @@ class CkptSettings(JsonOutputSettings, EtcdSettings):
     )
     stages: int = _stages("create without --weights-dir: stages of fresh weights.")
     seed: int = Field(0, description="create without --weights-dir: seed of fresh weights.")
+    stage_boundaries: list[int] = _stage_boundaries("create without --weights-dir")
     keep: int = Field(
         5, ge=1, description="gc: keep this many newest versions (and every one in use)."
     )
@@ -466,6 +485,36 @@ class StatusSettings(JsonOutputSettings, EtcdSettings):
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
 
 
+class PlanSettings(JsonOutputSettings):
+    nodes: Path = Field(
+        Path("nodes.yaml"),
+        description="Node inventory (YAML): name, memory_gib, cpus, gflops, link_mbps, "
+        "accelerators per node (see deploy/nodes.example.yaml).",
+    )
+    model: Path | None = Field(
+        None,
+        description="The model: a weights dir, its model.json, or a JSON/YAML file of model "
+        "config fields (d_model, n_layers, ...); default the default model.",
+    )
+    stages: int | None = Field(
+        None, ge=1, description="Pipeline stages to plan; default the model's n_stages."
+    )
+    headroom: float = Field(
+        0.2, ge=0, description="Memory kept free on a node beyond a stage's need, as a fraction."
+    )
+    shard_overhead_mib: int = Field(
+        512, ge=0, description="Memory of a shard process beyond its weights (Python, torch, gRPC)."
+    )
+    replicas: int = Field(
+        2, ge=1, description="Most replicas per stage (a leader and standbys where memory is left)."
+    )
+    measure: bool = Field(
+        False,
+        description="Time one layer here: nodes without gflops are taken as fast as this "
+        "machine, and the expected latency uses the measured time.",
+    )
+
+
 class TrainSettings(Settings):
     output_dir: Path = Field(
         Path("actionmesh-weights"),
@@ -478,6 +527,7 @@ class TrainSettings(Settings):
     tokens: int = Field(32, ge=1, description="Tokens per step that the observation becomes.")
     memory_tokens: int = Field(4, ge=1, description="Recurrent memory per stage, in tokens.")
     stages: int = _stages("Pipeline stages.")
+    stage_boundaries: list[int] = _stage_boundaries("Stage split")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
     iterations: int = Field(
         30, ge=1, description="Phase (a): batches of episodes the full model imitates."

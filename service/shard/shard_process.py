@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,17 +16,20 @@ from pathlib import Path
 
 import grpc
 import torch
+from pydantic import ValidationError
 
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from service.model.stage import Stage
 from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import ShardSettings
 from service.shard.stage_servicer import StageServicer
 from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
 from state.backends import open_replica_membership, open_routing_table
+from state.etcd_client import parse_etcd_url
 from state.leadership import ReplicaInfo, ReplicaMembership
 
 log = logging.getLogger(__name__)
@@ -45,8 +49,20 @@ def load_stage(settings: ShardSettings) -> tuple[Stage, str, bool]:
     if directory is not None:
         stage, info = weights.load_stage(directory, settings.stage)
         return stage, info.version, reconcile
-    model = ActionModel(ModelConfig(n_stages=settings.n_stages, seed=settings.seed))
+    try:
+        cfg = ModelConfig(
+            n_stages=settings.n_stages,
+            seed=settings.seed,
+            stage_boundaries=ModelConfig.boundaries_setting(settings.stage_boundaries),
+        )
+    except ValidationError as exc:
+        raise SystemExit(f"actionmesh shard: invalid model: {_one_line(exc)}") from None
+    model = ActionModel(cfg)
     return model.stage(settings.stage), weights.model_version(model), False
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
 
 
 def _load_version(settings: ShardSettings, flash_dir: Path, version: str, n_stages: int) -> Stage:
@@ -118,7 +134,23 @@ def _follower(
     return follower
 
 
+def advertised(settings: ShardSettings, port: int) -> str:
+    """host:port this shard registers in etcd; exits with the flag to set when it would be one
+    that coordinators on other hosts cannot dial (see service/runtime/advertise.py)."""
+    if settings.etcd is None:  # registers nowhere: the address only names the replica
+        return settings.advertise_address or f"{settings.host}:{port}"
+    etcd_hosts = [host for host, _ in parse_etcd_url(settings.etcd)]
+    try:
+        return advertise_address(
+            settings.host, port, settings.advertise_address, etcd_hosts, host_addresses()
+        )
+    except ValueError as exc:  # UnroutableAddress, or a bad etcd URL: a usage error
+        print(f"actionmesh shard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def run(settings: ShardSettings) -> None:
+    advertised(settings, settings.port)  # refuse before loading weights, not after
     torch.set_num_threads(settings.torch_threads)
     torch.set_num_interop_threads(1)
     stage, version, reconcile = load_stage(settings)
@@ -140,7 +172,7 @@ def run(settings: ShardSettings) -> None:
         settings.grpc_workers,
         register,
     )
-    address = settings.advertise_address or f"{settings.host}:{process.port}"
+    address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
     log.info(
         "stage=%d replica=%s layers=%d..%d model=%s threads=%d",
