@@ -167,7 +167,12 @@ def print_table(result: dict[str, object]) -> None:
 
 
 def main(settings: BenchSettings) -> int:
-    if settings.failover:
+    if settings.pinned:
+        from service.bench import pipelining
+
+        result = pipelining.run(settings)
+        show = pipelining.print_table
+    elif settings.failover:
         from service.bench import failover
 
         result = failover.run(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,9 @@ class LocalCluster:
 
     coordinator_overrides, shard_overrides: settings of every coordinator (CoordinatorSettings
     fields) and every shard (ShardSettings fields) this cluster starts, beyond what `settings`
-    sets; passed to each child as flags, after the cluster's own (so they win)."""
+    sets; passed to each child as flags, after the cluster's own (so they win).
+    pin_shards: each stage's shards keep to a core of their own (stage K on the K-th core this
+    process may use, round robin)."""
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class LocalCluster:
         *,
         coordinator_overrides: Mapping[str, object] | None = None,
         shard_overrides: Mapping[str, object] | None = None,
+        pin_shards: bool = False,
     ) -> None:
         self.settings = settings
         self.model = model or ModelConfig(
@@ -64,6 +68,7 @@ class LocalCluster:
         )
         self._coordinator_flags = settings_flags(CoordinatorSettings, coordinator_overrides or {})
         self._shard_flags = settings_flags(ShardSettings, shard_overrides or {})
+        self._pin_shards = pin_shards
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
@@ -191,9 +196,16 @@ class LocalCluster:
             "0",
             "--torch-threads",
             str(self.settings.torch_threads),
+            *self._pinned(stage),
             *self._shard_flags,
         )
         return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
+
+    def _pinned(self, stage: int) -> list[str]:
+        if not self._pin_shards:
+            return []
+        cores = sorted(os.sched_getaffinity(0))
+        return ["--cpus", str(cores[stage % len(cores)])]
 
     def replica_process(self, replica_id: str) -> ChildProcess:
         """The shard process that registered as `replica_id` (stage-K-rR)."""

@@ -344,6 +344,11 @@ class ShardSettings(
     replica_id: str = Field(
         "", description="Name of this replica in logs, Info and etcd; default stage-K@host:port."
     )
+    cpus: list[int] = Field(
+        default_factory=list,
+        description="Pin this shard to these CPU cores (comma-separated), so that shards on one "
+        "node each keep a core of their own; empty: any core.",
+    )
     advertise_address: str = Field(
         "",
         description="host:port others reach this shard at (registered in etcd); default --host "
@@ -405,6 +410,11 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
         0,
         ge=0,
         description="Open bench sessions asking this many Redis replicas to acknowledge each step (needs --redis-replicas).",
+    )
+    pinned: bool = Field(
+        False,
+        description="Instead: 2 stages, each shard pinned to its own core, 16 sessions, against "
+        "the whole model in this process pinned to one core (key pipeline_speedup).",
     )
     failover: bool = Field(
         False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
@@ -149,8 +150,23 @@ def advertised(settings: ShardSettings, port: int) -> str:
         raise SystemExit(2) from None
 
 
+def pin(cpus: list[int]) -> None:
+    """Keep this process on `cpus`; a core this machine does not offer is a usage error."""
+    if not cpus:
+        return
+    offered = sorted(os.sched_getaffinity(0))
+    if not set(cpus) <= set(offered):
+        print(
+            f"actionmesh shard: --cpus {cpus}: this process may run on cores {offered}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    os.sched_setaffinity(0, cpus)
+
+
 def run(settings: ShardSettings) -> None:
     advertised(settings, settings.port)  # refuse before loading weights, not after
+    pin(settings.cpus)
     torch.set_num_threads(settings.torch_threads)
     torch.set_num_interop_threads(1)
     stage, version, reconcile = load_stage(settings)

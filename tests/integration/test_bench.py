@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
@@ -86,3 +89,12 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
         assert mode["error"] > 0 and 0 <= mode["success"] <= 1, name
         assert mode["p50_ms"] > 0, f"{name} was never served by the cluster"
     assert set(out["targets"]) == {"early_exit_1", "fallback", "state_lost"}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pinned needs 2 cores")
+def test_bench_pinned_json_keys(tmp_path: Path) -> None:
+    out = bench(tmp_path, "--pinned", "--throughput-s", "1")
+    assert out["stages"] == 2 and out["sessions"] == 16 and len(out["shard_cores"]) == 2
+    assert out["inprocess_one_core_steps_per_s"] > 0 and out["cluster_pinned_steps_per_s"] > 0
+    ratio = out["cluster_pinned_steps_per_s"] / out["inprocess_one_core_steps_per_s"]
+    assert abs(out["pipeline_speedup"] - ratio) < 0.01
