@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 
@@ -77,6 +78,39 @@ def cluster_latencies(
     return samples
 
 
+def stream_latencies(
+    stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
+) -> list[float]:
+    """The same steps over one StreamSteps call (how the client library's robots step)."""
+    opened = stub.OpenSession(
+        session_pb2.OpenSessionRequest(client_id="bench", wait_replicas=settings.wait_replicas),
+        timeout=10,
+    )
+    spec = opened.action_spec
+    arm = SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
+    requests: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
+    replies = stub.StreamSteps(iter(requests.get, None), timeout=600)
+    samples = []
+    try:
+        for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
+            request = session_pb2.StepRequest(
+                session_id=opened.session_id,
+                seq=seq,
+                observation=tensor_codec.encode(arm.observation()),
+            )
+            started = time.perf_counter()
+            requests.put(request)
+            item = next(replies)
+            if seq > _WARMUP_STEPS:
+                samples.append(time.perf_counter() - started)
+            arm.apply(tensor_codec.decode(item.reply.action), 0.02)
+    finally:
+        requests.put(None)
+        replies.cancel()
+    stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
+    return samples
+
+
 def throughput(
     stub: session_pb2_grpc.SessionServiceStub, sessions: int, duration_s: float, wait_replicas: int
 ) -> float:
@@ -118,6 +152,7 @@ def run(settings: BenchSettings) -> dict[str, object]:
         with grpc.insecure_channel(cluster.address) as channel:
             stub = session_pb2_grpc.SessionServiceStub(channel)
             samples = cluster_latencies(stub, settings)
+            streamed = stream_latencies(stub, settings)
             rates = {
                 str(c): round(throughput(stub, c, settings.throughput_s, settings.wait_replicas), 1)
                 for c in settings.concurrency
@@ -138,6 +173,8 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "overhead_p50_ms": round(cl_p50 - in_p50, 3),
         "overhead_p99_ms": round(cl_p99 - in_p99, 3),
         "overhead_breakdown_ms": overhead.breakdown(samples, inproc_stages),
+        "stream_p50_ms": round(percentile_ms(streamed, 50), 3),
+        "stream_p99_ms": round(percentile_ms(streamed, 99), 3),
         "ratio_p50": round(cl_p50 / in_p50, 3) if in_p50 else None,
         "steps_per_s": rates,
     }
@@ -151,6 +188,7 @@ def print_table(result: dict[str, object]) -> None:
     print(f"{'':<12} {'p50 ms':>9} {'p99 ms':>9}")
     print(f"{'in-process':<12} {result['inprocess_p50_ms']:>9} {result['inprocess_p99_ms']:>9}")
     print(f"{'cluster':<12} {result['cluster_p50_ms']:>9} {result['cluster_p99_ms']:>9}")
+    print(f"{'  streamed':<12} {result['stream_p50_ms']:>9} {result['stream_p99_ms']:>9}")
     print(
         f"overhead p50 {result['overhead_p50_ms']} ms, p99 {result['overhead_p99_ms']} ms, "
         f"ratio {result['ratio_p50']}"

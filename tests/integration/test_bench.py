@@ -39,7 +39,14 @@ def bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
 
 def test_bench_json_keys(tmp_path: Path) -> None:
     out = bench(tmp_path, "--steps", "20", "--concurrency", "1,4", "--throughput-s", "1")
-    for key in ("inprocess_p50_ms", "inprocess_p99_ms", "cluster_p50_ms", "cluster_p99_ms"):
+    for key in (
+        "inprocess_p50_ms",
+        "inprocess_p99_ms",
+        "cluster_p50_ms",
+        "cluster_p99_ms",
+        "stream_p50_ms",
+        "stream_p99_ms",
+    ):
         assert out[key] > 0, key
     assert abs(out["overhead_p50_ms"] - (out["cluster_p50_ms"] - out["inprocess_p50_ms"])) < 0.01
     assert abs(out["overhead_p99_ms"] - (out["cluster_p99_ms"] - out["inprocess_p99_ms"])) < 0.01
