@@ -396,9 +396,28 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
         64, ge=1, description="--degraded: held-out episodes of the quality evaluation."
     )
     failover_kills: int = Field(10, ge=1, description="Leader kills in a --failover run.")
+    scale: bool = Field(
+        False,
+        description="Measure a fleet's cost instead: Redis round trips and bytes per session, "
+        "coordinator, Redis and shard CPU per step, the memory of idle sessions, and the "
+        "sizing they give (docs/sizing.md).",
+    )
+    scale_robots: int = Field(
+        4, ge=1, description="--scale: robots stepping back to back, --steps steps each."
+    )
+    scale_idle_sessions: int = Field(
+        10_000, ge=0, description="--scale: idle sessions opened to measure their memory."
+    )
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> typing.Self:
+        modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
+        if len(modes) > 1:
+            raise ValueError(f"choose one of {', '.join(_flag(m) for m in modes)}")
+        return self
 
     @model_validator(mode="after")
     def _replicas_to_wait_for(self) -> typing.Self:

@@ -200,6 +200,8 @@ def test_bool_from_renamed_flag_and_env() -> None:
         (["shard", "--torch-threads", "0"], NO_ENV, "--torch-threads"),
         (["bench", "--concurrency", "1,x"], NO_ENV, "--concurrency"),
         (["bench", "--steps", "3"], NO_ENV, "--steps"),
+        (["bench", "--scale", "--failover"], NO_ENV, "--scale"),
+        (["bench", "--degraded", "--scale"], NO_ENV, "--degraded"),
         (["demo", "--rate-hz", "0"], NO_ENV, "--rate-hz"),
     ],
 )
