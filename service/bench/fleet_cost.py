@@ -192,10 +192,10 @@ def _session_bytes(client: redis.Redis, session_id: str) -> int:
 
 
 def run(settings: BenchSettings) -> dict[str, object]:
-    if settings.redis_url is not None:
+    if settings.redis_url is not None or settings.redis_cluster_primaries:
         raise ValueError(
             "bench --scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE "
-            "on one server): leave out --redis-url"
+            "on one server): leave out --redis-url and --redis-cluster-primaries"
         )
     robots_n, steps = settings.scale_robots, settings.steps
     with LocalCluster(settings) as cluster, grpc.insecure_channel(cluster.address) as channel:

@@ -349,6 +349,12 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     redis_replicas: int = Field(
         0, ge=0, description="Replicas of the private Redis (sessions may ask for WAIT on them)."
     )
+    redis_cluster_primaries: int = Field(
+        0,
+        ge=0,
+        description="Start the private Redis as a Redis Cluster of this many primaries "
+        "(--redis-replicas each, --redis-durability on every node); 0: one server.",
+    )
     work_dir: Path | None = Field(
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
     )

@@ -152,3 +152,30 @@ def test_a_local_cluster_steps_through_a_redis_cluster(
                 got = tensor_codec.decode(tensor_pb2.Tensor.FromString(data))
                 assert torch.allclose(got, want, atol=ATOL), f"session={sid} stage {k} differs"
         store.close()
+
+
+def test_up_starts_a_private_redis_cluster_with_the_durability_asked_for(tmp_path: Path) -> None:
+    settings = cluster_settings(
+        tmp_path, redis_cluster_primaries=3, redis_replicas=1, redis_durability="always"
+    )
+    with (
+        LocalCluster(settings, model=SMALL_MODEL) as local,
+        grpc.insecure_channel(local.address) as channel,
+    ):
+        assert local.redis_cluster is not None and local.redis_url.startswith("redis+cluster://")
+        for node in local.redis_cluster.nodes:
+            with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) as client:
+                assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        opened = stub.OpenSession(
+            session_pb2.OpenSessionRequest(client_id="test", wait_replicas=1), timeout=10
+        )
+        obs = observations(0, 5, SMALL_MODEL.observation_dim)
+        for seq in range(1, 6):
+            reply = step(stub, opened.session_id, seq, obs[seq - 1])
+            assert (reply.seq, reply.serve_mode) == (seq, session_pb2.FULL)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.OpenSession(
+                session_pb2.OpenSessionRequest(client_id="test", wait_replicas=2), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
