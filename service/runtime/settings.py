@@ -363,6 +363,15 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
         60.0, gt=0, description="How long each process may take to become ready."
     )
 
+    @model_validator(mode="after")
+    def _private_cluster_or_url(self) -> typing.Self:
+        if self.redis_url is not None and self.redis_cluster_primaries:
+            raise ValueError(
+                "--redis-cluster-primaries starts a private Redis Cluster; with --redis-url "
+                "leave it out (a redis+cluster:// URL points at an existing one)"
+            )
+        return self
+
 
 class DemoSettings(ClusterSettings):
     port: int = _grpc_port(0, "Coordinator ")

@@ -202,6 +202,11 @@ def test_bool_from_renamed_flag_and_env() -> None:
         (["bench", "--steps", "3"], NO_ENV, "--steps"),
         (["bench", "--scale", "--failover"], NO_ENV, "--scale"),
         (["bench", "--degraded", "--scale"], NO_ENV, "--degraded"),
+        (
+            ["up", "--redis-url", "redis://127.0.0.1:1/0", "--redis-cluster-primaries", "3"],
+            NO_ENV,
+            "--redis-cluster-primaries",
+        ),
         (["demo", "--rate-hz", "0"], NO_ENV, "--rate-hz"),
     ],
 )
