@@ -12,6 +12,8 @@ local cluster, and the sizing those figures give (docs/sizing.md).
   answer falls back to the student, so with every answer FULL this is all outside model
   compute. Redis's and each shard's CPU per step are measured the same way, over the same steps.
 - Idle sessions: Redis used_memory and the coordinator's RSS before and after opening them.
+
+With --redis-cluster-primaries N the Redis figures are summed over the Cluster's primaries.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -74,13 +76,13 @@ def machine() -> dict[str, object]:
     return {"cpus": os.cpu_count(), "cpu_model": model}
 
 
-def _redis_cpu_s(client: redis.Redis) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+def _redis_cpu_s(servers: list[redis.Redis]) -> float:
+    cpu = [server.info("cpu") for server in servers]
+    return sum(float(c["used_cpu_user"]) + float(c["used_cpu_sys"]) for c in cpu)
 
 
-def _used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
+def _used_memory(servers: list[redis.Redis]) -> int:
+    return sum(int(server.info("memory")["used_memory"]) for server in servers)
 
 
 class _Robot:
@@ -130,8 +132,19 @@ class _Requests:
 
 
 @contextmanager
-def monitored(port: int) -> Iterator[_Requests]:
-    """Count the requests Redis receives inside the block (see the module docstring)."""
+def monitored(ports: list[int]) -> Iterator[_Requests]:
+    """Count the requests the Redis servers on `ports` receive inside the block (see the module
+    docstring); the counts are there once the block has ended."""
+    total = _Requests(Counter())
+    with ExitStack() as stack:
+        each = [stack.enter_context(_monitored_one(port)) for port in ports]
+        yield total
+    for requests in each:
+        total.by_command.update(requests.by_command)
+
+
+@contextmanager
+def _monitored_one(port: int) -> Iterator[_Requests]:
     requests = _Requests(Counter())
     started, failed = threading.Event(), list[BaseException]()
 
@@ -186,51 +199,70 @@ def _open_idle(stub: session_pb2_grpc.SessionServiceStub, n: int) -> None:
             pass
 
 
-def _session_bytes(client: redis.Redis, session_id: str) -> int:
+def _session_bytes(servers: list[redis.Redis], session_id: str) -> int:
+    """MEMORY USAGE of the session's keys, asked of the server that holds them."""
     keys = (f"am:{{{session_id}}}:session", f"am:{{{session_id}}}:obslog")
-    return sum(int(client.memory_usage(key, samples=0) or 0) for key in keys)
+    for server in servers:
+        try:
+            return sum(int(server.memory_usage(key, samples=0) or 0) for key in keys)
+        except redis.ResponseError:  # MOVED: another Cluster primary holds the slot
+            continue
+    raise RuntimeError(f"bench --scale: no Redis server holds session={session_id}")
+
+
+def _redis_ports(cluster: LocalCluster) -> list[int]:
+    """The private Redis server, or the private Cluster's primaries (replicas' work is not
+    counted: it is not what a step waits for)."""
+    if cluster.redis_cluster is not None:
+        return [node.port for node in cluster.redis_cluster.primary_nodes]
+    assert cluster.redis is not None
+    return [cluster.redis.port]
 
 
 def run(settings: BenchSettings) -> dict[str, object]:
-    if settings.redis_url is not None or settings.redis_cluster_primaries:
+    if settings.redis_url is not None:
         raise ValueError(
             "bench --scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE "
-            "on one server): leave out --redis-url and --redis-cluster-primaries"
+            "on each server): leave out --redis-url (--redis-cluster-primaries N measures a "
+            "private Redis Cluster)"
         )
     robots_n, steps = settings.scale_robots, settings.steps
-    with LocalCluster(settings) as cluster, grpc.insecure_channel(cluster.address) as channel:
-        assert cluster.coordinator is not None and cluster.redis is not None
+    with (
+        LocalCluster(settings) as cluster,
+        grpc.insecure_channel(cluster.address) as channel,
+        ExitStack() as clients,
+    ):
+        assert cluster.coordinator is not None
         stub = session_pb2_grpc.SessionServiceStub(channel)
         coordinator = cluster.coordinator.pid
         shard_pids = [shard.pid for shard in cluster.shards]
-        with probe_client(cluster.redis.port) as stats:
-            robots = [_Robot(stub, i) for i in range(robots_n)]
-            _all_step(robots, WARMUP_STEPS)
-            with monitored(cluster.redis.port) as requests:
-                _all_step(robots, steps)
-            monitored_steps = robots_n * steps
-
-            full_before = sum(robot.full for robot in robots)
-            cpu_before = process_cpu_s(coordinator)
-            redis_before = _redis_cpu_s(stats)
-            shards_before = [process_cpu_s(pid) for pid in shard_pids]
-            started = time.monotonic()
+        ports = _redis_ports(cluster)
+        stats = [clients.enter_context(probe_client(port)) for port in ports]
+        robots = [_Robot(stub, i) for i in range(robots_n)]
+        _all_step(robots, WARMUP_STEPS)
+        with monitored(ports) as requests:
             _all_step(robots, steps)
-            elapsed = time.monotonic() - started
-            timed_steps = robots_n * steps
-            coordinator_cpu = process_cpu_s(coordinator) - cpu_before
-            redis_cpu = _redis_cpu_s(stats) - redis_before
-            shard_cpu = [
-                process_cpu_s(p) - b for p, b in zip(shard_pids, shards_before, strict=True)
-            ]
-            full = sum(robot.full for robot in robots) - full_before
+        monitored_steps = robots_n * steps
 
-            session_bytes = [_session_bytes(stats, robot.session_id) for robot in robots]
+        full_before = sum(robot.full for robot in robots)
+        cpu_before = process_cpu_s(coordinator)
+        redis_before = _redis_cpu_s(stats)
+        shards_before = [process_cpu_s(pid) for pid in shard_pids]
+        started = time.monotonic()
+        _all_step(robots, steps)
+        elapsed = time.monotonic() - started
+        timed_steps = robots_n * steps
+        coordinator_cpu = process_cpu_s(coordinator) - cpu_before
+        redis_cpu = _redis_cpu_s(stats) - redis_before
+        shard_cpu = [process_cpu_s(p) - b for p, b in zip(shard_pids, shards_before, strict=True)]
+        full = sum(robot.full for robot in robots) - full_before
 
-            memory_before, rss_before = _used_memory(stats), process_rss_bytes(coordinator)
-            _open_idle(stub, settings.scale_idle_sessions)
-            idle_redis = _used_memory(stats) - memory_before
-            idle_rss = process_rss_bytes(coordinator) - rss_before
+        session_bytes = [_session_bytes(stats, robot.session_id) for robot in robots]
+
+        memory_before, rss_before = _used_memory(stats), process_rss_bytes(coordinator)
+        _open_idle(stub, settings.scale_idle_sessions)
+        idle_redis = _used_memory(stats) - memory_before
+        idle_rss = process_rss_bytes(coordinator) - rss_before
 
     per_stage = [0.0] * cluster.model.n_stages
     for shard, cpu in zip(cluster.shards, shard_cpu, strict=True):
@@ -240,6 +272,7 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "machine": machine(),
         "stages": cluster.model.n_stages,
         "robots": robots_n,
+        "redis_primaries": len(ports),
         "steps": monitored_steps,
         "redis_round_trips_per_step": round(requests.total / monitored_steps, 3),
         "redis_requests_per_step_by_command": {
@@ -268,6 +301,7 @@ def print_table(result: dict[str, object]) -> None:
     print(f"machine: {m['cpus']} cpus, {m['cpu_model']}")
     print(
         f"stages={result['stages']} robots={result['robots']} steps={result['steps']} "
+        f"redis primaries={result['redis_primaries']} "
         f"steps/s={result['steps_per_s']} FULL={result['full_fraction']}"
     )
     print(f"redis round trips per step      {result['redis_round_trips_per_step']}")

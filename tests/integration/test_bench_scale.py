@@ -28,7 +28,7 @@ def test_a_script_and_a_transaction_are_one_round_trip_each(server: EmbeddedRedi
         "for i = 1, 5 do redis.call('HSET', KEYS[1], 'f' .. i, i) end return 1"
     )
     script(["h"], [])  # loaded before counting: EVALSHA alone below
-    with monitored(server.port) as requests:
+    with monitored([server.port]) as requests:
         script(["h"], [])
         with client.pipeline(transaction=True) as pipe:
             pipe.set("a", 1).incr("a").get("a")
