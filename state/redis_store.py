@@ -291,10 +291,16 @@ class RedisSessionStore:
         still pay the WAIT before the retry could load the script, doubling the wait.
         """
         # Not a transaction: WAIT inside MULTI does not wait.
-        with self._server_of(keys[0]).pipeline(transaction=False) as pipe:
-            pipe.eval(script, len(keys), *keys, *args)
-            pipe.wait(replicas, max(1, round(timeout_s * 1000)))  # WAIT 0 would block forever
-            reply, acked = pipe.execute(raise_on_error=False)
+        server = self._server_of(keys[0])
+        try:
+            with server.pipeline(transaction=False) as pipe:
+                pipe.eval(script, len(keys), *keys, *args)
+                pipe.wait(replicas, max(1, round(timeout_s * 1000)))  # WAIT 0: forever
+                reply, acked = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if isinstance(self._client, RedisCluster):  # the primary may have failed over
+                self._refresh_slot_map()
+            raise
         for result in (reply, acked):
             if isinstance(result, Exception):
                 raise result
@@ -367,7 +373,7 @@ class RedisSessionStore:
                 raise  # a redis:// URL that names a Cluster node: see _call
             # From _server_of's direct connection: the slot moved since the client last read
             # the slot map, so nothing ran; read it anew and retry.
-            self._client.nodes_manager.initialize()
+            self._refresh_slot_map()
             raise redis.ConnectionError(f"the session's slot moved ({exc})") from exc
         except redis.ResponseError as exc:
             if not _is_read_only(exc):
@@ -376,10 +382,19 @@ class RedisSessionStore:
             # that the next one asks Sentinel anew (redis-py does this for a plain READONLY
             # but not for one raised inside a script, which Redis 6.2 reports as a script error).
             if isinstance(self._client, RedisCluster):
-                self._client.nodes_manager.initialize()
+                self._refresh_slot_map()
             else:
                 self._client.connection_pool.disconnect(inuse_connections=False)
             raise redis.ReadOnlyError(str(exc)) from exc
+
+    def _refresh_slot_map(self) -> None:
+        """Read the Cluster's slot map anew, after the direct connection of _server_of met a
+        moved slot or a dead primary (RedisCluster does so itself for its own commands)."""
+        assert isinstance(self._client, RedisCluster)
+        try:
+            self._client.nodes_manager.initialize()
+        except RedisClusterException as exc:  # no node answered: the retry will tell
+            _log.warning("store=%s: could not read the slot map: %s", self._url, exc)
 
     def _server_of(self, key: str) -> redis.Redis:
         """A client of the one server that holds `key`: on a Cluster its slot's primary, for

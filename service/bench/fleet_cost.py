@@ -152,7 +152,9 @@ def _monitored_one(port: int) -> Iterator[_Requests]:
         in_multi: set[str] = set()
         counting = False
         try:
-            watched = redis.Redis(host="127.0.0.1", port=port)
+            # No read timeout: a Cluster primary may hold none of the robots' sessions, and
+            # the END marker ends the watch.
+            watched = redis.Redis(host="127.0.0.1", port=port, socket_timeout=None)
             with watched, watched.monitor() as monitor:  # type: ignore[no-untyped-call]
                 marker.echo(START_MARK)
                 for command in monitor.listen():

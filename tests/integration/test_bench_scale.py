@@ -40,7 +40,8 @@ def test_a_script_and_a_transaction_are_one_round_trip_each(server: EmbeddedRedi
     assert requests.total == 4
 
 
-def test_bench_scale_json_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster_primaries", [0, 3])
+def test_bench_scale_json_keys(tmp_path: Path, cluster_primaries: int) -> None:
     out = bench(
         tmp_path,
         "--scale",
@@ -50,7 +51,10 @@ def test_bench_scale_json_keys(tmp_path: Path) -> None:
         "2",
         "--scale-idle-sessions",
         "200",
+        "--redis-cluster-primaries",
+        str(cluster_primaries),
     )
+    assert out["redis_primaries"] == max(1, cluster_primaries)
     assert out["steps"] == 40 and out["idle_sessions"] == 200
     assert out["redis_round_trips_per_step"] >= 1  # every step commits
     assert "evalsha" in out["redis_requests_per_step_by_command"]

@@ -119,6 +119,27 @@ def test_a_commit_rides_through_the_failover_of_its_primary(
         store.close()
 
 
+def test_a_replicated_commit_after_a_failover_reaches_the_new_primary(tmp_path: Path) -> None:
+    """WAIT runs on a direct connection to the session's primary: after that primary fails, the
+    commit must find the promoted one, which has no replica left, so: committed, NotReplicated."""
+    with EmbeddedRedisCluster(
+        tmp_path / "rc", primaries=3, replicas=1, node_timeout_ms=FAILOVER_NODE_TIMEOUT_MS
+    ) as cluster:
+        store = RedisSessionStore(cluster.url, socket_timeout_s=SOCKET_TIMEOUT_S)
+        sid = SessionId("failover-wait-0")
+        store.create(fresh_record(sid))
+        first = StepCommit(0, 1, stages_at(1), b"r1", 30.0, 3, wait_replicas=1, wait_timeout_s=0.4)
+        assert store.commit(sid, first).status is CommitStatus.COMMITTED
+        primary = holder(cluster, f"am:{{{sid}}}:session")
+        next(node for node in cluster.nodes if node.port == primary).kill()
+        second = StepCommit(1, 2, stages_at(2), b"r2", 30.0, 3, wait_replicas=1, wait_timeout_s=0.4)
+        with pytest.raises(NotReplicated, match="acknowledged by 0 of 1"):
+            store.commit(sid, second)
+        record = store.load(sid)
+        assert record is not None and (record.seq, record.last_reply) == (2, b"r2")
+        store.close()
+
+
 def test_a_local_cluster_steps_through_a_redis_cluster(
     tmp_path: Path, replicated: EmbeddedRedisCluster
 ) -> None:
