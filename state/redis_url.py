@@ -90,6 +90,17 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     )
 
 
+def checked_store_url(url: str) -> str:
+    """The URL unchanged if its Sentinel or Cluster form parses (ValueError if not); other
+    schemes are redis-py's and the store's to judge."""
+    scheme = urlsplit(url).scheme
+    if scheme == SENTINEL_SCHEME:
+        parse_sentinel_url(url)
+    elif scheme == CLUSTER_SCHEME:
+        parse_cluster_url(url)
+    return url
+
+
 def redacted(url: str) -> str:
     """The URL without its password, fit for logs and error messages."""
     parts = urlsplit(url)

@@ -222,12 +222,6 @@ def _redis_ports(cluster: LocalCluster) -> list[int]:
 
 
 def run(settings: BenchSettings) -> dict[str, object]:
-    if settings.redis_url is not None:
-        raise ValueError(
-            "bench --scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE "
-            "on each server): leave out --redis-url (--redis-cluster-primaries N measures a "
-            "private Redis Cluster)"
-        )
     robots_n, steps = settings.scale_robots, settings.steps
     with (
         LocalCluster(settings) as cluster,

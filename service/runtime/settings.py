@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from state.redis_url import checked_store_url
+
 ENV_PREFIX = "ACTIONMESH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
@@ -157,6 +159,11 @@ class RedisSettings(Settings):
     max_wait_replicas: int = Field(
         2, ge=0, description="The most Redis replicas a session may ask to acknowledge its steps."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        return checked_store_url(value)
 
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> typing.Self:
@@ -347,7 +354,10 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
         description="Private Redis persistence: none, AOF fsynced every second, or AOF fsynced on every write.",
     )
     redis_replicas: int = Field(
-        0, ge=0, description="Replicas of the private Redis (sessions may ask for WAIT on them)."
+        0,
+        ge=0,
+        description="Replicas of the private Redis, of each primary of a private Redis Cluster "
+        "(sessions may ask for WAIT on them).",
     )
     redis_cluster_primaries: int = Field(
         0,
@@ -362,6 +372,11 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        return None if value is None else checked_store_url(value)
 
     @model_validator(mode="after")
     def _private_cluster_or_url(self) -> typing.Self:
@@ -432,6 +447,12 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
         modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
         if len(modes) > 1:
             raise ValueError(f"choose one of {', '.join(_flag(m) for m in modes)}")
+        if self.scale and self.redis_url is not None:
+            raise ValueError(
+                "--scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE on "
+                "each server): leave out --redis-url (--redis-cluster-primaries N measures a "
+                "private Redis Cluster)"
+            )
         return self
 
     @model_validator(mode="after")
