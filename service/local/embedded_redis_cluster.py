@@ -97,6 +97,10 @@ class EmbeddedRedisCluster(Lifecycle):
         for node in self.nodes:
             node.stop()
 
+    def wait_ok(self) -> None:
+        """Wait until every running node reports the cluster ok (after a node's restart)."""
+        self._wait("the cluster is ok on every node", self._all_ok)
+
     def _form(self) -> None:
         ids = [_command(node.port, "CLUSTER", "MYID") for node in self.nodes]
         # Distinct epochs from the start, as redis-cli --cluster create gives them: nodes that

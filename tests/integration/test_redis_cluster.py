@@ -1,8 +1,9 @@
 """The session store on a real Redis Cluster (`redis+cluster://`, 3 primaries from the embedded
 redis-server): every session's keys on one slot, sessions spread over the primaries, WAIT counted
-on the session's own primary, a primary's failover ridden through, and a whole local cluster
-(shards, coordinator) stepping sessions through it with the in-process model's answers. The
-store contract itself runs on a Cluster too (test_store_contract.py)."""
+on the session's own primary, a primary's failover ridden through (WAIT too), AOF keeping a
+crashed primary's steps, and a whole local cluster (shards, coordinator) stepping sessions
+through it with the in-process model's answers. The store contract itself runs on a Cluster
+too (test_store_contract.py)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,23 @@ def test_a_replicated_commit_after_a_failover_reaches_the_new_primary(tmp_path: 
             store.commit(sid, second)
         record = store.load(sid)
         assert record is not None and (record.seq, record.last_reply) == (2, b"r2")
+        store.close()
+
+
+def test_with_aof_always_a_committed_step_survives_its_primarys_crash(tmp_path: Path) -> None:
+    with EmbeddedRedisCluster(tmp_path / "rc", primaries=3, appendfsync="always") as cluster:
+        store = RedisSessionStore(cluster.url, socket_timeout_s=SOCKET_TIMEOUT_S)
+        sid = SessionId("aof-0")
+        store.create(fresh_record(sid, ttl_s=60.0))
+        logged(store, sid, steps=5, limit=8)
+        primary = holder(cluster, f"am:{{{sid}}}:session")
+        node = next(node for node in cluster.nodes if node.port == primary)
+        node.kill()  # SIGKILL: no shutdown save; only the AOF has the steps
+        node.restart()
+        cluster.wait_ok()
+        record = store.load(sid)
+        assert record is not None and record.seq == 5
+        assert store.observations(sid, 1, 5) == [f"obs{seq}".encode() for seq in range(1, 6)]
         store.close()
 
 
