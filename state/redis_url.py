@@ -1,4 +1,5 @@
-"""Session store URLs beyond what redis-py parses itself: the Sentinel form, and redaction."""
+"""Session store URLs beyond what redis-py parses itself: the Sentinel and Cluster forms, and
+redaction."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_URL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>]"
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_URL_FORM = "redis+cluster://[[user]:password@]host:port[,host:port...][/0]"
 _SERVICE_RE = re.compile(r"[A-Za-z0-9._-]+")  # what Sentinel accepts as a master name
 
 
@@ -51,6 +54,51 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         username=unquote(username) if has_userinfo and username else None,
         password=unquote(password) if has_password else None,
     )
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """Where to start discovering a Redis Cluster (any reachable node will do; the client learns
+    the others and the slot map from it). A Cluster has only db 0."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """`redis+cluster://[[user]:password@]h1:p1[,h2:p2...][/0]`, or ValueError."""
+    parts = urlsplit(url)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"bad session store URL {redacted(url)!r}: {why}; expected {CLUSTER_URL_FORM}"
+        )
+
+    if parts.scheme != CLUSTER_SCHEME:
+        raise bad(f"the scheme must be {CLUSTER_SCHEME}")
+    if parts.query or parts.fragment:
+        raise bad("a ?query or #fragment is not understood")
+    if parts.path.strip("/") not in ("", "0"):
+        raise bad("a Redis Cluster has only db 0")
+    userinfo, has_userinfo, hosts = parts.netloc.rpartition("@")
+    username, has_password, password = userinfo.partition(":")
+    return ClusterUrl(
+        nodes=tuple(_host_port(item, bad) for item in hosts.split(",")),
+        username=unquote(username) if has_userinfo and username else None,
+        password=unquote(password) if has_password else None,
+    )
+
+
+def checked_store_url(url: str) -> str:
+    """The URL unchanged if its Sentinel or Cluster form parses (ValueError if not); other
+    schemes are redis-py's and the store's to judge."""
+    scheme = urlsplit(url).scheme
+    if scheme == SENTINEL_SCHEME:
+        parse_sentinel_url(url)
+    elif scheme == CLUSTER_SCHEME:
+        parse_cluster_url(url)
+    return url
 
 
 def redacted(url: str) -> str:

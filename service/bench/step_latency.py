@@ -215,6 +215,11 @@ def main(settings: BenchSettings) -> int:
 
         result = failover.run(settings)
         show = failover.print_table
+    elif settings.scale:
+        from service.bench import fleet_cost
+
+        result = fleet_cost.run(settings)
+        show = fleet_cost.print_table
     elif settings.degraded:
         from service.bench import degraded_modes
 

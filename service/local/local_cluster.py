@@ -12,6 +12,7 @@ from types import TracebackType
 from service.local.child_process import ChildProcess
 from service.local.embedded_etcd import EmbeddedEtcd
 from service.local.embedded_redis import EmbeddedRedis
+from service.local.embedded_redis_cluster import EmbeddedRedisCluster
 from service.local.local_checkpoints import LocalCheckpoints
 from service.model import weights
 from service.model.action_model import ActionModel
@@ -73,6 +74,7 @@ class LocalCluster:
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
         self.redis_replicas: list[EmbeddedRedis] = []
+        self.redis_cluster: EmbeddedRedisCluster | None = None
         self.redis_url = settings.redis_url or ""
         self.etcd: EmbeddedEtcd | None = None
         self.etcd_url = settings.etcd or ""
@@ -143,8 +145,18 @@ class LocalCluster:
         )
 
     def _start_redis(self) -> str:
-        """The private Redis primary, with the persistence and replicas settings ask for."""
+        """The private Redis primary (or Cluster), with the persistence and replicas settings
+        ask for."""
         durability = self.settings.redis_durability
+        if self.settings.redis_cluster_primaries:
+            self.redis_cluster = EmbeddedRedisCluster(
+                self.work_dir / "redis-cluster",
+                primaries=self.settings.redis_cluster_primaries,
+                replicas=self.settings.redis_replicas,
+                appendfsync=None if durability == "none" else durability,
+                start_timeout_s=self.settings.start_timeout_s,
+            ).start()
+            return self.redis_cluster.url
         primary = self.redis = EmbeddedRedis(
             self.work_dir / "redis",
             appendfsync=None if durability == "none" else durability,
@@ -275,6 +287,9 @@ class LocalCluster:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+            self.redis_cluster = None
         if self.etcd is not None:
             self.etcd.stop()
             self.etcd = None

@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from state.redis_url import checked_store_url
+
 ENV_PREFIX = "ACTIONMESH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
@@ -165,6 +167,11 @@ class RedisSettings(Settings):
     max_wait_replicas: int = Field(
         2, ge=0, description="The most Redis replicas a session may ask to acknowledge its steps."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        return checked_store_url(value)
 
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> typing.Self:
@@ -373,7 +380,16 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
         description="Private Redis persistence: none, AOF fsynced every second, or AOF fsynced on every write.",
     )
     redis_replicas: int = Field(
-        0, ge=0, description="Replicas of the private Redis (sessions may ask for WAIT on them)."
+        0,
+        ge=0,
+        description="Replicas of the private Redis, of each primary of a private Redis Cluster "
+        "(sessions may ask for WAIT on them).",
+    )
+    redis_cluster_primaries: int = Field(
+        0,
+        ge=0,
+        description="Start the private Redis as a Redis Cluster of this many primaries "
+        "(--redis-replicas each, --redis-durability on every node); 0: one server.",
     )
     work_dir: Path | None = Field(
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
@@ -387,6 +403,20 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        return None if value is None else checked_store_url(value)
+
+    @model_validator(mode="after")
+    def _private_cluster_or_url(self) -> typing.Self:
+        if self.redis_url is not None and self.redis_cluster_primaries:
+            raise ValueError(
+                "--redis-cluster-primaries starts a private Redis Cluster; with --redis-url "
+                "leave it out (a redis+cluster:// URL points at an existing one)"
+            )
+        return self
 
 
 class DemoSettings(ClusterSettings):
@@ -432,9 +462,34 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
         64, ge=1, description="--degraded: held-out episodes of the quality evaluation."
     )
     failover_kills: int = Field(10, ge=1, description="Leader kills in a --failover run.")
+    scale: bool = Field(
+        False,
+        description="Measure a fleet's cost instead: Redis round trips and bytes per session, "
+        "coordinator, Redis and shard CPU per step, the memory of idle sessions, and the "
+        "sizing they give (docs/sizing.md).",
+    )
+    scale_robots: int = Field(
+        4, ge=1, description="--scale: robots stepping back to back, --steps steps each."
+    )
+    scale_idle_sessions: int = Field(
+        10_000, ge=0, description="--scale: idle sessions opened to measure their memory."
+    )
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> typing.Self:
+        modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
+        if len(modes) > 1:
+            raise ValueError(f"choose one of {', '.join(_flag(m) for m in modes)}")
+        if self.scale and self.redis_url is not None:
+            raise ValueError(
+                "--scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE on "
+                "each server): leave out --redis-url (--redis-cluster-primaries N measures a "
+                "private Redis Cluster)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replicas_to_wait_for(self) -> typing.Self:

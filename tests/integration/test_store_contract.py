@@ -1,6 +1,7 @@
-"""The session store contract, run against both backends: the in-memory store (what the
-coordinator's in-process tests use) and RedisSessionStore on a real redis-server. Whatever
-one does, the other must do too."""
+"""The session store contract, run against every backend: the in-memory store (what the
+coordinator's in-process tests use), RedisSessionStore on a real redis-server, and
+RedisSessionStore on a real 3-primary Redis Cluster (`redis+cluster://`: every script must
+touch one slot, or the Cluster refuses it). Whatever one does, the others must do too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from service.local.embedded_redis import EmbeddedRedis
+from service.local.embedded_redis_cluster import EmbeddedRedisCluster
 from state.memory_store import MemorySessionStore
 from state.redis_store import RedisSessionStore
 from state.session import (
@@ -36,13 +38,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         yield embedded
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    with EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster"), primaries=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[SessionStore]:
     if request.param == "memory":
         yield MemorySessionStore()
         return
-    server: EmbeddedRedis = request.getfixturevalue("redis_server")
-    redis_store = RedisSessionStore(server.url, socket_timeout_s=1.0)
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+    redis_store = RedisSessionStore(url, socket_timeout_s=1.0)
     yield redis_store
     redis_store.close()
 

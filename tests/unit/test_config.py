@@ -200,6 +200,17 @@ def test_bool_from_renamed_flag_and_env() -> None:
         (["shard", "--torch-threads", "0"], NO_ENV, "--torch-threads"),
         (["bench", "--concurrency", "1,x"], NO_ENV, "--concurrency"),
         (["bench", "--steps", "3"], NO_ENV, "--steps"),
+        (["bench", "--scale", "--failover"], NO_ENV, "--scale"),
+        (["bench", "--degraded", "--scale"], NO_ENV, "--degraded"),
+        (["bench", "--scale", "--redis-url", "redis://127.0.0.1:1/0"], NO_ENV, "--redis-url"),
+        (["coordinator", "--redis-url", "redis+cluster://r1:1/3"], NO_ENV, "--redis-url"),
+        (["coordinator", "--redis-url", "redis+sentinel://s1:1"], NO_ENV, "--redis-url"),
+        (["up", "--redis-url", "redis+cluster://r1"], NO_ENV, "--redis-url"),
+        (
+            ["up", "--redis-url", "redis://127.0.0.1:1/0", "--redis-cluster-primaries", "3"],
+            NO_ENV,
+            "--redis-cluster-primaries",
+        ),
         (["demo", "--rate-hz", "0"], NO_ENV, "--rate-hz"),
     ],
 )
