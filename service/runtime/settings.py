@@ -192,7 +192,13 @@ class ShardRuntimeSettings(Settings):
     torch_threads: int = Field(
         1,
         ge=1,
-        description="torch intra-op threads per shard; several shards on one node must share its cores.",
+        description="torch (or ONNX Runtime) intra-op threads per shard; several shards on one node must share its cores.",
+    )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the stage: torch, or ONNX Runtime without torch on the graph "
+        "`actionmesh export --format onnx` wrote beside the weights (onnx-int8: its linear "
+        "layers quantized to int8). Needs the `onnx` extra.",
     )
     lease_ttl_s: float = Field(
         2.0, gt=0, description="Stage leader lease TTL; keepalive every third of it."
