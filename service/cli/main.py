@@ -18,6 +18,7 @@ from service.runtime.settings import (
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
+    ExportSettings,
     InvalidSettings,
     Settings,
     ShardSettings,
@@ -88,6 +89,12 @@ def _train(settings: TrainSettings, args: argparse.Namespace) -> int:
     return train.main(settings)
 
 
+def _export(settings: ExportSettings, args: argparse.Namespace) -> int:
+    from service.cli import export
+
+    return export.main(settings)
+
+
 def _coordinator(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
     from service.coordinator import coordinator_process
 
@@ -136,6 +143,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         TrainSettings,
         _train,
         "Train the model, its exit heads and student on a reach task; write weights and a quality table.",
+    ),
+    (
+        "export",
+        ExportSettings,
+        _export,
+        "Export the stages and the student of a weights directory as ONNX (float32 and int8) or TorchScript.",
     ),
     (
         "coordinator",

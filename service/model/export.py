@@ -152,7 +152,9 @@ def _export_onnx(model: ActionModel, version: str, out: Path, int8: bool) -> lis
             stage = model.stage(k)
             path = out / onnx_stage_file(k)
             meta = _meta(version, str(k))
-            _onnx(StageGraph(stage), example_inputs(stage), (STAGE_INPUTS, STAGE_OUTPUTS), path, meta)
+            _onnx(
+                StageGraph(stage), example_inputs(stage), (STAGE_INPUTS, STAGE_OUTPUTS), path, meta
+            )
             if not int8:
                 return [path]
             quantized = out / onnx_stage_file(k, int8=True)
@@ -187,12 +189,14 @@ def _export_torchscript(model: ActionModel, version: str, out: Path) -> list[Pat
     ]
     student_args = _student_inputs(model.student, model.cfg.observation_dim)
     parts.append((STUDENT_PART, model.student, student_args, out / STUDENT_TORCHSCRIPT_FILE))
-    for part, module, args, path in tqdm(parts, desc="export torchscript", unit="part", leave=False):
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            traced = torch.jit.trace(module, args)
+    for part, module, args, path in tqdm(
+        parts, desc="export torchscript", unit="part", leave=False
+    ):
         extra = {"actionmesh.json": json.dumps(_meta(version, part), sort_keys=True)}
-        torch.jit.save(traced, str(path), _extra_files=extra)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            traced = torch.jit.trace(module, args)  # type: ignore[no-untyped-call]
+            torch.jit.save(traced, str(path), _extra_files=extra)
         written.append(path)
     return written
 

@@ -18,6 +18,7 @@ _TO_PROTO: dict[torch.dtype, int] = {
 }
 _FROM_PROTO: dict[int, torch.dtype] = {v: k for k, v in _TO_PROTO.items()}
 
+
 def encode(tensor: torch.Tensor) -> tensor_pb2.Tensor:
     t = tensor.detach().contiguous().cpu()
     dtype = _TO_PROTO.get(t.dtype)

@@ -464,6 +464,28 @@ class StatusSettings(JsonOutputSettings, EtcdSettings):
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
 
 
+class ExportSettings(JsonOutputSettings):
+    weights_dir: Path = Field(
+        Path("actionmesh-weights"),
+        description="The weights to export (model.json + *.safetensors, e.g. from `actionmesh train`).",
+    )
+    format: Literal["onnx", "torchscript"] = Field(
+        "onnx",
+        description="onnx: stage-K.onnx (+ stage-K.int8.onnx) and student.onnx, what `shard "
+        "--runtime onnx|onnx-int8` serves; torchscript: stage-K.torchscript.pt and "
+        "student.torchscript.pt, for libtorch.",
+    )
+    output_dir: Path | None = Field(
+        None,
+        description="Where the files go; default --weights-dir, so that `actionmesh ckpt create` "
+        "snapshots them (with their sha256) into the same version.",
+    )
+    int8: bool = Field(
+        True,
+        description="onnx: also write each stage with its linear layers quantized to int8.",
+    )
+
+
 class TrainSettings(Settings):
     output_dir: Path = Field(
         Path("actionmesh-weights"),

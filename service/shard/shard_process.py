@@ -82,7 +82,9 @@ def _load_version(
     directory = version_weights(settings, flash_dir, version)
     config = read_info(directory).config
     if config.n_stages != n_stages:
-        raise ValueError(f"version {version} has {config.n_stages} stages, this pipeline {n_stages}")
+        raise ValueError(
+            f"version {version} has {config.n_stages} stages, this pipeline {n_stages}"
+        )
     return open_runtime(settings, directory)
 
 
