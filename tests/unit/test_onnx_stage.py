@@ -89,7 +89,7 @@ def test_fresh_memory_is_the_stage_initial_memory(exported: tuple[ActionModel, P
 
 def test_int8_stages_stay_close_to_float32(exported: tuple[ActionModel, Path]) -> None:
     """Quantization error, bounded loosely here; its effect on the task is in bench --degraded."""
-    model, directory = exported
+    _, directory = exported
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(4, CFG.observation_dim, generator=gen).numpy()
     for k in range(CFG.n_stages):
@@ -147,7 +147,9 @@ def test_a_missing_graph_says_how_to_export_it(
 ) -> None:
     directory = _copy(exported[1], tmp_path / "w")
     (directory / onnx_stage_file(2, int8=True)).unlink()
-    with pytest.raises(StageLoadError, match=r"stage-2\.int8\.onnx is missing .*`actionmesh export"):
+    with pytest.raises(
+        StageLoadError, match=r"stage-2\.int8\.onnx is missing .*`actionmesh export"
+    ):
         OnnxStage(directory, 2, int8=True, threads=1)
 
 

@@ -3,7 +3,6 @@ stage (torch, ONNX float32, ONNX int8), and a good one gets the same answer from
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NoReturn, cast
 
 import grpc
