@@ -96,9 +96,9 @@ def test_a_broken_int8_graph_ends_the_shard_with_one_line(
         (directory / path.name).write_bytes(path.read_bytes())
     broken = directory / onnx_stage_file(1, int8=True)
     broken.write_bytes(b"not a graph")
+    shard = ["shard", "--stage", "1", "--runtime", "onnx-int8", "--weights-dir", str(directory)]
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "shard", "--stage", "1", "--runtime", "onnx-int8"]
-        + ["--weights-dir", str(directory), "--port", "0"],
+        [sys.executable, "-m", "service.cli", *shard, "--port", "0"],
         capture_output=True,
         text=True,
         cwd=ROOT,
