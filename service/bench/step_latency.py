@@ -10,6 +10,7 @@ import grpc
 import torch
 
 from chaos.robot_sim import SimulatedArm
+from service.bench import shard_footprint
 from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.model import weights
@@ -108,6 +109,10 @@ def run(settings: BenchSettings) -> dict[str, object]:
                 str(c): round(throughput(stub, c, settings.throughput_s, settings.wait_replicas), 1)
                 for c in settings.concurrency
             }
+        # On the cluster's (now idle) machine: one shard of each runtime at a time.
+        footprint = shard_footprint.measure(
+            cluster.model, settings.torch_threads, cluster.work_dir / "footprint"
+        )
     in_p50, cl_p50 = percentile_ms(inproc, 50), percentile_ms(remote, 50)
     result: dict[str, object] = {
         "stages": cluster.model.n_stages,
@@ -122,6 +127,8 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "overhead_p50_ms": round(cl_p50 - in_p50, 3),
         "ratio_p50": round(cl_p50 / in_p50, 3) if in_p50 else None,
         "steps_per_s": rates,
+        "shard_runtime": settings.runtime,
+        **footprint,
     }
     return result
 
@@ -138,6 +145,7 @@ def print_table(result: dict[str, object]) -> None:
     assert isinstance(rates, dict)
     for sessions, rate in rates.items():
         print(f"{sessions:>3} concurrent sessions: {rate} steps/s")
+    shard_footprint.print_table(result)
 
 
 def main(settings: BenchSettings) -> int:

@@ -42,13 +42,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """Threads as set (several shards share a node's cores); no memory arena, so that RSS
-    follows what a batch needs instead of the largest batch ever seen."""
+    """Threads as set (several shards share a node's cores). ONNX Runtime's memory arena
+    stays on: without it every run mallocs its activations afresh from whichever gRPC worker
+    thread serves the call, and glibc's per-thread heaps kept about 3x the memory (measured
+    with 10 threads calling in turn: peak RSS 319 MiB without the arena, 108 MiB with it)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.enable_cpu_mem_arena = False
     options.log_severity_level = 3  # errors only: ours say what failed
     return options
 

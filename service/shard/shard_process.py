@@ -22,6 +22,7 @@ import grpc
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.runtime.grpc_server import GrpcProcess
+from service.runtime.malloc_arenas import limit_malloc_arenas
 from service.runtime.settings import ShardSettings
 from service.shard.stage_runtime import StageRuntime
 from service.shard.stage_servicer import StageServicer
@@ -147,6 +148,8 @@ def _follower(
 
 
 def run(settings: ShardSettings) -> None:
+    if settings.runtime != "torch":  # the small-device runtimes: one heap (malloc_arenas.py)
+        limit_malloc_arenas(1)
     try:
         stage, version, reconcile = load_stage(settings)
     except ValueError as exc:  # a stage out of range, a graph that cannot be served (one line)
