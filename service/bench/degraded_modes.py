@@ -228,6 +228,7 @@ def _exported(weights_dir: Path, scratch: Path) -> Path:
 
 
 def run(settings: BenchSettings) -> dict[str, Any]:
+    torch.set_num_threads(settings.torch_threads)  # in-process figures: as one shard computes
     with tempfile.TemporaryDirectory(prefix="actionmesh-train-") as scratch:
         weights_dir = _trained(settings, Path(scratch))
         model, info = weights.load_model(weights_dir)

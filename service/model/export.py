@@ -108,8 +108,10 @@ def _stamp(path: Path, metadata: dict[str, str]) -> None:
 
 
 def quantize_int8(source: Path, target: Path, metadata: dict[str, str]) -> None:
-    """Dynamic int8 quantization of the graph's matrix products (the linear layers' weights,
-    per output channel; activations quantized per batch at run time)."""
+    """Dynamic int8 quantization of the linear layers (MatMul/Gemm with a weight initializer;
+    attention's activation products stay float32): weights int8 per tensor, activations
+    quantized per batch at run time. Per output channel was tried: on the trained reach task
+    its action error was 1.050x float32's against 1.009x per tensor."""
     with (
         tempfile.TemporaryDirectory(prefix="actionmesh-quantize-") as scratch,
         _quiet_root_logger(),
@@ -120,7 +122,7 @@ def quantize_int8(source: Path, target: Path, metadata: dict[str, str]) -> None:
             str(staged),
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
+            per_channel=False,
         )
         _stamp(staged, metadata)
         staged.replace(target)
