@@ -31,7 +31,9 @@ def main(settings: ExportSettings) -> int:
     written = export(settings.weights_dir, output_dir, settings.format, int8=settings.int8)
     sizes = {path.name: path.stat().st_size for path in written}
     if settings.json_output:
-        print(json.dumps({"format": settings.format, "output_dir": str(output_dir), "files": sizes}))
+        print(
+            json.dumps({"format": settings.format, "output_dir": str(output_dir), "files": sizes})
+        )
     else:
         for name, size in sizes.items():
             print(f"{output_dir / name}  {size / 1e6:.2f} MB")
