@@ -42,7 +42,7 @@ def open_runtime(settings: ShardSettings, directory: Path) -> StageRuntime:
     if settings.runtime == "torch":
         from service.shard import torch_stage
 
-        return torch_stage.load(directory, settings.stage, settings.torch_threads)
+        return torch_stage.load(directory, settings.stage)
     from service.shard.onnx_stage import OnnxStage
 
     return OnnxStage(
@@ -70,7 +70,6 @@ def load_stage(settings: ShardSettings) -> tuple[StageRuntime, str, bool]:
         )
     from service.shard import torch_stage
 
-    torch_stage.set_threads(settings.torch_threads)
     stage, version = torch_stage.initialised(settings.n_stages, settings.seed, settings.stage)
     return stage, version, False
 
@@ -148,7 +147,11 @@ def _follower(
 
 
 def run(settings: ShardSettings) -> None:
-    if settings.runtime != "torch":  # the small-device runtimes: one heap (malloc_arenas.py)
+    if settings.runtime == "torch":
+        from service.shard import torch_stage
+
+        torch_stage.set_threads(settings.torch_threads)
+    else:  # the small-device runtimes: one heap (malloc_arenas.py)
         limit_malloc_arenas(1)
     try:
         stage, version, reconcile = load_stage(settings)

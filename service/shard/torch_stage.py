@@ -39,13 +39,13 @@ class TorchStage:
 
 
 def set_threads(threads: int) -> None:
-    """Several shards on one node share its cores: each takes `threads`, no more."""
+    """Several shards on one node share its cores: each takes `threads`, no more. Once per
+    process, before any computation (torch refuses to change interop threads after)."""
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
 
 
-def load(directory: Path, index: int, threads: int) -> TorchStage:
-    set_threads(threads)
+def load(directory: Path, index: int) -> TorchStage:
     stage, _ = weights.load_stage(directory, index)
     return TorchStage(stage)
 
