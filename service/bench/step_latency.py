@@ -11,7 +11,7 @@ import grpc
 import torch
 
 from chaos.robot_sim import SimulatedArm
-from service.bench import overhead
+from service.bench import overhead, shard_footprint
 from service.bench.latency import percentile_ms
 from service.bench.overhead import TIMING_METADATA, StepSample
 from service.local.local_cluster import LocalCluster
@@ -157,6 +157,10 @@ def run(settings: BenchSettings) -> dict[str, object]:
                 str(c): round(throughput(stub, c, settings.throughput_s, settings.wait_replicas), 1)
                 for c in settings.concurrency
             }
+        # On the cluster's (now idle) machine: one shard of each runtime at a time.
+        footprint = shard_footprint.measure(
+            cluster.model, settings.torch_threads, cluster.work_dir / "footprint"
+        )
     remote = [s.round_trip_ms / 1e3 for s in samples]
     in_p50, cl_p50 = percentile_ms(inproc, 50), percentile_ms(remote, 50)
     in_p99, cl_p99 = percentile_ms(inproc, 99), percentile_ms(remote, 99)
@@ -177,6 +181,8 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "stream_p99_ms": round(percentile_ms(streamed, 99), 3),
         "ratio_p50": round(cl_p50 / in_p50, 3) if in_p50 else None,
         "steps_per_s": rates,
+        "shard_runtime": settings.runtime,
+        **footprint,
     }
     return result
 
@@ -202,6 +208,7 @@ def print_table(result: dict[str, object]) -> None:
     assert isinstance(rates, dict)
     for sessions, rate in rates.items():
         print(f"{sessions:>3} concurrent sessions: {rate} steps/s")
+    shard_footprint.print_table(result)
 
 
 def main(settings: BenchSettings) -> int:

@@ -18,6 +18,7 @@ from service.runtime.settings import (
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
+    ExportSettings,
     InvalidSettings,
     PlanSettings,
     Settings,
@@ -95,6 +96,12 @@ def _plan(settings: PlanSettings, args: argparse.Namespace) -> int:
     return plan.main(settings)
 
 
+def _export(settings: ExportSettings, args: argparse.Namespace) -> int:
+    from service.cli import export
+
+    return export.main(settings)
+
+
 def _coordinator(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
     from service.coordinator import coordinator_process
 
@@ -149,6 +156,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         PlanSettings,
         _plan,
         "Choose stage boundaries and nodes from a node inventory: table, YAML, kustomize patches.",
+    ),
+    (
+        "export",
+        ExportSettings,
+        _export,
+        "Export the stages and the student of a weights directory as ONNX (float32 and int8) or TorchScript.",
     ),
     (
         "coordinator",

@@ -17,6 +17,7 @@ from service.local.local_checkpoints import LocalCheckpoints
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
+from service.model.weights_files import onnx_stage_file
 from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
 
@@ -120,6 +121,8 @@ class LocalCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not (self.weights_dir / weights.MANIFEST).exists():
             weights.save(ActionModel(self.model), self.weights_dir)
+        if self.settings.runtime != "torch":
+            self._export_onnx()
         self.checkpoints = LocalCheckpoints(self.work_dir / "checkpoints")
         self.checkpoints.publish(self.weights_dir, promote=True)
         if not self.redis_url:
@@ -143,6 +146,17 @@ class LocalCluster:
             self.redis_url,
             self.log_dir,
         )
+
+    def _export_onnx(self) -> None:
+        """ONNX shards serve the graphs exported beside the weights; export them (float32
+        and int8) unless there, before the weights are published as a checkpoint version."""
+        cfg = weights.read_info(self.weights_dir).config
+        wanted = [onnx_stage_file(k, int8=q) for k in range(cfg.n_stages) for q in (False, True)]
+        if all((self.weights_dir / name).is_file() for name in wanted):
+            return
+        from service.model.export import export
+
+        export(self.weights_dir, self.weights_dir, "onnx")
 
     def _start_redis(self) -> str:
         """The private Redis primary (or Cluster), with the persistence and replicas settings
@@ -209,6 +223,8 @@ class LocalCluster:
             "--torch-threads",
             str(self.settings.torch_threads),
             *self._pinned(stage),
+            "--runtime",
+            self.settings.runtime,
             *self._shard_flags,
         )
         return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()

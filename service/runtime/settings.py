@@ -207,7 +207,13 @@ class ShardRuntimeSettings(Settings):
     torch_threads: int = Field(
         1,
         ge=1,
-        description="torch intra-op threads per shard; several shards on one node must share its cores.",
+        description="torch (or ONNX Runtime) intra-op threads per shard; several shards on one node must share its cores.",
+    )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the stage: torch, or ONNX Runtime without torch on the graph "
+        "`actionmesh export --format onnx` wrote beside the weights (onnx-int8: its linear "
+        "layers quantized to int8). Needs the `onnx` extra.",
     )
     lease_ttl_s: float = Field(
         2.0, gt=0, description="Stage leader lease TTL; keepalive every third of it."
@@ -577,6 +583,28 @@ class PlanSettings(JsonOutputSettings):
         False,
         description="Time one layer here: nodes without gflops are taken as fast as this "
         "machine, and the expected latency uses the measured time.",
+    )
+
+
+class ExportSettings(JsonOutputSettings):
+    weights_dir: Path = Field(
+        Path("actionmesh-weights"),
+        description="The weights to export (model.json + *.safetensors, e.g. from `actionmesh train`).",
+    )
+    format: Literal["onnx", "torchscript"] = Field(
+        "onnx",
+        description="onnx: stage-K.onnx (+ stage-K.int8.onnx) and student.onnx, what `shard "
+        "--runtime onnx|onnx-int8` serves; torchscript: stage-K.torchscript.pt and "
+        "student.torchscript.pt, for libtorch.",
+    )
+    output_dir: Path | None = Field(
+        None,
+        description="Where the files go; default --weights-dir, so that `actionmesh ckpt create` "
+        "snapshots them (with their sha256) into the same version.",
+    )
+    int8: bool = Field(
+        True,
+        description="onnx: also write each stage with its linear layers quantized to int8.",
     )
 
 

@@ -57,6 +57,14 @@ def test_bench_json_keys(tmp_path: Path) -> None:
     assert parts["redis_load"] > 0 and parts["redis_commit"] > 0 and parts["reply_encode"] > 0
     assert parts["robot_coordinator_hop"] > 0 and all(t > 0 for t in parts["stage_transport"])
     assert set(out["steps_per_s"]) == {"1", "4"} and all(v > 0 for v in out["steps_per_s"].values())
+    footprint = out["shard_footprint"]
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        f = footprint[runtime]
+        assert f["start_s"] > 0 and f["params_mib"] > 0, runtime
+        assert abs(f["rss_over_params_mib"] - (f["peak_rss_mib"] - f["params_mib"])) < 0.2, runtime
+    assert out["shard_rss_over_params_mib"] == footprint["onnx"]["rss_over_params_mib"]
+    assert out["shard_start_s"] == footprint["onnx"]["start_s"]
+    assert out["int8_weights_ratio"] > 1
 
 
 def test_bench_failover_json_keys(tmp_path: Path) -> None:
@@ -88,13 +96,18 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
         "--degraded-episodes",
         "4",
     )
-    modes = ["full", "early_exit_0", "early_exit_1", "fallback", "state_lost"]
+    modes = ["full", "early_exit_0", "early_exit_1", "fallback", "state_lost", "full_int8"]
     assert list(out["modes"]) == modes
     for name in modes:
         mode = out["modes"][name]
         assert set(mode) == {"error", "success", "p50_ms"}, name
         assert mode["error"] > 0 and 0 <= mode["success"] <= 1, name
         assert mode["p50_ms"] > 0, f"{name} was never served by the cluster"
+    int8 = out["int8"]
+    assert int8["weights_ratio"] > 1
+    assert set(int8["in_process_p50_ms"]) == {"onnx", "onnx_int8"}
+    ratio = out["modes"]["full_int8"]["error"] / out["modes"]["full"]["error"]
+    assert int8["error_ratio"] == round(ratio, 4)
     assert set(out["targets"]) == {"early_exit_1", "fallback", "state_lost"}
 
 

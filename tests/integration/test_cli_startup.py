@@ -66,7 +66,7 @@ def fake_weights(directory: Path, version: str) -> Path:
 
 
 def test_help_imports_no_torch() -> None:
-    commands = ["up", "demo", "bench", "ckpt", "status", "train", "coordinator", "shard"]
+    commands = ["up", "demo", "bench", "ckpt", "status", "train", "export", "coordinator", "shard"]
     result = run_cli([["--help"]] + [[command, "--help"] for command in commands])
     assert result["codes"] == [0] * (1 + len(commands))
     assert result["torch"] is False

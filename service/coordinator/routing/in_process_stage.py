@@ -22,6 +22,7 @@ from service.coordinator.step_errors import Unavailable
 from service.model.stage import Stage
 from service.proto import stage_pb2, tensor_codec
 from service.shard.stage_servicer import StageServicer
+from service.shard.torch_stage import TorchStage
 
 
 class Fault(enum.Enum):
@@ -60,7 +61,7 @@ class InProcessStage:
 
     def __init__(self, stage: Stage, model_version: str, address: str) -> None:
         self.stage, self.address = stage.index, address
-        self.servicer = StageServicer(stage, model_version)
+        self.servicer = StageServicer(TorchStage(stage), model_version)
         self.faults = FaultSwitch()
         self.calls = 0
         self._lock = threading.Lock()
