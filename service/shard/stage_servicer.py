@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 class BadBatch(ValueError):
     """The request is malformed; the text names the item and what is wrong."""
+
+
+class Refused(Exception):
+    """A Forward this shard will not run: `code` is the status it answers with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -69,17 +77,38 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
     def Forward(  # noqa: N802 (gRPC naming)
         self, request: stage_pb2.ForwardRequest, context: grpc.ServicerContext
     ) -> stage_pb2.ForwardReply:
+        try:
+            return self._forward(request)
+        except Refused as exc:
+            context.abort(exc.code, str(exc))
+
+    def ForwardStream(  # noqa: N802 (gRPC naming)
+        self,
+        request_iterator: Iterator[stage_pb2.ForwardRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[stage_pb2.ForwardStreamReply]:
+        """Forward, request after request, on one stream; a refusal is an error item."""
+        for request in request_iterator:
+            try:
+                reply = self._forward(request)
+            except Refused as exc:
+                error = stage_pb2.ForwardError(code=exc.code.value[0], message=str(exc))
+                yield stage_pb2.ForwardStreamReply(error=error)
+                continue
+            yield stage_pb2.ForwardStreamReply(reply=reply)
+
+    def _forward(self, request: stage_pb2.ForwardRequest) -> stage_pb2.ForwardReply:
         stage = self._stage_for(request.model_version)
         if stage is None:
             metrics.SHARD_VERSION_REFUSALS.labels(self._label).inc()
-            context.abort(
+            raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"stage {self.stage.index} serves model {self.version}, not {request.model_version}",
             )
         try:
             inputs, memory = _decode(stage, request)
         except (BadBatch, array_codec.TensorDecodeError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage.index}: {exc}")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage.index}: {exc}") from exc
         with self._lock:
             start = time.perf_counter()
             out = stage.run(inputs, memory, request.emit_action)

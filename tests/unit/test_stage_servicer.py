@@ -74,3 +74,19 @@ def test_the_retiring_version_is_served_until_it_retires_then_refused() -> None:
         with pytest.raises(Aborted):
             forward(servicer, version)
     assert refusals(0) == before + 2
+
+
+def test_a_stream_answers_each_request_in_order_and_a_refusal_is_an_item_not_the_end() -> None:
+    servicer = StageServicer(TorchStage(ActionModel(CFG).stage(0)), "v1")
+    item = stage_pb2.StageItem(
+        session_id="s", seq=1, input=tensor_codec.encode(torch.zeros(CFG.observation_dim))
+    )
+    requests = [
+        stage_pb2.ForwardRequest(items=[item], model_version=version)
+        for version in ("v1", "v2", "v1")
+    ]
+    replies = list(servicer.ForwardStream(iter(requests), CONTEXT))
+    assert [r.WhichOneof("result") for r in replies] == ["reply", "error", "reply"]
+    assert replies[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "serves model v1, not v2" in replies[1].error.message
+    assert replies[0].reply.results[0].output == forward(servicer, "v1").results[0].output
