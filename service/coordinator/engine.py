@@ -54,6 +54,7 @@ from service.coordinator.step_errors import (
     SessionNotFound,
     Unavailable,
 )
+from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
 from service.runtime.metrics import (
     ANSWERS,
@@ -285,7 +286,7 @@ class SessionEngine:
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
-        return record
+        return without_unreadable_states(record, self.model)
 
     def _view(
         self, step: StepInput, choice: Stay | Switch, priority: Priority

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from service.coordinator.routing.call_patience import Patience, UsualLatency
 from service.coordinator.routing.replica_choice import Ban, BanPolicy, candidates, is_banned
 from service.coordinator.routing.stage_client import (
+    RequestRefused,
     StageClient,
     StageTimeout,
     StageTransport,
@@ -76,6 +77,12 @@ class StageRouter:
             replica, sent = options[0], time.monotonic()
             try:
                 reply = self._client(replica).forward(request, timeout_s)
+            except RequestRefused as exc:  # another replica would refuse it as well
+                raise StageUnavailable(
+                    stage,
+                    f"stage {stage}: {replica.replica_id} refused the request as malformed "
+                    f"({exc}); the session was not advanced",
+                ) from exc
             except Unavailable as exc:
                 fair_s = self.patience.fair_s(usual, self.stage_timeout_s)
                 if isinstance(exc, StageTimeout) and timeout_s < fair_s:
