@@ -263,7 +263,9 @@ class SessionEngine:
     def _version_for(self, record: SessionRecord) -> tuple[Stay | Switch, str]:
         """The step's version from the latest snapshot (no I/O: vetting is done off the path)."""
         choice = choose_version(
-            self.versions.snapshot(), record.model_version if record.seq else None
+            self.versions.snapshot(),
+            record.model_version if record.seq else None,
+            record.version_revision,
         )
         if isinstance(choice, NoPipeline):
             raise Unavailable(
@@ -383,6 +385,11 @@ class SessionEngine:
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
             model_version=computed.version if moved else "",
+            version_revision=(
+                max(record.version_revision, self.versions.snapshot().desired_revision)
+                if moved
+                else 0
+            ),
             student=computed.student,
             anchor=work.anchor,
             # progress is written only when this step made some (the store keeps the last)
