@@ -369,6 +369,13 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     replicas: int = Field(
         1, ge=1, description="Shard processes per stage: one leader, the rest hot standbys."
     )
+    coordinators: int = Field(
+        1,
+        ge=1,
+        description="Coordinator processes, all serving the same sessions (give the client "
+        "library every address: it fails over between them). The first listens on --port, the "
+        "others on the ports after it (on free ports with --port 0).",
+    )
     etcd: str | None = _etcd_url("use this etcd; without it a private single-node etcd is started.")
     seed: int = Field(0, description="Model initialisation seed.")
     stage_boundaries: list[int] = _stage_boundaries("Stage split of the fresh model")
