@@ -1,6 +1,6 @@
-"""A stage leader paused (SIGSTOP) under robots on the client library: it costs a robot at most
-one step deadline, whatever the client's deadline, never a run of failed steps until the
-leader's lease runs out."""
+"""A stage leader paused (SIGSTOP) under robots on the client library (unary or streaming):
+it costs a robot at most one step deadline, whatever the client's deadline, never a run of
+failed steps until the leader's lease runs out."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from chaos.invariants import failed, progress, robots_stepping, worst_step_latency_after
 from service.client.session_client import ActionMeshClient
@@ -23,13 +25,14 @@ CLIENT_DEADLINE_S = 0.5  # the client library's default per-attempt deadline
 assert ActionMeshClient.__init__.__kwdefaults__["step_timeout_s"] == CLIENT_DEADLINE_S
 
 
-def test_a_paused_stage_leader_costs_unary_robots_at_most_one_step_deadline(
-    tmp_path: Path,
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streaming"])
+def test_a_paused_stage_leader_costs_robots_at_most_one_step_deadline(
+    tmp_path: Path, streaming: bool
 ) -> None:
     settings = cluster_settings(tmp_path, replicas=2, lease_ttl_s=LEASE_TTL_S)
     with (
         LocalCluster(settings, model=SMALL_MODEL) as cluster,
-        robots_stepping(cluster, client_library=True, streaming=False, degraded=True) as robots,
+        robots_stepping(cluster, client_library=True, streaming=streaming, degraded=True) as robots,
     ):
         progress(robots, 20)
         leader = leader_of(cluster, 0)

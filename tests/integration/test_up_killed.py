@@ -3,6 +3,8 @@ coordinator (--die-with-parent), and redis-server and etcd (service/local/orphan
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +54,7 @@ def test_kill_9_of_up_leaves_no_process_behind(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    children: dict[int, str] = {}
     try:
         assert up.stdout is not None
         for line in up.stdout:  # ends at EOF if `up` dies before it is ready
@@ -69,5 +72,6 @@ def test_kill_9_of_up_leaves_no_process_behind(tmp_path: Path) -> None:
         assert left == {}, f"still running after `up` was killed with -9: {left}"
     finally:
         up.kill()
-        for pid in descendants(up.pid):  # nothing normally: do not leak into other tests
-            subprocess.run(["kill", "-9", str(pid)], check=False)
+        for pid in children:  # none left, normally: leak nothing into other tests
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
