@@ -5,7 +5,8 @@ Key layout (the braces are a Redis Cluster hash tag, so every key of a session s
   per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
   `anchor_seq` and `anchor:<k>` (every stage's state at the last level step); while the
   distilled student answers, `student` and `student_seq`; while the session moves to another
-  model version, `switch` (the new version's states so far, `SwitchProgress.encode`).
+  model version, `switch` (the new version's states so far, `SwitchProgress.encode`); once a
+  desired version moved it, `version_revision` (the etcd revision that version was seen at).
 - `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
   followed by the observation's bytes.
 
@@ -523,7 +524,7 @@ def _commit_args(step: StepCommit) -> list[int | str | bytes]:
         step.anchor.seq if step.anchor else 0,
     ]
     anchored = sorted(step.anchor.states.items()) if step.anchor else []
-    args += [len(anchored), step.switch.encode() if step.switch else b""]
+    args += [len(anchored), step.switch.encode() if step.switch else b"", step.version_revision]
     for k, data in anchored:
         args += [k, data]
     for k, state in sorted(step.stage_states.items()):
@@ -566,6 +567,8 @@ def _record_fields(record: SessionRecord) -> list[int | str | bytes]:
         record.last_reply,
         "wait_replicas",
         record.wait_replicas,
+        "version_revision",
+        record.version_revision,
     ]
     return fields + _stage_fields(record.stage_states)
 
@@ -591,6 +594,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         session_id=session_id,
         seq=int(fields[b"seq"]),
         model_version=fields[b"model_version"].decode(),
+        version_revision=int(fields.get(b"version_revision", b"0")),
         ttl_s=float(fields[b"ttl_s"]),
         client_id=fields[b"client_id"].decode(),
         stage_states={k: StageState(seq=seqs[k], data=data[k]) for k in sorted(data)},

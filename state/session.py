@@ -93,6 +93,10 @@ class SessionRecord:
     # 0: the primary's word is enough (a failover may lose the last acknowledged steps).
     wait_replicas: int = 0
     switch: SwitchProgress | None = None  # a version switch under way
+    # The revision at which the coordinator that last moved the session to another version
+    # saw the desired version (0: never moved by one); no coordinator with an older view moves
+    # it again (routing/version_choice.py).
+    version_revision: int = 0
 
     def stages(self, n_stages: int) -> list[StageState]:
         """Stage 0..n_stages-1's states, a fresh one (seq 0, no data) where none is stored."""
@@ -120,6 +124,7 @@ class StepCommit:
     anchor: Anchor | None = None
     # A version switch's progress to keep (dropped by any commit that moves model_version).
     switch: SwitchProgress | None = None
+    version_revision: int = 0  # with model_version: SessionRecord.version_revision
 
 
 class CommitStatus(enum.Enum):
@@ -157,4 +162,5 @@ def committed(record: SessionRecord, step: StepCommit) -> SessionRecord:
         student=step.student if step.student is not None else record.student,
         ttl_s=record.ttl_s,
         switch=step.switch if step.switch is not None else None if moved else record.switch,
+        version_revision=step.version_revision if moved else record.version_revision,
     )

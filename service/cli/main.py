@@ -41,6 +41,8 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with LocalCluster(settings) as cluster:
         print(f"coordinator {cluster.address}  redis {cluster.redis_url}  etcd {cluster.etcd_url}")
+        if settings.coordinators > 1:
+            print(f"coordinators {','.join(cluster.addresses)}  (give the client every one)")
         print(f"logs {cluster.log_dir}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"

@@ -14,6 +14,7 @@ from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
 from service.coordinator.engine import Durability, SessionEngine, SessionLimits
 from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
+from service.coordinator.routing.call_patience import Patience
 from service.coordinator.routing.discovery import discover_model, static_table
 from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter, grpc_transport
@@ -64,7 +65,10 @@ def build_step_path(
     settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
 ) -> StepPath:
     router = StageRouter(
-        table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+        table,
+        settings.stage_timeout_s,
+        BanPolicy(settings.ban_base_s, settings.ban_max_s),
+        patience=Patience(settings.stage_patience_multiple, settings.stage_patience_min_s),
     )
     assets = ModelAssets(settings)
     catalog = VersionCatalog(table, model, grpc_transport)

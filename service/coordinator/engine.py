@@ -54,6 +54,7 @@ from service.coordinator.step_errors import (
     SessionNotFound,
     Unavailable,
 )
+from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
 from service.runtime.metrics import (
     ANSWERS,
@@ -262,7 +263,9 @@ class SessionEngine:
     def _version_for(self, record: SessionRecord) -> tuple[Stay | Switch, str]:
         """The step's version from the latest snapshot (no I/O: vetting is done off the path)."""
         choice = choose_version(
-            self.versions.snapshot(), record.model_version if record.seq else None
+            self.versions.snapshot(),
+            record.model_version if record.seq else None,
+            record.version_revision,
         )
         if isinstance(choice, NoPipeline):
             raise Unavailable(
@@ -285,7 +288,7 @@ class SessionEngine:
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
-        return record
+        return without_unreadable_states(record, self.model)
 
     def _view(
         self, step: StepInput, choice: Stay | Switch, priority: Priority
@@ -382,6 +385,11 @@ class SessionEngine:
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
             model_version=computed.version if moved else "",
+            version_revision=(
+                max(record.version_revision, self.versions.snapshot().desired_revision)
+                if moved
+                else 0
+            ),
             student=computed.student,
             anchor=work.anchor,
             # progress is written only when this step made some (the store keeps the last)

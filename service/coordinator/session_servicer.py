@@ -122,8 +122,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             _abort(context, exc)
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
-            try:
-                answer = self._step(request, budget_s)
+            try:  # each step within its own budget and within what is left of the stream's
+                answer = self._step(request, _shortest(budget_s, context.time_remaining()))
             except ActionmeshError as exc:
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
@@ -254,6 +254,12 @@ def _stream_step_timeout_s(context: grpc.ServicerContext) -> float | None:
     if not (math.isfinite(seconds) and seconds > 0):
         raise InvalidInput(f"{STEP_TIMEOUT_KEY} must be a number of seconds > 0")
     return seconds
+
+
+def _shortest(*limits_s: float | None) -> float | None:
+    """The shortest of these time limits (None: no limit)."""
+    given = [t for t in limits_s if t is not None]
+    return min(given) if given else None
 
 
 def _checked(request: R | Malformed) -> R:

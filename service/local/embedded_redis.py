@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.local.lifecycle import Lifecycle
+from service.local.orphan_guard import guarded
 from service.local.supervised import Supervised
 
 _log = logging.getLogger(__name__)
@@ -205,8 +206,9 @@ def spawn_server(
     None if the port was taken (the caller tries another); raises if it exits or stays silent.
     Its output is appended to log_path, so a restarted server's log follows the earlier one.
     It shares our session (unlike our other children): a terminal's Ctrl-C reaches it too.
+    It dies with this process, even one killed with -9 (orphan_guard).
     """
-    proc = Supervised(f"{kind} port={port}", argv, log_path, new_session=False)
+    proc = Supervised(f"{kind} port={port}", guarded(argv), log_path, new_session=False)
     deadline = time.monotonic() + start_timeout_s
     while answering_pid(port) != proc.pid:
         if (code := proc.returncode()) is not None:

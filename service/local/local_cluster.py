@@ -98,6 +98,12 @@ class LocalCluster:
         host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
         return format_host_port(host, self.coordinator.ports["grpc_port"])
 
+    @property
+    def addresses(self) -> list[str]:
+        """Every coordinator's address, the main one (`address`) first."""
+        host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
+        return [format_host_port(host, c.ports["grpc_port"]) for c in self._coordinators]
+
     def __enter__(self) -> LocalCluster:
         try:
             self.start()
@@ -140,6 +146,9 @@ class LocalCluster:
         for shard in self.shards:
             shard.wait_ready(self.settings.start_timeout_s)
         self.coordinator = self.start_coordinator("coordinator", self.settings.port)
+        for i in range(1, self.settings.coordinators):
+            port = self.settings.port + i if self.settings.port else 0
+            self.start_coordinator(f"coordinator-{i}", port)
         log.info(
             "cluster up: coordinator=%s redis=%s logs=%s",
             self.address,

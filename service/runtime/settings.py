@@ -254,6 +254,18 @@ class CoordinatorSettings(
         gt=0,
         description="Deadline of one stage call; a replica that misses it is suspected and the stage retried elsewhere.",
     )
+    stage_patience_multiple: float = Field(
+        6.0,
+        gt=1,
+        description="A stage call that takes this many times the stage's usual latency is cut "
+        "and its replica suspected, so that the step can still fail over or degrade.",
+    )
+    stage_patience_min_s: float = Field(
+        0.15,
+        gt=0,
+        description="Never cut a stage call sooner than this for being slow (unless the step's "
+        "deadline is short): scheduling jitter is not a hung replica.",
+    )
     ban_base_s: float = Field(
         0.5, gt=0, description="First ban of a suspected replica; doubles on each failure in a row."
     )
@@ -374,6 +386,13 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     stages: int = _stages("Number of pipeline stages.")
     replicas: int = Field(
         1, ge=1, description="Shard processes per stage: one leader, the rest hot standbys."
+    )
+    coordinators: int = Field(
+        1,
+        ge=1,
+        description="Coordinator processes, all serving the same sessions (give the client "
+        "library every address: it fails over between them). The first listens on --port, the "
+        "others on the ports after it (on free ports with --port 0).",
     )
     etcd: str | None = _etcd_url("use this etcd; without it a private single-node etcd is started.")
     seed: int = Field(0, description="Model initialisation seed.")

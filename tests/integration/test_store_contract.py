@@ -227,6 +227,18 @@ def test_switch_progress_is_kept_until_a_commit_moves_the_version(store: Session
     assert moved is not None and moved.model_version == "v2" and moved.switch is None
 
 
+def test_the_revision_that_moved_the_version_is_kept_with_it(store: SessionStore) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    loaded = store.load(sid)
+    assert loaded is not None and loaded.version_revision == 0
+    moving = StepCommit(0, 1, stages_at(1), b"r1", 10.0, 3, model_version="v2", version_revision=42)
+    store.commit(sid, moving)
+    store.commit(sid, StepCommit(1, 2, stages_at(2), b"r2", 10.0, 3))  # a step that stays
+    record = store.load(sid)
+    assert record is not None and (record.model_version, record.version_revision) == ("v2", 42)
+
+
 def test_a_session_asking_for_replicas_is_not_acknowledged_without_them(
     store: SessionStore,
 ) -> None:

@@ -17,7 +17,7 @@ from typing import NoReturn, cast
 import grpc
 import torch
 
-from service.coordinator.routing.stage_client import StageTimeout, VersionRefused
+from service.coordinator.routing.stage_client import StageTimeout, VersionRefused, unavailable_kind
 from service.coordinator.step_errors import Unavailable
 from service.model.stage import Stage
 from service.proto import stage_pb2, tensor_codec
@@ -85,10 +85,7 @@ class InProcessStage:
         try:
             reply: stage_pb2.ForwardReply = self.servicer.Forward(request, _CONTEXT)
         except _Aborted as exc:
-            kind = (
-                VersionRefused if exc.code == grpc.StatusCode.FAILED_PRECONDITION else Unavailable
-            )
-            raise kind(f"{what}: {exc}") from exc
+            raise unavailable_kind(exc.code)(f"{what}: {exc}") from exc
         if fault is Fault.NON_FINITE:
             for result in reply.results:
                 state = tensor_codec.decode(result.state)

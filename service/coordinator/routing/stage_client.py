@@ -24,9 +24,15 @@ class VersionRefused(Unavailable):
     a moment behind a rolling update, not a sick replica."""
 
 
+class RequestRefused(Unavailable):
+    """The replica refused the request itself as malformed (INVALID_ARGUMENT: say a stored
+    state of the wrong shape): every replica would, so it is the request's fault, not the
+    replica's."""
+
+
 class StageTransport(Protocol):
-    """One replica of one stage. Both calls raise Unavailable (StageTimeout, VersionRefused),
-    never a transport's own error."""
+    """One replica of one stage. Both calls raise Unavailable (StageTimeout, VersionRefused,
+    RequestRefused), never a transport's own error."""
 
     stage: int
     address: str
@@ -38,6 +44,15 @@ class StageTransport(Protocol):
     def info(self, timeout_s: float) -> stage_pb2.InfoReply: ...
 
     def close(self) -> None: ...
+
+
+def unavailable_kind(code: grpc.StatusCode) -> type[Unavailable]:
+    """What a failed Forward's status says about the replica."""
+    return {
+        grpc.StatusCode.DEADLINE_EXCEEDED: StageTimeout,
+        grpc.StatusCode.FAILED_PRECONDITION: VersionRefused,
+        grpc.StatusCode.INVALID_ARGUMENT: RequestRefused,
+    }.get(code, Unavailable)
 
 
 class StageClient:
@@ -101,7 +116,7 @@ class StageClient:
             for status in grpc.StatusCode:
                 if status.value[0] == answer.error.code:
                     code = status
-            kind = VersionRefused if code == grpc.StatusCode.FAILED_PRECONDITION else Unavailable
+            kind = unavailable_kind(code)
             raise kind(
                 f"stage {self.stage} at {self.address}: {code.name} ({answer.error.message})"
             )
@@ -114,13 +129,7 @@ class StageClient:
         try:
             reply: stage_pb2.ForwardReply = self._stub.Forward(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            timed_out = (
-                isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            )
-            refused = (
-                isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-            )
-            kind = StageTimeout if timed_out else VersionRefused if refused else Unavailable
+            kind = unavailable_kind(exc.code()) if isinstance(exc, grpc.Call) else Unavailable
             raise kind(f"stage {self.stage} at {self.address}: {_what(exc)}") from exc
         return reply
 
