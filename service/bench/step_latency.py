@@ -6,6 +6,8 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import torch
@@ -51,30 +53,41 @@ def inprocess_latencies(
     return totals, per_stage
 
 
-def cluster_latencies(
+@contextmanager
+def bench_session(
     stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
-) -> list[StepSample]:
-    """Unary Step round trips of one session, as a robot sees them, with the coordinator's
-    account of each."""
+) -> Iterator[tuple[str, SimulatedArm]]:
+    """A session and the arm that steps it; closed at the end."""
     opened = stub.OpenSession(
         session_pb2.OpenSessionRequest(client_id="bench", wait_replicas=settings.wait_replicas),
         timeout=10,
     )
     spec = opened.action_spec
-    arm = SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
+    try:
+        yield opened.session_id, SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
+    finally:
+        stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
+
+
+def _request(session_id: str, seq: int, arm: SimulatedArm) -> session_pb2.StepRequest:
+    observation = tensor_codec.encode(arm.observation())
+    return session_pb2.StepRequest(session_id=session_id, seq=seq, observation=observation)
+
+
+def cluster_latencies(
+    stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
+) -> list[StepSample]:
+    """Unary Step round trips of one session, as a robot sees them, with the coordinator's
+    account of each."""
     samples = []
-    for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
-        request = session_pb2.StepRequest(
-            session_id=opened.session_id,
-            seq=seq,
-            observation=tensor_codec.encode(arm.observation()),
-        )
-        started = time.perf_counter()
-        reply, call = stub.Step.with_call(request, timeout=10, metadata=TIMING_METADATA)
-        if seq > _WARMUP_STEPS:
-            samples.append(StepSample.of(time.perf_counter() - started, reply, call))
-        arm.apply(tensor_codec.decode(reply.action), 0.02)
-    stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
+    with bench_session(stub, settings) as (session_id, arm):
+        for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
+            request = _request(session_id, seq, arm)
+            started = time.perf_counter()
+            reply, call = stub.Step.with_call(request, timeout=10, metadata=TIMING_METADATA)
+            if seq > _WARMUP_STEPS:
+                samples.append(StepSample.of(time.perf_counter() - started, reply, call))
+            arm.apply(tensor_codec.decode(reply.action), 0.02)
     return samples
 
 
@@ -82,32 +95,22 @@ def stream_latencies(
     stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
 ) -> list[float]:
     """The same steps over one StreamSteps call (how the client library's robots step)."""
-    opened = stub.OpenSession(
-        session_pb2.OpenSessionRequest(client_id="bench", wait_replicas=settings.wait_replicas),
-        timeout=10,
-    )
-    spec = opened.action_spec
-    arm = SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
-    requests: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
-    replies = stub.StreamSteps(iter(requests.get, None), timeout=600)
     samples = []
-    try:
-        for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
-            request = session_pb2.StepRequest(
-                session_id=opened.session_id,
-                seq=seq,
-                observation=tensor_codec.encode(arm.observation()),
-            )
-            started = time.perf_counter()
-            requests.put(request)
-            item = next(replies)
-            if seq > _WARMUP_STEPS:
-                samples.append(time.perf_counter() - started)
-            arm.apply(tensor_codec.decode(item.reply.action), 0.02)
-    finally:
-        requests.put(None)
-        replies.cancel()
-    stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
+    requests: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
+    with bench_session(stub, settings) as (session_id, arm):
+        replies = stub.StreamSteps(iter(requests.get, None), timeout=600)
+        try:
+            for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
+                request = _request(session_id, seq, arm)
+                started = time.perf_counter()
+                requests.put(request)
+                item = next(replies)
+                if seq > _WARMUP_STEPS:
+                    samples.append(time.perf_counter() - started)
+                arm.apply(tensor_codec.decode(item.reply.action), 0.02)
+        finally:
+            requests.put(None)
+            replies.cancel()
     return samples
 
 
