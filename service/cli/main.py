@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -235,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handler: Handler = args.handler
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except BrokenPipeError:  # `actionmesh ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
 
 
 if __name__ == "__main__":
