@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from state.etcd_url import parse_etcd_url
 from state.redis_url import checked_store_url
 
 ENV_PREFIX = "ACTIONMESH_"
@@ -32,6 +34,7 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # every command, so that `up`, `shard`, `coordinator`, `status` and `ckpt promote --etcd` started
 # without --cluster all meet under the same keys.
 DEFAULT_CLUSTER = "default"
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_STAGES = 3  # pipeline stages of fresh weights (ModelConfig's default)
 
 
@@ -110,8 +113,27 @@ class EtcdSettings(Settings):
 
     etcd: str | None = _etcd_url("where the cluster's stage replicas register.")
     cluster: str = Field(
-        DEFAULT_CLUSTER, description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+        DEFAULT_CLUSTER,
+        description="Cluster name (letters, digits, '.', '_', '-'; at most 63): etcd keys live "
+        "under /actionmesh/<cluster>/.",
     )
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        if not _CLUSTER_NAME.fullmatch(value):
+            raise ValueError(
+                "a cluster name is 1-63 letters, digits, '.', '_' or '-', starting with a letter "
+                "or digit (it is part of every etcd key)"
+            )
+        return value
+
+    @field_validator("etcd")
+    @classmethod
+    def _etcd_endpoints(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_etcd_url(value)  # a ValueError names what is wrong
+        return value
 
 
 class GrpcProcessSettings(Settings):

@@ -31,7 +31,7 @@ from service.shard.stage_runtime import StageRuntime
 from service.shard.stage_servicer import StageServicer
 from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
 from state.backends import open_replica_membership, open_routing_table
-from state.etcd_client import parse_etcd_url
+from state.etcd_url import parse_etcd_url
 from state.leadership import ReplicaInfo, ReplicaMembership
 
 log = logging.getLogger(__name__)
