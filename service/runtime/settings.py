@@ -380,6 +380,9 @@ class ShardSettings(
     CheckpointSourceSettings, ShardRuntimeSettings, EtcdSettings, GrpcProcessSettings
 ):
     stage: int = Field(0, ge=0, description="Which pipeline stage this shard serves.")
+    # Each coordinator keeps up to MAX_STREAMS (2) Forward streams open to each replica, each
+    # holding a server thread: 32 leaves room for 15 coordinators and the odd unary call.
+    grpc_workers: int = _grpc_workers(32)
     etcd: str | None = _etcd_url("register and campaign for stage leader.")
     weights_dir: Path | None = Field(
         None,
