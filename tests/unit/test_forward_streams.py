@@ -7,7 +7,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-from service.coordinator.routing.forward_streams import MAX_STREAMS, StreamPool, _Watchdog
+from service.coordinator.routing.forward_streams import (
+    MAX_STREAMS,
+    ForwardStream,
+    StreamPool,
+    _Watchdog,
+)
+from service.proto import stage_pb2
 
 WAIT_S = 2.0  # generous: the watchdog polls every few ms
 
@@ -53,3 +59,30 @@ def test_a_replica_gets_at_most_max_streams_and_idle_ones_are_reused() -> None:
     pool.discard(first)
     assert stub.opened[0].cancelled
     assert pool.take() is not None and len(stub.opened) == MAX_STREAMS + 1
+
+
+class LateReplies:
+    """A reply that comes just as the watchdog cancels the stream."""
+
+    def __init__(self, requests: Iterator[object]) -> None:
+        self.cancelled = False
+
+    def __next__(self) -> str:
+        time.sleep(0.3)
+        return "reply"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class LateStub:
+    def ForwardStream(self, requests: Iterator[object]) -> LateReplies:  # noqa: N802
+        self.replies = LateReplies(requests)
+        return self.replies
+
+
+def test_a_stream_cancelled_as_its_reply_came_is_marked_not_to_be_reused() -> None:
+    stub = LateStub()
+    stream = ForwardStream(stub)
+    assert stream.exchange(stage_pb2.ForwardRequest(), 0.01) == "reply"
+    assert stub.replies.cancelled and stream.cancelled

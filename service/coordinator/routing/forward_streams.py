@@ -93,6 +93,7 @@ class ForwardStream:
 
     def __init__(self, stub: object) -> None:
         self._requests: queue.SimpleQueue[stage_pb2.ForwardRequest | None] = queue.SimpleQueue()
+        self.cancelled = False  # by the watchdog just as its reply came: not to be reused
         self._replies = stub.ForwardStream(iter(self._requests.get, None))  # type: ignore[attr-defined]
 
     def exchange(
@@ -107,6 +108,7 @@ class ForwardStream:
                 raise StreamFailed(exc, guard.fired) from exc
             except StopIteration:
                 raise StreamFailed(None, guard.fired) from None
+        self.cancelled = guard.fired
         return reply
 
     def close(self) -> None:

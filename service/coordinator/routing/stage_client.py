@@ -110,7 +110,10 @@ class StageClient:
             kind = StageTimeout if exc.timed_out else Unavailable
             what = "no reply in time" if exc.timed_out else _what(cause) if cause else str(exc)
             raise kind(f"stage {self.stage} at {self.address}: {what}") from exc
-        self._streams.give_back(stream)
+        if stream.cancelled:
+            self._streams.discard(stream)
+        else:
+            self._streams.give_back(stream)
         if answer.HasField("error"):
             code = grpc.StatusCode.UNKNOWN
             for status in grpc.StatusCode:
