@@ -208,20 +208,22 @@ class ActionBuffer:
         return Command(tick, action, source, last.serve_mode, last.model_version), went_dry
 
     def _request(self, tick: int, observation: torch.Tensor) -> None:
-        """In the background: one step; its chunk merged for ticks tick, tick+1, ..."""
+        """In the background: one step; its chunk merged for ticks tick, tick+1, ... Whatever
+        goes wrong, the buffer is left able to ask again (never waiting for a lost step)."""
         try:
-            result = self._step(observation)
+            self._merge(tick, self._step(observation))
         except InvalidObservation as exc:
             self._finish(fatal=exc)
-            return
         except ActionMeshClientError as exc:
             if exc.code in ("NOT_FOUND", "FAILED_PRECONDITION"):  # gone, or stepped elsewhere
                 self._finish(fatal=exc)
                 return
-            self._notify(Event.STEP_FAILED, tick, str(exc))
             self._finish()
-            return
-        self._merge(tick, result)
+            self._notify(Event.STEP_FAILED, tick, str(exc))
+        except Exception as exc:  # a bug below us must not stop the robot's chunks for good
+            log.exception("action buffer tick=%d: the step failed unexpectedly", tick)
+            self._finish()
+            self._notify(Event.STEP_FAILED, tick, f"{type(exc).__name__}: {exc}")
 
     def _merge(self, tick: int, result: StepResult) -> None:
         chunk = result.action.detach().cpu().numpy().astype(np.float32, copy=False)

@@ -44,7 +44,7 @@ class Scripted:
     def step(self, observation: torch.Tensor) -> StepResult:
         self.sent.append(observation)
         reply = self.replies.pop(0)
-        if isinstance(reply, ActionMeshClientError):
+        if isinstance(reply, Exception):
             raise reply
         return reply
 
@@ -203,3 +203,15 @@ def test_wait_idle_is_true_once_the_step_in_flight_is_back() -> None:
     session.reply(1.0)
     session.run_pending()
     assert buffer.wait_idle(0.0)
+
+
+def test_an_unexpected_failure_of_a_step_is_told_and_the_buffer_asks_again() -> None:
+    session, notices = Scripted(), []
+    buffer = make(session, notices)
+    buffer.tick(OBS)
+    session.replies.append(RuntimeError("a bug below the buffer"))  # type: ignore[arg-type]
+    session.run_pending()
+    assert [n.event for n in notices] == [Event.STEP_FAILED]
+    assert "RuntimeError" in notices[0].detail and buffer.wait_idle(0.0)
+    buffer.tick(OBS)
+    assert len(session.pending) == 1, "not stuck waiting for the lost step"
