@@ -28,31 +28,18 @@ class SentinelUrl:
 
 def parse_sentinel_url(url: str) -> SentinelUrl:
     """`redis+sentinel://[[user]:password@]h1:p1,h2:p2/<service>[/<db>]`, or ValueError."""
-    parts = urlsplit(url)
-
-    def bad(why: str) -> ValueError:
-        return ValueError(
-            f"bad session store URL {redacted(url)!r}: {why}; expected {SENTINEL_URL_FORM}"
-        )
-
-    if parts.scheme != SENTINEL_SCHEME:
-        raise bad(f"the scheme must be {SENTINEL_SCHEME}")
-    if parts.query or parts.fragment:
-        raise bad("a ?query or #fragment is not understood")
-    userinfo, has_userinfo, hosts = parts.netloc.rpartition("@")
-    sentinels = tuple(_host_port(item, bad) for item in hosts.split(","))
+    parts, bad = _split(url, SENTINEL_SCHEME, SENTINEL_URL_FORM)
     segments = parts.path.removeprefix("/").removesuffix("/").split("/")
     if len(segments) > 2 or not _SERVICE_RE.fullmatch(segments[0]):
         raise bad("the path must be /<service>[/<db>], the service named as in sentinel.conf")
     if len(segments) == 2 and not segments[1].isdigit():
         raise bad(f"the db {segments[1]!r} is not a number")
-    username, has_password, password = userinfo.partition(":")
     return SentinelUrl(
-        sentinels=sentinels,
+        sentinels=parts.hosts,
         service=segments[0],
         db=int(segments[1]) if len(segments) == 2 else 0,
-        username=unquote(username) if has_userinfo and username else None,
-        password=unquote(password) if has_password else None,
+        username=parts.username,
+        password=parts.password,
     )
 
 
@@ -68,26 +55,41 @@ class ClusterUrl:
 
 def parse_cluster_url(url: str) -> ClusterUrl:
     """`redis+cluster://[[user]:password@]h1:p1[,h2:p2...][/0]`, or ValueError."""
-    parts = urlsplit(url)
-
-    def bad(why: str) -> ValueError:
-        return ValueError(
-            f"bad session store URL {redacted(url)!r}: {why}; expected {CLUSTER_URL_FORM}"
-        )
-
-    if parts.scheme != CLUSTER_SCHEME:
-        raise bad(f"the scheme must be {CLUSTER_SCHEME}")
-    if parts.query or parts.fragment:
-        raise bad("a ?query or #fragment is not understood")
+    parts, bad = _split(url, CLUSTER_SCHEME, CLUSTER_URL_FORM)
     if parts.path.strip("/") not in ("", "0"):
         raise bad("a Redis Cluster has only db 0")
-    userinfo, has_userinfo, hosts = parts.netloc.rpartition("@")
+    return ClusterUrl(nodes=parts.hosts, username=parts.username, password=parts.password)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    hosts: tuple[tuple[str, int], ...]
+    path: str
+    username: str | None
+    password: str | None
+
+
+def _split(url: str, scheme: str, form: str) -> tuple[_Parts, Callable[[str], ValueError]]:
+    """What the Sentinel and Cluster forms share: scheme, credentials, hosts; and the error
+    maker that names the form expected."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"bad session store URL {redacted(url)!r}: {why}; expected {form}")
+
+    split = urlsplit(url)
+    if split.scheme != scheme:
+        raise bad(f"the scheme must be {scheme}")
+    if split.query or split.fragment:
+        raise bad("a ?query or #fragment is not understood")
+    userinfo, has_userinfo, hosts = split.netloc.rpartition("@")
     username, has_password, password = userinfo.partition(":")
-    return ClusterUrl(
-        nodes=tuple(_host_port(item, bad) for item in hosts.split(",")),
+    parts = _Parts(
+        hosts=tuple(_host_port(item, bad) for item in hosts.split(",")),
+        path=split.path,
         username=unquote(username) if has_userinfo and username else None,
         password=unquote(password) if has_password else None,
     )
+    return parts, bad
 
 
 def checked_store_url(url: str) -> str:
