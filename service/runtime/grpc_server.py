@@ -57,6 +57,10 @@ class GrpcProcess:
         self._stopped = threading.Event()
 
     def start(self, ready_path: Path | None) -> None:
+        # Handlers go in before anyone can learn we serve: a SIGTERM sent the moment the ready
+        # file or READY=1 appears must stop gracefully, not kill with the default action.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopped.set())
         self.server.start()
         self.ops.start()
         for service_name in ["", *self._service_names]:
@@ -71,8 +75,6 @@ class GrpcProcess:
     ) -> None:
         """Serve until SIGTERM/SIGINT; then `before_stop` (e.g. give up leadership), then stop
         accepting calls and let those in flight finish within grace_s."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stopped.set())
         self._stopped.wait()
         if before_stop is not None:
             before_stop()
