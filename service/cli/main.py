@@ -13,8 +13,10 @@ from typing import Any
 
 from service.local.child_process import die_with_parent
 from service.runtime.settings import (
+    CERTS_ACTIONS,
     CKPT_ACTIONS,
     BenchSettings,
+    CertsSettings,
     CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
@@ -81,6 +83,12 @@ def _ckpt(settings: CkptSettings, args: argparse.Namespace) -> int:
     return ckpt.main(settings, args.action, args.version)
 
 
+def _certs(settings: CertsSettings, args: argparse.Namespace) -> int:
+    from service.cli import certs
+
+    return certs.main(settings, args.action)
+
+
 def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
     from service.cli import status
 
@@ -141,6 +149,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         CkptSettings,
         _ckpt,
         "Versioned weight snapshots: keygen, create, list, show, verify, push, pull, promote, rollback, gc.",
+    ),
+    (
+        "certs",
+        CertsSettings,
+        _certs,
+        "Make certificates for mutual TLS: `certs dev` writes a throwaway CA and one per role.",
     ),
     (
         "status",
@@ -204,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "version", nargs="?", default=None, help="A version id, where the action takes one."
             )
+        if name == "certs":
+            sub.add_argument("action", choices=CERTS_ACTIONS, help="What to make.")
         add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser

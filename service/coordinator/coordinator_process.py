@@ -17,13 +17,14 @@ from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
 from service.coordinator.routing.call_patience import Patience
 from service.coordinator.routing.discovery import discover_model, static_table
 from service.coordinator.routing.replica_choice import BanPolicy
-from service.coordinator.routing.stage_router import StageRouter, grpc_transport
+from service.coordinator.routing.stage_router import StageRouter, grpc_transports
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
 from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
+from service.runtime import tls
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
@@ -31,6 +32,11 @@ from state.leadership import RoutingTable
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
+
+
+def shard_credentials(settings: CoordinatorSettings) -> grpc.ChannelCredentials | None:
+    """Mutual TLS to shards with the cluster's own identity (`shard`), or None: plaintext."""
+    return None if settings.tls_dir is None else tls.channel_credentials(settings.tls_dir, "shard")
 
 
 def routing_table(settings: CoordinatorSettings) -> RoutingTable:
@@ -43,7 +49,9 @@ def routing_table(settings: CoordinatorSettings) -> RoutingTable:
             "coordinator: no stages configured; pass --etcd etcd://host:port (stages register "
             "there) or --stage-addresses host:port,... (one shard per stage)"
         )
-    return static_table(settings.stage_addresses, settings.stage_connect_timeout_s)
+    return static_table(
+        settings.stage_addresses, settings.stage_connect_timeout_s, shard_credentials(settings)
+    )
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,16 @@ class StepPath:
 def build_step_path(
     settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
 ) -> StepPath:
+    connect = grpc_transports(shard_credentials(settings))
     router = StageRouter(
         table,
         settings.stage_timeout_s,
         BanPolicy(settings.ban_base_s, settings.ban_max_s),
+        connect=connect,
         patience=Patience(settings.stage_patience_multiple, settings.stage_patience_min_s),
     )
     assets = ModelAssets(settings)
-    catalog = VersionCatalog(table, model, grpc_transport)
+    catalog = VersionCatalog(table, model, connect)
     for version in catalog.start().whole:  # what is servable now, loaded before serving
         assets.get(version)
     table.subscribe(  # and every version that appears, in the background, before its first step
@@ -117,7 +127,9 @@ def run(settings: CoordinatorSettings) -> None:
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
     table = routing_table(settings)
-    model, version = discover_model(table, settings.stage_connect_timeout_s)
+    model, version = discover_model(
+        table, settings.stage_connect_timeout_s, shard_credentials(settings)
+    )
     path = build_step_path(settings, store, table, model)
     servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
 
@@ -133,6 +145,9 @@ def run(settings: CoordinatorSettings) -> None:
         settings.grpc_workers,
         register,
         is_ready=store.ping,
+        credentials=None
+        if settings.tls_dir is None
+        else tls.server_credentials(settings.tls_dir, "coordinator"),
     )
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",

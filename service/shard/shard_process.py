@@ -23,6 +23,7 @@ import grpc
 
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime import tls
 from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.malloc_arenas import limit_malloc_arenas
@@ -207,6 +208,9 @@ def run(settings: ShardSettings) -> None:
         settings.metrics_port,
         settings.grpc_workers,
         register,
+        credentials=None
+        if settings.tls_dir is None
+        else tls.server_credentials(settings.tls_dir, "shard"),
     )
     address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
