@@ -47,8 +47,16 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
         if settings.coordinators > 1:
             print(f"coordinators {','.join(cluster.addresses)}  (give the client every one)")
         print(f"logs {cluster.log_dir}")
+        if cluster.tls_dir is not None:
+            tls_dir = cluster.tls_dir
+            print(
+                f"mutual TLS on every gRPC hop (plaintext refused); certificates in {tls_dir}: "
+                f"robots present {tls_dir / 'robot-a.pem'} (key {tls_dir / 'robot-a.key'}) or "
+                f"robot-b, and trust {tls_dir / 'ca.pem'}"
+            )
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
+            + ("" if cluster.tls_dir is None else f" --tls-dir {cluster.tls_dir}")
         )
         assert cluster.checkpoints is not None
         print(

@@ -556,12 +556,23 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+    tls: bool = Field(
+        False,
+        description="Also measure what mutual TLS costs a step: a TLS twin of the cluster, "
+        "stepped in alternating rounds with the plaintext one (keys tls_*; every other key "
+        "stays the plaintext cluster's).",
+    )
 
     @model_validator(mode="after")
     def _one_mode(self) -> typing.Self:
         modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
         if len(modes) > 1:
             raise ValueError(f"choose one of {', '.join(_flag(m) for m in modes)}")
+        if self.tls and (modes or self.pinned):
+            raise ValueError(
+                f"--tls adds TLS figures to the latency bench; leave out "
+                f"{_flag((modes or ['pinned'])[0])} (or --tls)"
+            )
         if self.scale and self.redis_url is not None:
             raise ValueError(
                 "--scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE on "
