@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from state.etcd_url import EtcdTls
 from state.leadership import ReplicaInfo, ReplicaMembership, RoutingTable
 from state.redis_url import redacted
 from state.store import SessionStore
@@ -26,20 +27,22 @@ def open_session_store(url: str, timeout_s: float) -> SessionStore:
 
 
 def open_replica_membership(
-    url: str, cluster: str, info: ReplicaInfo, lease_ttl_s: float
+    url: str, cluster: str, info: ReplicaInfo, lease_ttl_s: float, tls: EtcdTls | None = None
 ) -> ReplicaMembership:
-    """A replica's registration and campaign for its stage; call start() to begin."""
+    """A replica's registration and campaign for its stage; call start() to begin. tls:
+    mutual TLS to etcd."""
     if urlparse(url).scheme == "etcd":
         from state.etcd_membership import EtcdReplicaMembership
 
-        return EtcdReplicaMembership(url, cluster, info, lease_ttl_s)
+        return EtcdReplicaMembership(url, cluster, info, lease_ttl_s, tls=tls)
     raise ValueError(f"unsupported leadership URL {url!r}: use etcd://host:port[,host:port...]")
 
 
-def open_routing_table(url: str, cluster: str) -> RoutingTable:
-    """A coordinator's view of every stage's leader and replicas; call start() to load it."""
+def open_routing_table(url: str, cluster: str, tls: EtcdTls | None = None) -> RoutingTable:
+    """A coordinator's view of every stage's leader and replicas; call start() to load it.
+    tls: mutual TLS to etcd."""
     if urlparse(url).scheme == "etcd":
         from state.etcd_routing import EtcdRoutingTable
 
-        return EtcdRoutingTable(url, cluster)
+        return EtcdRoutingTable(url, cluster, tls=tls)
     raise ValueError(f"unsupported leadership URL {url!r}: use etcd://host:port[,host:port...]")

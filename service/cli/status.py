@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.runtime.settings import StatusSettings
-from service.runtime.tls import channel_credentials, open_channel
+from service.runtime.tls import channel_credentials, etcd_tls, open_channel
 from state.backends import open_routing_table
 from state.leadership import LeadershipUnavailable, ReplicaInfo, StageView
 
@@ -63,7 +63,7 @@ def describe(
 def collect(settings: StatusSettings) -> dict[str, Any]:
     if not settings.etcd:
         raise SystemExit("status: pass --etcd etcd://host:port (`actionmesh up` prints it)")
-    table = open_routing_table(settings.etcd, settings.cluster)
+    table = open_routing_table(settings.etcd, settings.cluster, etcd_tls(settings.tls_dir, "admin"))
     try:
         table.start()
         views, desired = table.snapshot(), table.desired_version()

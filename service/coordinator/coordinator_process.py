@@ -41,7 +41,9 @@ def shard_credentials(settings: CoordinatorSettings) -> grpc.ChannelCredentials 
 
 def routing_table(settings: CoordinatorSettings) -> RoutingTable:
     if settings.etcd:
-        table = open_routing_table(settings.etcd, settings.cluster)
+        table = open_routing_table(
+            settings.etcd, settings.cluster, tls.etcd_tls(settings.tls_dir, "coordinator")
+        )
         table.start()
         return table
     if not settings.stage_addresses:

@@ -24,7 +24,7 @@ from service.model.config import ModelConfig
 from service.model.weights_files import onnx_stage_file
 from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
-from service.runtime.tls import open_channel
+from service.runtime.tls import etcd_tls, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,9 @@ class LocalCluster:
             self.redis_url = self._start_redis()
         if not self.etcd_url:
             self.etcd = EmbeddedEtcd(
-                self.work_dir / "etcd", start_timeout_s=self.settings.start_timeout_s
+                self.work_dir / "etcd",
+                start_timeout_s=self.settings.start_timeout_s,
+                tls=etcd_tls(self.tls_dir, "etcd"),
             ).start()
             self.etcd_url = self.etcd.url
         self.shards = [

@@ -157,8 +157,8 @@ class TlsSettings(Settings):
         None,
         description="Mutual TLS: a folder as `actionmesh certs dev` writes it (ca.pem, "
         "<role>.pem, <role>.key). gRPC servers then listen on TLS only and require a client "
-        "certificate signed by ca.pem; calls to other processes present this process's role "
-        "certificate. Unset: plaintext.",
+        "certificate signed by ca.pem; calls to other processes and to etcd are TLS too and "
+        "present this process's role certificate. Unset: plaintext.",
     )
 
 
@@ -607,7 +607,7 @@ CKPT_ACTIONS = (
 )
 
 
-class CkptSettings(JsonOutputSettings, EtcdSettings):
+class CkptSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     flash_dir: Path = Field(
         Path("actionmesh-flash"),
         description="This node's local flash: versions/, CURRENT, quarantine/.",

@@ -4,7 +4,8 @@ files when they change, channel credentials, and the channel itself (secure or n
 A TLS folder (`--tls-dir`) is laid out as `actionmesh certs dev` writes it: `ca.pem` (the CA
 every peer must be signed by) and `<role>.pem` / `<role>.key` per role. A process presents the
 certificate of its role: the coordinator `coordinator` to robots and `shard` (the cluster's
-own identity) to shards; a shard `shard`. With no folder, everything stays plaintext.
+own identity) to shards; a shard `shard`. The same folder turns on mutual TLS to etcd
+(`etcd_tls`). With no folder, everything stays plaintext.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+
+from state.etcd_url import EtcdTls
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,16 @@ def channel_credentials(tls_dir: Path, role: str) -> grpc.ChannelCredentials:
     return client_credentials(
         files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes()
     )
+
+
+def etcd_tls(tls_dir: Path | None, role: str) -> EtcdTls | None:
+    """With a TLS folder, etcd is reached over mutual TLS too, presenting the role's
+    certificate (None: plaintext)."""
+    if tls_dir is None:
+        return None
+    files = TlsFiles.of_role(tls_dir, role)
+    files.check()
+    return EtcdTls(files.ca, files.cert, files.key)
 
 
 def client_credentials(

@@ -146,9 +146,10 @@ def _follower(
     def load(version: str) -> StageRuntime:
         return _load_version(settings, flash_dir, version, n_stages)
 
-    follower = VersionFollower(
-        open_routing_table(settings.etcd, settings.cluster), membership, servicer, load, n_stages
+    table = open_routing_table(
+        settings.etcd, settings.cluster, tls.etcd_tls(settings.tls_dir, "shard")
     )
+    follower = VersionFollower(table, membership, servicer, load, n_stages)
     follower.start()
     return follower
 
@@ -234,6 +235,7 @@ def run(settings: ShardSettings) -> None:
         settings.cluster,
         ReplicaInfo(settings.stage, servicer.replica_id, address, version),
         settings.lease_ttl_s,
+        tls.etcd_tls(settings.tls_dir, "shard"),
     )
     servicer.role = lambda: membership.role.value
     membership.start()
