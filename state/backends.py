@@ -6,11 +6,13 @@ from urllib.parse import urlparse
 
 from state.etcd_url import EtcdTls
 from state.leadership import ReplicaInfo, ReplicaMembership, RoutingTable
-from state.redis_url import redacted
+from state.redis_url import RedisCredentials, redacted
 from state.store import SessionStore
 
 
-def open_session_store(url: str, timeout_s: float) -> SessionStore:
+def open_session_store(
+    url: str, timeout_s: float, credentials: RedisCredentials | None = None
+) -> SessionStore:
     """Redis, direct (`redis://`), through Sentinel (`redis+sentinel://`, which follows the
     primary across failovers and retries for longer while one is under way), or a Redis
     Cluster (`redis+cluster://`, sessions spread over its primaries by hash tag)."""
@@ -18,7 +20,7 @@ def open_session_store(url: str, timeout_s: float) -> SessionStore:
     if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         from state.redis_store import RedisSessionStore
 
-        return RedisSessionStore(url, socket_timeout_s=timeout_s)
+        return RedisSessionStore(url, socket_timeout_s=timeout_s, credentials=credentials)
     raise ValueError(
         f"unsupported session store URL {redacted(url)!r}: use redis://host:port/db or "
         "redis+sentinel://host:port[,host:port...]/<service>/<db> or "

@@ -54,6 +54,8 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
                 f"robots present {tls_dir / 'robot-a.pem'} (key {tls_dir / 'robot-a.key'}) or "
                 f"robot-b, and trust {tls_dir / 'ca.pem'}"
             )
+        if cluster.redis_password_file is not None:
+            print(f"redis wants AUTH: the password is in {cluster.redis_password_file}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
             + ("" if cluster.tls_dir is None else f" --tls-dir {cluster.tls_dir}")

@@ -29,6 +29,7 @@ from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
+from state.redis_url import RedisCredentials, read_secret
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,26 @@ def build_step_path(
     return StepPath(engine, catalog, batcher, router)
 
 
+def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
+    """The AUTH password from its file; with --tls-dir, the files a rediss:// store needs."""
+    password = None
+    if settings.redis_password_file is not None:
+        try:
+            password = read_secret(settings.redis_password_file)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"coordinator: --redis-password-file: {exc}") from exc
+    files = (
+        None if settings.tls_dir is None else tls.TlsFiles.of_role(settings.tls_dir, "coordinator")
+    )
+    if files is None:
+        return RedisCredentials(password)
+    return RedisCredentials(password, files.ca, files.cert, files.key)
+
+
 def run(settings: CoordinatorSettings) -> None:
-    store = open_session_store(settings.redis_url, settings.redis_timeout_s)
+    store = open_session_store(
+        settings.redis_url, settings.redis_timeout_s, redis_credentials(settings)
+    )
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
     table = routing_table(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from service.model.weights_files import onnx_stage_file
 from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
 from service.runtime.tls import etcd_tls, open_channel
+from state.redis_url import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class LocalCluster:
         self.coordinator: ChildProcess | None = None
         self._coordinators: list[ChildProcess] = []  # every one started, the main one too
         self.tls_dir: Path | None = None  # with settings.tls: ca.pem, <role>.pem, <role>.key
+        # with settings.tls: the private Redis wants AUTH with the password in this file
+        self.redis_password_file: Path | None = None
 
     @property
     def weights_dir(self) -> Path:
@@ -148,6 +152,8 @@ class LocalCluster:
         self.checkpoints.publish(self.weights_dir, promote=True)
         if self.settings.tls:
             self.tls_dir = self._certificates()
+            if not self.redis_url and not self.settings.redis_cluster_primaries:
+                self.redis_password_file = self._redis_password()
         if not self.redis_url:
             self.redis_url = self._start_redis()
         if not self.etcd_url:
@@ -185,8 +191,23 @@ class LocalCluster:
             write_dev_certs(folder)
         return folder
 
+    def _redis_password(self) -> Path:
+        """A new random password for the private Redis, in a 0600 file under secrets/."""
+        path = self.work_dir / "secrets" / "redis-password"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o600)
+            f.write(secrets.token_urlsafe(24) + "\n")
+        return path
+
     def _tls_flags(self) -> list[str]:
         return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
+
+    def _redis_flags(self) -> list[str]:
+        if self.redis_password_file is None:
+            return []
+        return ["--redis-password-file", str(self.redis_password_file)]
 
     def _export_onnx(self) -> None:
         """ONNX shards serve the graphs exported beside the weights; export them (float32
@@ -212,16 +233,21 @@ class LocalCluster:
                 start_timeout_s=self.settings.start_timeout_s,
             ).start()
             return self.redis_cluster.url
+        password = None
+        if self.redis_password_file is not None:
+            password = read_secret(self.redis_password_file)
         primary = self.redis = EmbeddedRedis(
             self.work_dir / "redis",
             appendfsync=None if durability == "none" else durability,
             start_timeout_s=self.settings.start_timeout_s,
+            password=password,
         ).start()
         self.redis_replicas = [
             EmbeddedRedis(
                 self.work_dir / f"redis-replica-{i}",
                 replica_of=primary,
                 start_timeout_s=self.settings.start_timeout_s,
+                password=password,
             ).start()
             for i in range(self.settings.redis_replicas)
         ]
@@ -325,6 +351,7 @@ class LocalCluster:
             "--trusted-keys",
             str(self.checkpoints.public_key),
             *self._tls_flags(),
+            *self._redis_flags(),
             *self._coordinator_flags,
             *extra,
         )

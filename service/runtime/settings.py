@@ -191,7 +191,16 @@ class CheckpointSourceSettings(Settings):
 class RedisSettings(Settings):
     """The session store's connection, and how long a commit may wait for Redis replicas."""
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Session state store.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Session state store (rediss://... for TLS: with --tls-dir, this "
+        "process's certificate and ca.pem are used).",
+    )
+    redis_password_file: Path | None = Field(
+        None,
+        description="File whose first line is the Redis AUTH password (a mounted secret; "
+        "passwords are never taken on the command line).",
+    )
     redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout of each Redis call.")
     replica_wait_timeout_s: float = Field(
         0.4,

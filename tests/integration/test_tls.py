@@ -1,19 +1,21 @@
 """Mutual TLS on a real cluster: robots with a certificate from the cluster's CA step it and get
 what the model computes in-process; a plaintext client, a client without a certificate and one
 whose certificate another CA signed are refused, at the coordinator and at a shard; etcd wants
-a client certificate too; a replaced server certificate is served to new connections without a
+a client certificate too, the private Redis a password from a secrets file; a replaced server certificate is served to new connections without a
 restart."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+import redis
 import torch
 from cryptography import x509
 
@@ -27,6 +29,7 @@ from service.proto import session_pb2, session_pb2_grpc, stage_pb2, stage_pb2_gr
 from service.runtime.settings import StatusSettings
 from service.runtime.tls import client_credentials, etcd_tls, open_channel
 from state.etcd_client import EtcdConnection, EtcdUnavailable
+from state.redis_url import read_secret
 from tests.conftest import SMALL_MODEL, cluster_settings
 
 STEPS = 20
@@ -160,3 +163,18 @@ def test_status_probes_the_stages_over_tls(cluster: LocalCluster) -> None:
     stages = status.collect(settings)["stages"]
     assert len(stages) == cluster.model.n_stages
     assert all(stage["leader"]["health"] == "SERVING" for stage in stages)
+
+
+def test_private_redis_wants_the_password_from_the_secrets_file(cluster: LocalCluster) -> None:
+    """The coordinator got the password from a file (it steps: the first test); a client
+    without it is refused."""
+    assert cluster.redis_password_file is not None
+    assert stat.S_IMODE(cluster.redis_password_file.stat().st_mode) == 0o600
+    with (
+        redis.Redis.from_url(cluster.redis_url) as anonymous,
+        pytest.raises(redis.AuthenticationError),
+    ):
+        anonymous.ping()
+    password = read_secret(cluster.redis_password_file)
+    with redis.Redis.from_url(cluster.redis_url, password=password) as client:
+        assert client.ping()
