@@ -68,6 +68,7 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
             f"--trusted-keys {cluster.checkpoints.public_key} "
             f"--signing-key {cluster.checkpoints.private_key} "
             f"--etcd {cluster.etcd_url} --cluster {settings.cluster}"
+            + ("" if cluster.tls_dir is None else f" --tls-dir {cluster.tls_dir}")
         )
         print("press Ctrl-C to stop every process")
         stop.wait()
