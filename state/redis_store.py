@@ -508,16 +508,17 @@ def _connect(
     target = parse_sentinel_url(url)
     timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
     sentinel_kwargs = {**timeouts, "retry": no_retry}  # for the sentinels themselves
-    # redis.sentinel has no annotations, hence the ignores.
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+    # redis.sentinel has annotations only from redis 8.2 on, hence the ignores (unused there).
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
+    client = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.service,
         db=target.db,
         username=target.username,
         password=target.password or credentials.password,
         decode_responses=False,
         retry=no_retry,
-        **timeouts,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
     )
     return cast("redis.Redis", client), sentinel
 
