@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from service.client import ActionMeshClient, ServiceUnavailable, Session, StepResult, StepStream
+from service.client import (
+    ActionMeshClient,
+    ClientTls,
+    ServiceUnavailable,
+    Session,
+    StepResult,
+    StepStream,
+)
+from service.client.session_client import STEP_TIMEOUT_S
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -180,12 +188,18 @@ class ClientRobot(Robot):
         period_s: float,
         streaming: bool = False,
         step_timeout_s: float | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
-        """step_timeout_s: None keeps the client library's default."""
+        """step_timeout_s: None keeps the client library's default; tls: mutual TLS."""
         super().__init__(observations, period_s)
         self.streaming = streaming
-        timeout = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
-        self.client = ActionMeshClient([address], max_attempts=1, client_id="robot", **timeout)
+        self.client = ActionMeshClient(
+            [address],
+            max_attempts=1,
+            client_id="robot",
+            step_timeout_s=STEP_TIMEOUT_S if step_timeout_s is None else step_timeout_s,
+            tls=tls,
+        )
         self.session: Session = self.client.open_session()
         self.session_id = self.session.session_id
         self._stream: StepStream | None = None

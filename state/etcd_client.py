@@ -17,7 +17,7 @@ import pyetcd.events
 import pyetcd.exceptions
 from pyetcd import etcdrpc
 
-from state.etcd_url import parse_etcd_url
+from state.etcd_url import EtcdTls, parse_etcd_url
 
 _log = logging.getLogger(__name__)
 
@@ -87,10 +87,23 @@ class MemberStatus:
 class EtcdConnection:
     """pyetcd's multi-endpoint client, typed, failing over, every error one of ours."""
 
-    def __init__(self, url: str, request_timeout_s: float) -> None:
+    def __init__(self, url: str, request_timeout_s: float, tls: EtcdTls | None = None) -> None:
+        """tls: mutual TLS to every endpoint (None: plaintext)."""
+        creds = None
+        if tls is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca.read_bytes(),
+                private_key=tls.key.read_bytes(),
+                certificate_chain=tls.cert.read_bytes(),
+            )
         endpoints = [
             pyetcd.Endpoint(
-                host, port, secure=False, time_retry=ENDPOINT_RETRY_S, opts=_CHANNEL_OPTIONS
+                host,
+                port,
+                secure=tls is not None,
+                creds=creds,
+                time_retry=ENDPOINT_RETRY_S,
+                opts=_CHANNEL_OPTIONS,
             )
             for host, port in parse_etcd_url(url)
         ]

@@ -24,6 +24,7 @@ from state.etcd_client import (
     WatchItem,
 )
 from state.etcd_keys import leader_key, replica_key
+from state.etcd_url import EtcdTls
 from state.leadership import ReplicaInfo, Role
 from state.store_metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS, LEADERSHIP_CHANGES
 
@@ -48,6 +49,7 @@ class EtcdReplicaMembership:
         *,
         on_role_change: Callable[[Role], None] | None = None,
         request_timeout_s: float | None = None,
+        tls: EtcdTls | None = None,
     ) -> None:
         if "/" in info.replica_id or "/" in cluster or not info.replica_id:
             raise ValueError(f"replica_id {info.replica_id!r} and cluster {cluster!r}: no '/'")
@@ -55,7 +57,7 @@ class EtcdReplicaMembership:
         self._ttl_s = max(1, math.ceil(lease_ttl_s))
         timeout_s = request_timeout_s or max(MIN_REQUEST_TIMEOUT_S, self._ttl_s / 3)
         self._stop_timeout_s = 3 * timeout_s + 1.0
-        self._etcd = EtcdConnection(url, timeout_s)
+        self._etcd = EtcdConnection(url, timeout_s, tls)
         self._leader_key = leader_key(cluster, info.stage)
         self._replica_key = replica_key(cluster, info.stage, info.replica_id)
         self._on_role_change = on_role_change

@@ -28,6 +28,7 @@ from state.etcd_keys import (
     stage_views,
     stages_prefix,
 )
+from state.etcd_url import EtcdTls
 from state.leadership import LeadershipUnavailable, StageView
 from state.store_metrics import ETCD_CONNECTED, ETCD_WATCH_RESTARTS
 
@@ -50,6 +51,7 @@ class EtcdRoutingTable:
         request_timeout_s: float = 2.0,
         start_timeout_s: float = 10.0,
         max_backoff_s: float = BACKOFF_MAX_S,
+        tls: EtcdTls | None = None,
     ) -> None:
         self._url = url
         self._prefix = cluster_prefix(cluster)
@@ -59,7 +61,7 @@ class EtcdRoutingTable:
         self._desired_revision = 0
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = 2 * request_timeout_s + 1.0
-        self._etcd = EtcdConnection(url, request_timeout_s)
+        self._etcd = EtcdConnection(url, request_timeout_s, tls)
         self._backoff = Backoff(max_s=max_backoff_s)
         self._lock = threading.Lock()
         self._table: dict[int, StageView] = {}

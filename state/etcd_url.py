@@ -3,7 +3,20 @@ that settings can refuse a bad one before anything starts."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 DEFAULT_PORT = 2379
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """Mutual TLS to etcd (PEM files): the CA etcd's certificate is signed by, and the
+    certificate and key this client presents (etcd started with --client-cert-auth)."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:

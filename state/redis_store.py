@@ -57,6 +57,7 @@ from state.redis_url import (
     CLUSTER_SCHEME,
     SENTINEL_SCHEME,
     ClusterUrl,
+    RedisCredentials,
     parse_cluster_url,
     parse_sentinel_url,
     redacted,
@@ -128,12 +129,19 @@ class RedisSessionStore:
     """Sessions in Redis; retries only idempotent or conditional calls, then StoreUnavailable."""
 
     def __init__(
-        self, url: str, *, socket_timeout_s: float, retry: RetryPolicy | None = None
+        self,
+        url: str,
+        *,
+        socket_timeout_s: float,
+        retry: RetryPolicy | None = None,
+        credentials: RedisCredentials | None = None,
     ) -> None:
+        """credentials: AUTH password and (rediss://) TLS files beyond what the URL says."""
         self._url = redacted(url)
         self._socket_timeout_s = socket_timeout_s
         self._retry = retry or retry_policy_for(url)
-        self._open = _client_factory(url, socket_timeout_s)  # a bad URL fails here
+        # a bad URL fails here
+        self._open = _client_factory(url, socket_timeout_s, credentials or RedisCredentials())
         self._open_lock = threading.Lock()
         # A RedisCluster client reads the slot map as it is made, so it is made on first use
         # (inside a retried call): a store that does not answer yet is not a crash at start-up.
@@ -440,15 +448,28 @@ class _Clients:
 _Connect = Callable[[], tuple[redis.Redis | RedisCluster, Sentinel | None]]
 
 
-def _client_factory(url: str, socket_timeout_s: float) -> _Connect:
+def _client_factory(url: str, socket_timeout_s: float, credentials: RedisCredentials) -> _Connect:
     """What makes the store's client: parses the URL now (ValueError), connects when called."""
     if urlsplit(url).scheme == CLUSTER_SCHEME:
-        return partial(_connect_cluster, parse_cluster_url(url), socket_timeout_s)
-    return partial(_connect, url, socket_timeout_s)
+        return partial(_connect_cluster, parse_cluster_url(url), socket_timeout_s, credentials)
+    return partial(_connect, url, socket_timeout_s, credentials)
+
+
+def _tls_options(url: str, credentials: RedisCredentials) -> dict[str, str]:
+    """redis-py's TLS options for a rediss:// URL (none for others): the CA, and the client
+    certificate a server started with tls-auth-clients asks for."""
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    files = {
+        "ssl_ca_certs": credentials.ca,
+        "ssl_certfile": credentials.cert,
+        "ssl_keyfile": credentials.key,
+    }
+    return {name: str(path) for name, path in files.items() if path is not None}
 
 
 def _connect_cluster(
-    cluster: ClusterUrl, socket_timeout_s: float
+    cluster: ClusterUrl, socket_timeout_s: float, credentials: RedisCredentials
 ) -> tuple[RedisCluster, Sentinel | None]:
     """A client of the Cluster the start-up nodes belong to; it reads the slot map now."""
     nodes = [ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]
@@ -456,7 +477,7 @@ def _connect_cluster(
         client = RedisCluster(
             startup_nodes=nodes,
             username=cluster.username,
-            password=cluster.password,
+            password=cluster.password or credentials.password,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             decode_responses=False,
@@ -467,13 +488,17 @@ def _connect_cluster(
     return client, None
 
 
-def _connect(url: str, socket_timeout_s: float) -> tuple[redis.Redis, Sentinel | None]:
+def _connect(
+    url: str, socket_timeout_s: float, credentials: RedisCredentials
+) -> tuple[redis.Redis, Sentinel | None]:
     """A client of the server the URL names, or of the primary its sentinels name."""
     # redis-py's own retries are off: tenacity in _call is the one bounded, counted policy.
     no_retry = Retry(NoBackoff(), 0)
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         client = redis.Redis.from_url(
             url,
+            password=credentials.password,  # the URL's own password, if any, wins
+            **_tls_options(url, credentials),
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             decode_responses=False,
@@ -483,16 +508,17 @@ def _connect(url: str, socket_timeout_s: float) -> tuple[redis.Redis, Sentinel |
     target = parse_sentinel_url(url)
     timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
     sentinel_kwargs = {**timeouts, "retry": no_retry}  # for the sentinels themselves
-    # redis.sentinel has no annotations, hence the ignores.
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+    # redis.sentinel has annotations only from redis 8.2 on, hence the ignores (unused there).
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
+    client = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.service,
         db=target.db,
         username=target.username,
-        password=target.password,
+        password=target.password or credentials.password,
         decode_responses=False,
         retry=no_retry,
-        **timeouts,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
     )
     return cast("redis.Redis", client), sentinel
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -13,6 +14,31 @@ SENTINEL_URL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port...]
 CLUSTER_SCHEME = "redis+cluster"
 CLUSTER_URL_FORM = "redis+cluster://[[user]:password@]host:port[,host:port...][/0]"
 _SERVICE_RE = re.compile(r"[A-Za-z0-9._-]+")  # what Sentinel accepts as a master name
+
+
+@dataclass(frozen=True)
+class RedisCredentials:
+    """What the session store proves itself with beyond its URL: an AUTH password (read from a
+    secrets file, so that it is on no command line; a password in the URL wins), and for a
+    `rediss://` URL the CA the server's certificate is signed by and this client's certificate
+    and key (PEM files)."""
+
+    password: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __repr__(self) -> str:  # never print the password
+        return f"RedisCredentials(password={'***' if self.password else None}, ca={self.ca})"
+
+
+def read_secret(path: Path) -> str:
+    """A secret from a file (its first line, without the newline); OSError if unreadable,
+    ValueError if empty."""
+    text = path.read_text().splitlines()
+    if not text or not text[0]:
+        raise ValueError(f"{path} is empty")
+    return text[0]
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,19 @@ import torch
 
 from chaos.robot_sim import SimulatedArm
 from service.bench.latency import percentile_ms
-from service.client import ActionMeshClient, ActionMeshClientError, Session
+from service.client import ActionMeshClient, ActionMeshClientError, ClientTls, Session
 from service.local.local_cluster import LocalCluster
 from service.runtime.settings import DemoSettings
 
 _HEADER = f"{'seq':>6} {'latency_ms':>10} {'server_ms':>9} {'mode':<10} {'batch':>5}  model"
 
 
-def drive_robot(address: str, settings: DemoSettings) -> int:
+def drive_robot(address: str, settings: DemoSettings, tls: ClientTls | None = None) -> int:
     """Step one simulated arm over a StreamSteps stream; print a live table and a summary.
 
     Returns the number of failed steps (failed after the client's own retries).
     """
-    with ActionMeshClient([address], client_id="demo-robot") as client:
+    with ActionMeshClient([address], client_id="demo-robot", tls=tls) as client:
         session = client.open_session()
         try:
             return _drive(session, settings)
@@ -82,6 +82,8 @@ def run(settings: DemoSettings) -> int:
         print(
             f"cluster up: coordinator {cluster.address}, redis {cluster.redis_url}, logs {cluster.log_dir}"
         )
-        failures = drive_robot(cluster.address, settings)
+        if cluster.tls_dir is not None:
+            print(f"mutual TLS: the robot presents {cluster.tls_dir / 'robot-a.pem'}")
+        failures = drive_robot(cluster.address, settings, cluster.client_tls("robot-a"))
     print("cluster stopped")
     return 1 if failures else 0

@@ -13,7 +13,7 @@ import grpc
 import torch
 
 from chaos.robot_sim import SimulatedArm
-from service.bench import overhead, shard_footprint
+from service.bench import overhead, shard_footprint, tls_cost
 from service.bench.latency import percentile_ms
 from service.bench.overhead import TIMING_METADATA, StepSample
 from service.local.local_cluster import LocalCluster
@@ -150,7 +150,11 @@ def throughput(
 
 
 def run(settings: BenchSettings) -> dict[str, object]:
-    with LocalCluster(settings) as cluster:
+    """--tls measures a TLS twin of the cluster beside it (tls_cost); the cluster measured for
+    every other key stays plaintext."""
+    plain = settings.model_copy(update={"tls": False, "tls_dir": None})
+    tls: dict[str, float] = {}
+    with LocalCluster(plain) as cluster:
         inproc, inproc_stages = inprocess_latencies(settings, cluster)
         with grpc.insecure_channel(cluster.address) as channel:
             stub = session_pb2_grpc.SessionServiceStub(channel)
@@ -160,6 +164,8 @@ def run(settings: BenchSettings) -> dict[str, object]:
                 str(c): round(throughput(stub, c, settings.throughput_s, settings.wait_replicas), 1)
                 for c in settings.concurrency
             }
+            if settings.tls:
+                tls = tls_cost.measure(settings, stub)
         # On the cluster's (now idle) machine: one shard of each runtime at a time.
         footprint = shard_footprint.measure(
             cluster.model, settings.torch_threads, cluster.work_dir / "footprint"
@@ -186,6 +192,7 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "steps_per_s": rates,
         "shard_runtime": settings.runtime,
         **footprint,
+        **tls,
     }
     return result
 
@@ -212,6 +219,8 @@ def print_table(result: dict[str, object]) -> None:
     for sessions, rate in rates.items():
         print(f"{sessions:>3} concurrent sessions: {rate} steps/s")
     shard_footprint.print_table(result)
+    if "tls_cluster_p50_ms" in result:
+        tls_cost.print_table(result)
 
 
 def main(settings: BenchSettings) -> int:

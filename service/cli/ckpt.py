@@ -32,6 +32,7 @@ from checkpoint.manifest import Manifest, keygen, load_private_key, load_public_
 from checkpoint.remote import Remote
 from service.model.weights_files import read_info
 from service.runtime.settings import CkptSettings
+from service.runtime.tls import etcd_tls
 from state.desired_version import set_desired_version
 from state.leadership import LeadershipUnavailable
 
@@ -208,7 +209,9 @@ def _tell_cluster(settings: CkptSettings, version: str) -> bool:
     if not settings.etcd:
         return False
     try:
-        set_desired_version(settings.etcd, settings.cluster, version)
+        set_desired_version(
+            settings.etcd, settings.cluster, version, tls=etcd_tls(settings.tls_dir, "admin")
+        )
     except LeadershipUnavailable as exc:
         raise StoreUnavailable(
             f"CURRENT names {version}, but the running cluster was not told: {exc}; "

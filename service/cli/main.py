@@ -13,8 +13,10 @@ from typing import Any
 
 from service.local.child_process import die_with_parent
 from service.runtime.settings import (
+    CERTS_ACTIONS,
     CKPT_ACTIONS,
     BenchSettings,
+    CertsSettings,
     CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
@@ -45,8 +47,18 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
         if settings.coordinators > 1:
             print(f"coordinators {','.join(cluster.addresses)}  (give the client every one)")
         print(f"logs {cluster.log_dir}")
+        if cluster.tls_dir is not None:
+            tls_dir = cluster.tls_dir
+            print(
+                f"mutual TLS on every gRPC hop (plaintext refused); certificates in {tls_dir}: "
+                f"robots present {tls_dir / 'robot-a.pem'} (key {tls_dir / 'robot-a.key'}) or "
+                f"robot-b, and trust {tls_dir / 'ca.pem'}"
+            )
+        if cluster.redis_password_file is not None:
+            print(f"redis wants AUTH: the password is in {cluster.redis_password_file}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
+            + ("" if cluster.tls_dir is None else f" --tls-dir {cluster.tls_dir}")
         )
         assert cluster.checkpoints is not None
         print(
@@ -56,6 +68,7 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
             f"--trusted-keys {cluster.checkpoints.public_key} "
             f"--signing-key {cluster.checkpoints.private_key} "
             f"--etcd {cluster.etcd_url} --cluster {settings.cluster}"
+            + ("" if cluster.tls_dir is None else f" --tls-dir {cluster.tls_dir}")
         )
         print("press Ctrl-C to stop every process")
         stop.wait()
@@ -79,6 +92,12 @@ def _ckpt(settings: CkptSettings, args: argparse.Namespace) -> int:
     from service.cli import ckpt
 
     return ckpt.main(settings, args.action, args.version)
+
+
+def _certs(settings: CertsSettings, args: argparse.Namespace) -> int:
+    from service.cli import certs
+
+    return certs.main(settings, args.action)
 
 
 def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
@@ -143,6 +162,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         "Versioned weight snapshots: keygen, create, list, show, verify, push, pull, promote, rollback, gc.",
     ),
     (
+        "certs",
+        CertsSettings,
+        _certs,
+        "Make certificates for mutual TLS: `certs dev` writes a throwaway CA and one per role.",
+    ),
+    (
         "status",
         StatusSettings,
         _status,
@@ -204,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "version", nargs="?", default=None, help="A version id, where the action takes one."
             )
+        if name == "certs":
+            sub.add_argument("action", choices=CERTS_ACTIONS, help="What to make.")
         add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser

@@ -9,13 +9,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.runtime.settings import StatusSettings
+from service.runtime.tls import channel_credentials, etcd_tls, open_channel
 from state.backends import open_routing_table
 from state.leadership import LeadershipUnavailable, ReplicaInfo, StageView
 
 
-def probe(address: str, timeout_s: float) -> str:
+def probe(
+    address: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> str:
     """The replica's gRPC health status, or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, credentials) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
@@ -35,7 +38,14 @@ def _replica(info: ReplicaInfo, health: str) -> dict[str, Any]:
     }
 
 
-def describe(views: dict[int, StageView], probe_timeout_s: float) -> list[dict[str, Any]]:
+def describe(
+    views: dict[int, StageView],
+    probe_timeout_s: float,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> list[dict[str, Any]]:
+    def health(info: ReplicaInfo) -> dict[str, Any]:
+        return _replica(info, probe(info.address, probe_timeout_s, credentials))
+
     stages = []
     for k, view in sorted(views.items()):
         leader_id = view.leader.replica_id if view.leader else None
@@ -43,10 +53,8 @@ def describe(views: dict[int, StageView], probe_timeout_s: float) -> list[dict[s
         stages.append(
             {
                 "stage": k,
-                "leader": _replica(view.leader, probe(view.leader.address, probe_timeout_s))
-                if view.leader
-                else None,
-                "standbys": [_replica(r, probe(r.address, probe_timeout_s)) for r in standbys],
+                "leader": health(view.leader) if view.leader else None,
+                "standbys": [health(r) for r in standbys],
             }
         )
     return stages
@@ -55,7 +63,7 @@ def describe(views: dict[int, StageView], probe_timeout_s: float) -> list[dict[s
 def collect(settings: StatusSettings) -> dict[str, Any]:
     if not settings.etcd:
         raise SystemExit("status: pass --etcd etcd://host:port (`actionmesh up` prints it)")
-    table = open_routing_table(settings.etcd, settings.cluster)
+    table = open_routing_table(settings.etcd, settings.cluster, etcd_tls(settings.tls_dir, "admin"))
     try:
         table.start()
         views, desired = table.snapshot(), table.desired_version()
@@ -67,7 +75,12 @@ def collect(settings: StatusSettings) -> dict[str, Any]:
         "cluster": settings.cluster,
         "etcd": settings.etcd,
         "desired_version": desired,
-        "stages": describe(views, settings.probe_timeout_s),
+        # Over TLS the probes present the cluster's own identity, as coordinators do to shards.
+        "stages": describe(
+            views,
+            settings.probe_timeout_s,
+            None if settings.tls_dir is None else channel_credentials(settings.tls_dir, "shard"),
+        ),
     }
 
 

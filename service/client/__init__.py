@@ -23,6 +23,7 @@ from service.client.client_errors import (
     SessionNotFound,
     StepShed,
 )
+from service.client.client_tls import ClientTls
 from service.client.session_client import (
     ActionMeshClient,
     ActionSpec,
@@ -38,6 +39,7 @@ __all__ = [
     "ActionMeshClientError",
     "ActionSpec",
     "BufferConfig",
+    "ClientTls",
     "Command",
     "InvalidObservation",
     "Merge",

@@ -36,12 +36,15 @@ from service.client.client_errors import (
     failure,
     rpc_failure,
 )
+from service.client.client_tls import ClientTls
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
+from service.runtime.tls import open_channel
 
 __all__ = [
     "ActionMeshClient",
     "ActionMeshClientError",
     "ActionSpec",
+    "ClientTls",
     "InvalidObservation",
     "SeqConflict",
     "ServiceUnavailable",
@@ -62,6 +65,7 @@ FAILOVERS = Counter("actionmesh_client_failovers_total", "Client moves to the ne
 
 RETRY_FIRST_WAIT_S = 0.01  # doubles per retry, plus up to this much jitter
 RETRY_MAX_WAIT_S = 0.25
+STEP_TIMEOUT_S = 0.5  # the default step deadline
 SESSION_CALL_TIMEOUT_S = 5.0  # OpenSession, GetSession, CloseSession
 SWITCH_AFTER_FAILURES = 2  # retryable failures in a row before leaving even a reachable coordinator
 
@@ -118,8 +122,11 @@ class _Closing:
 class _Coordinators:
     """The addresses, the current one, and one long-lived channel per address (made lazily)."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(
+        self, addresses: list[str], credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.addresses, self._index, self._failures = list(addresses), 0, 0
+        self._credentials = credentials
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
         self._lock = threading.Lock()
 
@@ -130,7 +137,9 @@ class _Coordinators:
     def stub(self, address: str) -> Any:
         with self._lock:
             if address not in self._channels:
-                channel = grpc.insecure_channel(address, [("grpc.max_reconnect_backoff_ms", 1000)])
+                channel = open_channel(
+                    address, self._credentials, [("grpc.max_reconnect_backoff_ms", 1000)]
+                )
                 self._channels[address] = (channel, session_pb2_grpc.SessionServiceStub(channel))
             return self._channels[address][1]
 
@@ -168,13 +177,15 @@ class ActionMeshClient(_Closing):
         self,
         addresses: list[str],
         *,
-        step_timeout_s: float = 0.5,
+        step_timeout_s: float = STEP_TIMEOUT_S,
         max_attempts: int = 4,
         client_id: str = "",
+        tls: ClientTls | None = None,
     ) -> None:
+        """tls: mutual TLS to coordinators started with --tls-dir (None: plaintext)."""
         if not addresses or max_attempts < 1 or step_timeout_s <= 0:
             raise ValueError("need an address, max_attempts >= 1 and step_timeout_s > 0")
-        self.coordinators = _Coordinators(addresses)
+        self.coordinators = _Coordinators(addresses, None if tls is None else tls.credentials())
         self.step_timeout_s, self.max_attempts = step_timeout_s, max_attempts
         self.client_id = client_id
 

@@ -17,25 +17,34 @@ from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
 from service.coordinator.routing.call_patience import Patience
 from service.coordinator.routing.discovery import discover_model, static_table
 from service.coordinator.routing.replica_choice import BanPolicy
-from service.coordinator.routing.stage_router import StageRouter, grpc_transport
+from service.coordinator.routing.stage_router import StageRouter, grpc_transports
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
 from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
+from service.runtime import tls
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
+from state.redis_url import RedisCredentials, read_secret
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
 
 
+def shard_credentials(settings: CoordinatorSettings) -> grpc.ChannelCredentials | None:
+    """Mutual TLS to shards with the cluster's own identity (`shard`), or None: plaintext."""
+    return None if settings.tls_dir is None else tls.channel_credentials(settings.tls_dir, "shard")
+
+
 def routing_table(settings: CoordinatorSettings) -> RoutingTable:
     if settings.etcd:
-        table = open_routing_table(settings.etcd, settings.cluster)
+        table = open_routing_table(
+            settings.etcd, settings.cluster, tls.etcd_tls(settings.tls_dir, "coordinator")
+        )
         table.start()
         return table
     if not settings.stage_addresses:
@@ -43,7 +52,9 @@ def routing_table(settings: CoordinatorSettings) -> RoutingTable:
             "coordinator: no stages configured; pass --etcd etcd://host:port (stages register "
             "there) or --stage-addresses host:port,... (one shard per stage)"
         )
-    return static_table(settings.stage_addresses, settings.stage_connect_timeout_s)
+    return static_table(
+        settings.stage_addresses, settings.stage_connect_timeout_s, shard_credentials(settings)
+    )
 
 
 @dataclass(frozen=True)
@@ -64,14 +75,16 @@ class StepPath:
 def build_step_path(
     settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
 ) -> StepPath:
+    connect = grpc_transports(shard_credentials(settings))
     router = StageRouter(
         table,
         settings.stage_timeout_s,
         BanPolicy(settings.ban_base_s, settings.ban_max_s),
+        connect=connect,
         patience=Patience(settings.stage_patience_multiple, settings.stage_patience_min_s),
     )
     assets = ModelAssets(settings)
-    catalog = VersionCatalog(table, model, grpc_transport)
+    catalog = VersionCatalog(table, model, connect)
     for version in catalog.start().whole:  # what is servable now, loaded before serving
         assets.get(version)
     table.subscribe(  # and every version that appears, in the background, before its first step
@@ -112,12 +125,32 @@ def build_step_path(
     return StepPath(engine, catalog, batcher, router)
 
 
+def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
+    """The AUTH password from its file; with --tls-dir, the files a rediss:// store needs."""
+    password = None
+    if settings.redis_password_file is not None:
+        try:
+            password = read_secret(settings.redis_password_file)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"coordinator: --redis-password-file: {exc}") from exc
+    files = (
+        None if settings.tls_dir is None else tls.TlsFiles.of_role(settings.tls_dir, "coordinator")
+    )
+    if files is None:
+        return RedisCredentials(password)
+    return RedisCredentials(password, files.ca, files.cert, files.key)
+
+
 def run(settings: CoordinatorSettings) -> None:
-    store = open_session_store(settings.redis_url, settings.redis_timeout_s)
+    store = open_session_store(
+        settings.redis_url, settings.redis_timeout_s, redis_credentials(settings)
+    )
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
     table = routing_table(settings)
-    model, version = discover_model(table, settings.stage_connect_timeout_s)
+    model, version = discover_model(
+        table, settings.stage_connect_timeout_s, shard_credentials(settings)
+    )
     path = build_step_path(settings, store, table, model)
     servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
 
@@ -133,6 +166,9 @@ def run(settings: CoordinatorSettings) -> None:
         settings.grpc_workers,
         register,
         is_ready=store.ping,
+        credentials=None
+        if settings.tls_dir is None
+        else tls.server_credentials(settings.tls_dir, "coordinator"),
     )
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",

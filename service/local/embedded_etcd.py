@@ -31,6 +31,7 @@ from service.local.lifecycle import Lifecycle
 from service.local.orphan_guard import guarded
 from service.local.supervised import Supervised
 from state.etcd_client import EtcdConnection, EtcdUnavailable, MemberStatus
+from state.etcd_url import EtcdTls
 
 _log = logging.getLogger(__name__)
 
@@ -78,9 +79,13 @@ class EmbeddedEtcd(Lifecycle):
         name: str = "etcd0",
         start_timeout_s: float = 20.0,
         stop_timeout_s: float = 5.0,
+        tls: EtcdTls | None = None,
     ) -> None:
+        """tls: serve clients over TLS with tls.cert/tls.key and require a client certificate
+        signed by tls.ca (--client-cert-auth); the same files are the probes' own."""
         self.name = name
         self.work_dir = work_dir
+        self.tls = tls
         self.log_path = work_dir / "etcd.log"
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
@@ -164,7 +169,7 @@ class EmbeddedEtcd(Lifecycle):
     @contextmanager
     def _connection(self) -> Iterator[EtcdConnection]:
         """A client of this member only (no failover to another), for one probe."""
-        etcd = EtcdConnection(f"etcd://127.0.0.1:{self.client_port}", PROBE_TIMEOUT_S)
+        etcd = EtcdConnection(f"etcd://127.0.0.1:{self.client_port}", PROBE_TIMEOUT_S, self.tls)
         try:
             yield etcd
         finally:
@@ -191,8 +196,20 @@ class EmbeddedEtcd(Lifecycle):
 
     def _args(self) -> list[str]:
         ports = self._assigned()
-        client, peer = f"http://127.0.0.1:{ports.client}", f"http://127.0.0.1:{ports.peer}"
+        scheme = "http" if self.tls is None else "https"
+        client, peer = f"{scheme}://127.0.0.1:{ports.client}", f"http://127.0.0.1:{ports.peer}"
+        secure = (
+            []
+            if self.tls is None
+            else [
+                "--cert-file", str(self.tls.cert),
+                "--key-file", str(self.tls.key),
+                "--trusted-ca-file", str(self.tls.ca),
+                "--client-cert-auth",
+            ]
+        )  # fmt: skip
         return [
+            *secure,
             "--name", self.name,
             "--data-dir", str(self._data_dir),
             "--listen-client-urls", client,

@@ -70,8 +70,12 @@ class EmbeddedRedis(Lifecycle):
         cluster_node_timeout_ms: int | None = None,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
+        password: str | None = None,
     ) -> None:
+        """password: clients must AUTH with it (requirepass; a replica also gives it to its
+        primary); it is written only to the 0600 config file, never to a command line."""
         self._data_dir = data_dir
+        self._password = password
         self._appendfsync = appendfsync
         self._replica_of = replica_of
         self._cluster_node_timeout_ms = cluster_node_timeout_ms
@@ -102,8 +106,12 @@ class EmbeddedRedis(Lifecycle):
         argv = [redis_server_binary(), str(conf)]
         for _ in range(BIND_ATTEMPTS):
             port = free_port() if self._cluster_node_timeout_ms is None else free_cluster_port()
+            conf.touch(mode=0o600)
+            conf.chmod(0o600)
             conf.write_text(self._conf_text(port))
-            proc = spawn_server("redis", argv, port, self._log_path(), self._start_timeout_s)
+            proc = spawn_server(
+                "redis", argv, port, self._log_path(), self._start_timeout_s, self._password
+            )
             if proc is not None:
                 self._proc, self._port = proc, port
                 _log.info("redis pid=%d port=%d ready", proc.pid, port)
@@ -125,7 +133,9 @@ class EmbeddedRedis(Lifecycle):
         if proc.running:
             raise EmbeddedRedisError(f"redis pid={proc.pid} is still running; kill() it first")
         argv = [redis_server_binary(), str(self._data_dir / CONF_NAME)]
-        started = spawn_server("redis", argv, self._port, self._log_path(), self._start_timeout_s)
+        started = spawn_server(
+            "redis", argv, self._port, self._log_path(), self._start_timeout_s, self._password
+        )
         if started is None:
             raise EmbeddedRedisError(f"redis port={self._port} was taken while redis was down")
         self._proc = started
@@ -167,7 +177,7 @@ class EmbeddedRedis(Lifecycle):
 
     def _info(self, section: str) -> dict[str, Any]:
         try:
-            return info(self._port, section)
+            return info(self._port, section, self._password)
         except (OSError, redis.RedisError):
             return {}
 
@@ -187,8 +197,12 @@ class EmbeddedRedis(Lifecycle):
             lines.append("appendonly no")
         else:
             lines += ["appendonly yes", f"appendfsync {self._appendfsync}"]
+        if self._password is not None:
+            lines.append(f"requirepass {conf_quote(self._password)}")
         if self._replica_of is not None:
             lines.append(f"replicaof 127.0.0.1 {self._replica_of.port}")
+            if self._replica_of._password is not None:
+                lines.append(f"masterauth {conf_quote(self._replica_of._password)}")
         if self._cluster_node_timeout_ms is not None:
             lines += [
                 "cluster-enabled yes",
@@ -199,7 +213,12 @@ class EmbeddedRedis(Lifecycle):
 
 
 def spawn_server(
-    kind: str, argv: list[str], port: int, log_path: Path, start_timeout_s: float
+    kind: str,
+    argv: list[str],
+    port: int,
+    log_path: Path,
+    start_timeout_s: float,
+    password: str | None = None,
 ) -> Supervised | None:
     """Start a redis-server (or sentinel) and wait until this very process answers on port.
 
@@ -210,7 +229,7 @@ def spawn_server(
     """
     proc = Supervised(f"{kind} port={port}", guarded(argv), log_path, new_session=False)
     deadline = time.monotonic() + start_timeout_s
-    while answering_pid(port) != proc.pid:
+    while answering_pid(port, password) != proc.pid:
         if (code := proc.returncode()) is not None:
             log_tail = proc.log_tail(LOG_TAIL_LINES)
             if "Address already in use" in log_tail:
@@ -227,12 +246,13 @@ def spawn_server(
     return proc
 
 
-def probe_client(port: int) -> redis.Redis:
+def probe_client(port: int, password: str | None = None) -> redis.Redis:
     """A client for short commands to the server (or sentinel) on 127.0.0.1:port: replies
     decoded, no retries (its callers poll), a connection only while in use. Close it after."""
     return redis.Redis(
         host="127.0.0.1",
         port=port,
+        password=password,
         socket_timeout=PROBE_TIMEOUT_S,
         socket_connect_timeout=PROBE_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
@@ -240,20 +260,20 @@ def probe_client(port: int) -> redis.Redis:
     )
 
 
-def info(port: int, section: str) -> dict[str, Any]:
+def info(port: int, section: str, password: str | None = None) -> dict[str, Any]:
     """One INFO section of the server on 127.0.0.1:port, parsed. Raises redis.RedisError
     (ConnectionError while nothing answers, BusyLoadingError while it loads) or OSError."""
-    with probe_client(port) as client:
+    with probe_client(port, password) as client:
         return cast("dict[str, Any]", client.info(section))
 
 
-def answering_pid(port: int) -> int | None:
+def answering_pid(port: int, password: str | None = None) -> int | None:
     """The pid of the server that answers on port, or None while none does (or it is loading).
 
     Stronger than a PING: it proves the answer comes from our child and not a stranger on the port.
     """
     try:
-        pid = info(port, "server").get("process_id")
+        pid = info(port, "server", password).get("process_id")
     except (OSError, redis.RedisError):
         return None
     return int(pid) if pid is not None else None

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+import grpc
+
+from service.client.client_tls import ClientTls
 from service.local.child_process import ChildProcess
+from service.local.dev_certs import write_dev_certs
 from service.local.embedded_etcd import EmbeddedEtcd
 from service.local.embedded_redis import EmbeddedRedis
 from service.local.embedded_redis_cluster import EmbeddedRedisCluster
@@ -20,6 +25,8 @@ from service.model.config import ModelConfig
 from service.model.weights_files import onnx_stage_file
 from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
+from service.runtime.tls import etcd_tls, open_channel
+from state.redis_url import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,9 @@ class LocalCluster:
         self.shards: list[ChildProcess] = []  # stage by stage, replica by replica
         self.coordinator: ChildProcess | None = None
         self._coordinators: list[ChildProcess] = []  # every one started, the main one too
+        self.tls_dir: Path | None = None  # with settings.tls: ca.pem, <role>.pem, <role>.key
+        # with settings.tls: the private Redis wants AUTH with the password in this file
+        self.redis_password_file: Path | None = None
 
     @property
     def weights_dir(self) -> Path:
@@ -91,6 +101,15 @@ class LocalCluster:
     @property
     def log_dir(self) -> Path:
         return self.work_dir / "logs"
+
+    def client_tls(self, identity: str = "robot-a") -> ClientTls | None:
+        """What a robot of this identity presents (None without --tls)."""
+        return None if self.tls_dir is None else ClientTls.from_dir(self.tls_dir, identity)
+
+    def channel(self, identity: str = "robot-a") -> grpc.Channel:
+        """A channel to the main coordinator: mutual TLS as `identity` when TLS is on."""
+        tls = self.client_tls(identity)
+        return open_channel(self.address, None if tls is None else tls.credentials())
 
     @property
     def address(self) -> str:
@@ -131,11 +150,17 @@ class LocalCluster:
             self._export_onnx()
         self.checkpoints = LocalCheckpoints(self.work_dir / "checkpoints")
         self.checkpoints.publish(self.weights_dir, promote=True)
+        if self.settings.tls:
+            self.tls_dir = self._certificates()
+            if not self.redis_url and not self.settings.redis_cluster_primaries:
+                self.redis_password_file = self._redis_password()
         if not self.redis_url:
             self.redis_url = self._start_redis()
         if not self.etcd_url:
             self.etcd = EmbeddedEtcd(
-                self.work_dir / "etcd", start_timeout_s=self.settings.start_timeout_s
+                self.work_dir / "etcd",
+                start_timeout_s=self.settings.start_timeout_s,
+                tls=etcd_tls(self.tls_dir, "etcd"),
             ).start()
             self.etcd_url = self.etcd.url
         self.shards = [
@@ -155,6 +180,34 @@ class LocalCluster:
             self.redis_url,
             self.log_dir,
         )
+
+    def _certificates(self) -> Path:
+        """--tls-dir, or a throwaway CA and per-role certificates made in the work dir (kept
+        if a previous run in the same --work-dir made them)."""
+        if self.settings.tls_dir is not None:
+            return self.settings.tls_dir
+        folder = self.work_dir / "tls"
+        if not (folder / "ca.pem").exists():
+            write_dev_certs(folder)
+        return folder
+
+    def _redis_password(self) -> Path:
+        """A new random password for the private Redis, in a 0600 file under secrets/."""
+        path = self.work_dir / "secrets" / "redis-password"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o600)
+            f.write(secrets.token_urlsafe(24) + "\n")
+        return path
+
+    def _tls_flags(self) -> list[str]:
+        return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
+
+    def _redis_flags(self) -> list[str]:
+        if self.redis_password_file is None:
+            return []
+        return ["--redis-password-file", str(self.redis_password_file)]
 
     def _export_onnx(self) -> None:
         """ONNX shards serve the graphs exported beside the weights; export them (float32
@@ -180,16 +233,21 @@ class LocalCluster:
                 start_timeout_s=self.settings.start_timeout_s,
             ).start()
             return self.redis_cluster.url
+        password = None
+        if self.redis_password_file is not None:
+            password = read_secret(self.redis_password_file)
         primary = self.redis = EmbeddedRedis(
             self.work_dir / "redis",
             appendfsync=None if durability == "none" else durability,
             start_timeout_s=self.settings.start_timeout_s,
+            password=password,
         ).start()
         self.redis_replicas = [
             EmbeddedRedis(
                 self.work_dir / f"redis-replica-{i}",
                 replica_of=primary,
                 start_timeout_s=self.settings.start_timeout_s,
+                password=password,
             ).start()
             for i in range(self.settings.redis_replicas)
         ]
@@ -234,6 +292,7 @@ class LocalCluster:
             *self._pinned(stage),
             "--runtime",
             self.settings.runtime,
+            *self._tls_flags(),
             *self._shard_flags,
         )
         return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
@@ -291,6 +350,8 @@ class LocalCluster:
             self.checkpoints.remote_url,
             "--trusted-keys",
             str(self.checkpoints.public_key),
+            *self._tls_flags(),
+            *self._redis_flags(),
             *self._coordinator_flags,
             *extra,
         )

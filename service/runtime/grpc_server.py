@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.runtime import ready_file, sd_notify
+from service.runtime import ready_file, sd_notify, tls
 from service.runtime.ops_http import OpsServer
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ class GrpcProcess:
         workers: int,
         register: Callable[[grpc.Server], Sequence[str]],
         is_ready: Callable[[], bool] = lambda: True,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
+        """With credentials the one port is TLS (service/runtime/tls.py), else plaintext."""
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
@@ -49,7 +51,8 @@ class GrpcProcess:
         reflection.enable_server_reflection(
             [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.port = tls.add_port(self.server, f"{host}:{port}", credentials)
+        self.tls = credentials is not None
         if self.port == 0:
             raise SystemExit(f"{name}: cannot bind {host}:{port} (in use?); pass another --port")
         self.ops = OpsServer(host, metrics_port, is_ready)
@@ -67,7 +70,13 @@ class GrpcProcess:
             self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         if ready_path is not None:
             ready_file.write(ready_path, grpc_port=self.port, metrics_port=self.ops.port)
-        log.info("%s serving grpc=%d metrics=%d", self.name, self.port, self.ops.port)
+        log.info(
+            "%s serving grpc=%d (%s) metrics=%d",
+            self.name,
+            self.port,
+            "mutual TLS" if self.tls else "plaintext",
+            self.ops.port,
+        )
         sd_notify.notify(f"READY=1\nSTATUS=serving grpc={self.port} metrics={self.ops.port}")
 
     def run_until_signal(

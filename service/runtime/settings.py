@@ -150,6 +150,18 @@ class GrpcProcessSettings(Settings):
     )
 
 
+class TlsSettings(Settings):
+    """Mutual TLS on the gRPC hops this process serves and calls (service/runtime/tls.py)."""
+
+    tls_dir: Path | None = Field(
+        None,
+        description="Mutual TLS: a folder as `actionmesh certs dev` writes it (ca.pem, "
+        "<role>.pem, <role>.key). gRPC servers then listen on TLS only and require a client "
+        "certificate signed by ca.pem; calls to other processes and to etcd are TLS too and "
+        "present this process's role certificate. Unset: plaintext.",
+    )
+
+
 class CheckpointSourceSettings(Settings):
     """Where a process loads versioned weights from (a shard its stage, a coordinator each
     version's student and quality table)."""
@@ -179,7 +191,16 @@ class CheckpointSourceSettings(Settings):
 class RedisSettings(Settings):
     """The session store's connection, and how long a commit may wait for Redis replicas."""
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Session state store.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Session state store (rediss://... for TLS: with --tls-dir, this "
+        "process's certificate and ca.pem are used).",
+    )
+    redis_password_file: Path | None = Field(
+        None,
+        description="File whose first line is the Redis AUTH password (a mounted secret; "
+        "passwords are never taken on the command line).",
+    )
     redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout of each Redis call.")
     replica_wait_timeout_s: float = Field(
         0.4,
@@ -250,6 +271,7 @@ class JsonOutputSettings(Settings):
 
 
 class CoordinatorSettings(
+    TlsSettings,
     CheckpointSourceSettings,
     SessionServingSettings,
     RedisSettings,
@@ -377,7 +399,7 @@ class CoordinatorSettings(
 
 
 class ShardSettings(
-    CheckpointSourceSettings, ShardRuntimeSettings, EtcdSettings, GrpcProcessSettings
+    TlsSettings, CheckpointSourceSettings, ShardRuntimeSettings, EtcdSettings, GrpcProcessSettings
 ):
     stage: int = Field(0, ge=0, description="Which pipeline stage this shard serves.")
     # Each coordinator keeps up to MAX_STREAMS (2) Forward streams open to each replica, each
@@ -407,7 +429,7 @@ class ShardSettings(
     )
 
 
-class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings):
+class ClusterSettings(TlsSettings, ShardRuntimeSettings, SessionServingSettings, EtcdSettings):
     stages: int = _stages("Number of pipeline stages.")
     replicas: int = Field(
         1, ge=1, description="Shard processes per stage: one leader, the rest hot standbys."
@@ -453,11 +475,27 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )
+    tls: bool = Field(
+        False,
+        description="Mutual TLS on every gRPC hop: certificates from --tls-dir, or made by "
+        "`actionmesh certs dev` into the work dir when none is given.",
+    )
+    tls_dir: Path | None = Field(
+        None,
+        description="With --tls: use the certificates in this folder (as `actionmesh certs dev` "
+        "writes it) instead of making new ones.",
+    )
 
     @field_validator("redis_url")
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:
         return None if value is None else checked_store_url(value)
+
+    @model_validator(mode="after")
+    def _tls_dir_needs_tls(self) -> typing.Self:
+        if self.tls_dir is not None and not self.tls:
+            raise ValueError("--tls-dir is used with --tls (add --tls, or leave --tls-dir out)")
+        return self
 
     @model_validator(mode="after")
     def _private_cluster_or_url(self) -> typing.Self:
@@ -527,12 +565,23 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+    tls: bool = Field(
+        False,
+        description="Also measure what mutual TLS costs a step: a TLS twin of the cluster, "
+        "stepped in alternating rounds with the plaintext one (keys tls_*; every other key "
+        "stays the plaintext cluster's).",
+    )
 
     @model_validator(mode="after")
     def _one_mode(self) -> typing.Self:
         modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
         if len(modes) > 1:
             raise ValueError(f"choose one of {', '.join(_flag(m) for m in modes)}")
+        if self.tls and (modes or self.pinned):
+            raise ValueError(
+                f"--tls adds TLS figures to the latency bench; leave out "
+                f"{_flag((modes or ['pinned'])[0])} (or --tls)"
+            )
         if self.scale and self.redis_url is not None:
             raise ValueError(
                 "--scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE on "
@@ -567,7 +616,7 @@ CKPT_ACTIONS = (
 )
 
 
-class CkptSettings(JsonOutputSettings, EtcdSettings):
+class CkptSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     flash_dir: Path = Field(
         Path("actionmesh-flash"),
         description="This node's local flash: versions/, CURRENT, quarantine/.",
@@ -595,7 +644,7 @@ class CkptSettings(JsonOutputSettings, EtcdSettings):
     )
 
 
-class StatusSettings(JsonOutputSettings, EtcdSettings):
+class StatusSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     etcd: str | None = _etcd_url("the cluster's (`actionmesh up` prints it).")
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
 
@@ -650,6 +699,36 @@ class ExportSettings(JsonOutputSettings):
         True,
         description="onnx: also write each stage with its linear layers quantized to int8.",
     )
+
+
+CERTS_ACTIONS = ("dev",)
+
+
+class CertsSettings(Settings):
+    out: Path = Field(
+        Path("actionmesh-certs"),
+        description="dev: the folder to write ca.pem, ca.key and <role>.pem / <role>.key into.",
+    )
+    force: bool = Field(False, description="dev: replace certificates already in --out.")
+    robots: list[str] = Field(
+        default_factory=lambda: ["robot-a", "robot-b"],
+        description="dev: robot client identities to issue certificates for.",
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="dev: more SANs (IP addresses or DNS names) beyond 127.0.0.1, ::1 and "
+        "localhost, e.g. the addresses shards are reached at on other hosts.",
+    )
+
+    @field_validator("robots")
+    @classmethod
+    def _role_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _CLUSTER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r}: a role is 1-63 letters, digits, '.', '_' or '-' (it names files)"
+                )
+        return value
 
 
 class TrainSettings(Settings):

@@ -23,6 +23,7 @@ import grpc
 
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime import tls
 from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.malloc_arenas import limit_malloc_arenas
@@ -145,9 +146,10 @@ def _follower(
     def load(version: str) -> StageRuntime:
         return _load_version(settings, flash_dir, version, n_stages)
 
-    follower = VersionFollower(
-        open_routing_table(settings.etcd, settings.cluster), membership, servicer, load, n_stages
+    table = open_routing_table(
+        settings.etcd, settings.cluster, tls.etcd_tls(settings.tls_dir, "shard")
     )
+    follower = VersionFollower(table, membership, servicer, load, n_stages)
     follower.start()
     return follower
 
@@ -207,6 +209,9 @@ def run(settings: ShardSettings) -> None:
         settings.metrics_port,
         settings.grpc_workers,
         register,
+        credentials=None
+        if settings.tls_dir is None
+        else tls.server_credentials(settings.tls_dir, "shard"),
     )
     address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
@@ -230,6 +235,7 @@ def run(settings: ShardSettings) -> None:
         settings.cluster,
         ReplicaInfo(settings.stage, servicer.replica_id, address, version),
         settings.lease_ttl_s,
+        tls.etcd_tls(settings.tls_dir, "shard"),
     )
     servicer.role = lambda: membership.role.value
     membership.start()

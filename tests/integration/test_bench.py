@@ -38,7 +38,7 @@ def bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
 
 
 def test_bench_json_keys(tmp_path: Path) -> None:
-    out = bench(tmp_path, "--steps", "20", "--concurrency", "1,4", "--throughput-s", "1")
+    out = bench(tmp_path, "--steps", "20", "--concurrency", "1,4", "--throughput-s", "1", "--tls")
     for key in (
         "inprocess_p50_ms",
         "inprocess_p99_ms",
@@ -46,8 +46,17 @@ def test_bench_json_keys(tmp_path: Path) -> None:
         "cluster_p99_ms",
         "stream_p50_ms",
         "stream_p99_ms",
+        # --tls: a TLS twin of the cluster, stepped in rounds alternating with the plaintext one
+        "tls_cluster_p50_ms",
+        "tls_cluster_p99_ms",
+        "tls_stream_p50_ms",
+        "tls_stream_p99_ms",
+        "tls_baseline_cluster_p50_ms",
+        "tls_baseline_stream_p50_ms",
     ):
         assert out[key] > 0, key
+    tls_cost = out["tls_cluster_p50_ms"] - out["tls_baseline_cluster_p50_ms"]
+    assert abs(out["tls_cost_p50_ms"] - tls_cost) < 0.01
     assert abs(out["overhead_p50_ms"] - (out["cluster_p50_ms"] - out["inprocess_p50_ms"])) < 0.01
     assert abs(out["overhead_p99_ms"] - (out["cluster_p99_ms"] - out["inprocess_p99_ms"])) < 0.01
     parts = out["overhead_breakdown_ms"]

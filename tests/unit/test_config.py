@@ -12,6 +12,7 @@ import pytest
 from service.cli.main import build_parser, command_settings, main
 from service.runtime.settings import (
     BenchSettings,
+    CertsSettings,
     CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
@@ -35,6 +36,7 @@ COMMANDS: dict[str, type[Settings]] = {
     "ckpt": CkptSettings,
     "status": StatusSettings,
     "train": TrainSettings,
+    "certs": CertsSettings,
 }
 NO_ENV: dict[str, str] = {}
 

@@ -6,6 +6,8 @@ import json
 import logging
 import time
 
+import grpc
+
 from service.coordinator.routing.stage_client import StageClient
 from service.coordinator.routing.version_choice import serving_version
 from service.coordinator.step_errors import Unavailable
@@ -19,8 +21,10 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.1
 
 
-def _info(address: str, stage: int, timeout_s: float) -> stage_pb2.InfoReply:
-    client = StageClient(stage, address)
+def _info(
+    address: str, stage: int, timeout_s: float, credentials: grpc.ChannelCredentials | None
+) -> stage_pb2.InfoReply:
+    client = StageClient(stage, address, credentials)
     try:
         return client.info(max(0.1, timeout_s))
     except Unavailable as exc:
@@ -32,12 +36,14 @@ def _info(address: str, stage: int, timeout_s: float) -> stage_pb2.InfoReply:
         client.close()
 
 
-def static_table(addresses: list[str], timeout_s: float) -> StaticRoutingTable:
+def static_table(
+    addresses: list[str], timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> StaticRoutingTable:
     """One replica per stage, in stage order, from `--stage-addresses`."""
     deadline = time.monotonic() + timeout_s
     views = {}
     for k, address in enumerate(addresses):
-        info = _info(address, k, deadline - time.monotonic())
+        info = _info(address, k, deadline - time.monotonic(), credentials)
         if info.stage != k:
             raise SystemExit(
                 f"coordinator: {address} serves stage {info.stage}, listed as stage {k}"
@@ -47,7 +53,9 @@ def static_table(addresses: list[str], timeout_s: float) -> StaticRoutingTable:
     return StaticRoutingTable(views)
 
 
-def discover_model(table: RoutingTable, timeout_s: float) -> tuple[ModelConfig, str]:
+def discover_model(
+    table: RoutingTable, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> tuple[ModelConfig, str]:
     """Wait until every stage has a replica of one model version; its config and version."""
     deadline = time.monotonic() + timeout_s
     model: ModelConfig | None = None
@@ -55,10 +63,12 @@ def discover_model(table: RoutingTable, timeout_s: float) -> tuple[ModelConfig, 
         views = table.snapshot()
         if model is None and views:
             any_replica = next(r for v in views.values() for r in v.replicas.values())
-            info = _info(any_replica.address, any_replica.stage, deadline - time.monotonic())
+            info = _info(
+                any_replica.address, any_replica.stage, deadline - time.monotonic(), credentials
+            )
             model = ModelConfig(**json.loads(info.model_config_json))
         if model is not None and (version := serving_version(views, model.n_stages)):
-            _check_stages(views, model, version, deadline)
+            _check_stages(views, model, version, deadline, credentials)
             return model, version
         time.sleep(_POLL_S)
     raise SystemExit(
@@ -68,13 +78,17 @@ def discover_model(table: RoutingTable, timeout_s: float) -> tuple[ModelConfig, 
 
 
 def _check_stages(
-    views: dict[int, StageView], model: ModelConfig, version: str, deadline: float
+    views: dict[int, StageView],
+    model: ModelConfig,
+    version: str,
+    deadline: float,
+    credentials: grpc.ChannelCredentials | None,
 ) -> None:
     """Every stage's replica of `version` agrees on the model's config and its own position."""
     want = json.dumps(model.model_dump(), sort_keys=True)
     for k in range(model.n_stages):
         replica = next(r for r in views[k].replicas.values() if r.model_version == version)
-        info = _info(replica.address, k, deadline - time.monotonic())
+        info = _info(replica.address, k, deadline - time.monotonic(), credentials)
         if info.stage != k or info.model_config_json != want:
             raise SystemExit(
                 f"coordinator: replica {replica.replica_id} at {replica.address} registered for "

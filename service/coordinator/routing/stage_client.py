@@ -13,6 +13,7 @@ from service.coordinator.routing.forward_streams import ForwardStream, StreamFai
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.runtime.grpc_server import MAX_MESSAGE_BYTES
+from service.runtime.tls import open_channel
 
 
 class StageTimeout(Unavailable):
@@ -58,10 +59,14 @@ def unavailable_kind(code: grpc.StatusCode) -> type[Unavailable]:
 class StageClient:
     """StageTransport over gRPC."""
 
-    def __init__(self, stage: int, address: str) -> None:
+    def __init__(
+        self, stage: int, address: str, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """credentials: mutual TLS to the shard (tls.channel_credentials), None: plaintext."""
         self.stage, self.address = stage, address
-        self._channel = grpc.insecure_channel(
+        self._channel = open_channel(
             address,
+            credentials,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

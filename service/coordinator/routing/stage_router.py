@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import grpc
+
 from service.coordinator.routing.call_patience import Patience, UsualLatency
 from service.coordinator.routing.replica_choice import Ban, BanPolicy, candidates, is_banned
 from service.coordinator.routing.stage_client import (
@@ -34,6 +36,15 @@ class StageUnavailable(Unavailable):
 
 def grpc_transport(replica: ReplicaInfo) -> StageTransport:
     return StageClient(replica.stage, replica.address)
+
+
+def grpc_transports(
+    credentials: grpc.ChannelCredentials | None,
+) -> Callable[[ReplicaInfo], StageTransport]:
+    """What connects to a replica over gRPC: with mutual TLS when credentials are given."""
+    if credentials is None:
+        return grpc_transport
+    return lambda replica: StageClient(replica.stage, replica.address, credentials)
 
 
 class StageRouter:
