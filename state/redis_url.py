@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_URL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>]"
@@ -118,3 +118,18 @@ def _host_port(item: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise bad(f"{item!r} is not host:port")
     return host, int(port)
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with `password` in its userinfo (read from a secrets file, so that it is never
+    on a command line); ValueError if the URL already carries one."""
+    parts = urlsplit(url)
+    userinfo, has_userinfo, hosts = parts.netloc.rpartition("@")
+    username, has_password, _ = userinfo.partition(":")
+    if has_password:
+        raise ValueError(
+            f"session store URL {redacted(url)!r} already has a password, and the secrets folder "
+            "has redis-password: keep only the file"
+        )
+    user = username if has_userinfo else ""
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hosts}").geturl()

@@ -20,17 +20,50 @@ from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter, grpc_transport
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_access import SessionAccess
 from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
+from service.runtime import secrets
 from service.runtime.grpc_server import GrpcProcess
+from service.runtime.identities_file import IdentitiesFile, IdentitiesFileError, parse_scopes
+from service.runtime.rate_limit import RateLimiter
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
+from state.redis_url import redacted
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
+
+
+def session_access(settings: CoordinatorSettings) -> SessionAccess:
+    """The `auth` settings as the servicer's gatekeeper; SystemExit (one line) when they
+    cannot be used."""
+    if settings.auth == "off":
+        return SessionAccess.open_door()
+    path = secrets.identities_path(settings.identities_file, settings.secrets_dir)
+    if path is None and settings.auth != "mtls":
+        raise SystemExit(
+            f"coordinator: --auth {settings.auth} needs --identities-file (or identities.toml in "
+            "--secrets-dir); `actionmesh token add` makes one"
+        )
+    try:
+        scopes = parse_scopes(settings.cert_default_scopes, "--cert-default-scopes")
+        directory = IdentitiesFile(path, scopes)
+    except IdentitiesFileError as exc:
+        raise SystemExit(f"coordinator: {exc}") from exc
+    rate = settings.identity_steps_per_s
+    log.info(
+        "coordinator auth=%s identities=%s tokens=%d steps_per_s=%s sessions_per_identity=%s",
+        settings.auth,
+        path,
+        len(directory.tokens()),
+        rate or "unlimited",
+        settings.sessions_per_identity or "unlimited",
+    )
+    return SessionAccess(settings.auth, directory, RateLimiter(rate, 2 * rate) if rate else None)
 
 
 def routing_table(settings: CoordinatorSettings) -> RoutingTable:
@@ -103,6 +136,7 @@ def build_step_path(
             log_depth=settings.observation_log_depth,
             catch_up_budget_s=settings.catch_up_budget_s,
             max_observation_abs=settings.max_observation_abs,
+            sessions_per_identity=settings.sessions_per_identity if settings.auth != "off" else 0,
         ),
         durability=Durability(
             max_wait_replicas=settings.max_wait_replicas,
@@ -113,13 +147,17 @@ def build_step_path(
 
 
 def run(settings: CoordinatorSettings) -> None:
-    store = open_session_store(settings.redis_url, settings.redis_timeout_s)
+    access = session_access(settings)
+    redis_url = secrets.store_url(settings.redis_url, settings.secrets_dir)
+    store = open_session_store(redis_url, settings.redis_timeout_s)
     if not store.ping():
-        raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
+        raise SystemExit(f"coordinator: session store {redacted(redis_url)} does not answer")
     table = routing_table(settings)
     model, version = discover_model(table, settings.stage_connect_timeout_s)
     path = build_step_path(settings, store, table, model)
-    servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
+    servicer = SessionServicer(
+        path.engine, settings.step_timeout_s, settings.max_observation_bytes, access
+    )
 
     def register(server: grpc.Server) -> list[str]:
         session_handlers.add_to_server(servicer, server)
@@ -133,13 +171,15 @@ def run(settings: CoordinatorSettings) -> None:
         settings.grpc_workers,
         register,
         is_ready=store.ping,
+        max_concurrent_rpcs=settings.concurrent_rpcs(),
+        max_message_bytes=settings.max_message_bytes,
     )
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",
         version,
         model.n_stages,
         settings.etcd or settings.stage_addresses,
-        settings.redis_url,
+        redacted(redis_url),
     )
     process.start(settings.ready_file)
     try:

@@ -207,6 +207,8 @@ def run(settings: ShardSettings) -> None:
         settings.metrics_port,
         settings.grpc_workers,
         register,
+        max_concurrent_rpcs=settings.concurrent_rpcs(),
+        max_message_bytes=settings.max_message_bytes,
     )
     address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
