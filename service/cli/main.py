@@ -14,6 +14,7 @@ from typing import Any
 from service.local.child_process import die_with_parent
 from service.runtime.settings import (
     CKPT_ACTIONS,
+    TOKEN_ACTIONS,
     BenchSettings,
     CkptSettings,
     ClusterSettings,
@@ -25,6 +26,7 @@ from service.runtime.settings import (
     Settings,
     ShardSettings,
     StatusSettings,
+    TokenSettings,
     TrainSettings,
     add_flags,
     load,
@@ -79,6 +81,12 @@ def _ckpt(settings: CkptSettings, args: argparse.Namespace) -> int:
     from service.cli import ckpt
 
     return ckpt.main(settings, args.action, args.version)
+
+
+def _token(settings: TokenSettings, args: argparse.Namespace) -> int:
+    from service.cli import token
+
+    return token.main(settings, args.action)
 
 
 def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
@@ -143,6 +151,13 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         "Versioned weight snapshots: keygen, create, list, show, verify, push, pull, promote, rollback, gc.",
     ),
     (
+        "token",
+        TokenSettings,
+        _token,
+        "Bearer tokens of the identities file: add (prints a fresh token once, stores its "
+        "SHA-256) or list.",
+    ),
+    (
         "status",
         StatusSettings,
         _status,
@@ -204,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "version", nargs="?", default=None, help="A version id, where the action takes one."
             )
+        if name == "token":
+            sub.add_argument("action", choices=TOKEN_ACTIONS, help="What to do.")
         add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser

@@ -664,6 +664,24 @@ class CkptSettings(JsonOutputSettings, EtcdSettings):
     )
 
 
+TOKEN_ACTIONS = ("add", "list")
+
+
+class TokenSettings(JsonOutputSettings):
+    identities_file: Path | None = Field(
+        None,
+        description="The identities file to add to or list (created 0600 by the first add); "
+        "default <secrets-dir>/identities.toml.",
+    )
+    secrets_dir: Path | None = Field(
+        None, description="The mounted secrets folder whose identities.toml is meant."
+    )
+    identity: str = Field("", description="add: who the token proves (e.g. robot-7).")
+    scopes: list[Literal["step", "admin", "checkpoint"]] = Field(
+        default_factory=_step_scope_only, description="add: what the token may do."
+    )
+
+
 class StatusSettings(JsonOutputSettings, EtcdSettings):
     etcd: str | None = _etcd_url("the cluster's (`actionmesh up` prints it).")
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
