@@ -184,8 +184,13 @@ class ClientRobot(Robot):
         """step_timeout_s: None keeps the client library's default."""
         super().__init__(observations, period_s)
         self.streaming = streaming
-        timeout = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
-        self.client = ActionMeshClient([address], max_attempts=1, client_id="robot", **timeout)
+        self.client = (
+            ActionMeshClient([address], max_attempts=1, client_id="robot")
+            if step_timeout_s is None
+            else ActionMeshClient(
+                [address], max_attempts=1, client_id="robot", step_timeout_s=step_timeout_s
+            )
+        )
         self.session: Session = self.client.open_session()
         self.session_id = self.session.session_id
         self._stream: StepStream | None = None

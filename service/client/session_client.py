@@ -24,6 +24,7 @@ import torch
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
+from service.client.bearer import BearerToken
 from service.client.client_errors import (
     STEP_TIMEOUT_KEY,
     ActionMeshClientError,
@@ -118,8 +119,9 @@ class _Closing:
 class _Coordinators:
     """The addresses, the current one, and one long-lived channel per address (made lazily)."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], token: str | None = None) -> None:
         self.addresses, self._index, self._failures = list(addresses), 0, 0
+        self._bearer = BearerToken(token) if token else None
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
         self._lock = threading.Lock()
 
@@ -131,6 +133,8 @@ class _Coordinators:
         with self._lock:
             if address not in self._channels:
                 channel = grpc.insecure_channel(address, [("grpc.max_reconnect_backoff_ms", 1000)])
+                if self._bearer is not None:
+                    channel = grpc.intercept_channel(channel, self._bearer)
                 self._channels[address] = (channel, session_pb2_grpc.SessionServiceStub(channel))
             return self._channels[address][1]
 
@@ -171,10 +175,12 @@ class ActionMeshClient(_Closing):
         step_timeout_s: float = 0.5,
         max_attempts: int = 4,
         client_id: str = "",
+        token: str | None = None,
     ) -> None:
+        """token: a bearer token (`actionmesh token add`), for coordinators with auth on."""
         if not addresses or max_attempts < 1 or step_timeout_s <= 0:
             raise ValueError("need an address, max_attempts >= 1 and step_timeout_s > 0")
-        self.coordinators = _Coordinators(addresses)
+        self.coordinators = _Coordinators(addresses, token)
         self.step_timeout_s, self.max_attempts = step_timeout_s, max_attempts
         self.client_id = client_id
 

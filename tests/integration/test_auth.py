@@ -267,3 +267,23 @@ def test_the_identities_file_is_reread_without_a_restart(
             assert time.monotonic() < deadline, "the new token was never accepted"
             time.sleep(0.2)
     stub.CloseSession(session_pb2.CloseSessionRequest(session_id=sid), metadata=metadata)
+
+
+def test_the_client_library_sends_its_token_on_calls_and_streams(
+    cluster: LocalCluster, tokens: Tokens
+) -> None:
+    from service.client.client_errors import ActionMeshClientError
+    from service.client.session_client import ActionMeshClient
+
+    with ActionMeshClient([cluster.address], token=tokens.by_identity["alice"]) as client:
+        session = client.open_session()
+        assert session.step(torch.zeros(DIM)).seq == 1
+        with session.stream() as stream:
+            assert stream.step(torch.zeros(DIM)).seq == 2
+        session.close()
+    with (
+        ActionMeshClient([cluster.address]) as anonymous,
+        pytest.raises(ActionMeshClientError) as caught,
+    ):
+        anonymous.open_session()
+    assert caught.value.code == "UNAUTHENTICATED"
