@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+LOGGED_ID_CHARS = 8  # a session id is a credential: logs show its first characters only
 _T = TypeVar("_T")
 Priority = Literal["SAFETY", "NORMAL", "BEST_EFFORT"]
 
@@ -216,7 +217,7 @@ class ActionMeshClient(_Closing):
             try:
                 opened.close()
             except ActionMeshClientError as exc:  # it ends with its TTL anyway
-                log.warning("session=%s not closed: %s", opened.session_id, exc)
+                log.warning("session=%s not closed: %s", opened.session_id[:LOGGED_ID_CHARS], exc)
 
     def attach(self, session_id: str) -> Session:
         """An existing session (say after a controller restart), at its committed seq."""
@@ -343,7 +344,7 @@ class Session:
             log.warning(
                 "session=%s seq=%d had been committed with an earlier observation; "
                 "stepping this one as seq %d",
-                self.session_id,
+                self.session_id[:LOGGED_ID_CHARS],
                 request.seq,
                 request.seq + 1,
             )

@@ -62,7 +62,9 @@ def level_states(
         return _reset(record, n_stages)
     base = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
     states, done = _replay(anchor.seq + 1, logged, base, step, replay_until)
-    log.info("session=%s replayed %d steps after seq %d", short_id(record.session_id), done, anchor.seq)
+    log.info(
+        "session=%s replayed %d steps after seq %d", short_id(record.session_id), done, anchor.seq
+    )
     if done < len(logged):  # out of time: the rest at the next steps
         progress = Anchor(anchor.seq + done, {StageIndex(k): d for k, d in enumerate(states) if d})
         return LevelStates([], replayed_steps=done, progress=progress)

@@ -146,9 +146,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:  # each step within its own budget and within what is left of the stream's
-                answer = self._step(
-                    request, _shortest(budget_s, context.time_remaining()), caller
-                )
+                answer = self._step(request, _shortest(budget_s, context.time_remaining()), caller)
             except ActionmeshError as exc:
                 _count_refusal(exc)
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0

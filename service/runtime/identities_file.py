@@ -118,9 +118,7 @@ def _entries(data: dict[str, Any], table: str, source: str) -> list[dict[str, An
     return entries
 
 
-def _identity(
-    entry: dict[str, Any], where: str, via: Literal["certificate", "token"]
-) -> Identity:
+def _identity(entry: dict[str, Any], where: str, via: Literal["certificate", "token"]) -> Identity:
     allowed = {"identity", "scopes"} | ({"sha256", "created"} if via == "token" else set())
     extra = sorted(set(entry) - allowed)
     if extra:
