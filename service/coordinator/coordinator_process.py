@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -148,6 +149,12 @@ def build_step_path(
 
 def run(settings: CoordinatorSettings) -> None:
     access = session_access(settings)
+    if urlsplit(settings.redis_url).password:
+        log.warning(
+            "the session store's password is in --redis-url, where `ps` shows it to every user "
+            "of this machine: put it in <secrets-dir>/%s instead",
+            secrets.REDIS_PASSWORD,
+        )
     redis_url = secrets.store_url(settings.redis_url, settings.secrets_dir)
     store = open_session_store(redis_url, settings.redis_timeout_s)
     if not store.ping():
