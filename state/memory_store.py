@@ -54,7 +54,8 @@ class MemorySessionStore:
     def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
         if step.new_seq <= step.expected_seq:
             raise ValueError(
-                f"session={short_id(session_id)} new_seq {step.new_seq} <= expected {step.expected_seq}"
+                f"session={short_id(session_id)} new_seq {step.new_seq} <= expected "
+                f"{step.expected_seq}"
             )
         _check_ttl(step.ttl_s)
         with self._lock:
@@ -71,8 +72,8 @@ class MemorySessionStore:
                     stored.log.popleft()
         if step.wait_replicas > 0:
             raise NotReplicated(
-                f"session={short_id(session_id)} seq={step.new_seq} is committed in memory, which has no "
-                f"replicas ({step.wait_replicas} asked)"
+                f"session={short_id(session_id)} seq={step.new_seq} is committed in memory, "
+                f"which has no replicas ({step.wait_replicas} asked)"
             )
         return CommitOutcome(CommitStatus.COMMITTED, step.new_seq)
 

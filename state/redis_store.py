@@ -187,7 +187,8 @@ class RedisSessionStore:
     def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
         if step.new_seq <= step.expected_seq:  # an equal seq would make a replayed commit look new
             raise ValueError(
-                f"session={short_id(session_id)} new_seq {step.new_seq} <= expected {step.expected_seq}"
+                f"session={short_id(session_id)} new_seq {step.new_seq} <= expected "
+                f"{step.expected_seq}"
             )
         self._check_wait(step.wait_replicas, step.wait_timeout_s)
         keys = [_session_key(session_id), _log_key(session_id)]
@@ -213,7 +214,8 @@ class RedisSessionStore:
             )
         elif acked < step.wait_replicas:
             raise self._not_replicated(
-                f"session={short_id(session_id)} seq={step.new_seq} is committed on the primary but",
+                f"session={short_id(session_id)} seq={step.new_seq} is committed on the primary "
+                "but",
                 acked,
                 step.wait_replicas,
                 step.wait_timeout_s,

@@ -318,8 +318,8 @@ class SessionEngine:
         )
         if isinstance(choice, NoPipeline):
             raise Unavailable(
-                f"session={short_id(record.session_id)}: no model version is served by every stage; the "
-                "session was not advanced, retry the same seq"
+                f"session={short_id(record.session_id)}: no model version is served by every "
+                "stage; the session was not advanced, retry the same seq"
             )
         return choice, choice.current if isinstance(choice, Switch) else choice.version
 
@@ -458,8 +458,8 @@ class SessionEngine:
             self._count(step, computed, work.replayed_steps, reset, priority, switched)
         if step.time_left_s() <= 0:  # committed, but late (a slow store): a retry gets it stored
             raise DeadlineExceeded(
-                f"session={short_id(record.session_id)} seq={step.seq}: answered after the deadline; the "
-                "step is committed, retry the same seq for its reply"
+                f"session={short_id(record.session_id)} seq={step.seq}: answered after the "
+                "deadline; the step is committed, retry the same seq for its reply"
             )
         return answer
 
@@ -586,6 +586,6 @@ def store_errors() -> Iterator[None]:
 
 def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(
-        f"session={short_id(session_id)} not found: unknown, closed, or expired (a session expires when no "
-        "step arrives within its TTL); open a new session"
+        f"session={short_id(session_id)} not found: unknown, closed, or expired (a session "
+        "expires when no step arrives within its TTL); open a new session"
     )
