@@ -21,6 +21,7 @@ from state.session import (
     SessionRecord,
     StepCommit,
     committed,
+    short_id,
 )
 from state.store import NotReplicated
 
@@ -35,13 +36,14 @@ class _Stored:
 class MemorySessionStore:
     def __init__(self) -> None:
         self._sessions: dict[SessionId, _Stored] = {}
+        self._owned: dict[str, set[SessionId]] = {}
         self._lock = threading.Lock()
 
     def create(self, record: SessionRecord) -> None:
         _check_ttl(record.ttl_s)
         with self._lock:
             if self._live(record.session_id) is not None:
-                raise ValueError(f"session={record.session_id} already exists")
+                raise ValueError(f"session={short_id(record.session_id)} already exists")
             self._sessions[record.session_id] = _Stored(record, time.monotonic() + record.ttl_s)
 
     def load(self, session_id: SessionId) -> SessionRecord | None:
@@ -52,7 +54,8 @@ class MemorySessionStore:
     def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
         if step.new_seq <= step.expected_seq:
             raise ValueError(
-                f"session={session_id} new_seq {step.new_seq} <= expected {step.expected_seq}"
+                f"session={short_id(session_id)} new_seq {step.new_seq} <= expected "
+                f"{step.expected_seq}"
             )
         _check_ttl(step.ttl_s)
         with self._lock:
@@ -69,14 +72,14 @@ class MemorySessionStore:
                     stored.log.popleft()
         if step.wait_replicas > 0:
             raise NotReplicated(
-                f"session={session_id} seq={step.new_seq} is committed in memory, which has no "
-                f"replicas ({step.wait_replicas} asked)"
+                f"session={short_id(session_id)} seq={step.new_seq} is committed in memory, "
+                f"which has no replicas ({step.wait_replicas} asked)"
             )
         return CommitOutcome(CommitStatus.COMMITTED, step.new_seq)
 
     def confirm_replicated(self, session_id: SessionId, replicas: int, timeout_s: float) -> None:
         if replicas > 0:
-            raise NotReplicated(f"session={session_id}: a memory store has no replicas")
+            raise NotReplicated(f"session={short_id(session_id)}: a memory store has no replicas")
 
     def observations(
         self, session_id: SessionId, first_seq: int, last_seq: int
@@ -102,6 +105,22 @@ class MemorySessionStore:
     def delete(self, session_id: SessionId) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
+
+    def reserve_for_owner(self, owner: str, session_id: SessionId, limit: int) -> bool:
+        with self._lock:
+            owned = self._owned.setdefault(owner, set())
+            if session_id in owned:
+                return True
+            if len(owned) >= limit:
+                owned -= {s for s in owned if self._live(s) is None}
+            if len(owned) >= limit:
+                return False
+            owned.add(session_id)
+            return True
+
+    def release_for_owner(self, owner: str, session_id: SessionId) -> None:
+        with self._lock:
+            self._owned.get(owner, set()).discard(session_id)
 
     def replicas(self) -> int:
         return 0

@@ -88,3 +88,16 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return ttl
 """
+
+# KEYS[1] an owner's set of session ids; ARGV[1] the most it may hold, ARGV[2] a session id.
+# Replies 1 when the id was added (or was there), 0 when the set is full.
+RESERVE_LUA = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then
+  return 1
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[2])
+return 1
+"""

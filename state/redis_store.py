@@ -1,7 +1,8 @@
 """SessionStore on Redis: one hash and one list per session, written by Lua so each is atomic.
 
 Key layout (the braces are a Redis Cluster hash tag, so every key of a session shares a slot):
-- `am:{<session_id>}:session`, a hash: `seq`, `model_version`, `ttl_s`, `client_id`, `reply`;
+- `am:{<session_id>}:session`, a hash: `seq`, `model_version`, `ttl_s`, `client_id`, `owner`,
+  `reply`;
   per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
   `anchor_seq` and `anchor:<k>` (every stage's state at the last level step); while the
   distilled student answers, `student` and `student_seq`; while the session moves to another
@@ -9,6 +10,8 @@ Key layout (the braces are a Redis Cluster hash tag, so every key of a session s
   desired version moved it, `version_revision` (the etcd revision that version was seen at).
 - `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
   followed by the observation's bytes.
+- `am:{owner:<identity>}:sessions`, a set: the ids of the sessions an identity opened (auth
+  on), for its open-session limit; ids whose session is gone are pruned when the set is full.
 
 Three URL kinds: `redis://` (one server), `redis+sentinel://h1:p1,h2:p2/<service>/<db>` (the
 primary that Sentinel names, followed across failovers) and `redis+cluster://h1:p1,h2:p2` (a
@@ -52,7 +55,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from state.redis_scripts import COMMIT_LUA, CREATE_LUA, TOUCH_LUA
+from state.redis_scripts import COMMIT_LUA, CREATE_LUA, RESERVE_LUA, TOUCH_LUA
 from state.redis_url import (
     CLUSTER_SCHEME,
     SENTINEL_SCHEME,
@@ -72,6 +75,7 @@ from state.session import (
     StageState,
     StepCommit,
     SwitchProgress,
+    short_id,
 )
 from state.store import NotReplicated, StoreUnavailable
 from state.store_metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
@@ -181,7 +185,7 @@ class RedisSessionStore:
         # Not retried: a create that went through would come back as "already exists".
         created = self._call("create", lambda: self._create_script([key], args), retry=False)
         if not created:
-            raise ValueError(f"session={record.session_id} already exists")
+            raise ValueError(f"session={short_id(record.session_id)} already exists")
 
     def load(self, session_id: SessionId) -> SessionRecord | None:
         key = _session_key(session_id)
@@ -191,7 +195,8 @@ class RedisSessionStore:
     def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
         if step.new_seq <= step.expected_seq:  # an equal seq would make a replayed commit look new
             raise ValueError(
-                f"session={session_id} new_seq {step.new_seq} <= expected {step.expected_seq}"
+                f"session={short_id(session_id)} new_seq {step.new_seq} <= expected "
+                f"{step.expected_seq}"
             )
         self._check_wait(step.wait_replicas, step.wait_timeout_s)
         keys = [_session_key(session_id), _log_key(session_id)]
@@ -210,14 +215,15 @@ class RedisSessionStore:
         if outcome.status is not CommitStatus.COMMITTED:
             _log.info(
                 "session=%s commit %s: expected_seq=%d current_seq=%s",
-                session_id,
+                short_id(session_id),
                 outcome.status.value,
                 step.expected_seq,
                 outcome.current_seq,
             )
         elif acked < step.wait_replicas:
             raise self._not_replicated(
-                f"session={session_id} seq={step.new_seq} is committed on the primary but",
+                f"session={short_id(session_id)} seq={step.new_seq} is committed on the primary "
+                "but",
                 acked,
                 step.wait_replicas,
                 step.wait_timeout_s,
@@ -235,7 +241,7 @@ class RedisSessionStore:
         )
         if acked < replicas:
             raise self._not_replicated(
-                f"session={session_id}: its last write was", acked, replicas, timeout_s
+                f"session={short_id(session_id)}: its last write was", acked, replicas, timeout_s
             )
 
     def observations(
@@ -265,6 +271,25 @@ class RedisSessionStore:
     def delete(self, session_id: SessionId) -> bool:
         keys = [_session_key(session_id), _log_key(session_id)]
         return self._call("delete", lambda: self._client.unlink(*keys), retry=False) > 0
+
+    def reserve_for_owner(self, owner: str, session_id: SessionId, limit: int) -> bool:
+        key = _owner_key(owner)
+        args: list[int | str] = [limit, session_id]
+        if self._call("reserve", lambda: self._client.eval(RESERVE_LUA, 1, key, *args)):
+            return True
+        # Full: drop the ids of sessions that closed or expired since, then try once more.
+        members = cast("set[bytes]", self._call("reserve", lambda: self._client.smembers(key)))
+        gone = [m for m in members if not self._exists(_session_key(SessionId(m.decode())))]
+        if gone:
+            self._call("reserve", lambda: self._client.srem(key, *gone))
+        return bool(self._call("reserve", lambda: self._client.eval(RESERVE_LUA, 1, key, *args)))
+
+    def release_for_owner(self, owner: str, session_id: SessionId) -> None:
+        key = _owner_key(owner)
+        self._call("release", lambda: self._client.srem(key, session_id))
+
+    def _exists(self, key: str) -> bool:
+        return bool(self._call("reserve", lambda: self._client.exists(key)))
 
     def replicas(self) -> int:
         """On a Cluster, the fewest any primary has: a session may live on any of them."""
@@ -566,6 +591,10 @@ def _log_key(session_id: SessionId) -> str:
     return f"am:{{{session_id}}}:obslog"
 
 
+def _owner_key(owner: str) -> str:
+    return f"am:{{owner:{owner}}}:sessions"
+
+
 def _ttl_ms(ttl_s: float) -> int:
     if not ttl_s > 0:
         raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
@@ -595,6 +624,8 @@ def _record_fields(record: SessionRecord) -> list[int | str | bytes]:
         record.wait_replicas,
         "version_revision",
         record.version_revision,
+        "owner",
+        record.owner,
     ]
     return fields + _stage_fields(record.stage_states)
 
@@ -629,6 +660,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         student=StageState(int(fields[b"student_seq"]), student) if student else None,
         wait_replicas=int(fields.get(b"wait_replicas", b"0")),  # absent in older sessions
         switch=_switch_progress(session_id, switch),
+        owner=fields.get(b"owner", b"").decode(),  # absent in sessions opened before owners
     )
 
 
@@ -644,5 +676,7 @@ def _switch_progress(session_id: SessionId, blob: bytes | None) -> SwitchProgres
     try:
         return SwitchProgress.decode(blob)
     except (struct.error, UnicodeDecodeError) as exc:
-        _log.warning("session=%s: unreadable version-switch progress dropped: %s", session_id, exc)
+        _log.warning(
+            "session=%s: unreadable version-switch progress dropped: %s", short_id(session_id), exc
+        )
         return None

@@ -11,6 +11,14 @@ from typing import NewType
 SessionId = NewType("SessionId", str)
 StageIndex = NewType("StageIndex", int)
 
+SHORT_ID_CHARS = 8
+
+
+def short_id(session_id: str) -> str:
+    """What logs show of a session id: enough to follow one session, too little to use it
+    (the id is its only credential when auth is off)."""
+    return session_id[:SHORT_ID_CHARS]
+
 
 @dataclass(frozen=True)
 class StageState:
@@ -97,6 +105,8 @@ class SessionRecord:
     # saw the desired version (0: never moved by one); no coordinator with an older view moves
     # it again (routing/version_choice.py).
     version_revision: int = 0
+    # The identity that opened the session (auth on); "" when opened with auth off.
+    owner: str = ""
 
     def stages(self, n_stages: int) -> list[StageState]:
         """Stage 0..n_stages-1's states, a fresh one (seq 0, no data) where none is stored."""

@@ -50,6 +50,13 @@ class SessionStore(Protocol):
     def delete(self, session_id: SessionId) -> bool:
         """Remove everything of the session; True if it existed."""
 
+    def reserve_for_owner(self, owner: str, session_id: SessionId, limit: int) -> bool:
+        """Count `session_id` among `owner`'s open sessions if it holds fewer than `limit`
+        (closed and expired ones are not counted); False when it already holds `limit`."""
+
+    def release_for_owner(self, owner: str, session_id: SessionId) -> None:
+        """No longer count `session_id` among `owner`'s open sessions."""
+
     def replicas(self) -> int:
         """Replicas connected to the primary now: the most `wait_replicas` can ask for."""
 

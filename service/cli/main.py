@@ -15,6 +15,7 @@ from service.local.child_process import die_with_parent
 from service.runtime.settings import (
     CERTS_ACTIONS,
     CKPT_ACTIONS,
+    TOKEN_ACTIONS,
     BenchSettings,
     CertsSettings,
     CkptSettings,
@@ -27,6 +28,7 @@ from service.runtime.settings import (
     Settings,
     ShardSettings,
     StatusSettings,
+    TokenSettings,
     TrainSettings,
     add_flags,
     load,
@@ -100,6 +102,12 @@ def _certs(settings: CertsSettings, args: argparse.Namespace) -> int:
     return certs.main(settings, args.action)
 
 
+def _token(settings: TokenSettings, args: argparse.Namespace) -> int:
+    from service.cli import token
+
+    return token.main(settings, args.action)
+
+
 def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
     from service.cli import status
 
@@ -168,6 +176,13 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         "Make certificates for mutual TLS: `certs dev` writes a throwaway CA and one per role.",
     ),
     (
+        "token",
+        TokenSettings,
+        _token,
+        "Bearer tokens of the identities file: add (prints a fresh token once, stores its "
+        "SHA-256) or list.",
+    ),
+    (
         "status",
         StatusSettings,
         _status,
@@ -231,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "certs":
             sub.add_argument("action", choices=CERTS_ACTIONS, help="What to make.")
+        if name == "token":
+            sub.add_argument("action", choices=TOKEN_ACTIONS, help="What to do.")
         add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser

@@ -24,6 +24,7 @@ import torch
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
+from service.client.bearer import BearerToken
 from service.client.client_errors import (
     STEP_TIMEOUT_KEY,
     ActionMeshClientError,
@@ -57,6 +58,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+LOGGED_ID_CHARS = 8  # a session id is a credential: logs show its first characters only
 _T = TypeVar("_T")
 Priority = Literal["SAFETY", "NORMAL", "BEST_EFFORT"]
 
@@ -123,10 +125,14 @@ class _Coordinators:
     """The addresses, the current one, and one long-lived channel per address (made lazily)."""
 
     def __init__(
-        self, addresses: list[str], credentials: grpc.ChannelCredentials | None = None
+        self,
+        addresses: list[str],
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         self.addresses, self._index, self._failures = list(addresses), 0, 0
         self._credentials = credentials
+        self._bearer = BearerToken(token) if token else None
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
         self._lock = threading.Lock()
 
@@ -140,6 +146,8 @@ class _Coordinators:
                 channel = open_channel(
                     address, self._credentials, [("grpc.max_reconnect_backoff_ms", 1000)]
                 )
+                if self._bearer is not None:
+                    channel = grpc.intercept_channel(channel, self._bearer)
                 self._channels[address] = (channel, session_pb2_grpc.SessionServiceStub(channel))
             return self._channels[address][1]
 
@@ -181,11 +189,15 @@ class ActionMeshClient(_Closing):
         max_attempts: int = 4,
         client_id: str = "",
         tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
-        """tls: mutual TLS to coordinators started with --tls-dir (None: plaintext)."""
+        """tls: mutual TLS to coordinators started with --tls-dir (None: plaintext); token: a
+        bearer token (`actionmesh token add`), for coordinators with auth on."""
         if not addresses or max_attempts < 1 or step_timeout_s <= 0:
             raise ValueError("need an address, max_attempts >= 1 and step_timeout_s > 0")
-        self.coordinators = _Coordinators(addresses, None if tls is None else tls.credentials())
+        self.coordinators = _Coordinators(
+            addresses, None if tls is None else tls.credentials(), token
+        )
         self.step_timeout_s, self.max_attempts = step_timeout_s, max_attempts
         self.client_id = client_id
 
@@ -221,7 +233,7 @@ class ActionMeshClient(_Closing):
             try:
                 opened.close()
             except ActionMeshClientError as exc:  # it ends with its TTL anyway
-                log.warning("session=%s not closed: %s", opened.session_id, exc)
+                log.warning("session=%s not closed: %s", opened.session_id[:LOGGED_ID_CHARS], exc)
 
     def attach(self, session_id: str) -> Session:
         """An existing session (say after a controller restart), at its committed seq."""
@@ -348,7 +360,7 @@ class Session:
             log.warning(
                 "session=%s seq=%d had been committed with an earlier observation; "
                 "stepping this one as seq %d",
-                self.session_id,
+                self.session_id[:LOGGED_ID_CHARS],
                 request.seq,
                 request.seq + 1,
             )

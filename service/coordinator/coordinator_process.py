@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -20,16 +21,19 @@ from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter, grpc_transports
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_access import SessionAccess
 from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
-from service.runtime import tls
+from service.runtime import secrets, tls
 from service.runtime.grpc_server import GrpcProcess
+from service.runtime.identities_file import IdentitiesFile, IdentitiesFileError, parse_scopes
+from service.runtime.rate_limit import RateLimiter
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
-from state.redis_url import RedisCredentials, read_secret
+from state.redis_url import RedisCredentials, read_secret, redacted
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,34 @@ log = logging.getLogger(__name__)
 def shard_credentials(settings: CoordinatorSettings) -> grpc.ChannelCredentials | None:
     """Mutual TLS to shards with the cluster's own identity (`shard`), or None: plaintext."""
     return None if settings.tls_dir is None else tls.channel_credentials(settings.tls_dir, "shard")
+
+
+def session_access(settings: CoordinatorSettings) -> SessionAccess:
+    """The `auth` settings as the servicer's gatekeeper; SystemExit (one line) when they
+    cannot be used."""
+    if settings.auth == "off":
+        return SessionAccess.open_door()
+    path = secrets.identities_path(settings.identities_file, settings.secrets_dir)
+    if path is None and settings.auth != "mtls":
+        raise SystemExit(
+            f"coordinator: --auth {settings.auth} needs --identities-file (or identities.toml in "
+            "--secrets-dir); `actionmesh token add` makes one"
+        )
+    try:
+        scopes = parse_scopes(settings.cert_default_scopes, "--cert-default-scopes")
+        directory = IdentitiesFile(path, scopes)
+    except IdentitiesFileError as exc:
+        raise SystemExit(f"coordinator: {exc}") from exc
+    rate = settings.identity_steps_per_s
+    log.info(
+        "coordinator auth=%s identities=%s tokens=%d steps_per_s=%s sessions_per_identity=%s",
+        settings.auth,
+        path,
+        len(directory.tokens()),
+        rate or "unlimited",
+        settings.sessions_per_identity or "unlimited",
+    )
+    return SessionAccess(settings.auth, directory, RateLimiter(rate, 2 * rate) if rate else None)
 
 
 def routing_table(settings: CoordinatorSettings) -> RoutingTable:
@@ -116,6 +148,7 @@ def build_step_path(
             log_depth=settings.observation_log_depth,
             catch_up_budget_s=settings.catch_up_budget_s,
             max_observation_abs=settings.max_observation_abs,
+            sessions_per_identity=settings.sessions_per_identity if settings.auth != "off" else 0,
         ),
         durability=Durability(
             max_wait_replicas=settings.max_wait_replicas,
@@ -128,11 +161,12 @@ def build_step_path(
 def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
     """The AUTH password from its file; with --tls-dir, the files a rediss:// store needs."""
     password = None
-    if settings.redis_password_file is not None:
+    password_file = secrets.redis_password_path(settings.redis_password_file, settings.secrets_dir)
+    if password_file is not None:
         try:
-            password = read_secret(settings.redis_password_file)
+            password = read_secret(password_file)
         except (OSError, ValueError) as exc:
-            raise SystemExit(f"coordinator: --redis-password-file: {exc}") from exc
+            raise SystemExit(f"coordinator: redis password file: {exc}") from exc
     files = (
         None if settings.tls_dir is None else tls.TlsFiles.of_role(settings.tls_dir, "coordinator")
     )
@@ -142,17 +176,28 @@ def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
 
 
 def run(settings: CoordinatorSettings) -> None:
+    access = session_access(settings)
+    if urlsplit(settings.redis_url).password:
+        log.warning(
+            "the session store's password is in --redis-url, where `ps` shows it to every user "
+            "of this machine: put it in --redis-password-file or <secrets-dir>/%s instead",
+            secrets.REDIS_PASSWORD,
+        )
     store = open_session_store(
         settings.redis_url, settings.redis_timeout_s, redis_credentials(settings)
     )
     if not store.ping():
-        raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
+        raise SystemExit(
+            f"coordinator: session store {redacted(settings.redis_url)} does not answer"
+        )
     table = routing_table(settings)
     model, version = discover_model(
         table, settings.stage_connect_timeout_s, shard_credentials(settings)
     )
     path = build_step_path(settings, store, table, model)
-    servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
+    servicer = SessionServicer(
+        path.engine, settings.step_timeout_s, settings.max_observation_bytes, access
+    )
 
     def register(server: grpc.Server) -> list[str]:
         session_handlers.add_to_server(servicer, server)
@@ -169,13 +214,15 @@ def run(settings: CoordinatorSettings) -> None:
         credentials=None
         if settings.tls_dir is None
         else tls.server_credentials(settings.tls_dir, "coordinator"),
+        max_concurrent_rpcs=settings.concurrent_rpcs(),
+        max_message_bytes=settings.max_message_bytes,
     )
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",
         version,
         model.n_stages,
         settings.etcd or settings.stage_addresses,
-        settings.redis_url,
+        redacted(settings.redis_url),
     )
     process.start(settings.ready_file)
     try:

@@ -50,12 +50,15 @@ from service.coordinator.step_errors import (
     InvalidInput,
     NotEnoughReplicas,
     Overloaded,
+    PermissionDenied,
     SeqConflict,
     SessionNotFound,
+    TooManySessions,
     Unavailable,
 )
 from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
+from service.runtime.identity import Identity
 from service.runtime.metrics import (
     ANSWERS,
     REPLAYED_STEPS,
@@ -65,7 +68,14 @@ from service.runtime.metrics import (
     VERSION_SWITCHES,
     DegradedClock,
 )
-from state.session import CommitStatus, SessionId, SessionRecord, StepCommit, committed
+from state.session import (
+    CommitStatus,
+    SessionId,
+    SessionRecord,
+    StepCommit,
+    committed,
+    short_id,
+)
 from state.store import SessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -94,6 +104,7 @@ class SessionLimits:
     log_depth: int  # observations kept per session, for replay
     catch_up_budget_s: float  # replay one step may do before it answers
     max_observation_abs: float = 1e4  # larger observation values are refused
+    sessions_per_identity: int = 0  # open sessions one identity may hold (auth on); 0: any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +149,10 @@ class SessionEngine:
         self.limits, self.durability = limits, durability
         self.degraded_clock = DegradedClock()
 
-    def open(self, ttl_s: float, client_id: str, wait_replicas: int) -> OpenedSession:
+    def open(
+        self, ttl_s: float, client_id: str, wait_replicas: int, caller: Identity | None = None
+    ) -> OpenedSession:
+        """A new session; with auth on (`caller` given) it belongs to the caller."""
         if not (ttl_s >= 0 and math.isfinite(ttl_s)):
             raise InvalidInput(f"ttl_s must be a finite number >= 0 (0: the default), got {ttl_s}")
         if wait_replicas > self.durability.max_wait_replicas:
@@ -152,16 +166,20 @@ class SessionEngine:
         if isinstance(choice, NoPipeline | Switch):
             raise Unavailable("no model version is served by every stage; retry shortly")
         session_id = SessionId(secrets.token_urlsafe(18))
+        owner = caller.name if caller is not None else ""
         record = SessionRecord(
-            session_id, 0, choice.version, ttl, client_id, wait_replicas=wait_replicas
+            session_id, 0, choice.version, ttl, client_id, wait_replicas=wait_replicas, owner=owner
         )
         with store_errors():
             self.store.create(record)
+            if caller is not None and self.limits.sessions_per_identity:
+                self._count_or_delete(session_id, caller)
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
                 self._confirm_or_delete(session_id, wait_replicas)
         log.info(
-            "session=%s opened client=%r ttl=%.1fs wait_replicas=%d",
-            session_id,
+            "session=%s opened owner=%r client=%r ttl=%.1fs wait_replicas=%d",
+            short_id(session_id),
+            owner,
             client_id,
             ttl,
             wait_replicas,
@@ -171,6 +189,18 @@ class SessionEngine:
             ttl_s=ttl,
             model_version=choice.version,
             wait_replicas=wait_replicas,
+        )
+
+    def _count_or_delete(self, session_id: SessionId, caller: Identity) -> None:
+        """Counted after it is created, so that pruning the owner's count of gone sessions
+        never drops one still being opened."""
+        limit = self.limits.sessions_per_identity
+        if self.store.reserve_for_owner(caller.name, session_id, limit):
+            return
+        self.store.delete(session_id)
+        raise TooManySessions(
+            f"identity {caller.name!r} already holds {limit} open sessions (coordinator setting "
+            "sessions_per_identity); close one, or let an idle one expire"
         )
 
     def _check_replicas(self, wait_replicas: int) -> None:
@@ -193,19 +223,34 @@ class SessionEngine:
             self.store.delete(session_id)  # the caller is not told its id: leave nothing behind
             raise
 
-    def get(self, session_id: str) -> SessionSummary:
+    def get(self, session_id: str, caller: Identity | None = None) -> SessionSummary:
         with store_errors():
             record = self.store.load(SessionId(session_id))
+            if record is not None:
+                check_owner(record, caller)
             ttl_left = self.store.ttl_left_s(SessionId(session_id))
             log_depth = self.store.log_depth(SessionId(session_id))
         if record is None or ttl_left is None:
             raise _not_found(session_id)
         return SessionSummary(record=record, ttl_left_s=ttl_left, log_depth=log_depth)
 
-    def close(self, session_id: str) -> bool:
+    def close(self, session_id: str, caller: Identity | None = None) -> bool:
         with store_errors():
-            closed = self.store.delete(SessionId(session_id))
-        log.info("session=%s closed existed=%s", session_id, closed)
+            if caller is None:
+                closed = self.store.delete(SessionId(session_id))
+            else:
+                closed = self._close_owned(SessionId(session_id), caller)
+        log.info("session=%s closed existed=%s", short_id(session_id), closed)
+        return closed
+
+    def _close_owned(self, session_id: SessionId, caller: Identity) -> bool:
+        record = self.store.load(session_id)
+        if record is None:
+            return False
+        check_owner(record, caller)
+        closed = self.store.delete(session_id)
+        if record.owner:
+            self.store.release_for_owner(record.owner, session_id)
         return closed
 
     def check_observation(self, observation: torch.Tensor) -> None:
@@ -235,11 +280,14 @@ class SessionEngine:
         timestamp_s: float,
         deadline: float,
         priority: Priority = Priority.NORMAL,
+        caller: Identity | None = None,
     ) -> StepAnswer:
+        """With auth on (`caller` given) only the session's owner (or an admin) may step it,
+        and fair share is by the caller's identity rather than the session's claimed client_id."""
         received = time.perf_counter()
         self.check_observation(observation)
         loading = time.perf_counter()
-        record = self._next_step_of(session_id, seq)
+        record = self._next_step_of(session_id, seq, caller)
         if isinstance(record, StepAnswer):
             return record
         loaded = time.perf_counter()
@@ -255,8 +303,9 @@ class SessionEngine:
             load_s=loaded - loading,
         )
         view, assets = self._view(step, choice, priority)
-        what, best_s = f"session={session_id} seq={seq}", admission_latency_s(view)
-        admitted = self.admission.admitted(what, priority, record.client_id, deadline, best_s)
+        what, best_s = f"session={short_id(session_id)} seq={seq}", admission_latency_s(view)
+        share = caller.name if caller is not None else record.client_id
+        admitted = self.admission.admitted(what, priority, share, deadline, best_s)
         with admitted, store_errors():
             return self._serve(step, view, assets, priority)
 
@@ -269,21 +318,25 @@ class SessionEngine:
         )
         if isinstance(choice, NoPipeline):
             raise Unavailable(
-                f"session={record.session_id}: no model version is served by every stage; the "
-                "session was not advanced, retry the same seq"
+                f"session={short_id(record.session_id)}: no model version is served by every "
+                "stage; the session was not advanced, retry the same seq"
             )
         return choice, choice.current if isinstance(choice, Switch) else choice.version
 
-    def _next_step_of(self, session_id: str, seq: int) -> SessionRecord | StepAnswer:
+    def _next_step_of(
+        self, session_id: str, seq: int, caller: Identity | None
+    ) -> SessionRecord | StepAnswer:
         """The session, when `seq` is its next step; the stored reply when it is a retry.
         A session this coordinator committed last needs no load (see session_cache)."""
         cached = self.cache.take(SessionId(session_id), seq)
         if cached is not None:
+            check_owner(cached, caller)
             return cached
         with store_errors():
             record = self.store.load(SessionId(session_id))
         if record is None:
             raise _not_found(session_id)
+        check_owner(record, caller)
         if seq == record.seq and record.last_reply:
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
@@ -350,7 +403,7 @@ class SessionEngine:
     def _failed(step: StepInput, view: StepView, failed: StageFailed, work: StepWork) -> StepView:
         log.warning(
             "session=%s seq=%d: stage %d of model %s failed, the step degrades: %s",
-            step.record.session_id,
+            short_id(step.record.session_id),
             step.seq,
             failed.stage,
             failed.version,
@@ -405,8 +458,8 @@ class SessionEngine:
             self._count(step, computed, work.replayed_steps, reset, priority, switched)
         if step.time_left_s() <= 0:  # committed, but late (a slow store): a retry gets it stored
             raise DeadlineExceeded(
-                f"session={record.session_id} seq={step.seq}: answered after the deadline; the "
-                "step is committed, retry the same seq for its reply"
+                f"session={short_id(record.session_id)} seq={step.seq}: answered after the "
+                "deadline; the step is committed, retry the same seq for its reply"
             )
         return answer
 
@@ -452,7 +505,7 @@ class SessionEngine:
             VERSION_SWITCHES.inc()
             log.info(
                 "session=%s seq=%d moved from model %s to %s (reset=%s)",
-                step.record.session_id,
+                short_id(step.record.session_id),
                 step.seq,
                 step.record.model_version,
                 computed.version,
@@ -483,7 +536,7 @@ class SessionEngine:
             # by our own retried commit whose answer was lost
             log.info(
                 "session=%s seq=%d lost the commit race; returning the stored reply",
-                record.session_id,
+                short_id(record.session_id),
                 seq,
             )
             return self._stored_reply(current, current.last_reply)
@@ -493,7 +546,7 @@ class SessionEngine:
 def _refusal(
     step: StepInput, plan: Shed | NoPath, priority: Priority, work: StepWork
 ) -> ActionmeshError:
-    what = f"session={step.record.session_id} seq={step.seq}"
+    what = f"session={short_id(step.record.session_id)} seq={step.seq}"
     tried = f"; failed: {'; '.join(work.tried)}" if work.tried else ""
     if isinstance(plan, Shed):
         SHEDS.labels(plan.reason, priority.name).inc()
@@ -512,6 +565,16 @@ def _refusal(
     )
 
 
+def check_owner(record: SessionRecord, caller: Identity | None) -> None:
+    """PermissionDenied unless auth is off (no caller), the caller opened the session, or
+    it is an admin. Says nothing of the session beyond that it is not the caller's."""
+    if caller is not None and not caller.may_use(record.owner):
+        raise PermissionDenied(
+            f"session={short_id(record.session_id)} belongs to another identity than "
+            f"{caller.name!r}"
+        )
+
+
 @contextmanager
 def store_errors() -> Iterator[None]:
     """Turns an unreachable store into Unavailable: the step was not advanced."""
@@ -523,6 +586,6 @@ def store_errors() -> Iterator[None]:
 
 def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(
-        f"session={session_id} not found: unknown, closed, or expired (a session expires when no "
-        "step arrives within its TTL); open a new session"
+        f"session={short_id(session_id)} not found: unknown, closed, or expired (a session "
+        "expires when no step arrives within its TTL); open a new session"
     )

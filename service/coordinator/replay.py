@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from service.proto import tensor_codec
-from state.session import Anchor, SessionRecord, StageIndex, SwitchProgress
+from state.session import Anchor, SessionRecord, StageIndex, SwitchProgress, short_id
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ def level_states(
         return _reset(record, n_stages)
     base = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
     states, done = _replay(anchor.seq + 1, logged, base, step, replay_until)
-    log.info("session=%s replayed %d steps after seq %d", record.session_id, done, anchor.seq)
+    log.info(
+        "session=%s replayed %d steps after seq %d", short_id(record.session_id), done, anchor.seq
+    )
     if done < len(logged):  # out of time: the rest at the next steps
         progress = Anchor(anchor.seq + done, {StageIndex(k): d for k, d in enumerate(states) if d})
         return LevelStates([], replayed_steps=done, progress=progress)
@@ -73,7 +75,7 @@ def _reset(record: SessionRecord, n_stages: int) -> LevelStates:
     log.warning(
         "session=%s seq=%d stage states lag %s and the observation log does not reach back to "
         "the last level step: state reset",
-        record.session_id,
+        short_id(record.session_id),
         record.seq,
         [s.seq for s in record.stages(n_stages)],
     )
@@ -104,7 +106,7 @@ def rebuild_states(
     if start is None:
         log.warning(
             "session=%s seq=%d moves to model %s without its observation log: state reset",
-            record.session_id,
+            short_id(record.session_id),
             record.seq,
             target,
         )

@@ -22,7 +22,14 @@ from service.coordinator.step_errors import DeadlineExceeded
 from service.model.config import ModelConfig
 from service.model.student import Student
 from service.proto import tensor_codec
-from state.session import Anchor, SessionRecord, StageIndex, StageState, SwitchProgress
+from state.session import (
+    Anchor,
+    SessionRecord,
+    StageIndex,
+    StageState,
+    SwitchProgress,
+    short_id,
+)
 from state.store import SessionStore
 
 
@@ -220,8 +227,8 @@ class ServeModes:
         except FutureTimeout as exc:
             future.cancel()  # still queued: keep it out of a batch (it no longer counts)
             raise DeadlineExceeded(
-                f"session={item.session_id} seq={item.seq}: not computed before the deadline; "
-                "the session was not advanced, retry the same seq"
+                f"session={short_id(item.session_id)} seq={item.seq}: not computed before the "
+                "deadline; the session was not advanced, retry the same seq"
             ) from exc
 
     def _replay_fn(self, step: StepInput, version: str, depth: int) -> StepFn:

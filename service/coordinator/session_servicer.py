@@ -14,19 +14,26 @@ from google.protobuf.message import Message
 
 from fallback.priority import Priority
 from service.coordinator.engine import SessionEngine, StepAnswer
+from service.coordinator.session_access import SessionAccess
 from service.coordinator.session_handlers import Malformed
 from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
     InvalidInput,
+    NotAuthenticated,
     NotEnoughReplicas,
     Overloaded,
+    PermissionDenied,
+    RateLimited,
     SeqConflict,
     SessionNotFound,
+    TooManySessions,
     Unavailable,
 )
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 from service.runtime import metrics
+from service.runtime.identity import Identity
+from state.session import short_id
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
     Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
     DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
+    NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
+    PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "permission_denied"),
+    RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited"),
+    TooManySessions: (grpc.StatusCode.RESOURCE_EXHAUSTED, "session_limit"),
 }
 
 
@@ -72,9 +83,16 @@ def reason_of(exc: ActionmeshError) -> str:
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    def __init__(self, engine: SessionEngine, step_timeout_s: float, max_observation_bytes: int):
+    def __init__(
+        self,
+        engine: SessionEngine,
+        step_timeout_s: float,
+        max_observation_bytes: int,
+        access: SessionAccess | None = None,
+    ):
         self.engine, self.step_timeout_s = engine, step_timeout_s
         self.max_observation_bytes = max_observation_bytes
+        self.access = access or SessionAccess.open_door()
         cfg = engine.model
         self.action_spec = session_pb2.ActionSpec(
             observation_dim=cfg.observation_dim, horizon=cfg.horizon, joints=cfg.joints
@@ -86,8 +104,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         context: grpc.ServicerContext,
     ) -> session_pb2.OpenSessionReply:
         try:
+            caller = self.access.caller(context)
             request = _checked(request)
-            opened = self.engine.open(request.ttl_s, request.client_id, request.wait_replicas)
+            opened = self.engine.open(
+                request.ttl_s, request.client_id, request.wait_replicas, caller
+            )
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.OpenSessionReply(
@@ -104,7 +125,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         """The serialized StepReply, as stored with the commit (session_handlers sends bytes)."""
         started = time.perf_counter()
         try:
-            answer = self._step(request, context.time_remaining())
+            caller = self.access.caller(context)
+            answer = self._step(request, context.time_remaining(), caller)
         except ActionmeshError as exc:
             _abort(context, exc)
         if any(key == SERVER_TIMING_KEY for key, _ in context.invocation_metadata() or ()):
@@ -117,14 +139,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[session_pb2.StreamStepsReply]:
         try:
+            caller = self.access.caller(context)  # once: a stream is one caller's
             budget_s = _stream_step_timeout_s(context)
-        except InvalidInput as exc:
+        except ActionmeshError as exc:
             _abort(context, exc)
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:  # each step within its own budget and within what is left of the stream's
-                answer = self._step(request, _shortest(budget_s, context.time_remaining()))
+                answer = self._step(request, _shortest(budget_s, context.time_remaining()), caller)
             except ActionmeshError as exc:
+                _count_refusal(exc)
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
                     code=status_of(exc).value[0],
@@ -142,8 +166,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.GetSessionRequest | Malformed, context: grpc.ServicerContext
     ) -> session_pb2.SessionInfo:
         try:
+            caller = self.access.caller(context)
             request = _checked(request)
-            summary = self.engine.get(request.session_id)
+            summary = self.engine.get(request.session_id, caller)
         except ActionmeshError as exc:
             _abort(context, exc)
         record = summary.record
@@ -166,21 +191,26 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.CloseSessionRequest | Malformed, context: grpc.ServicerContext
     ) -> session_pb2.CloseSessionReply:
         try:
+            caller = self.access.caller(context)
             request = _checked(request)
-            closed = self.engine.close(request.session_id)
+            closed = self.engine.close(request.session_id, caller)
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.CloseSessionReply(closed=closed)
 
     def _step(
-        self, request: session_pb2.StepRequest | Malformed, time_remaining: float | None
+        self,
+        request: session_pb2.StepRequest | Malformed,
+        time_remaining: float | None,
+        caller: Identity | None,
     ) -> StepAnswer:
         """One step with its metrics; raises ActionmeshError for the caller to map."""
         started = time.perf_counter()
         what = "malformed request" if isinstance(request, Malformed) else f"seq={request.seq}"
         try:
             request = _checked(request)
-            what = f"session={request.session_id} seq={request.seq}"
+            what = f"session={short_id(request.session_id)} seq={request.seq}"
+            self.access.step_allowed(caller)
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
             budget = self.step_timeout_s
@@ -193,6 +223,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 request.timestamp_s,
                 time.monotonic() + budget,
                 _priority(request.priority),
+                caller,
             )
         except ActionmeshError as exc:
             code = status_of(exc)
@@ -232,7 +263,18 @@ def _priority(value: int) -> Priority:
         raise InvalidInput(f"priority {value} is not one of {known}") from exc
 
 
+# Refusals for who the caller is, counted in metrics.AUTH_REFUSALS by reason.
+_AUTH_REASONS = frozenset({"unauthenticated", "permission_denied", "rate_limited", "session_limit"})
+
+
+def _count_refusal(exc: ActionmeshError) -> None:
+    reason = reason_of(exc)
+    if reason in _AUTH_REASONS:
+        metrics.AUTH_REFUSALS.labels(reason).inc()
+
+
 def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
+    _count_refusal(exc)
     metadata = [(ERROR_KEY, reason_of(exc))]
     if isinstance(exc, SeqConflict):
         metadata.append((CURRENT_SEQ_KEY, str(exc.current_seq)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from state.session import short_id
+
 
 class ActionmeshError(Exception):
     """Base: the message is meant for the robot engineer reading it."""
@@ -20,7 +22,7 @@ class SeqConflict(ActionmeshError):
 
     def __init__(self, session_id: str, current_seq: int, got_seq: int) -> None:
         super().__init__(
-            f"session={session_id} is at seq {current_seq}; got seq {got_seq}. Send seq "
+            f"session={short_id(session_id)} is at seq {current_seq}; got seq {got_seq}. Send seq "
             f"{current_seq + 1} for the next step, or {current_seq} to fetch the last reply again."
         )
         self.current_seq = current_seq
@@ -45,3 +47,21 @@ class Overloaded(ActionmeshError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NotAuthenticated(ActionmeshError):
+    """The call proved no identity this server accepts (auth is on): send a token or a client
+    certificate."""
+
+
+class PermissionDenied(ActionmeshError):
+    """The caller is known but may not do this: another identity's session, or a scope it
+    lacks."""
+
+
+class RateLimited(Overloaded):
+    """The caller's identity is over its steps-per-second budget; retry after the hint."""
+
+
+class TooManySessions(ActionmeshError):
+    """The caller's identity holds as many open sessions as it may: close one first."""

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from service.model.config import ModelConfig
 from service.proto import tensor_codec
 from service.runtime.metrics import STORED_STATES_UNREADABLE
-from state.session import Anchor, SessionRecord, StageState
+from state.session import Anchor, SessionRecord, StageState, short_id
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def without_unreadable_states(record: SessionRecord, model: ModelConfig) -> Sess
     log.warning(
         "session=%s seq=%d: stored state of stages %s%s unreadable, treated as lost (rebuilt "
         "from the observation log, or reset)",
-        record.session_id,
+        short_id(record.session_id),
         record.seq,
         sorted(lost),
         " and of its replay anchor" if bad_anchor else "",

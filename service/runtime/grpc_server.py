@@ -34,16 +34,23 @@ class GrpcProcess:
         register: Callable[[grpc.Server], Sequence[str]],
         is_ready: Callable[[], bool] = lambda: True,
         credentials: grpc.ServerCredentials | None = None,
+        *,
+        max_concurrent_rpcs: int | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        """With credentials the one port is TLS (service/runtime/tls.py), else plaintext."""
+        """With credentials the one port is TLS (service/runtime/tls.py), else plaintext.
+        max_concurrent_rpcs (default `workers`): calls past it are refused with
+        RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") rather than queued for a thread,
+        where a robot would only see its deadline pass."""
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
+            maximum_concurrent_rpcs=max_concurrent_rpcs or workers,
         )
         service_names = list(register(self.server))
         self.health = health.HealthServicer()

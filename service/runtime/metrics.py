@@ -108,3 +108,11 @@ class DegradedClock:
             if self._since is not None:
                 DEGRADED_SECONDS.inc(now - self._since)
             self._since = now if degraded else None
+
+
+AUTH_REFUSALS = Counter(
+    "actionmesh_auth_refusals_total",
+    "Calls refused for who made them: unauthenticated, permission_denied, rate_limited, "
+    "session_limit.",
+    ["reason"],
+)

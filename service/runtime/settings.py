@@ -148,6 +148,37 @@ class GrpcProcessSettings(Settings):
     ready_file: Path | None = Field(
         None, description="Write the bound ports here as JSON once serving."
     )
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        ge=1,
+        description="Calls (open streams included) served at once; one more is refused with "
+        "RESOURCE_EXHAUSTED instead of queueing for a thread. Default: --grpc-workers.",
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message received or sent; a larger one is refused with "
+        "RESOURCE_EXHAUSTED.",
+    )
+    secrets_dir: Path | None = Field(
+        None,
+        description="A mounted secrets folder (e.g. a Kubernetes Secret volume): files named "
+        "redis-password and identities.toml are read from it, so that no secret is ever on a "
+        "command line (docs/security.md).",
+    )
+
+    @model_validator(mode="after")
+    def _rpcs_within_workers(self) -> typing.Self:
+        # Past the worker count a call waits for a thread: the silent queueing this refuses.
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs > self.grpc_workers:
+            raise ValueError(
+                f"--max-concurrent-rpcs {self.max_concurrent_rpcs} must be at most "
+                f"--grpc-workers {self.grpc_workers} (the rest would queue for a thread)"
+            )
+        return self
+
+    def concurrent_rpcs(self) -> int:
+        return self.max_concurrent_rpcs or self.grpc_workers
 
 
 class TlsSettings(Settings):
@@ -270,8 +301,46 @@ class JsonOutputSettings(Settings):
 # --- one model per command -----------------------------------------------------------------
 
 
+def _step_scope_only() -> list[Literal["step", "admin", "checkpoint"]]:
+    return ["step"]
+
+
+class AuthSettings(Settings):
+    """Who may call the session API, and how much one identity may use (docs/security.md)."""
+
+    auth: Literal["off", "token", "mtls", "any"] = Field(
+        "off",
+        description="How callers prove who they are: off (anyone; the session id is the only "
+        "credential), token (a bearer token in the identities file), mtls (a client "
+        "certificate), any (either). A call without an accepted proof gets UNAUTHENTICATED.",
+    )
+    identities_file: Path | None = Field(
+        None,
+        description="TOML of identities, their scopes and their tokens' SHA-256 (`actionmesh "
+        "token add` writes it); default <secrets-dir>/identities.toml. Re-read when it changes.",
+    )
+    cert_default_scopes: list[Literal["step", "admin", "checkpoint"]] = Field(
+        default_factory=_step_scope_only,
+        description="Scopes of a certificate identity the identities file does not list.",
+    )
+    sessions_per_identity: int = Field(
+        64,
+        ge=0,
+        description="With auth on: open sessions one identity may hold; one more is refused "
+        "with RESOURCE_EXHAUSTED (0: no limit).",
+    )
+    identity_steps_per_s: float = Field(
+        200.0,
+        ge=0,
+        description="With auth on: steps per second one identity may send this coordinator "
+        "(a token bucket of twice that burst); beyond it RESOURCE_EXHAUSTED with a retry hint "
+        "(0: no limit).",
+    )
+
+
 class CoordinatorSettings(
     TlsSettings,
+    AuthSettings,
     CheckpointSourceSettings,
     SessionServingSettings,
     RedisSettings,
@@ -641,6 +710,24 @@ class CkptSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     etcd: str | None = _etcd_url(
         "with promote or rollback, also set the running cluster's desired version in this "
         "etcd, so that its shards and coordinators roll over to it now, without a failed step."
+    )
+
+
+TOKEN_ACTIONS = ("add", "list")
+
+
+class TokenSettings(JsonOutputSettings):
+    identities_file: Path | None = Field(
+        None,
+        description="The identities file to add to or list (created 0600 by the first add); "
+        "default <secrets-dir>/identities.toml.",
+    )
+    secrets_dir: Path | None = Field(
+        None, description="The mounted secrets folder whose identities.toml is meant."
+    )
+    identity: str = Field("", description="add: who the token proves (e.g. robot-7).")
+    scopes: list[Literal["step", "admin", "checkpoint"]] = Field(
+        default_factory=_step_scope_only, description="add: what the token may do."
     )
 
 

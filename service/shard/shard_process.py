@@ -212,6 +212,8 @@ def run(settings: ShardSettings) -> None:
         credentials=None
         if settings.tls_dir is None
         else tls.server_credentials(settings.tls_dir, "shard"),
+        max_concurrent_rpcs=settings.concurrent_rpcs(),
+        max_message_bytes=settings.max_message_bytes,
     )
     address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"

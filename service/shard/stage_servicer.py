@@ -18,6 +18,7 @@ import numpy as np
 from service.proto import array_codec, stage_pb2, stage_pb2_grpc, tensor_pb2
 from service.runtime import metrics
 from service.shard.stage_runtime import Array, StageRuntime, input_shape
+from state.session import short_id
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _float32(
     got = array_codec.layout(message)  # a malformed message is a TensorDecodeError
     if got != shape or message.dtype != tensor_pb2.DTYPE_FLOAT32:
         raise BadBatch(
-            f"session={item.session_id} seq={item.seq}: {what} must be float32 {shape}, "
+            f"session={short_id(item.session_id)} seq={item.seq}: {what} must be float32 {shape}, "
             f"got {array_codec.short_dtype_name(message.dtype)} {got}"
         )
     array: Array = array_codec.decode(message)  # type: ignore[assignment]

@@ -18,7 +18,7 @@ CALL = re.compile(r"redis\.call\('(?P<command>[A-Z]+)',\s*(?P<key>[^,)]+)")
 
 
 def test_the_scripts_are_found() -> None:
-    assert set(SCRIPTS) == {"CREATE_LUA", "COMMIT_LUA", "TOUCH_LUA"}
+    assert set(SCRIPTS) == {"CREATE_LUA", "COMMIT_LUA", "TOUCH_LUA", "RESERVE_LUA"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
