@@ -151,20 +151,3 @@ def add_port(server: grpc.Server, address: str, credentials: grpc.ServerCredenti
     if credentials is None:
         return server.add_insecure_port(address)
     return server.add_secure_port(address, credentials)
-
-
-def peer_identity(context: grpc.ServicerContext) -> str | None:
-    """The caller's identity from its verified client certificate: the role named by a SAN
-    URI spiffe://actionmesh/<role>, else its subject CN; None over plaintext."""
-    auth = context.auth_context()
-    for key in ("peer_spiffe_id", "x509_subject_alternative_name"):
-        for value in auth.get(key, []):
-            text = _text(value)
-            if text.startswith(IDENTITY_URI_PREFIX):
-                return text.removeprefix(IDENTITY_URI_PREFIX)
-    names: list[object] = list(auth.get("x509_common_name", []))
-    return _text(names[0]) if names else None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -28,6 +28,7 @@ from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.malloc_arenas import limit_malloc_arenas
 from service.runtime.settings import ShardSettings
+from service.shard.cluster_only import ClusterOnly
 from service.shard.stage_runtime import StageRuntime
 from service.shard.stage_servicer import StageServicer
 from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
@@ -199,7 +200,8 @@ def run(settings: ShardSettings) -> None:
     servicer = StageServicer(stage, version)
 
     def register(server: grpc.Server) -> list[str]:
-        stage_pb2_grpc.add_StageServiceServicer_to_server(servicer, server)
+        served = servicer if settings.tls_dir is None else ClusterOnly(servicer)
+        stage_pb2_grpc.add_StageServiceServicer_to_server(served, server)
         return [stage_pb2.DESCRIPTOR.services_by_name["StageService"].full_name]
 
     process = GrpcProcess(

@@ -1,5 +1,6 @@
 """What a servicer learns of its caller over a real mutual-TLS handshake: the role its
-certificate names (`peer_identity`), for each client identity `certs dev` issues."""
+certificate names (`certificate_name`, what `caller_identity` reads), for each client identity
+`certs dev` issues; and a client without a certificate does not get in."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import grpc
 import pytest
 
 from service.local.dev_certs import write_dev_certs
+from service.runtime.identity import certificate_name
 from service.runtime.tls import (
     add_port,
     channel_credentials,
     open_channel,
-    peer_identity,
     server_credentials,
 )
 
@@ -23,7 +24,7 @@ METHOD = "/test.Identity/Who"
 
 
 def _who(request: bytes, context: grpc.ServicerContext) -> bytes:
-    return (peer_identity(context) or "").encode()
+    return (certificate_name(context.auth_context()) or "").encode()
 
 
 @pytest.fixture(scope="module")

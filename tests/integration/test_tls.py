@@ -27,7 +27,7 @@ from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2, session_pb2_grpc, stage_pb2, stage_pb2_grpc
 from service.runtime.settings import StatusSettings
-from service.runtime.tls import client_credentials, etcd_tls, open_channel
+from service.runtime.tls import channel_credentials, client_credentials, etcd_tls, open_channel
 from state.etcd_client import EtcdConnection, EtcdUnavailable
 from state.redis_url import read_secret
 from tests.conftest import SMALL_MODEL, cluster_settings
@@ -102,6 +102,22 @@ def test_shard_refuses_plaintext_and_robots_cannot_call_it_without_tls(
     with grpc.insecure_channel(shard) as channel, pytest.raises(grpc.RpcError) as no:
         stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
     assert no.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_shard_serves_only_the_clusters_own_certificate(cluster: LocalCluster) -> None:
+    """Any certificate the CA signed passes the handshake: a robot's still cannot call a shard
+    (it would bypass the coordinator's identities and ownership); the cluster's own can."""
+    shard, tls_dir = cluster.stage_addresses()[0], cluster.tls_dir
+    assert tls_dir is not None
+    with (
+        open_channel(shard, channel_credentials(tls_dir, "robot-a")) as channel,
+        pytest.raises(grpc.RpcError) as robot,
+    ):
+        stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
+    assert robot.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "'robot-a'" in (robot.value.details() or "")
+    with open_channel(shard, channel_credentials(tls_dir, "shard")) as channel:
+        stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
 
 
 def _served_serial(address: str, tls_dir: Path) -> int:

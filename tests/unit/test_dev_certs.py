@@ -22,7 +22,7 @@ from service.local.dev_certs import (
     issue,
     write_dev_certs,
 )
-from service.runtime.tls import TlsFiles, peer_identity
+from service.runtime.tls import TlsFiles
 
 
 def load(path: Path) -> x509.Certificate:
@@ -118,32 +118,3 @@ def test_command_writes_the_layout_and_exits_1_when_it_exists(
 
 def test_a_robot_name_that_cannot_name_a_file_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["certs", "dev", "--out", str(tmp_path), "--robots", "../evil"]) == 2
-
-
-class _Context:
-    def __init__(self, auth: dict[str, list[bytes]]) -> None:
-        self._auth = auth
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return self._auth
-
-
-@pytest.mark.parametrize(
-    ("auth", "identity"),
-    [
-        (
-            {
-                "x509_subject_alternative_name": [b"spiffe://actionmesh/robot-a", b"127.0.0.1"],
-                "x509_common_name": [b"robot-a"],
-            },
-            "robot-a",
-        ),
-        ({"peer_spiffe_id": [b"spiffe://actionmesh/admin"]}, "admin"),
-        ({"x509_common_name": [b"legacy"]}, "legacy"),
-        ({"transport_security_type": [b"insecure"]}, None),
-    ],
-)
-def test_peer_identity_prefers_the_san_uri(
-    auth: dict[str, list[bytes]], identity: str | None
-) -> None:
-    assert peer_identity(_Context(auth)) == identity  # type: ignore[arg-type]
