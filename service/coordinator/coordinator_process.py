@@ -24,6 +24,7 @@ from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
+from service.runtime import metrics
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
@@ -133,7 +134,10 @@ def run(settings: CoordinatorSettings) -> None:
         settings.grpc_workers,
         register,
         is_ready=store.ping,
+        health_interval_s=settings.health_interval_s,
+        metrics_role="coordinator",
     )
+    metrics.publish_build_info("coordinator")
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",
         version,
@@ -143,7 +147,7 @@ def run(settings: CoordinatorSettings) -> None:
     )
     process.start(settings.ready_file)
     try:
-        process.run_until_signal()
+        process.run_until_signal(settings.shutdown_grace_s, drain_delay_s=settings.drain_delay_s)
     finally:
         path.close()
         table.stop()

@@ -56,6 +56,7 @@ from service.coordinator.step_errors import (
 )
 from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
+from service.runtime import logs
 from service.runtime.metrics import (
     ANSWERS,
     REPLAYED_STEPS,
@@ -160,11 +161,11 @@ class SessionEngine:
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
                 self._confirm_or_delete(session_id, wait_replicas)
         log.info(
-            "session=%s opened client=%r ttl=%.1fs wait_replicas=%d",
-            session_id,
+            "session opened client=%r ttl=%.1fs wait_replicas=%d",
             client_id,
             ttl,
             wait_replicas,
+            extra=logs.fields(session=session_id),
         )
         return OpenedSession(
             session_id=session_id,
@@ -205,7 +206,7 @@ class SessionEngine:
     def close(self, session_id: str) -> bool:
         with store_errors():
             closed = self.store.delete(SessionId(session_id))
-        log.info("session=%s closed existed=%s", session_id, closed)
+        log.info("session closed existed=%s", closed, extra=logs.fields(session=session_id))
         return closed
 
     def check_observation(self, observation: torch.Tensor) -> None:
@@ -349,12 +350,11 @@ class SessionEngine:
     @staticmethod
     def _failed(step: StepInput, view: StepView, failed: StageFailed, work: StepWork) -> StepView:
         log.warning(
-            "session=%s seq=%d: stage %d of model %s failed, the step degrades: %s",
-            step.record.session_id,
-            step.seq,
+            "stage %d of model %s failed, the step degrades: %s",
             failed.stage,
             failed.version,
             failed.detail,
+            extra=logs.fields(session=step.record.session_id, seq=step.seq, stage=failed.stage),
         )
         work.tried.append(failed.detail)
         return view.with_stage_failed(failed.version, failed.stage)
@@ -451,12 +451,11 @@ class SessionEngine:
         if switched:
             VERSION_SWITCHES.inc()
             log.info(
-                "session=%s seq=%d moved from model %s to %s (reset=%s)",
-                step.record.session_id,
-                step.seq,
+                "session moved from model %s to %s (reset=%s)",
                 step.record.model_version,
                 computed.version,
                 reset,
+                extra=logs.fields(session=step.record.session_id, seq=step.seq),
             )
 
     def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:
@@ -482,9 +481,8 @@ class SessionEngine:
         if current is not None and current.seq == seq:  # committed by another coordinator, or
             # by our own retried commit whose answer was lost
             log.info(
-                "session=%s seq=%d lost the commit race; returning the stored reply",
-                record.session_id,
-                seq,
+                "lost the commit race; returning the stored reply",
+                extra=logs.fields(session=record.session_id, seq=seq),
             )
             return self._stored_reply(current, current.last_reply)
         raise SeqConflict(record.session_id, outcome.current_seq or 0, seq)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from service.proto import tensor_codec
+from service.runtime import logs
 from state.session import Anchor, SessionRecord, StageIndex, SwitchProgress
 from state.store import SessionStore
 
@@ -62,7 +63,12 @@ def level_states(
         return _reset(record, n_stages)
     base = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
     states, done = _replay(anchor.seq + 1, logged, base, step, replay_until)
-    log.info("session=%s replayed %d steps after seq %d", record.session_id, done, anchor.seq)
+    log.info(
+        "replayed %d steps after seq %d",
+        done,
+        anchor.seq,
+        extra=logs.fields(session=record.session_id, seq=record.seq),
+    )
     if done < len(logged):  # out of time: the rest at the next steps
         progress = Anchor(anchor.seq + done, {StageIndex(k): d for k, d in enumerate(states) if d})
         return LevelStates([], replayed_steps=done, progress=progress)
@@ -71,11 +77,10 @@ def level_states(
 
 def _reset(record: SessionRecord, n_stages: int) -> LevelStates:
     log.warning(
-        "session=%s seq=%d stage states lag %s and the observation log does not reach back to "
-        "the last level step: state reset",
-        record.session_id,
-        record.seq,
+        "stage states lag %s and the observation log does not reach back to the last level "
+        "step: state reset",
         [s.seq for s in record.stages(n_stages)],
+        extra=logs.fields(session=record.session_id, seq=record.seq),
     )
     return LevelStates([b""] * n_stages, reset=True)
 
@@ -103,10 +108,9 @@ def rebuild_states(
     start = _resume_point(record, store, log_depth, target, progress)
     if start is None:
         log.warning(
-            "session=%s seq=%d moves to model %s without its observation log: state reset",
-            record.session_id,
-            record.seq,
+            "session moves to model %s without its observation log: state reset",
             target,
+            extra=logs.fields(session=record.session_id, seq=record.seq),
         )
         return Rebuilt(SwitchProgress(target, record.seq, {}, exact=False), 0)
     base, logged = start

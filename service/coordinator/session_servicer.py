@@ -26,7 +26,7 @@ from service.coordinator.step_errors import (
     Unavailable,
 )
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
-from service.runtime import metrics
+from service.runtime import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +177,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> StepAnswer:
         """One step with its metrics; raises ActionmeshError for the caller to map."""
         started = time.perf_counter()
-        what = "malformed request" if isinstance(request, Malformed) else f"seq={request.seq}"
+        what = "malformed request" if isinstance(request, Malformed) else "step"
+        event: dict[str, object] = {}
         try:
             request = _checked(request)
-            what = f"session={request.session_id} seq={request.seq}"
+            event = logs.fields(session=request.session_id, seq=request.seq)
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
             budget = self.step_timeout_s
@@ -197,9 +198,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         except ActionmeshError as exc:
             code = status_of(exc)
             metrics.STEP_ERRORS.labels(code.name).inc()
-            log.info("%s %s: %s", what, code.name, _bounded(str(exc)))
+            log.info("%s %s: %s", what, code.name, _bounded(str(exc)), extra=event)
             raise
-        metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.STEP_LATENCY.labels(answer.serve_mode).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            event |= logs.fields(mode=answer.serve_mode.value, latency_ms=elapsed * 1e3)
+            log.debug("step answered", extra=event)
         return answer
 
     def _observation(self, request: session_pb2.StepRequest) -> torch.Tensor:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
+from collections.abc import Iterable
+from importlib import metadata
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -65,7 +68,12 @@ STORED_STATES_UNREADABLE = Counter(
 REPLICA_SUSPECTED = Counter(
     "actionmesh_replica_suspected_total",
     "Stage calls that failed or missed their deadline; the replica was banned and the stage retried.",
-    ["stage"],
+    ["stage", "replica"],
+)
+REPLICA_BANNED = Gauge(
+    "actionmesh_replica_banned",
+    "1 from a replica's ban (after a suspicion) until it serves this coordinator again, else 0.",
+    ["stage", "replica"],
 )
 SHARD_RELOADS = Counter(
     "actionmesh_shard_reloads_total",
@@ -79,7 +87,7 @@ VERSION_SWITCHES = Counter(
 ANSWERS = Counter(
     "actionmesh_answers_total",
     "Steps answered (committed), by serve mode and priority.",
-    ["mode", "priority"],
+    ["serve_mode", "priority"],
 )
 SHEDS = Counter(
     "actionmesh_shed_total",
@@ -108,3 +116,42 @@ class DegradedClock:
             if self._since is not None:
                 DEGRADED_SECONDS.inc(now - self._since)
             self._since = now if degraded else None
+
+
+BUILD_INFO = Info(
+    "actionmesh_build", "The running actionmesh build (value 1; the facts are labels)."
+)
+MODEL_VERSION = Gauge(
+    "actionmesh_model_version_info",
+    "1 for each model version this process serves (a shard: its stage's version; a "
+    "coordinator: every version all stages offer); a version no longer served disappears.",
+    ["version"],
+)
+_versions_lock = threading.Lock()
+_versions_shown: set[str] = set()
+
+
+def publish_build_info(role: str) -> None:
+    """Sets actionmesh_build_info: package version, role (coordinator, shard), Python, gRPC."""
+    import grpc
+
+    BUILD_INFO.info(
+        {
+            "version": metadata.version("actionmesh"),
+            "role": role,
+            "python": platform.python_version(),
+            "grpc": grpc.__version__,
+        }
+    )
+
+
+def publish_model_versions(versions: Iterable[str]) -> None:
+    """actionmesh_model_version_info is 1 for exactly `versions` from now on."""
+    wanted = set(versions)
+    with _versions_lock:
+        for gone in _versions_shown - wanted:
+            MODEL_VERSION.remove(gone)
+        for version in wanted:
+            MODEL_VERSION.labels(version).set(1)
+        _versions_shown.clear()
+        _versions_shown.update(wanted)

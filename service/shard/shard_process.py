@@ -23,6 +23,7 @@ import grpc
 
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime import metrics
 from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.malloc_arenas import limit_malloc_arenas
@@ -32,7 +33,7 @@ from service.shard.stage_servicer import StageServicer
 from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
 from state.backends import open_replica_membership, open_routing_table
 from state.etcd_url import parse_etcd_url
-from state.leadership import ReplicaInfo, ReplicaMembership
+from state.leadership import ReplicaInfo, ReplicaMembership, Role
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,20 @@ def _reconcile(
     log.info("stage=%d now serves %s, the remote CURRENT (was %s)", stage.index, target, serving)
 
 
+class RoleKnown:
+    """A shard's readiness: with etcd, it serves traffic once it knows whether it leads or
+    stands by (its lease granted); before, and after losing it, it is not ready."""
+
+    def __init__(self, needed: bool) -> None:
+        self.needed = needed
+        self.membership: ReplicaMembership | None = None
+
+    def __call__(self) -> bool:
+        if not self.needed:
+            return True
+        return self.membership is not None and self.membership.role in (Role.LEADER, Role.STANDBY)
+
+
 def _in_background(target: Callable[..., None], *args: object) -> None:
     threading.Thread(target=target, args=args, name=target.__name__, daemon=True).start()
 
@@ -200,6 +215,7 @@ def run(settings: ShardSettings) -> None:
         stage_pb2_grpc.add_StageServiceServicer_to_server(servicer, server)
         return [stage_pb2.DESCRIPTOR.services_by_name["StageService"].full_name]
 
+    role = RoleKnown(needed=settings.etcd is not None)
     process = GrpcProcess(
         f"shard-{settings.stage}",
         settings.host,
@@ -207,7 +223,11 @@ def run(settings: ShardSettings) -> None:
         settings.metrics_port,
         settings.grpc_workers,
         register,
+        is_ready=role,  # its weights are loaded by now
+        health_interval_s=settings.health_interval_s,
+        metrics_role="shard",
     )
+    metrics.publish_build_info("shard")
     address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
     log.info(
@@ -223,7 +243,7 @@ def run(settings: ShardSettings) -> None:
     if settings.etcd is None:
         if reconcile:
             _in_background(_reconcile, settings, servicer, None, None)
-        process.run_until_signal()
+        process.run_until_signal(settings.shutdown_grace_s, drain_delay_s=settings.drain_delay_s)
         return
     membership = open_replica_membership(
         settings.etcd,
@@ -232,6 +252,7 @@ def run(settings: ShardSettings) -> None:
         settings.lease_ttl_s,
     )
     servicer.role = lambda: membership.role.value
+    role.membership = membership
     membership.start()
     follower = _follower(settings, servicer, membership, stage.cfg.n_stages)
     if reconcile:
@@ -243,4 +264,6 @@ def run(settings: ShardSettings) -> None:
         membership.stop()
         time.sleep(DRAIN_S)
 
-    process.run_until_signal(before_stop=step_down)
+    process.run_until_signal(
+        settings.shutdown_grace_s, before_stop=step_down, drain_delay_s=settings.drain_delay_s
+    )

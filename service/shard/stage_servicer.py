@@ -50,6 +50,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self._versions = threading.Lock()  # stage, version and _retiring change together
         self._label = str(stage.index)
         metrics.SHARD_VERSION_REFUSALS.labels(self._label)  # exposed (as 0) before any refusal
+        metrics.publish_model_versions([model_version])
         self._lock = threading.Lock()  # one batch at a time: the runtime's threads are set
         self._calls = 0
         self._items = 0
@@ -62,6 +63,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         with self._versions:
             old = _Retiring(self.stage, self.version, time.monotonic() + retire_after_s)
             self.stage, self.version, self._retiring = stage, model_version, old
+        metrics.publish_model_versions([model_version])
 
     def _stage_for(self, version: str) -> StageRuntime | None:
         with self._versions:
