@@ -35,6 +35,9 @@ from service.runtime.settings import (
 
 
 def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
+    import yaml
+
+    from service.local import prometheus_config
     from service.local.local_cluster import LocalCluster
 
     stop = threading.Event()
@@ -45,6 +48,12 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
         if settings.coordinators > 1:
             print(f"coordinators {','.join(cluster.addresses)}  (give the client every one)")
         print(f"logs {cluster.log_dir}")
+        coordinators, shards = cluster.metrics_targets()
+        scrape = prometheus_config.scrape_config(coordinators, shards)
+        scrape_path = cluster.work_dir / "prometheus.yml"
+        scrape_path.write_text(yaml.safe_dump(scrape, sort_keys=False))
+        print(f"metrics coordinators {','.join(coordinators)}  shards {','.join(shards)}")
+        print(f"scrape them: prometheus --config.file {scrape_path}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
         )

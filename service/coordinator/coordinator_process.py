@@ -113,6 +113,13 @@ def build_step_path(
     return StepPath(engine, catalog, batcher, router)
 
 
+def _store_reachable(store: SessionStore) -> bool:
+    """The coordinator's readiness: its session store answers (also a gauge for dashboards)."""
+    reachable = store.ping()
+    metrics.REDIS_CONNECTED.set(1 if reachable else 0)
+    return reachable
+
+
 def run(settings: CoordinatorSettings) -> None:
     store = open_session_store(settings.redis_url, settings.redis_timeout_s)
     if not store.ping():
@@ -133,7 +140,7 @@ def run(settings: CoordinatorSettings) -> None:
         settings.metrics_port,
         settings.grpc_workers,
         register,
-        is_ready=store.ping,
+        is_ready=lambda: _store_reachable(store),
         health_interval_s=settings.health_interval_s,
         metrics_role="coordinator",
     )

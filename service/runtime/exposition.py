@@ -21,6 +21,7 @@ Role = Literal["coordinator", "shard"]
 SHARED = frozenset(
     {
         "actionmesh_build",
+        "actionmesh_ready",
         "actionmesh_model_version_info",
         "actionmesh_etcd_connected",
         "actionmesh_etcd_watch_restarts",
@@ -45,6 +46,7 @@ BY_ROLE: dict[Role, frozenset[str]] = {
             "actionmesh_shed",
             "actionmesh_admission_queued",
             "actionmesh_degraded_seconds",
+            "actionmesh_redis_connected",
             "actionmesh_state_retries",
             "actionmesh_redis_commit_seconds",
         }

@@ -97,6 +97,10 @@ SHEDS = Counter(
 ADMISSION_QUEUED = Gauge(
     "actionmesh_admission_queued", "Steps waiting for an admission slot (sampled at admission)."
 )
+REDIS_CONNECTED = Gauge(
+    "actionmesh_redis_connected",
+    "1 while this coordinator's session store answered its latest readiness ping, else 0.",
+)
 DEGRADED_SECONDS = Counter(
     "actionmesh_degraded_seconds_total",
     "Time during which this coordinator's latest answer was degraded (EARLY_EXIT or FALLBACK).",
@@ -126,6 +130,10 @@ MODEL_VERSION = Gauge(
     "1 for each model version this process serves (a shard: its stage's version; a "
     "coordinator: every version all stages offer); a version no longer served disappears.",
     ["version"],
+)
+READY = Gauge(
+    "actionmesh_ready",
+    "1 while this process reports SERVING (gRPC health, /ready), 0 while not ready or draining.",
 )
 _versions_lock = threading.Lock()
 _versions_shown: set[str] = set()

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 from grpc_health.v1 import health, health_pb2
 
+from service.runtime import metrics
+
 log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -82,6 +84,7 @@ class Readiness:
         self._stopped.set()
 
     def _publish(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        metrics.READY.set(1 if status == _SERVING else 0)
         for service in self._services:
             self._health.set(service, status)
 
