@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 from prometheus_client.metrics_core import Metric
 
 Role = Literal["coordinator", "shard"]
@@ -20,7 +20,7 @@ Role = Literal["coordinator", "shard"]
 # Family names (a counter's without _total), as prometheus_client reports them.
 SHARED = frozenset(
     {
-        "actionmesh_build",
+        "actionmesh_build_info",
         "actionmesh_ready",
         "actionmesh_model_version_info",
         "actionmesh_etcd_connected",
@@ -84,7 +84,10 @@ class _RoleView:
 
 
 def registry_for(role: Role) -> CollectorRegistry:
-    """What /metrics serves in a process of `role`."""
+    """What /metrics serves in a process of `role`; without the `*_created` gauges
+    prometheus_client adds beside every counter and histogram (Prometheus does not read them
+    from the text format; they would double the series)."""
+    disable_created_metrics()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_RoleView(role))
     return registry

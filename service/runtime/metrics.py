@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from importlib import metadata
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -122,8 +122,11 @@ class DegradedClock:
             self._since = now if degraded else None
 
 
-BUILD_INFO = Info(
-    "actionmesh_build", "The running actionmesh build (value 1; the facts are labels)."
+BUILD_INFO = Gauge(
+    "actionmesh_build_info",
+    "1, labelled with the running build: actionmesh version, role (coordinator, shard), "
+    "Python and gRPC versions.",
+    ["version", "role", "python", "grpc"],
 )
 MODEL_VERSION = Gauge(
     "actionmesh_model_version_info",
@@ -143,14 +146,9 @@ def publish_build_info(role: str) -> None:
     """Sets actionmesh_build_info: package version, role (coordinator, shard), Python, gRPC."""
     import grpc
 
-    BUILD_INFO.info(
-        {
-            "version": metadata.version("actionmesh"),
-            "role": role,
-            "python": platform.python_version(),
-            "grpc": grpc.__version__,
-        }
-    )
+    BUILD_INFO.labels(
+        metadata.version("actionmesh"), role, platform.python_version(), grpc.__version__
+    ).set(1)
 
 
 def publish_model_versions(versions: Iterable[str]) -> None:
