@@ -24,7 +24,7 @@ from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
@@ -121,6 +121,10 @@ def _store_reachable(store: SessionStore) -> bool:
 
 
 def run(settings: CoordinatorSettings) -> None:
+    # Before any Redis client, channel or server exists: they are instrumented as made.
+    tracing.configure(
+        settings.otlp_endpoint, "actionmesh-coordinator", sample_ratio=settings.trace_sample_ratio
+    )
     store = open_session_store(settings.redis_url, settings.redis_timeout_s)
     if not store.ping():
         raise SystemExit(f"coordinator: session store {settings.redis_url} does not answer")
@@ -159,3 +163,4 @@ def run(settings: CoordinatorSettings) -> None:
         path.close()
         table.stop()
         store.close()
+        tracing.shutdown()

@@ -56,7 +56,7 @@ from service.coordinator.step_errors import (
 )
 from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
-from service.runtime import logs
+from service.runtime import logs, tracing
 from service.runtime.metrics import (
     ANSWERS,
     REPLAYED_STEPS,
@@ -327,11 +327,14 @@ class SessionEngine:
             states=[s.data for s in record.stages(self.model.n_stages)], switch=record.switch
         )
         while True:
-            plan = plan_step(dataclasses.replace(view, time_left_s=step.time_left_s()))
+            with tracing.span("actionmesh.plan"):
+                plan = plan_step(dataclasses.replace(view, time_left_s=step.time_left_s()))
+                tracing.annotate({"actionmesh.plan": type(plan).__name__})
             if isinstance(plan, Shed | NoPath):
                 raise _refusal(step, plan, priority, work)
             if isinstance(plan, CatchUp):
-                caught_up = self.modes.catch_up(step, plan, work)
+                with tracing.span("actionmesh.replay", {"actionmesh.depth": plan.depth}):
+                    caught_up = self.modes.catch_up(step, plan, work)
                 if isinstance(caught_up, StageFailed):
                     view = self._failed(step, view, caught_up, work)
                 else:
@@ -395,8 +398,10 @@ class SessionEngine:
             # progress is written only when this step made some (the store keeps the last)
             switch=work.switch if not moved and work.switch is not record.switch else None,
         )
+        with tracing.span("actionmesh.commit", {"actionmesh.serve_mode": computed.mode.value}):
+            committed_answer = self._commit(record, commit, computed.mode)
         answer = dataclasses.replace(
-            self._commit(record, commit, computed.mode),
+            committed_answer,
             load_ms=step.load_s * 1e3,
             encode_ms=(encoded - encoding) * 1e3,
             commit_ms=(time.perf_counter() - encoded) * 1e3,

@@ -26,7 +26,7 @@ from service.coordinator.step_errors import (
     Unavailable,
 )
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
-from service.runtime import logs, metrics
+from service.runtime import logs, metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             budget_s = _stream_step_timeout_s(context)
         except InvalidInput as exc:
             _abort(context, exc)
+        # Each step is a trace of its own, linked to the robot's context of the whole stream.
+        stream_trace = tracing.from_metadata(context.invocation_metadata())
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:  # each step within its own budget and within what is left of the stream's
-                answer = self._step(request, _shortest(budget_s, context.time_remaining()))
+                budget = _shortest(budget_s, context.time_remaining())
+                answer = self._step(request, budget, stream_trace)
             except ActionmeshError as exc:
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
@@ -173,15 +176,33 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         return session_pb2.CloseSessionReply(closed=closed)
 
     def _step(
+        self,
+        request: session_pb2.StepRequest | Malformed,
+        time_remaining: float | None,
+        stream_trace: object | None = None,
+    ) -> StepAnswer:
+        """One step in its span (a unary call's: under the call's; a stream's: linked to the
+        stream's); raises ActionmeshError for the caller to map."""
+        links = () if stream_trace is None else (stream_trace,)
+        with tracing.span("actionmesh.step", links=links):
+            return self._measured_step(request, time_remaining)
+
+    def _measured_step(
         self, request: session_pb2.StepRequest | Malformed, time_remaining: float | None
     ) -> StepAnswer:
-        """One step with its metrics; raises ActionmeshError for the caller to map."""
+        """One step with its metrics and log event."""
         started = time.perf_counter()
         what = "malformed request" if isinstance(request, Malformed) else "step"
         event: dict[str, object] = {}
         try:
             request = _checked(request)
             event = logs.fields(session=request.session_id, seq=request.seq)
+            tracing.annotate(
+                {
+                    "actionmesh.session": logs.short_session(request.session_id),
+                    "actionmesh.seq": request.seq,
+                }
+            )
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
             budget = self.step_timeout_s

@@ -87,7 +87,7 @@ def registry_for(role: Role) -> CollectorRegistry:
     """What /metrics serves in a process of `role`; without the `*_created` gauges
     prometheus_client adds beside every counter and histogram (Prometheus does not read them
     from the text format; they would double the series)."""
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_RoleView(role))
     return registry

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from service.runtime import exposition, ready_file, sd_notify
+from service.runtime import exposition, ready_file, sd_notify, tracing
 from service.runtime.exposition import Role
 from service.runtime.ops_http import OpsServer
 from service.runtime.readiness import Readiness
@@ -43,6 +43,7 @@ class GrpcProcess:
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
+            interceptors=tracing.server_interceptors(),  # none unless tracing is on
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -23,12 +23,12 @@ SESSION_CHARS = 8  # enough to tell a fleet's sessions apart in logs, far too fe
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _no_trace() -> tuple[str, str] | None:
+def no_trace() -> tuple[str, str] | None:
     return None
 
 
 # Set by service.runtime.tracing when tracing is on: the current span's (trace_id, span_id).
-trace_ids: Callable[[], tuple[str, str] | None] = _no_trace
+trace_ids: Callable[[], tuple[str, str] | None] = no_trace
 
 
 def short_session(session_id: str) -> str:

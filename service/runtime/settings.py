@@ -171,6 +171,18 @@ class GrpcProcessSettings(Settings):
         ge=0,
         description="On SIGTERM, after the drain delay: how long calls in flight may finish.",
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Export traces over OTLP/gRPC to this collector (http://host:4317; https:// "
+        "for TLS); unset: tracing is off and costs nothing.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of traces recorded when tracing is on (a caller's sampled trace is "
+        "always followed).",
+    )
 
 
 class CheckpointSourceSettings(Settings):

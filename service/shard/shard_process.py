@@ -23,7 +23,7 @@ import grpc
 
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.malloc_arenas import limit_malloc_arenas
@@ -199,6 +199,19 @@ def pin(cpus: list[int]) -> None:
 def run(settings: ShardSettings) -> None:
     advertised(settings, settings.port)  # refuse before loading weights, not after
     pin(settings.cpus)
+    tracing.configure(
+        settings.otlp_endpoint,
+        "actionmesh-shard",
+        {"actionmesh.stage": settings.stage},
+        settings.trace_sample_ratio,
+    )
+    try:
+        _serve(settings)
+    finally:
+        tracing.shutdown()
+
+
+def _serve(settings: ShardSettings) -> None:
     if settings.runtime == "torch":
         from service.shard import torch_stage
 

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from service.proto import array_codec, stage_pb2, stage_pb2_grpc, tensor_pb2
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 from service.shard.stage_runtime import Array, StageRuntime, input_shape
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,16 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             yield stage_pb2.ForwardStreamReply(reply=reply)
 
     def _forward(self, request: stage_pb2.ForwardRequest) -> stage_pb2.ForwardReply:
+        """One batch, in a span under the coordinator's stage span (the request carries it)."""
+        parent = tracing.extracted(request.trace_context) if request.trace_context else None
+        with tracing.span(
+            "actionmesh.shard.forward",
+            {"actionmesh.stage": self.stage.index, "actionmesh.batch_size": len(request.items)},
+            parent=parent,
+        ):
+            return self._computed(request)
+
+    def _computed(self, request: stage_pb2.ForwardRequest) -> stage_pb2.ForwardReply:
         stage = self._stage_for(request.model_version)
         if stage is None:
             metrics.SHARD_VERSION_REFUSALS.labels(self._label).inc()
