@@ -123,13 +123,14 @@ def traced_channel(channel: grpc.Channel) -> grpc.Channel:
     """`channel` with a client span per unary call and its context in the call's metadata."""
     if _provider is None:
         return channel
-    from opentelemetry.instrumentation.grpc import client_interceptor, filters, intercept_channel
+    from opentelemetry.instrumentation.grpc import client_interceptor, filters
+    from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
     untraced = filters.any_of(*(filters.method_name(m) for m in _UNTRACED_METHODS))
     interceptor = client_interceptor(  # type: ignore[no-untyped-call]
         tracer_provider=_provider, filter_=filters.negate(untraced)
     )
-    traced: grpc.Channel = intercept_channel(channel, interceptor)
+    traced: grpc.Channel = intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
     return traced
 
 
