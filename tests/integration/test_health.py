@@ -5,6 +5,7 @@ knows its role."""
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -71,6 +72,13 @@ def test_a_coordinator_without_redis_is_not_serving_until_redis_is_back(
         wait_for(lambda: health_of(grpc_port, SESSION_SERVICE) == NOT_SERVING, 10, "NOT_SERVING")
         assert health_of(grpc_port) == NOT_SERVING
         assert ready_status(metrics_port) == 503
+        # Its log (not a terminal: JSON lines) says so.
+        events = [
+            json.loads(line)
+            for line in cluster.coordinator.log_path.read_text().splitlines()
+            if line.startswith("{")
+        ]
+        assert any(e["msg"] == "coordinator is not ready (NOT_SERVING)" for e in events)
     finally:
         cluster.redis.restart()
     wait_for(lambda: health_of(grpc_port, SESSION_SERVICE) == SERVING, 10, "SERVING again")

@@ -130,3 +130,7 @@ def test_one_step_is_one_tree_from_the_robot_to_every_shard_and_redis(
         s.parent_id == commit.span_id and s.attributes.get("db.system") == "redis" for s in spans
     ), "the commit's Redis call"
     assert any(s.name == "actionmesh.plan" and s.parent_id == step_span.span_id for s in spans)
+    # The session id is a credential: spans and logs carry 8 characters of it, never all.
+    assert step_span.attributes["actionmesh.session"] == sid[:8]
+    assert cluster.coordinator is not None
+    assert sid not in cluster.coordinator.log_path.read_text()
