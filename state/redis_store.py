@@ -676,7 +676,8 @@ def _switch_progress(session_id: SessionId, blob: bytes | None) -> SwitchProgres
     try:
         return SwitchProgress.decode(blob)
     except (struct.error, UnicodeDecodeError) as exc:
+        # the log formatter shortens the session id: it is a credential
         _log.warning(
-            "session=%s: unreadable version-switch progress dropped: %s", short_id(session_id), exc
+            "unreadable version-switch progress dropped: %s", exc, extra={"session": session_id}
         )
         return None

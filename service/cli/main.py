@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.local.child_process import die_with_parent
+from service.runtime import logs
 from service.runtime.settings import (
     CERTS_ACTIONS,
     CKPT_ACTIONS,
@@ -39,6 +39,9 @@ from service.runtime.settings import (
 
 
 def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
+    import yaml
+
+    from service.local import prometheus_config
     from service.local.local_cluster import LocalCluster
 
     stop = threading.Event()
@@ -58,6 +61,12 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
             )
         if cluster.redis_password_file is not None:
             print(f"redis wants AUTH: the password is in {cluster.redis_password_file}")
+        coordinators, shards = cluster.metrics_targets()
+        scrape = prometheus_config.scrape_config(coordinators, shards)
+        scrape_path = cluster.work_dir / "prometheus.yml"
+        scrape_path.write_text(yaml.safe_dump(scrape, sort_keys=False))
+        print(f"metrics coordinators {','.join(coordinators)}  shards {','.join(shards)}")
+        print(f"scrape them: prometheus --config.file {scrape_path}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
             + ("" if cluster.tls_dir is None else f" --tls-dir {cluster.tls_dir}")
@@ -235,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Python log level (default: INFO).",
     )
+    parser.add_argument(
+        "--log-format",
+        dest="global_log_format",
+        choices=("auto", "json", "text"),
+        default=None,
+        help="Log lines as JSON (one event per line) or text (default: auto, JSON unless "
+        "stderr is a terminal).",
+    )
     parser.add_argument("--die-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, settings_cls, handler, help_text in _COMMANDS:
@@ -256,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 def command_settings(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """The parsed command's settings (file < env < flags); `--log-level` counts as a flag
-    before the command as after it, where it wins."""
+    """The parsed command's settings (file < env < flags); `--log-level` and `--log-format`
+    count as flags before the command as after it, where they win."""
     if args.log_level is None:
         args = argparse.Namespace(**{**vars(args), "log_level": args.global_log_level})
+    if args.log_format is None:
+        args = argparse.Namespace(**{**vars(args), "log_format": args.global_log_format})
     settings: Settings = load(args.settings_cls, args.command, args, environ)
     return settings
 
@@ -274,11 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidSettings as exc:
         print(exc, file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     handler: Handler = args.handler
     try:
         return handler(settings, args)

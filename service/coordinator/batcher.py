@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -21,6 +21,7 @@ class _Pending(Generic[T, R]):
     item: T
     future: Future[R] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: object | None = field(default_factory=tracing.current)  # the submitting step's
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,14 @@ class DynamicBatcher(Generic[T, R]):
         with self._lock:
             self._in_flight += 1
         try:
-            results = self._run_batch([p.item for p in batch])
+            # Under the first step's span; the others' spans link to it (one call, many traces).
+            with tracing.span(
+                "actionmesh.batch",
+                {"actionmesh.batch_size": len(batch)},
+                parent=batch[0].trace,
+                links=[p.trace for p in batch[1:] if p.trace is not None],
+            ):
+                results = self._run_batch([p.item for p in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
         except Exception as exc:  # delivered to every waiting step, which maps it

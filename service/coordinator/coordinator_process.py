@@ -26,7 +26,7 @@ from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
-from service.runtime import secrets, tls
+from service.runtime import metrics, secrets, tls, tracing
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.identities_file import IdentitiesFile, IdentitiesFileError, parse_scopes
 from service.runtime.rate_limit import RateLimiter
@@ -158,6 +158,13 @@ def build_step_path(
     return StepPath(engine, catalog, batcher, router)
 
 
+def _store_reachable(store: SessionStore) -> bool:
+    """The coordinator's readiness: its session store answers (also a gauge for dashboards)."""
+    reachable = store.ping()
+    metrics.REDIS_CONNECTED.set(1 if reachable else 0)
+    return reachable
+
+
 def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
     """The AUTH password from its file; with --tls-dir, the files a rediss:// store needs."""
     password = None
@@ -176,6 +183,10 @@ def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
 
 
 def run(settings: CoordinatorSettings) -> None:
+    # Before any Redis client, channel or server exists: they are instrumented as made.
+    tracing.configure(
+        settings.otlp_endpoint, "actionmesh-coordinator", sample_ratio=settings.trace_sample_ratio
+    )
     access = session_access(settings)
     if urlsplit(settings.redis_url).password:
         log.warning(
@@ -210,13 +221,16 @@ def run(settings: CoordinatorSettings) -> None:
         settings.metrics_port,
         settings.grpc_workers,
         register,
-        is_ready=store.ping,
+        is_ready=lambda: _store_reachable(store),
         credentials=None
         if settings.tls_dir is None
         else tls.server_credentials(settings.tls_dir, "coordinator"),
         max_concurrent_rpcs=settings.concurrent_rpcs(),
         max_message_bytes=settings.max_message_bytes,
+        health_interval_s=settings.health_interval_s,
+        metrics_role="coordinator",
     )
+    metrics.publish_build_info("coordinator")
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",
         version,
@@ -226,8 +240,9 @@ def run(settings: CoordinatorSettings) -> None:
     )
     process.start(settings.ready_file)
     try:
-        process.run_until_signal()
+        process.run_until_signal(settings.shutdown_grace_s, drain_delay_s=settings.drain_delay_s)
     finally:
         path.close()
         table.stop()
         store.close()
+        tracing.shutdown()

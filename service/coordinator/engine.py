@@ -58,6 +58,7 @@ from service.coordinator.step_errors import (
 )
 from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
+from service.runtime import logs, tracing
 from service.runtime.identity import Identity
 from service.runtime.metrics import (
     ANSWERS,
@@ -177,12 +178,12 @@ class SessionEngine:
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
                 self._confirm_or_delete(session_id, wait_replicas)
         log.info(
-            "session=%s opened owner=%r client=%r ttl=%.1fs wait_replicas=%d",
-            short_id(session_id),
+            "session opened owner=%r client=%r ttl=%.1fs wait_replicas=%d",
             owner,
             client_id,
             ttl,
             wait_replicas,
+            extra=logs.fields(session=session_id),
         )
         return OpenedSession(
             session_id=session_id,
@@ -240,7 +241,7 @@ class SessionEngine:
                 closed = self.store.delete(SessionId(session_id))
             else:
                 closed = self._close_owned(SessionId(session_id), caller)
-        log.info("session=%s closed existed=%s", short_id(session_id), closed)
+        log.info("session closed existed=%s", closed, extra=logs.fields(session=session_id))
         return closed
 
     def _close_owned(self, session_id: SessionId, caller: Identity) -> bool:
@@ -379,11 +380,14 @@ class SessionEngine:
             states=[s.data for s in record.stages(self.model.n_stages)], switch=record.switch
         )
         while True:
-            plan = plan_step(dataclasses.replace(view, time_left_s=step.time_left_s()))
+            with tracing.span("actionmesh.plan"):
+                plan = plan_step(dataclasses.replace(view, time_left_s=step.time_left_s()))
+                tracing.annotate({"actionmesh.plan": type(plan).__name__})
             if isinstance(plan, Shed | NoPath):
                 raise _refusal(step, plan, priority, work)
             if isinstance(plan, CatchUp):
-                caught_up = self.modes.catch_up(step, plan, work)
+                with tracing.span("actionmesh.replay", {"actionmesh.depth": plan.depth}):
+                    caught_up = self.modes.catch_up(step, plan, work)
                 if isinstance(caught_up, StageFailed):
                     view = self._failed(step, view, caught_up, work)
                 else:
@@ -402,12 +406,11 @@ class SessionEngine:
     @staticmethod
     def _failed(step: StepInput, view: StepView, failed: StageFailed, work: StepWork) -> StepView:
         log.warning(
-            "session=%s seq=%d: stage %d of model %s failed, the step degrades: %s",
-            short_id(step.record.session_id),
-            step.seq,
+            "stage %d of model %s failed, the step degrades: %s",
             failed.stage,
             failed.version,
             failed.detail,
+            extra=logs.fields(session=step.record.session_id, seq=step.seq, stage=failed.stage),
         )
         work.tried.append(failed.detail)
         return view.with_stage_failed(failed.version, failed.stage)
@@ -448,8 +451,10 @@ class SessionEngine:
             # progress is written only when this step made some (the store keeps the last)
             switch=work.switch if not moved and work.switch is not record.switch else None,
         )
+        with tracing.span("actionmesh.commit", {"actionmesh.serve_mode": computed.mode.value}):
+            committed_answer = self._commit(record, commit, computed.mode)
         answer = dataclasses.replace(
-            self._commit(record, commit, computed.mode),
+            committed_answer,
             load_ms=step.load_s * 1e3,
             encode_ms=(encoded - encoding) * 1e3,
             commit_ms=(time.perf_counter() - encoded) * 1e3,
@@ -504,12 +509,11 @@ class SessionEngine:
         if switched:
             VERSION_SWITCHES.inc()
             log.info(
-                "session=%s seq=%d moved from model %s to %s (reset=%s)",
-                short_id(step.record.session_id),
-                step.seq,
+                "session moved from model %s to %s (reset=%s)",
                 step.record.model_version,
                 computed.version,
                 reset,
+                extra=logs.fields(session=step.record.session_id, seq=step.seq),
             )
 
     def _stored_reply(self, record: SessionRecord, reply: bytes) -> StepAnswer:
@@ -535,9 +539,8 @@ class SessionEngine:
         if current is not None and current.seq == seq:  # committed by another coordinator, or
             # by our own retried commit whose answer was lost
             log.info(
-                "session=%s seq=%d lost the commit race; returning the stored reply",
-                short_id(record.session_id),
-                seq,
+                "lost the commit race; returning the stored reply",
+                extra=logs.fields(session=record.session_id, seq=seq),
             )
             return self._stored_reply(current, current.last_reply)
         raise SeqConflict(record.session_id, outcome.current_seq or 0, seq)

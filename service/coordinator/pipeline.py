@@ -10,7 +10,7 @@ import torch
 from service.coordinator.routing.stage_router import StageRouter, StageUnavailable
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2, tensor_codec, tensor_pb2
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,10 @@ class Pipeline:
         depth = self._kind(batch[0])[1]
         for k in range(depth):
             started = time.perf_counter()
-            reply = self.router.forward(k, self._request(batch, k, depth, inputs), deadline)
+            request = self._request(batch, k, depth, inputs)
+            with tracing.span("actionmesh.stage", {"actionmesh.stage": k}):
+                tracing.inject(request.trace_context)  # read by the shard, whatever the call
+                reply = self.router.forward(k, request, deadline)
             elapsed = time.perf_counter() - started
             metrics.STAGE_CALL_LATENCY.labels(str(k)).observe(elapsed)
             stage_ms.append(elapsed * 1e3)
@@ -99,7 +102,9 @@ class Pipeline:
         try:
             actions = [tensor_codec.decode(result.action) for result in reply.results]
         except tensor_codec.TensorDecodeError as exc:  # a broken replica: that stage is out
-            raise StageUnavailable(depth - 1, f"stage {depth - 1}: unreadable action: {exc}") from exc
+            raise StageUnavailable(
+                depth - 1, f"stage {depth - 1}: unreadable action: {exc}"
+            ) from exc
         return [
             PipelineOutput(actions[i], states[i], stage_ms, compute_ms) for i in range(len(batch))
         ]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from service.proto import tensor_codec
-from state.session import Anchor, SessionRecord, StageIndex, SwitchProgress, short_id
+from service.runtime import logs
+from state.session import Anchor, SessionRecord, StageIndex, SwitchProgress
 from state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,10 @@ def level_states(
     base = [anchor.states.get(StageIndex(k), b"") for k in range(n_stages)]
     states, done = _replay(anchor.seq + 1, logged, base, step, replay_until)
     log.info(
-        "session=%s replayed %d steps after seq %d", short_id(record.session_id), done, anchor.seq
+        "replayed %d steps after seq %d",
+        done,
+        anchor.seq,
+        extra=logs.fields(session=record.session_id, seq=record.seq),
     )
     if done < len(logged):  # out of time: the rest at the next steps
         progress = Anchor(anchor.seq + done, {StageIndex(k): d for k, d in enumerate(states) if d})
@@ -73,11 +77,10 @@ def level_states(
 
 def _reset(record: SessionRecord, n_stages: int) -> LevelStates:
     log.warning(
-        "session=%s seq=%d stage states lag %s and the observation log does not reach back to "
-        "the last level step: state reset",
-        short_id(record.session_id),
-        record.seq,
+        "stage states lag %s and the observation log does not reach back to the last level "
+        "step: state reset",
         [s.seq for s in record.stages(n_stages)],
+        extra=logs.fields(session=record.session_id, seq=record.seq),
     )
     return LevelStates([b""] * n_stages, reset=True)
 
@@ -105,10 +108,9 @@ def rebuild_states(
     start = _resume_point(record, store, log_depth, target, progress)
     if start is None:
         log.warning(
-            "session=%s seq=%d moves to model %s without its observation log: state reset",
-            short_id(record.session_id),
-            record.seq,
+            "session moves to model %s without its observation log: state reset",
             target,
+            extra=logs.fields(session=record.session_id, seq=record.seq),
         )
         return Rebuilt(SwitchProgress(target, record.seq, {}, exact=False), 0)
     base, logged = start

@@ -31,7 +31,7 @@ from service.coordinator.step_errors import (
     Unavailable,
 )
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
-from service.runtime import metrics
+from service.runtime import logs, metrics, tracing
 from service.runtime.identity import Identity
 from state.session import short_id
 
@@ -143,10 +143,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             budget_s = _stream_step_timeout_s(context)
         except ActionmeshError as exc:
             _abort(context, exc)
+        # Each step is a trace of its own, linked to the robot's context of the whole stream.
+        stream_trace = tracing.from_metadata(context.invocation_metadata())
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:  # each step within its own budget and within what is left of the stream's
-                answer = self._step(request, _shortest(budget_s, context.time_remaining()), caller)
+                budget = _shortest(budget_s, context.time_remaining())
+                answer = self._step(request, budget, caller, stream_trace)
             except ActionmeshError as exc:
                 _count_refusal(exc)
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
@@ -203,13 +206,33 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.StepRequest | Malformed,
         time_remaining: float | None,
         caller: Identity | None,
+        stream_trace: object | None = None,
     ) -> StepAnswer:
-        """One step with its metrics; raises ActionmeshError for the caller to map."""
+        """One step in its span (a unary call's: under the call's; a stream's: linked to the
+        stream's); raises ActionmeshError for the caller to map."""
+        links = () if stream_trace is None else (stream_trace,)
+        with tracing.span("actionmesh.step", links=links):
+            return self._measured_step(request, time_remaining, caller)
+
+    def _measured_step(
+        self,
+        request: session_pb2.StepRequest | Malformed,
+        time_remaining: float | None,
+        caller: Identity | None,
+    ) -> StepAnswer:
+        """One step with its metrics and log event."""
         started = time.perf_counter()
-        what = "malformed request" if isinstance(request, Malformed) else f"seq={request.seq}"
+        what = "malformed request" if isinstance(request, Malformed) else "step"
+        event: dict[str, object] = {}
         try:
             request = _checked(request)
-            what = f"session={short_id(request.session_id)} seq={request.seq}"
+            event = logs.fields(session=request.session_id, seq=request.seq)
+            tracing.annotate(
+                {
+                    "actionmesh.session": short_id(request.session_id),
+                    "actionmesh.seq": request.seq,
+                }
+            )
             self.access.step_allowed(caller)
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
@@ -228,9 +251,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         except ActionmeshError as exc:
             code = status_of(exc)
             metrics.STEP_ERRORS.labels(code.name).inc()
-            log.info("%s %s: %s", what, code.name, _bounded(str(exc)))
+            log.info("%s %s: %s", what, code.name, _bounded(str(exc)), extra=event)
             raise
-        metrics.STEP_LATENCY.labels(answer.serve_mode).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.STEP_LATENCY.labels(answer.serve_mode).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            event |= logs.fields(mode=answer.serve_mode.value, latency_ms=elapsed * 1e3)
+            log.debug("step answered", extra=event)
         return answer
 
     def _observation(self, request: session_pb2.StepRequest) -> torch.Tensor:

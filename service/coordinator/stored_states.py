@@ -19,8 +19,9 @@ from google.protobuf.message import DecodeError
 
 from service.model.config import ModelConfig
 from service.proto import tensor_codec
+from service.runtime import logs
 from service.runtime.metrics import STORED_STATES_UNREADABLE
-from state.session import Anchor, SessionRecord, StageState, short_id
+from state.session import Anchor, SessionRecord, StageState
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,11 @@ def without_unreadable_states(record: SessionRecord, model: ModelConfig) -> Sess
     for k in lost:
         STORED_STATES_UNREADABLE.labels(str(k)).inc()
     log.warning(
-        "session=%s seq=%d: stored state of stages %s%s unreadable, treated as lost (rebuilt "
-        "from the observation log, or reset)",
-        short_id(record.session_id),
-        record.seq,
+        "stored state of stages %s%s unreadable, treated as lost (rebuilt from the "
+        "observation log, or reset)",
         sorted(lost),
         " and of its replay anchor" if bad_anchor else "",
+        extra=logs.fields(session=record.session_id, seq=record.seq),
     )
     states = {k: StageState(0, b"") if k in lost else s for k, s in record.stage_states.items()}
     if bad_anchor or anchor is None:

@@ -318,6 +318,13 @@ class LocalCluster:
         new.wait_ready(self.settings.start_timeout_s)
         return new
 
+    def metrics_targets(self) -> tuple[list[str], list[str]]:
+        """host:port of every coordinator's and every shard's /metrics (the ops port)."""
+        return (
+            [f"127.0.0.1:{c.ports['metrics_port']}" for c in self._coordinators],
+            [f"127.0.0.1:{s.ports['metrics_port']}" for s in self.shards],
+        )
+
     def stage_addresses(self) -> list[str]:
         """Every shard's address, stage by stage, replica by replica."""
         return [f"127.0.0.1:{s.ports['grpc_port']}" for s in self.shards]

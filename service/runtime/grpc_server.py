@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
 
-from service.runtime import ready_file, sd_notify, tls
+from service.runtime import exposition, ready_file, sd_notify, tls, tracing
+from service.runtime.exposition import Role
 from service.runtime.ops_http import OpsServer
+from service.runtime.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ class GrpcProcess:
         *,
         max_concurrent_rpcs: int | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        health_interval_s: float = 1.0,
+        metrics_role: Role | None = None,
     ) -> None:
         """With credentials the one port is TLS (service/runtime/tls.py), else plaintext.
         max_concurrent_rpcs (default `workers`): calls past it are refused with
@@ -45,6 +51,7 @@ class GrpcProcess:
         self.name = name
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
+            interceptors=tracing.server_interceptors(),  # none unless tracing is on
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -62,8 +69,9 @@ class GrpcProcess:
         self.tls = credentials is not None
         if self.port == 0:
             raise SystemExit(f"{name}: cannot bind {host}:{port} (in use?); pass another --port")
-        self.ops = OpsServer(host, metrics_port, is_ready)
-        self._service_names = service_names
+        self.readiness = Readiness(name, self.health, service_names, is_ready, health_interval_s)
+        registry = REGISTRY if metrics_role is None else exposition.registry_for(metrics_role)
+        self.ops = OpsServer(host, metrics_port, self.readiness.ready, registry)
         self._stopped = threading.Event()
 
     def start(self, ready_path: Path | None) -> None:
@@ -71,10 +79,9 @@ class GrpcProcess:
         # file or READY=1 appears must stop gracefully, not kill with the default action.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
+        self.readiness.start()  # gRPC health and /ready: SERVING once (and while) is_ready()
         self.server.start()
         self.ops.start()
-        for service_name in ["", *self._service_names]:
-            self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         if ready_path is not None:
             ready_file.write(ready_path, grpc_port=self.port, metrics_port=self.ops.port)
         log.info(
@@ -87,15 +94,23 @@ class GrpcProcess:
         sd_notify.notify(f"READY=1\nSTATUS=serving grpc={self.port} metrics={self.ops.port}")
 
     def run_until_signal(
-        self, grace_s: float = 2.0, before_stop: Callable[[], None] | None = None
+        self,
+        grace_s: float = 2.0,
+        before_stop: Callable[[], None] | None = None,
+        drain_delay_s: float = 0.0,
     ) -> None:
-        """Serve until SIGTERM/SIGINT; then `before_stop` (e.g. give up leadership), then stop
-        accepting calls and let those in flight finish within grace_s."""
+        """Serve until SIGTERM/SIGINT; then report NOT_SERVING (gRPC health, /ready 503) and
+        keep serving drain_delay_s so that balancers and clients move away, run `before_stop`
+        (e.g. give up leadership), then stop accepting calls and let those in flight finish
+        within grace_s."""
         self._stopped.wait()
+        self.readiness.drain()
+        sd_notify.notify("STOPPING=1")
+        time.sleep(drain_delay_s)
         if before_stop is not None:
             before_stop()
         log.info("%s stopping (grace %.1fs)", self.name, grace_s)
-        sd_notify.notify("STOPPING=1")
+        self.readiness.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
         self.ops.stop()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
+from collections.abc import Iterable
+from importlib import metadata
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -65,7 +68,12 @@ STORED_STATES_UNREADABLE = Counter(
 REPLICA_SUSPECTED = Counter(
     "actionmesh_replica_suspected_total",
     "Stage calls that failed or missed their deadline; the replica was banned and the stage retried.",
-    ["stage"],
+    ["stage", "replica"],
+)
+REPLICA_BANNED = Gauge(
+    "actionmesh_replica_banned",
+    "1 from a replica's ban (after a suspicion) until it serves this coordinator again, else 0.",
+    ["stage", "replica"],
 )
 SHARD_RELOADS = Counter(
     "actionmesh_shard_reloads_total",
@@ -79,7 +87,7 @@ VERSION_SWITCHES = Counter(
 ANSWERS = Counter(
     "actionmesh_answers_total",
     "Steps answered (committed), by serve mode and priority.",
-    ["mode", "priority"],
+    ["serve_mode", "priority"],
 )
 SHEDS = Counter(
     "actionmesh_shed_total",
@@ -88,6 +96,10 @@ SHEDS = Counter(
 )
 ADMISSION_QUEUED = Gauge(
     "actionmesh_admission_queued", "Steps waiting for an admission slot (sampled at admission)."
+)
+REDIS_CONNECTED = Gauge(
+    "actionmesh_redis_connected",
+    "1 while this coordinator's session store answered its latest readiness ping, else 0.",
 )
 DEGRADED_SECONDS = Counter(
     "actionmesh_degraded_seconds_total",
@@ -116,3 +128,42 @@ AUTH_REFUSALS = Counter(
     "session_limit.",
     ["reason"],
 )
+BUILD_INFO = Gauge(
+    "actionmesh_build_info",
+    "1, labelled with the running build: actionmesh version, role (coordinator, shard), "
+    "Python and gRPC versions.",
+    ["version", "role", "python", "grpc"],
+)
+MODEL_VERSION = Gauge(
+    "actionmesh_model_version_info",
+    "1 for each model version this process serves (a shard: its stage's version; a "
+    "coordinator: every version all stages offer); a version no longer served disappears.",
+    ["version"],
+)
+READY = Gauge(
+    "actionmesh_ready",
+    "1 while this process reports SERVING (gRPC health, /ready), 0 while not ready or draining.",
+)
+_versions_lock = threading.Lock()
+_versions_shown: set[str] = set()
+
+
+def publish_build_info(role: str) -> None:
+    """Sets actionmesh_build_info: package version, role (coordinator, shard), Python, gRPC."""
+    import grpc
+
+    BUILD_INFO.labels(
+        metadata.version("actionmesh"), role, platform.python_version(), grpc.__version__
+    ).set(1)
+
+
+def publish_model_versions(versions: Iterable[str]) -> None:
+    """actionmesh_model_version_info is 1 for exactly `versions` from now on."""
+    wanted = set(versions)
+    with _versions_lock:
+        for gone in _versions_shown - wanted:
+            MODEL_VERSION.remove(gone)
+        for version in wanted:
+            MODEL_VERSION.labels(version).set(1)
+        _versions_shown.clear()
+        _versions_shown.update(wanted)

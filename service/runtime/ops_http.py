@@ -6,14 +6,21 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 
 class OpsServer:
-    """Serves until stop(); `is_ready` is asked on every /ready request."""
+    """Serves until stop(); `is_ready` is asked on every /ready request, /metrics shows
+    `registry`."""
 
-    def __init__(self, host: str, port: int, is_ready: Callable[[], bool]) -> None:
-        handler = _handler_for(is_ready)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        is_ready: Callable[[], bool],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        handler = _handler_for(is_ready, registry)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -33,11 +40,13 @@ class OpsServer:
         self._server.server_close()
 
 
-def _handler_for(is_ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def _handler_for(
+    is_ready: Callable[[], bool], registry: CollectorRegistry
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
-                self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif self.path == "/live":
                 self._reply(200, b"live\n")
             elif self.path == "/ready":

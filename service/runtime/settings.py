@@ -51,6 +51,12 @@ class Settings(BaseModel):
         "INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )
 
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines as JSON objects (one event per line) or text; auto: JSON unless "
+        "stderr is a terminal.",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -147,6 +153,35 @@ class GrpcProcessSettings(Settings):
     grpc_workers: int = _grpc_workers(8)
     ready_file: Path | None = Field(
         None, description="Write the bound ports here as JSON once serving."
+    )
+    health_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often readiness (Redis reachable, leadership known) is checked and "
+        "published to gRPC health and /ready.",
+    )
+    drain_delay_s: float = Field(
+        0.5,
+        ge=0,
+        description="On SIGTERM: report NOT_SERVING (gRPC health, /ready 503) and keep serving "
+        "this long, so that balancers and clients move away before new calls are refused.",
+    )
+    shutdown_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="On SIGTERM, after the drain delay: how long calls in flight may finish.",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Export traces over OTLP/gRPC to this collector (http://host:4317; https:// "
+        "for TLS); unset: tracing is off and costs nothing.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of traces recorded when tracing is on (a caller's sampled trace is "
+        "always followed).",
     )
     max_concurrent_rpcs: int | None = Field(
         None,

@@ -23,7 +23,7 @@ import grpc
 
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
-from service.runtime import tls
+from service.runtime import metrics, tls, tracing
 from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
 from service.runtime.malloc_arenas import limit_malloc_arenas
@@ -34,7 +34,7 @@ from service.shard.stage_servicer import StageServicer
 from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
 from state.backends import open_replica_membership, open_routing_table
 from state.etcd_url import parse_etcd_url
-from state.leadership import ReplicaInfo, ReplicaMembership
+from state.leadership import ReplicaInfo, ReplicaMembership, Role
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,20 @@ def _reconcile(
     log.info("stage=%d now serves %s, the remote CURRENT (was %s)", stage.index, target, serving)
 
 
+class RoleKnown:
+    """A shard's readiness: with etcd, it serves traffic once it knows whether it leads or
+    stands by (its lease granted); before, and after losing it, it is not ready."""
+
+    def __init__(self, needed: bool) -> None:
+        self.needed = needed
+        self.membership: ReplicaMembership | None = None
+
+    def __call__(self) -> bool:
+        if not self.needed:
+            return True
+        return self.membership is not None and self.membership.role in (Role.LEADER, Role.STANDBY)
+
+
 def _in_background(target: Callable[..., None], *args: object) -> None:
     threading.Thread(target=target, args=args, name=target.__name__, daemon=True).start()
 
@@ -187,6 +201,19 @@ def pin(cpus: list[int]) -> None:
 def run(settings: ShardSettings) -> None:
     advertised(settings, settings.port)  # refuse before loading weights, not after
     pin(settings.cpus)
+    tracing.configure(
+        settings.otlp_endpoint,
+        "actionmesh-shard",
+        {"actionmesh.stage": settings.stage},
+        settings.trace_sample_ratio,
+    )
+    try:
+        _serve(settings)
+    finally:
+        tracing.shutdown()
+
+
+def _serve(settings: ShardSettings) -> None:
     if settings.runtime == "torch":
         from service.shard import torch_stage
 
@@ -204,6 +231,7 @@ def run(settings: ShardSettings) -> None:
         stage_pb2_grpc.add_StageServiceServicer_to_server(served, server)
         return [stage_pb2.DESCRIPTOR.services_by_name["StageService"].full_name]
 
+    role = RoleKnown(needed=settings.etcd is not None)
     process = GrpcProcess(
         f"shard-{settings.stage}",
         settings.host,
@@ -216,7 +244,11 @@ def run(settings: ShardSettings) -> None:
         else tls.server_credentials(settings.tls_dir, "shard"),
         max_concurrent_rpcs=settings.concurrent_rpcs(),
         max_message_bytes=settings.max_message_bytes,
+        is_ready=role,  # its weights are loaded by now
+        health_interval_s=settings.health_interval_s,
+        metrics_role="shard",
     )
+    metrics.publish_build_info("shard")
     address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
     log.info(
@@ -232,7 +264,7 @@ def run(settings: ShardSettings) -> None:
     if settings.etcd is None:
         if reconcile:
             _in_background(_reconcile, settings, servicer, None, None)
-        process.run_until_signal()
+        process.run_until_signal(settings.shutdown_grace_s, drain_delay_s=settings.drain_delay_s)
         return
     membership = open_replica_membership(
         settings.etcd,
@@ -242,6 +274,7 @@ def run(settings: ShardSettings) -> None:
         tls.etcd_tls(settings.tls_dir, "shard"),
     )
     servicer.role = lambda: membership.role.value
+    role.membership = membership
     membership.start()
     follower = _follower(settings, servicer, membership, stage.cfg.n_stages)
     if reconcile:
@@ -253,4 +286,6 @@ def run(settings: ShardSettings) -> None:
         membership.stop()
         time.sleep(DRAIN_S)
 
-    process.run_until_signal(before_stop=step_down)
+    process.run_until_signal(
+        settings.shutdown_grace_s, before_stop=step_down, drain_delay_s=settings.drain_delay_s
+    )

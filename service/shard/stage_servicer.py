@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from service.proto import array_codec, stage_pb2, stage_pb2_grpc, tensor_pb2
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 from service.shard.stage_runtime import Array, StageRuntime, input_shape
 from state.session import short_id
 
@@ -51,6 +51,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self._versions = threading.Lock()  # stage, version and _retiring change together
         self._label = str(stage.index)
         metrics.SHARD_VERSION_REFUSALS.labels(self._label)  # exposed (as 0) before any refusal
+        metrics.publish_model_versions([model_version])
         self._lock = threading.Lock()  # one batch at a time: the runtime's threads are set
         self._calls = 0
         self._items = 0
@@ -63,6 +64,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         with self._versions:
             old = _Retiring(self.stage, self.version, time.monotonic() + retire_after_s)
             self.stage, self.version, self._retiring = stage, model_version, old
+        metrics.publish_model_versions([model_version])
 
     def _stage_for(self, version: str) -> StageRuntime | None:
         with self._versions:
@@ -99,6 +101,16 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             yield stage_pb2.ForwardStreamReply(reply=reply)
 
     def _forward(self, request: stage_pb2.ForwardRequest) -> stage_pb2.ForwardReply:
+        """One batch, in a span under the coordinator's stage span (the request carries it)."""
+        parent = tracing.extracted(request.trace_context) if request.trace_context else None
+        with tracing.span(
+            "actionmesh.shard.forward",
+            {"actionmesh.stage": self.stage.index, "actionmesh.batch_size": len(request.items)},
+            parent=parent,
+        ):
+            return self._computed(request)
+
+    def _computed(self, request: stage_pb2.ForwardRequest) -> stage_pb2.ForwardReply:
         stage = self._stage_for(request.model_version)
         if stage is None:
             metrics.SHARD_VERSION_REFUSALS.labels(self._label).inc()

@@ -17,6 +17,9 @@ import boto3
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from safetensors.torch import load_file, save_file
 
@@ -26,6 +29,7 @@ from checkpoint.errors import PreconditionFailed, StoreUnavailable, Verification
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import build_manifest, sign
 from checkpoint.remote import Remote, blob_key, ensure_local
+from service.runtime import tracing
 
 CONFIG = {"d_model": 64, "n_stages": 2}
 START_TIMEOUT_S = 30.0
@@ -325,3 +329,22 @@ def test_ensure_local_serves_local_when_remote_unreachable(
     )
     loaded = ensure_local(flash, unreachable)
     assert loaded.version == "v1" and loaded.path == flash.path("v1")
+
+
+def test_s3_calls_are_spans_under_the_current_one_when_tracing_is_on(
+    endpoint: str, bucket: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.start(provider)
+    try:
+        with tracing.span("actionmesh.pull"):
+            assert remote_for(endpoint, bucket).versions() == []
+        spans = list(exporter.get_finished_spans())
+    finally:
+        tracing.shutdown()
+    (pull,) = [s for s in spans if s.name == "actionmesh.pull"]
+    s3 = [s for s in spans if s.attributes and s.attributes.get("rpc.service") == "S3"]
+    assert s3, [s.name for s in spans]
+    assert all(s.parent is not None and s.parent.span_id == pull.context.span_id for s in s3)

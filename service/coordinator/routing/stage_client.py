@@ -12,6 +12,7 @@ import grpc
 from service.coordinator.routing.forward_streams import ForwardStream, StreamFailed, StreamPool
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime import tracing
 from service.runtime.grpc_server import MAX_MESSAGE_BYTES
 from service.runtime.tls import open_channel
 
@@ -72,7 +73,8 @@ class StageClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self._stub = stage_pb2_grpc.StageServiceStub(self._channel)
+        # Client spans of unary calls when tracing is on (ForwardStream messages carry theirs).
+        self._stub = stage_pb2_grpc.StageServiceStub(tracing.traced_channel(self._channel))
         self._streams = StreamPool(self._stub)
         self._unary_only = False
 

@@ -20,7 +20,7 @@ from service.coordinator.routing.stage_client import (
 )
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2
-from service.runtime import metrics
+from service.runtime import logs, metrics
 from state.leadership import ReplicaInfo, RoutingTable, StageView
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ class StageRouter:
             ban = self._bans[replica.replica_id] = self.ban_policy.after_failure(
                 self._bans.get(replica.replica_id), now, replica.lease_id
             )
-        metrics.REPLICA_SUSPECTED.labels(str(replica.stage)).inc()
+        metrics.REPLICA_SUSPECTED.labels(str(replica.stage), replica.replica_id).inc()
+        metrics.REPLICA_BANNED.labels(str(replica.stage), replica.replica_id).set(1)
         log.warning(
             "stage=%d replica=%s address=%s suspected: failure %d in a row, banned %.2fs",
             replica.stage,
@@ -143,11 +144,13 @@ class StageRouter:
             replica.address,
             ban.failures,
             ban.until - now,
+            extra=logs.fields(stage=replica.stage, replica=replica.replica_id),
         )
 
     def _forgive(self, replica: ReplicaInfo) -> None:
         with self._lock:
             if self._bans.pop(replica.replica_id, None) is not None:
+                metrics.REPLICA_BANNED.labels(str(replica.stage), replica.replica_id).set(0)
                 log.info(
                     "stage=%d replica=%s served again; ban cleared",
                     replica.stage,

@@ -22,6 +22,7 @@ from service.coordinator.routing.version_choice import (
 )
 from service.coordinator.step_errors import Unavailable
 from service.model.config import ModelConfig
+from service.runtime import metrics
 from state.leadership import ReplicaInfo, RoutingTable, StageView
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class VersionCatalog:
             if time.monotonic() >= self._retry_at.get(version, 0.0):
                 self._vet(version, views)
         whole = frozenset(v for v in common if self._vetted.get(v))
+        metrics.publish_model_versions(whole)
         self._snapshot = VersionSnapshot(
             whole=whole,
             offered=frozenset(r.model_version for v in views.values() for r in v.replicas.values()),
