@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from service.client import ActionMeshClient, ServiceUnavailable, Session, StepResult, StepStream
+from service.client import (
+    ActionMeshClient,
+    ServiceUnavailable,
+    Session,
+    StepResult,
+    StepShed,
+    StepStream,
+)
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -175,18 +182,21 @@ class ClientRobot(Robot):
 
     def __init__(
         self,
-        address: str,
+        address: str | list[str],
         observations: list[torch.Tensor],
         period_s: float,
         streaming: bool = False,
         step_timeout_s: float | None = None,
+        wait_replicas: int = 0,
     ) -> None:
-        """step_timeout_s: None keeps the client library's default."""
+        """address: one coordinator, or every one (the client fails over between them);
+        step_timeout_s: None keeps the client library's default."""
         super().__init__(observations, period_s)
         self.streaming = streaming
         timeout = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
-        self.client = ActionMeshClient([address], max_attempts=1, client_id="robot", **timeout)
-        self.session: Session = self.client.open_session()
+        addresses = [address] if isinstance(address, str) else list(address)
+        self.client = ActionMeshClient(addresses, max_attempts=1, client_id="robot", **timeout)
+        self.session: Session = self.client.open_session(wait_replicas=wait_replicas)
         self.session_id = self.session.session_id
         self._stream: StepStream | None = None
         self._timestamps: dict[int, float] = {}
@@ -209,6 +219,8 @@ class ClientRobot(Robot):
             result: StepResult = stepper.step(self.obs[seq - 1], timestamp_s=timestamp)
         except ServiceUnavailable as exc:
             return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
+        except StepShed:
+            return Outcome(seq, time.monotonic(), time.monotonic() - sent, "RESOURCE_EXHAUSTED")
         now = time.monotonic()
         if result.seq != seq:
             raise AssertionError(f"sent seq {seq}, acknowledged {result.seq}")
@@ -220,7 +232,7 @@ class ClientRobot(Robot):
             session_pb2.ServeMode.Value(result.serve_mode),
             result.action,
             result.model_version,
-            False,  # the client library does not say; the reference checks would
+            result.state_reset,
             result.exit_stage,
             result.confidence,
         )

@@ -13,8 +13,10 @@ from typing import Any
 
 from service.local.child_process import die_with_parent
 from service.runtime.settings import (
+    CHAOS_ACTIONS,
     CKPT_ACTIONS,
     BenchSettings,
+    ChaosSettings,
     CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
@@ -81,6 +83,12 @@ def _ckpt(settings: CkptSettings, args: argparse.Namespace) -> int:
     return ckpt.main(settings, args.action, args.version)
 
 
+def _chaos(settings: ChaosSettings, args: argparse.Namespace) -> int:
+    from service.cli import chaos
+
+    return chaos.main(settings, args.action)
+
+
 def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
     from service.cli import status
 
@@ -141,6 +149,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         CkptSettings,
         _ckpt,
         "Versioned weight snapshots: keygen, create, list, show, verify, push, pull, promote, rollback, gc.",
+    ),
+    (
+        "chaos",
+        ChaosSettings,
+        _chaos,
+        "Chaos suite: list the scenarios, or run one (a real cluster, robots, faults) and check the invariants.",
     ),
     (
         "status",
@@ -204,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "version", nargs="?", default=None, help="A version id, where the action takes one."
             )
+        if name == "chaos":
+            sub.add_argument("action", choices=CHAOS_ACTIONS, help="list or run.")
         add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser
