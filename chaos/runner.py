@@ -3,6 +3,7 @@ record, replay the reference offline, check the invariants and write the report.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from chaos.chaos_cluster import ChaosCluster, alive
 from chaos.faults import FaultContext, inject
 from chaos.fleet import ClientRobot
 from chaos.record import MODES, RobotEnd, RunRecord, StepRecord
-from chaos.reference import observations, reference_with_exits
+from chaos.reference import observations, reference_with_exits_batch
 from chaos.schedule import FaultEvent, schedule
 from service.client import ActionMeshClient
 from service.model import weights
@@ -230,20 +231,23 @@ def _compare_with_reference(
     for index, s in enumerate(record.steps):
         if s.code == "OK":
             by_robot.setdefault(s.robot, []).append(index)
-    for robot, indices in by_robot.items():
-        acked = max(record.steps[i].seq for i in indices)
-        obs = _observations(options, robot)[:acked]
-        references = {}
-        reset = False
-        for i in sorted(indices, key=lambda i: record.steps[i].seq):
-            s = record.steps[i]
-            reset = reset or s.state_reset
-            action = actions.get(robot, {}).get(s.seq)
-            if reset or action is None or s.mode == "FALLBACK" or s.model_version not in models:
-                continue
-            if s.model_version not in references:
-                references[s.model_version] = reference_with_exits(models[s.model_version], obs)
-            full, exits = references[s.model_version]
-            want = full[s.seq - 1] if s.mode == "FULL" else exits[s.seq - 1][s.exit_stage]
-            error = float((action - want).abs().max())
-            record.steps[i] = StepRecord(**{**s.__dict__, "ref_error": round(error, 8)})
+    robots = sorted(by_robot)
+    runs = [
+        _observations(options, r)[: max(record.steps[i].seq for i in by_robot[r])] for r in robots
+    ]
+    for version, model in models.items():
+        if not any(record.steps[i].model_version == version for r in robots for i in by_robot[r]):
+            continue
+        references = dict(zip(robots, reference_with_exits_batch(model, runs), strict=True))
+        for robot in robots:
+            full, exits = references[robot]
+            reset = False
+            for i in sorted(by_robot[robot], key=lambda i: record.steps[i].seq):
+                s = record.steps[i]
+                reset = reset or s.state_reset
+                action = actions.get(robot, {}).get(s.seq)
+                if reset or action is None or s.mode == "FALLBACK" or s.model_version != version:
+                    continue
+                want = full[s.seq - 1] if s.mode == "FULL" else exits[s.seq - 1][s.exit_stage]
+                error = round(float((action - want).abs().max()), 8)
+                record.steps[i] = dataclasses.replace(s, ref_error=error)
