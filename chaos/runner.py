@@ -227,6 +227,9 @@ def _compare_with_reference(
     """Fill each answer's ref_error: its distance from the never-failed run of its robot's
     observations on its version (the full head for FULL, the exit head for EARLY_EXIT), up to
     the robot's first announced state reset."""
+    # One thread: on a loaded 2-core machine torch's second thread spin-waits for a core and
+    # makes these small sequential steps about 50 times slower.
+    torch.set_num_threads(1)
     by_robot: dict[int, list[int]] = {}
     for index, s in enumerate(record.steps):
         if s.code == "OK":
