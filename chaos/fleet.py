@@ -25,6 +25,7 @@ from service.client import (
     StepShed,
     StepStream,
 )
+from service.client.session_client import Priority
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -188,11 +189,12 @@ class ClientRobot(Robot):
         streaming: bool = False,
         step_timeout_s: float | None = None,
         wait_replicas: int = 0,
+        priority: Priority = "NORMAL",
     ) -> None:
         """address: one coordinator, or every one (the client fails over between them);
         step_timeout_s: None keeps the client library's default."""
         super().__init__(observations, period_s)
-        self.streaming = streaming
+        self.streaming, self.priority = streaming, priority
         timeout = {} if step_timeout_s is None else {"step_timeout_s": step_timeout_s}
         addresses = [address] if isinstance(address, str) else list(address)
         self.client = ActionMeshClient(addresses, max_attempts=1, client_id="robot", **timeout)
@@ -216,7 +218,9 @@ class ClientRobot(Robot):
         stepper = self._stream or self.session
         sent = time.monotonic()
         try:
-            result: StepResult = stepper.step(self.obs[seq - 1], timestamp_s=timestamp)
+            result: StepResult = stepper.step(
+                self.obs[seq - 1], priority=self.priority, timestamp_s=timestamp
+            )
         except ServiceUnavailable as exc:
             return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
         except StepShed:

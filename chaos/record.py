@@ -52,7 +52,8 @@ class FaultWindow:
 @dataclass(frozen=True)
 class RobotEnd:
     """A robot's end: the steps it saw acknowledged, the seq the store holds for its session
-    (None if it could not be read), the error that stopped it early ("" if none)."""
+    (None if it could not be read), the error that stopped it early ("" if none); and how it
+    stepped (the Redis replicas it asked to wait for, its priority class)."""
 
     robot: int
     session_id: str
@@ -60,6 +61,7 @@ class RobotEnd:
     acked: int
     stored_seq: int | None
     error: str = ""
+    priority: str = "NORMAL"
 
 
 @dataclass

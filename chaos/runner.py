@@ -21,6 +21,7 @@ from chaos.record import MODES, RobotEnd, RunRecord, StepRecord
 from chaos.reference import observations, reference_with_exits_batch
 from chaos.schedule import FaultEvent, schedule
 from service.client import ActionMeshClient
+from service.client.session_client import Priority
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
@@ -107,6 +108,10 @@ def _drive(
     # Every other robot asks for wait_replicas (the durability level) and streams: a run
     # shows what each level and each way of stepping costs.
     wait_replicas = [options.wait_replicas if i % 2 == 0 else 0 for i in range(options.robots)]
+    # And every third one, from the second, steps as SAFETY (never to be shed).
+    priorities: list[Priority] = [
+        "SAFETY" if i % 3 == 1 else "NORMAL" for i in range(options.robots)
+    ]
     fleet = [
         ClientRobot(
             addresses,
@@ -115,6 +120,7 @@ def _drive(
             streaming=i % 2 == 1,
             step_timeout_s=options.step_timeout_s,
             wait_replicas=wait_replicas[i],
+            priority=priorities[i],
         )
         for i in range(options.robots)
     ]
@@ -216,7 +222,15 @@ def _ends(
                 stored = None
             error = "" if robot.error is None else f"{type(robot.error).__name__}: {robot.error}"
             ends.append(
-                RobotEnd(index, robot.session_id, wait_replicas[index], robot.acked, stored, error)
+                RobotEnd(
+                    index,
+                    robot.session_id,
+                    wait_replicas[index],
+                    robot.acked,
+                    stored,
+                    error,
+                    robot.priority,
+                )
             )
     return ends
 

@@ -45,6 +45,7 @@ INVARIANTS: dict[str, str] = {
     "state-equals-reference": "every FULL and EARLY_EXIT answer equals the never-failed "
     "reference replayed offline from the record, unless a state reset was announced before it",
     "durable": "no acknowledged step lost by a robot that asked for wait_replicas >= 1",
+    "safety-never-shed": "no attempt of a SAFETY robot was shed (RESOURCE_EXHAUSTED)",
     "faults-injected": "every scheduled fault was injected and its recovery action completed",
     "processes-gone": "every process the suite started is gone at the end",
 }
@@ -144,6 +145,13 @@ def durable(record: RunRecord) -> Verdict:
     return _verdict("durable", len(record.ends), bad, note)
 
 
+def safety_never_shed(record: RunRecord) -> Verdict:
+    safety = {e.robot for e in record.ends if e.priority == "SAFETY"}
+    steps = [s for s in record.steps if s.robot in safety]
+    bad = [_step(s, "a SAFETY step shed") for s in steps if s.code == "RESOURCE_EXHAUSTED"]
+    return _verdict("safety-never-shed", len(steps), bad)
+
+
 def faults_injected(record: RunRecord) -> Verdict:
     bad = [
         f"{f.fault} on {f.target} at {f.start_s:.2f}s: {f.detail}"
@@ -167,6 +175,7 @@ def check(record: RunRecord) -> list[Verdict]:
         labelled(record),
         state_equals_reference(record),
         durable(record),
+        safety_never_shed(record),
         faults_injected(record),
         processes_gone(record),
     ]

@@ -108,6 +108,15 @@ def test_an_answer_off_the_reference_breaks_state_equals_reference() -> None:
     )
 
 
+def test_a_shed_safety_step_breaks_safety_never_shed_a_shed_normal_one_does_not() -> None:
+    record = clean_record()
+    record.ends[1] = dataclasses.replace(record.ends[1], priority="SAFETY")
+    record.steps.append(StepRecord(0, 11, 1.1, 1.11, "RESOURCE_EXHAUSTED"))
+    assert failing(record) == {}
+    record.steps.append(StepRecord(1, 11, 1.6, 1.61, "RESOURCE_EXHAUSTED"))
+    assert failing(record) == {"safety-never-shed": ["robot 1 seq 11 at 1.60s: a SAFETY step shed"]}
+
+
 def test_a_failed_injection_and_a_leftover_process_are_failures() -> None:
     record = clean_record()
     record.faults = [
