@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.chaos_cluster import ChaosCluster
+from chaos.delay_proxy import DelayProxy
 from chaos.record import FaultWindow
 from chaos.schedule import FaultEvent
 from service.local.child_process import ChildProcess
@@ -67,12 +68,14 @@ def run_ckpt(cluster: LocalCluster, *args: str) -> dict[str, Any]:
 @dataclass
 class FaultContext:
     """What an injector needs beyond the cluster: the run's clock (seconds since the robots
-    started), the coordinator the robots use now, and the version a rolling update goes to."""
+    started), the address the robots use now, the version a rolling update goes to, and the
+    proxies the robots reach the coordinators through (by the proxy's address), if any."""
 
     cluster: ChaosCluster
     clock: Callable[[], float]
     robots_coordinator: Callable[[], str]
     update_version: str = ""
+    proxies: dict[str, DelayProxy] = field(default_factory=dict)
 
 
 class FaultFailed(Exception):
@@ -126,6 +129,8 @@ def pause_leader(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
 def kill_coordinator(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
     local = ctx.cluster.cluster
     address = ctx.robots_coordinator()
+    if address in ctx.proxies:
+        address = ctx.proxies[address].target
     port = int(address.rsplit(":", 1)[1])
     child = next((c for c in local.coordinators if c.ports.get("grpc_port") == port), None)
     if child is None:
@@ -231,6 +236,22 @@ def rolling_update(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
     )
 
 
+def slow_link(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
+    address = ctx.robots_coordinator()
+    proxy = ctx.proxies.get(address)
+    if proxy is None:
+        raise FaultFailed(f"the robots reach {address} directly, through no proxy")
+    proxy.delay_s = 0.15 + (event.pick % 301) / 1000
+    try:
+        time.sleep(event.hold_s)
+    finally:
+        delay, proxy.delay_s = proxy.delay_s, 0.0
+    return (
+        f"robots -> {proxy.target}",
+        f"every chunk held {delay * 1e3:.0f} ms for {event.hold_s:.1f}s",
+    )
+
+
 _INJECTORS: dict[str, Callable[[FaultContext, FaultEvent], tuple[str, str]]] = {
     "kill-leader": kill_leader,
     "pause-leader": pause_leader,
@@ -241,4 +262,5 @@ _INJECTORS: dict[str, Callable[[FaultContext, FaultEvent], tuple[str, str]]] = {
     "etcd-quorum-loss": etcd_quorum_loss,
     "corrupt-checkpoint": corrupt_checkpoint,
     "rolling-update": rolling_update,
+    "slow-link": slow_link,
 }

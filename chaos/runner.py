@@ -15,11 +15,12 @@ import torch
 from tqdm import tqdm
 
 from chaos.chaos_cluster import ChaosCluster, alive
+from chaos.delay_proxy import DelayProxy
 from chaos.faults import FaultContext, inject
 from chaos.fleet import ClientRobot
 from chaos.record import MODES, RobotEnd, RunRecord, StepRecord
 from chaos.reference import observations, reference_with_exits_batch
-from chaos.schedule import FaultEvent, schedule
+from chaos.schedule import PROXIED, FaultEvent, schedule
 from service.client import ActionMeshClient
 from service.client.session_client import Priority
 from service.model import weights
@@ -104,7 +105,9 @@ def _drive(
 ) -> tuple[RunRecord, Actions]:
     """Step the robots for the run's duration while the faults are injected; the record and
     every acknowledged action (kept out of the record for its size)."""
-    addresses = cluster.cluster.addresses
+    coordinators = cluster.cluster.addresses
+    proxies = [DelayProxy(a) for a in coordinators] if options.scenario in PROXIED else []
+    addresses = [p.address for p in proxies] or coordinators
     # Every other robot asks for wait_replicas (the durability level) and streams: a run
     # shows what each level and each way of stepping costs.
     wait_replicas = [options.wait_replicas if i % 2 == 0 else 0 for i in range(options.robots)]
@@ -142,7 +145,9 @@ def _drive(
         current = [r.client.current_address for r in fleet]
         return max(set(current), key=current.count)
 
-    ctx = FaultContext(cluster, clock, robots_coordinator, update_version)
+    ctx = FaultContext(
+        cluster, clock, robots_coordinator, update_version, {p.address: p for p in proxies}
+    )
     injector = threading.Thread(
         target=_inject_all, args=(ctx, events, record, cluster, seen), daemon=True
     )
@@ -178,7 +183,9 @@ def _drive(
                     o.state_reset,
                 )
             )
-    record.ends = _ends(fleet, wait_replicas, addresses)
+    for proxy in proxies:
+        proxy.close()
+    record.ends = _ends(fleet, wait_replicas, coordinators)
     actions: Actions = {}
     for index, robot in enumerate(fleet):
         actions[index] = {

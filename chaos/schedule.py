@@ -21,9 +21,13 @@ FAULTS: dict[str, str] = {
     "corrupt-checkpoint": "corrupt a shard's flash copy of the served version, restart the shard: "
     "it must quarantine the file and load a good copy",
     "rolling-update": "promote a second model version under load, roll back after the hold",
+    "slow-link": "delay every chunk between the robots and their coordinator by 150-450 ms (a "
+    "proxy of the suite's own) for the hold",
 }
 
 MIXED = "mixed"
+# Scenarios whose robots reach the coordinators through delay proxies (chaos/delay_proxy.py).
+PROXIED = ("slow-link", MIXED)
 # Faults `mixed` draws from (all of them).
 MIXED_FAULTS = tuple(FAULTS)
 
@@ -63,6 +67,7 @@ HOLD_S: dict[str, tuple[float, float]] = {
     "etcd-quorum-loss": (3.0, 5.0),
     "corrupt-checkpoint": (0.0, 0.0),
     "rolling-update": (3.0, 5.0),
+    "slow-link": (2.0, 4.0),
 }
 
 
