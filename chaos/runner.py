@@ -192,9 +192,8 @@ def _drive(
             o.seq: o.action for o in robot.outcomes if o.code == "OK" and o.action is not None
         }
         if robot.is_alive():
-            end = record.ends[index]
-            record.ends[index] = RobotEnd(
-                index, end.session_id, end.wait_replicas, robot.acked, end.stored_seq, "hung"
+            record.ends[index] = dataclasses.replace(
+                record.ends[index], error="hung: its thread did not end within 30 s of stop"
             )
     return record, actions
 
