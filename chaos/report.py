@@ -115,7 +115,8 @@ def table(result: dict[str, Any]) -> str:
         f"  attempts {s['attempts']}  acknowledged {s['acknowledged']}  modes {s['modes']}  "
         f"failed {s['failed'] or '{}'}",
         f"  worst attempt {s['worst_attempt_s'] * 1e3:.0f} ms  worst step wait (retries "
-        f"included) {s['worst_step_wait_s'] * 1e3:.0f} ms  recovery per fault (s) {s['recovery_s']}",
+        f"included) {s['worst_step_wait_s'] * 1e3:.0f} ms  worst gap between answers "
+        f"{s['worst_gap_s'] * 1e3:.0f} ms  recovery per fault (s) {s['recovery_s']}",
     ]
     for fault in result["faults"]:
         lines.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from chaos.record import RunRecord, StepRecord
 
@@ -205,8 +206,20 @@ def summary(record: RunRecord) -> dict[str, object]:
         "failed": dict(Counter(s.code for s in record.steps if s.code != "OK")),
         "worst_attempt_s": round(max((s.latency_s for s in record.steps), default=0.0), 4),
         "worst_step_wait_s": round(max(waits, default=0.0), 4),
+        "worst_gap_s": round(worst_gap_s(record), 4),
         "recovery_s": [round(recovery_s(record, i), 3) for i in range(len(record.faults))],
     }
+
+
+def worst_gap_s(record: RunRecord) -> float:
+    """The longest a robot went without any answer (to any attempt): from one answer to the
+    next one's, the robot's own period included. A gap much longer than the worst attempt
+    means the robot could not even send (its process starved of CPU, say)."""
+    gaps = []
+    for robot in range(record.robots):
+        answered = sorted(s.answered_s for s in record.steps if s.robot == robot)
+        gaps += [b - a for a, b in pairwise(answered)]
+    return max(gaps, default=0.0)
 
 
 def recovery_s(record: RunRecord, index: int) -> float:

@@ -136,6 +136,8 @@ def test_the_figures_count_retries_into_the_wait_and_measure_recovery() -> None:
     figures = summary(record)
     assert figures["failed"] == {"DEADLINE_EXCEEDED": 1}
     assert figures["modes"] == {"FULL": 20}
+    # robot 1: seq 4 answered at 0.41 s, then the failed attempt's answer at 0.96 s
+    assert figures["worst_gap_s"] == pytest.approx(0.55)
     # the failed attempt's answer at 0.96 s was the last thing other than FULL
     assert recovery_s(record, 0) == pytest.approx(0.96 - 0.35)
 
