@@ -3,6 +3,7 @@ a real local cluster, with its report and a non-zero exit when an invariant fail
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -40,6 +41,13 @@ def _run(settings: ChaosSettings) -> int:
         )
         print(
             f"actionmesh chaos run: {given}; choose one of {', '.join(scenario_names())}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if importlib.util.find_spec("moto") is None:
+        print(
+            "actionmesh chaos run: the cluster's S3 endpoint needs moto: "
+            "pip install 'actionmesh[chaos]'",
             file=sys.stderr,
         )
         return EXIT_USAGE
