@@ -29,6 +29,8 @@ from service.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
+# Seconds between the end of one fault and the next one's injection, at least.
+SETTLE_S = 3.0
 # robot -> seq -> the action it was answered
 Actions = dict[int, dict[int, torch.Tensor]]
 
@@ -205,12 +207,16 @@ def _inject_all(
     cluster: ChaosCluster,
     seen: dict[int, str],
 ) -> None:
+    ended = -SETTLE_S
     for event in events:
-        time.sleep(max(0.0, event.at_s - ctx.clock()))
+        # At its time, but never sooner than SETTLE_S after the previous fault ended: each
+        # fault's recovery is seen on its own (a restart can outlast the period of `mixed`).
+        time.sleep(max(0.0, event.at_s - ctx.clock(), ended + SETTLE_S - ctx.clock()))
         log.info("fault %s (hold %.1fs) at %.1fs", event.fault, event.hold_s, ctx.clock())
         window = inject(ctx, event)
         log.info("fault %s on %s: %s", window.fault, window.target, window.detail)
         record.faults.append(window)
+        ended = window.end_s
         seen.update(cluster.pids())
 
 
