@@ -5,11 +5,12 @@ replica, so that WAIT 1 still has a replica after a promotion) behind three Sent
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
-from chaos.moto_s3 import MotoS3
+from chaos.moto_s3 import CREDENTIALS, MotoS3
 from service.local.embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster
 from service.local.embedded_redis import EmbeddedRedis
 from service.local.embedded_sentinel import EmbeddedSentinels
@@ -18,6 +19,7 @@ from service.model.config import ModelConfig
 from service.runtime.settings import ClusterSettings
 
 SENTINELS = 3
+BUCKET = "actionmesh-chaos"
 ETCD_MEMBERS = 3
 
 
@@ -75,6 +77,8 @@ class ChaosCluster:
     def _start(self) -> None:
         stack, work = self._stack, self.work_dir
         self.s3 = stack.enter_context(MotoS3(work / "logs"))
+        self.s3.create_bucket(BUCKET)
+        os.environ.update(CREDENTIALS)  # what the children's boto3 (shards, coordinators) find
         fsync = None if self._durability == "none" else self._durability
         primary = EmbeddedRedis(work / "redis-0", appendfsync=fsync)  # type: ignore[arg-type]
         replica = EmbeddedRedis(work / "redis-1", appendfsync=fsync, replica_of=primary)  # type: ignore[arg-type]
@@ -104,7 +108,7 @@ class ChaosCluster:
             LocalCluster(
                 settings,
                 self.model,
-                checkpoint_remote=self.s3.url("checkpoints"),
+                checkpoint_remote=self.s3.url(BUCKET, "checkpoints"),
                 coordinator_overrides=self._coordinator_overrides,
             )
         )

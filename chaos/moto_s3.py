@@ -1,9 +1,8 @@
-"""A private S3 endpoint (the moto server) on 127.0.0.1, with one bucket, for the chaos
-cluster's checkpoint store: real HTTP and real boto3 calls, nothing leaves the machine."""
+"""A private S3 endpoint (the moto server) on 127.0.0.1: the chaos cluster's checkpoint store
+and the S3 tests' endpoint. Real HTTP and real boto3 calls; nothing leaves the machine."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,14 +18,12 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 class MotoS3:
-    """`with MotoS3(log_dir) as s3:` starts the server and makes `bucket`; `s3.url(prefix)` is
-    the s3:// URL of a store in it."""
+    """`with MotoS3(log_dir) as s3:` starts the server (its log in log_dir) and stops it at the
+    end; `s3.endpoint` is its http:// URL."""
 
-    def __init__(
-        self, log_dir: Path, bucket: str = "actionmesh-chaos", start_timeout_s: float = 30.0
-    ):
+    def __init__(self, log_dir: Path, start_timeout_s: float = 30.0):
         self.log_path = log_dir / "moto-s3.log"
-        self.bucket, self._start_timeout_s = bucket, start_timeout_s
+        self._start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
 
@@ -35,8 +32,9 @@ class MotoS3:
         assert self._proc is not None, "moto server not started"
         return self._proc.pid
 
-    def url(self, prefix: str) -> str:
-        return f"s3://{self.bucket}/{prefix}?endpoint_url={self.endpoint}&region={REGION}"
+    def url(self, bucket: str, prefix: str) -> str:
+        """The s3:// URL of a store under `prefix` in `bucket` here (see create_bucket)."""
+        return f"s3://{bucket}/{prefix}?endpoint_url={self.endpoint}&region={REGION}"
 
     def __enter__(self) -> MotoS3:
         try:
@@ -45,7 +43,6 @@ class MotoS3:
             raise RuntimeError(
                 "the chaos suite's S3 endpoint needs moto: pip install 'actionmesh[chaos]'"
             ) from None
-        os.environ.update(CREDENTIALS)  # the children (shards, coordinators) inherit them
         port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
@@ -57,7 +54,6 @@ class MotoS3:
         self.endpoint = f"http://127.0.0.1:{port}"
         try:
             self._wait_ready()
-            self._create_bucket()
         except BaseException:
             self.stop()
             raise
@@ -98,7 +94,7 @@ class MotoS3:
                     ) from None
                 time.sleep(0.05)
 
-    def _create_bucket(self) -> None:
+    def create_bucket(self, bucket: str) -> None:
         import boto3
 
         s3 = boto3.client(
@@ -108,4 +104,4 @@ class MotoS3:
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
-        s3.create_bucket(Bucket=self.bucket)
+        s3.create_bucket(Bucket=bucket)
