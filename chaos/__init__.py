@@ -1,2 +1,2 @@
-"""Simulated robots driving a real cluster, the in-process references and the invariants their
-answers must meet. Fault injection comes with the chaos issue."""
+"""Simulated robots driving a real cluster, the in-process references, fault injection and the
+invariants their answers must meet: the chaos suite (`actionmesh chaos`, docs/chaos.md)."""

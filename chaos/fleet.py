@@ -23,9 +23,10 @@ from service.client import (
     ServiceUnavailable,
     Session,
     StepResult,
+    StepShed,
     StepStream,
 )
-from service.client.session_client import STEP_TIMEOUT_S
+from service.client.session_client import STEP_TIMEOUT_S, Priority
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -183,24 +184,28 @@ class ClientRobot(Robot):
 
     def __init__(
         self,
-        address: str,
+        address: str | list[str],
         observations: list[torch.Tensor],
         period_s: float,
         streaming: bool = False,
         step_timeout_s: float | None = None,
+        wait_replicas: int = 0,
+        priority: Priority = "NORMAL",
         tls: ClientTls | None = None,
     ) -> None:
-        """step_timeout_s: None keeps the client library's default; tls: mutual TLS."""
+        """address: one coordinator, or every one (the client fails over between them);
+        step_timeout_s: None keeps the client library's default; tls: mutual TLS."""
         super().__init__(observations, period_s)
-        self.streaming = streaming
+        self.streaming, self.priority = streaming, priority
+        addresses = [address] if isinstance(address, str) else list(address)
         self.client = ActionMeshClient(
-            [address],
+            addresses,
             max_attempts=1,
             client_id="robot",
             step_timeout_s=STEP_TIMEOUT_S if step_timeout_s is None else step_timeout_s,
             tls=tls,
         )
-        self.session: Session = self.client.open_session()
+        self.session: Session = self.client.open_session(wait_replicas=wait_replicas)
         self.session_id = self.session.session_id
         self._stream: StepStream | None = None
         self._timestamps: dict[int, float] = {}
@@ -220,9 +225,13 @@ class ClientRobot(Robot):
         stepper = self._stream or self.session
         sent = time.monotonic()
         try:
-            result: StepResult = stepper.step(self.obs[seq - 1], timestamp_s=timestamp)
+            result: StepResult = stepper.step(
+                self.obs[seq - 1], priority=self.priority, timestamp_s=timestamp
+            )
         except ServiceUnavailable as exc:
             return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
+        except StepShed:
+            return Outcome(seq, time.monotonic(), time.monotonic() - sent, "RESOURCE_EXHAUSTED")
         now = time.monotonic()
         if result.seq != seq:
             raise AssertionError(f"sent seq {seq}, acknowledged {result.seq}")
@@ -234,7 +243,7 @@ class ClientRobot(Robot):
             session_pb2.ServeMode.Value(result.serve_mode),
             result.action,
             result.model_version,
-            False,  # the client library does not say; the reference checks would
+            result.state_reset,
             result.exit_stage,
             result.confidence,
         )

@@ -65,3 +65,32 @@ def reference_with_exits(
             full.append(heads[-1])
             exits.append(heads)
     return full, exits
+
+
+def reference_with_exits_batch(
+    model: ActionModel, runs: list[list[torch.Tensor]]
+) -> list[tuple[list[torch.Tensor], list[list[torch.Tensor]]]]:
+    """reference_with_exits of several sessions at once, one batch row per session (rows are
+    independent, so this is each session's own never-failed run, in a fraction of the time);
+    a shorter run is padded with zeros past its end, which touch none of its steps."""
+    if not runs:
+        return []
+    length = max(len(r) for r in runs)
+    dim = model.cfg.observation_dim
+    pad = torch.zeros(dim)
+    states = model.fresh_states(len(runs))
+    out: list[tuple[list[torch.Tensor], list[list[torch.Tensor]]]] = [([], []) for _ in runs]
+    with torch.no_grad():
+        for t in range(length):
+            x = torch.stack([r[t] if t < len(r) else pad for r in runs])
+            new_states, heads = [], []
+            for k in range(model.cfg.n_stages):
+                x, memory = model.stage(k)(x, states[k])
+                new_states.append(memory)
+                heads.append(model.stage(k).action(x))
+            states = new_states
+            for row, run in enumerate(runs):
+                if t < len(run):
+                    out[row][0].append(heads[-1][row])
+                    out[row][1].append([h[row] for h in heads])
+    return out

@@ -14,10 +14,12 @@ from service.local.child_process import die_with_parent
 from service.runtime import logs
 from service.runtime.settings import (
     CERTS_ACTIONS,
+    CHAOS_ACTIONS,
     CKPT_ACTIONS,
     TOKEN_ACTIONS,
     BenchSettings,
     CertsSettings,
+    ChaosSettings,
     CkptSettings,
     ClusterSettings,
     CoordinatorSettings,
@@ -117,6 +119,12 @@ def _token(settings: TokenSettings, args: argparse.Namespace) -> int:
     return token.main(settings, args.action)
 
 
+def _chaos(settings: ChaosSettings, args: argparse.Namespace) -> int:
+    from service.cli import chaos
+
+    return chaos.main(settings, args.action)
+
+
 def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
     from service.cli import status
 
@@ -192,6 +200,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         "SHA-256) or list.",
     ),
     (
+        "chaos",
+        ChaosSettings,
+        _chaos,
+        "Chaos suite: list the scenarios, or run one (a real cluster, robots, faults) and check the invariants.",
+    ),
+    (
         "status",
         StatusSettings,
         _status,
@@ -265,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("action", choices=CERTS_ACTIONS, help="What to make.")
         if name == "token":
             sub.add_argument("action", choices=TOKEN_ACTIONS, help="What to do.")
+        if name == "chaos":
+            sub.add_argument("action", choices=CHAOS_ACTIONS, help="list or run.")
         add_flags(sub, settings_cls)
         sub.set_defaults(handler=handler, settings_cls=settings_cls)
     return parser

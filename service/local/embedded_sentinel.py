@@ -86,6 +86,11 @@ class EmbeddedSentinels(Lifecycle):
             raise
         return self
 
+    @property
+    def pids(self) -> list[int]:
+        """The sentinel processes' ids (to check they are gone after stop())."""
+        return [proc.pid for proc in self._procs]
+
     def primary_address(self) -> tuple[str, int] | None:
         """The primary as the first answering sentinel names it; None if none answers."""
         for port in self.ports:

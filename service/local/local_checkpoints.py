@@ -21,15 +21,20 @@ from service.model import weights
 
 
 class LocalCheckpoints:
-    def __init__(self, root: Path) -> None:
+    """remote_url: the remote store (s3://... for an S3 endpoint); default a `file://` folder
+    under root."""
+
+    def __init__(self, root: Path, remote_url: str | None = None) -> None:
         self.root = root
         self.key_dir = root / "keys"
         if not (self.key_dir / PRIVATE_KEY_NAME).exists():
             keygen(self.key_dir)
         self.public_key = self.key_dir / PUBLIC_KEY_NAME
         self.private_key = self.key_dir / PRIVATE_KEY_NAME
-        self.remote_url = (root / "remote").resolve().as_uri()
-        (root / "remote").mkdir(parents=True, exist_ok=True)
+        if remote_url is None:
+            remote_url = (root / "remote").resolve().as_uri()
+            (root / "remote").mkdir(parents=True, exist_ok=True)
+        self.remote_url = remote_url
         self.remote = Remote(open_blobstore(self.remote_url))
         self.flash = LocalFlash(root / "operator-flash", [load_public_key(self.public_key)])
 

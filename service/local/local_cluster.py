@@ -58,7 +58,8 @@ class LocalCluster:
     fields) and every shard (ShardSettings fields) this cluster starts, beyond what `settings`
     sets; passed to each child as flags, after the cluster's own (so they win).
     pin_shards: each stage's shards keep to a core of their own (stage K on the K-th core this
-    process may use, round robin)."""
+    process may use, round robin). checkpoint_remote: the checkpoint store's remote (an s3://
+    URL, say); default a file:// folder in the work dir."""
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class LocalCluster:
         coordinator_overrides: Mapping[str, object] | None = None,
         shard_overrides: Mapping[str, object] | None = None,
         pin_shards: bool = False,
+        checkpoint_remote: str | None = None,
     ) -> None:
         self.settings = settings
         self.model = model or ModelConfig(
@@ -78,6 +80,7 @@ class LocalCluster:
         self._coordinator_flags = settings_flags(CoordinatorSettings, coordinator_overrides or {})
         self._shard_flags = settings_flags(ShardSettings, shard_overrides or {})
         self._pin_shards = pin_shards
+        self._checkpoint_remote = checkpoint_remote
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
@@ -148,7 +151,9 @@ class LocalCluster:
             weights.save(ActionModel(self.model), self.weights_dir)
         if self.settings.runtime != "torch":
             self._export_onnx()
-        self.checkpoints = LocalCheckpoints(self.work_dir / "checkpoints")
+        self.checkpoints = LocalCheckpoints(
+            self.work_dir / "checkpoints", remote_url=self._checkpoint_remote
+        )
         self.checkpoints.publish(self.weights_dir, promote=True)
         if self.settings.tls:
             self.tls_dir = self._certificates()
@@ -366,6 +371,23 @@ class LocalCluster:
         self._coordinators.append(child)
         child.wait_ready(self.settings.start_timeout_s)
         return child
+
+    def restart_coordinator(self, child: ChildProcess) -> ChildProcess:
+        """Start a dead (or stop a live) coordinator again under its name and port; wait until
+        ready. The main one (`address`) stays the main one."""
+        index = self._coordinators.index(child)
+        child.stop()
+        new = self.start_coordinator(child.name, child.ports["grpc_port"])
+        self._coordinators.pop()  # appended by start_coordinator: put it back in its place
+        self._coordinators[index] = new
+        if self.coordinator is child:
+            self.coordinator = new
+        return new
+
+    @property
+    def coordinators(self) -> list[ChildProcess]:
+        """Every coordinator process, the main one first."""
+        return list(self._coordinators)
 
     def stop(self) -> None:
         """Coordinator first (no new steps), then shards (all at once), then Redis and etcd."""

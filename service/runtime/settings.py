@@ -766,6 +766,47 @@ class TokenSettings(JsonOutputSettings):
     )
 
 
+CHAOS_ACTIONS = ("list", "run")
+
+
+class ChaosSettings(JsonOutputSettings):
+    scenario: str | None = Field(
+        None, description="run: the scenario (`actionmesh chaos list` names them)."
+    )
+    duration: float = Field(60.0, gt=0, description="run: seconds the robots step.")
+    seed: int = Field(0, description="run: seed of the fault schedule and the observations.")
+    robots: int = Field(4, ge=1, description="run: simulated robots (every other one streams).")
+    rate_hz: float = Field(50.0, gt=0, le=1000, description="run: each robot's control rate.")
+    every_s: float = Field(10.0, gt=0, description="run, mixed: seconds between faults.")
+    report: Path | None = Field(
+        None, description="run: report folder (default chaos-report-<scenario>-<seed>)."
+    )
+    step_timeout_s: float = Field(
+        0.5, gt=0, description="run: each robot's deadline per step attempt (the client's)."
+    )
+    wait_replicas: int = Field(
+        1,
+        ge=0,
+        description="run: Redis replicas every other robot's steps wait for (the "
+        "others wait for none): the durability levels compared.",
+    )
+    replicas: int = Field(2, ge=1, description="run: shard processes per stage.")
+    coordinators: int = Field(2, ge=1, description="run: coordinator processes.")
+    lease_ttl_s: float = Field(2.0, gt=0, description="run: stage leadership lease TTL.")
+    redis_durability: Literal["none", "everysec", "always"] = Field(
+        "everysec", description="run: AOF persistence of every Redis."
+    )
+    model_size: Literal["small", "default"] = Field(
+        "small", description="run: small (quick on a laptop) or the default model size."
+    )
+    work_dir: Path | None = Field(
+        None, description="run: keep the cluster's files (logs) here; default a temp dir."
+    )
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="run: how long each process may take to become ready."
+    )
+
+
 class StatusSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     etcd: str | None = _etcd_url("the cluster's (`actionmesh up` prints it).")
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 from safetensors.torch import load_file, save_file
 
+from chaos.moto_s3 import MotoS3
 from checkpoint import gc
 from checkpoint.blobstore import S3Options, open_blobstore
 from checkpoint.errors import PreconditionFailed, StoreUnavailable, VerificationFailed
@@ -32,7 +29,6 @@ from checkpoint.remote import Remote, blob_key, ensure_local
 from service.runtime import tracing
 
 CONFIG = {"d_model": 64, "n_stages": 2}
-START_TIMEOUT_S = 30.0
 
 
 def free_port() -> int:
@@ -43,31 +39,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
-    child = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            if child.poll() is not None:
-                raise RuntimeError(f"moto server exited with {child.returncode}, see {log.name}")
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server not ready after {START_TIMEOUT_S}s") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        child.terminate()
-        child.wait(10)
-        log.close()
+    with MotoS3(tmp_path_factory.mktemp("moto")) as s3:
+        yield s3.endpoint
 
 
 def options(endpoint: str, **overrides: object) -> S3Options:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from chaos.faults import stage_leader as leader_of
 from chaos.fleet import Robot
 from chaos.invariants import (
     check_failures_at,
@@ -27,22 +28,12 @@ from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.proto import session_pb2, session_pb2_grpc, stage_pb2, stage_pb2_grpc
-from state.backends import open_routing_table
 from state.leadership import ReplicaInfo
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.support.scraping import scrape
 from tests.support.waiting import wait_for
 
 TTL_S = 2.0
-
-
-def leader_of(cluster: LocalCluster, stage: int) -> ReplicaInfo | None:
-    table = open_routing_table(cluster.etcd_url, cluster.settings.cluster)
-    table.start()
-    try:
-        return table.snapshot()[stage].leader
-    finally:
-        table.stop()
 
 
 def led_by_another(cluster: LocalCluster, stage: int, old: ReplicaInfo) -> bool:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from chaos.faults import stage_leader as leader_of
 from chaos.invariants import failed, progress, robots_stepping, worst_step_latency_after
 from service.client.session_client import ActionMeshClient
 from service.local.local_cluster import LocalCluster
 from tests.conftest import SMALL_MODEL, cluster_settings
-from tests.integration.test_failover import leader_of
 
 # Longer than the pause: what the robots see is the coordinator's doing, not etcd electing
 # the standby when the paused leader's lease runs out.

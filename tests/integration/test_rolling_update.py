@@ -3,18 +3,15 @@ etcd, Redis and a checkpoint store; the operator uses the CLI as a script would.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from chaos.faults import run_ckpt as ckpt
 from chaos.fleet import ClientRobot, Robot
 from chaos.invariants import (
     MAX_STEPS,
@@ -33,32 +30,6 @@ from tests.integration.test_failover import status_json
 from tests.support.waiting import wait_for
 
 ROBOT_PERIOD_S = 0.1  # slow robots keep the observation logs short enough to replay in time
-
-
-def ckpt(cluster: LocalCluster, *args: str) -> dict[str, Any]:
-    assert cluster.checkpoints is not None
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "ckpt",
-        *args,
-        "--flash-dir",
-        str(cluster.checkpoints.flash.root),
-        "--remote",
-        cluster.checkpoints.remote_url,
-        "--trusted-keys",
-        str(cluster.checkpoints.public_key),
-        "--etcd",
-        cluster.etcd_url,
-        "--cluster",
-        cluster.settings.cluster,
-        "--json",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
 
 
 def serving(robots: list[Robot], version: str) -> bool:

@@ -1,0 +1,81 @@
+"""`actionmesh chaos list|run`: the chaos suite's scenarios, and one run of one of them against
+a real local cluster, with its report and a non-zero exit when an invariant fails."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from chaos.schedule import describe, scenario_names
+from service.runtime.settings import ChaosSettings
+
+EXIT_FAILED_INVARIANT = 1
+EXIT_USAGE = 2
+
+
+def main(settings: ChaosSettings, action: str) -> int:
+    if action == "list":
+        return _list(settings)
+    return _run(settings)
+
+
+def _list(settings: ChaosSettings) -> int:
+    scenarios = [{"name": n, "description": describe(n)} for n in scenario_names()]
+    if settings.json_output:
+        print(json.dumps({"scenarios": scenarios}))
+    else:
+        width = max(len(s["name"]) for s in scenarios)
+        for s in scenarios:
+            print(f"{s['name']:<{width}}  {s['description']}")
+    return 0
+
+
+def _run(settings: ChaosSettings) -> int:
+    if settings.scenario is None or settings.scenario not in scenario_names():
+        given = (
+            "no --scenario"
+            if settings.scenario is None
+            else f"unknown scenario {settings.scenario!r}"
+        )
+        print(
+            f"actionmesh chaos run: {given}; choose one of {', '.join(scenario_names())}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if importlib.util.find_spec("moto") is None:
+        print(
+            "actionmesh chaos run: the cluster's S3 endpoint needs moto: "
+            "pip install 'actionmesh[chaos]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    # torch, the cluster tooling and matplotlib only now: `chaos list` and --help stay quick.
+    from chaos import report, runner, verdicts
+    from service.model.config import ModelConfig
+
+    model = runner.SMALL_MODEL if settings.model_size == "small" else ModelConfig(n_stages=3)
+    options = runner.RunOptions(
+        scenario=settings.scenario,
+        duration_s=settings.duration,
+        seed=settings.seed,
+        robots=settings.robots,
+        rate_hz=settings.rate_hz,
+        every_s=settings.every_s,
+        step_timeout_s=settings.step_timeout_s,
+        wait_replicas=settings.wait_replicas,
+        replicas=settings.replicas,
+        coordinators=settings.coordinators,
+        lease_ttl_s=settings.lease_ttl_s,
+        redis_durability=settings.redis_durability,
+        model=model,
+        work_dir=settings.work_dir,
+        start_timeout_s=settings.start_timeout_s,
+        progress=not settings.json_output and sys.stderr.isatty(),
+    )
+    directory = settings.report or Path(f"chaos-report-{settings.scenario}-{settings.seed}")
+    record = runner.run(options)
+    result = report.write(record, verdicts.check(record), directory)
+    print(json.dumps(result) if settings.json_output else report.table(result))
+    return 0 if result["ok"] else EXIT_FAILED_INVARIANT
