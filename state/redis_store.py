@@ -483,9 +483,11 @@ def _connect(url: str, socket_timeout_s: float) -> tuple[redis.Redis, Sentinel |
     target = parse_sentinel_url(url)
     timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
     sentinel_kwargs = {**timeouts, "retry": no_retry}  # for the sentinels themselves
-    # redis.sentinel has no annotations, hence the ignores.
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+    # redis.sentinel is annotated from redis 8.2 on (and too narrowly for **timeouts), not
+    # before: called untyped with either.
+    sentinel_class: Any = Sentinel
+    sentinel = sentinel_class(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    client = sentinel.master_for(
         target.service,
         db=target.db,
         username=target.username,
