@@ -206,7 +206,10 @@ class ClientRobot(Robot):
         stepper = self._stream or self.session
         sent = time.monotonic()
         try:
-            result: StepResult = stepper.step(self.obs[seq - 1], timestamp_s=timestamp)
+            # One observation_id per seq: a step resent after a failure matches its stored reply.
+            result: StepResult = stepper.step(
+                self.obs[seq - 1], timestamp_s=timestamp, observation_id=seq
+            )
         except ServiceUnavailable as exc:
             return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
         now = time.monotonic()
@@ -217,8 +220,8 @@ class ClientRobot(Robot):
             now,
             now - sent,
             "OK",
-            session_pb2.ServeMode.Value(result.serve_mode),
-            result.action,
+            session_pb2.ServeMode.Value(result.serve_mode.value),
+            torch.from_numpy(result.action),
             result.model_version,
             False,  # the client library does not say; the reference checks would
             result.exit_stage,

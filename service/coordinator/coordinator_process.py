@@ -25,7 +25,7 @@ from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
 from service.runtime.grpc_server import GrpcProcess
-from service.runtime.settings import CoordinatorSettings
+from service.runtime.settings import CoordinatorSettings, InvalidSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
 from state.store import SessionStore
@@ -119,7 +119,18 @@ def run(settings: CoordinatorSettings) -> None:
     table = routing_table(settings)
     model, version = discover_model(table, settings.stage_connect_timeout_s)
     path = build_step_path(settings, store, table, model)
-    servicer = SessionServicer(path.engine, settings.step_timeout_s, settings.max_observation_bytes)
+    if settings.joint_names and len(settings.joint_names) != model.joints:
+        raise InvalidSettings(
+            f"--joint-names lists {len(settings.joint_names)} names; the model has "
+            f"{model.joints} joints"
+        )
+    servicer = SessionServicer(
+        path.engine,
+        settings.step_timeout_s,
+        settings.max_observation_bytes,
+        action_period_ms=settings.action_period_ms,
+        joint_names=settings.joint_names,
+    )
 
     def register(server: grpc.Server) -> list[str]:
         session_handlers.add_to_server(servicer, server)

@@ -7,7 +7,9 @@ each plan and folds its result back into the planner's view.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import logging
 import math
 import secrets
@@ -138,7 +140,11 @@ class SessionEngine:
         self.limits, self.durability = limits, durability
         self.degraded_clock = DegradedClock()
 
-    def open(self, ttl_s: float, client_id: str, wait_replicas: int) -> OpenedSession:
+    def open(
+        self, ttl_s: float, client_id: str, wait_replicas: int, request_id: str = ""
+    ) -> OpenedSession:
+        """A new session; with a request_id, the one an earlier call with the same client_id and
+        request_id opened, if it is still there (a retried open leaves no stray session)."""
         if not (ttl_s >= 0 and math.isfinite(ttl_s)):
             raise InvalidInput(f"ttl_s must be a finite number >= 0 (0: the default), got {ttl_s}")
         if wait_replicas > self.durability.max_wait_replicas:
@@ -151,12 +157,24 @@ class SessionEngine:
         choice = choose_version(self.versions.snapshot(), None)
         if isinstance(choice, NoPipeline | Switch):
             raise Unavailable("no model version is served by every stage; retry shortly")
-        session_id = SessionId(secrets.token_urlsafe(18))
+        session_id = _new_session_id(client_id, request_id)
         record = SessionRecord(
             session_id, 0, choice.version, ttl, client_id, wait_replicas=wait_replicas
         )
         with store_errors():
-            self.store.create(record)
+            try:
+                self.store.create(record)
+            except ValueError:  # only a request_id repeats an id: the open is a retry
+                existing = self.store.load(session_id) if request_id else None
+                if existing is None or existing.client_id != client_id:
+                    raise
+                log.info("session=%s open retried (request_id=%r)", session_id, request_id)
+                return OpenedSession(
+                    session_id=session_id,
+                    ttl_s=existing.ttl_s,
+                    model_version=existing.model_version,
+                    wait_replicas=existing.wait_replicas,
+                )
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
                 self._confirm_or_delete(session_id, wait_replicas)
         log.info(
@@ -235,7 +253,12 @@ class SessionEngine:
         timestamp_s: float,
         deadline: float,
         priority: Priority = Priority.NORMAL,
+        *,
+        observation_id: int = 0,
+        tick: int = 0,
     ) -> StepAnswer:
+        """One step. observation_id and tick are the client's, echoed in the reply (its
+        chunk's first action is for `tick`)."""
         received = time.perf_counter()
         self.check_observation(observation)
         loading = time.perf_counter()
@@ -253,6 +276,8 @@ class SessionEngine:
             version=version,
             received=received,
             load_s=loaded - loading,
+            observation_id=observation_id,
+            tick=tick,
         )
         view, assets = self._view(step, choice, priority)
         what, best_s = f"session={session_id} seq={seq}", admission_latency_s(view)
@@ -432,6 +457,8 @@ class SessionEngine:
                 exit_stage=computed.exit_stage,
                 replayed_steps=work.replayed_steps,
                 state_reset=reset,
+                observation_id=step.observation_id,
+                first_action_tick=step.tick,
             )
         )
 
@@ -510,6 +537,16 @@ def _refusal(
         f"{what}: no serve mode can answer ({plan.detail}){tried}; the session was not "
         "advanced, retry the same seq"
     )
+
+
+def _new_session_id(client_id: str, request_id: str) -> SessionId:
+    """24 URL-safe characters: random, or, for an open with a request_id, derived from it and the
+    client_id (a retry of the open gets the same id; the request_id should be as unguessable as
+    a session id, say a UUID4)."""
+    if not request_id:
+        return SessionId(secrets.token_urlsafe(18))
+    digest = hashlib.sha256(f"{client_id}\0{request_id}".encode()).digest()[:18]
+    return SessionId(base64.urlsafe_b64encode(digest).decode())
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import grpc
@@ -72,12 +72,27 @@ def reason_of(exc: ActionmeshError) -> str:
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    def __init__(self, engine: SessionEngine, step_timeout_s: float, max_observation_bytes: int):
+    def __init__(
+        self,
+        engine: SessionEngine,
+        step_timeout_s: float,
+        max_observation_bytes: int,
+        *,
+        action_period_ms: float = 20.0,
+        joint_names: Sequence[str] = (),
+    ):
+        """joint_names: one per joint, or () for joint_0, joint_1, ..."""
         self.engine, self.step_timeout_s = engine, step_timeout_s
         self.max_observation_bytes = max_observation_bytes
         cfg = engine.model
+        if joint_names and len(joint_names) != cfg.joints:
+            raise ValueError(f"{len(joint_names)} joint names for a model of {cfg.joints} joints")
         self.action_spec = session_pb2.ActionSpec(
-            observation_dim=cfg.observation_dim, horizon=cfg.horizon, joints=cfg.joints
+            observation_dim=cfg.observation_dim,
+            horizon=cfg.horizon,
+            joints=cfg.joints,
+            action_period_ms=action_period_ms,
+            joint_names=list(joint_names) or [f"joint_{i}" for i in range(cfg.joints)],
         )
 
     def OpenSession(  # noqa: N802 (gRPC naming)
@@ -87,7 +102,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.OpenSessionReply:
         try:
             request = _checked(request)
-            opened = self.engine.open(request.ttl_s, request.client_id, request.wait_replicas)
+            opened = self.engine.open(
+                request.ttl_s, request.client_id, request.wait_replicas, request.request_id
+            )
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.OpenSessionReply(
@@ -183,16 +200,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             what = f"session={request.session_id} seq={request.seq}"
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
-            budget = self.step_timeout_s
-            if time_remaining is not None:
-                budget = min(budget, time_remaining)
+            budget = _shortest(self.step_timeout_s, time_remaining, _step_budget_s(request))
             answer = self.engine.step(
                 request.session_id,
                 request.seq,
                 observation,
                 request.timestamp_s,
-                time.monotonic() + budget,
+                time.monotonic() + (budget or self.step_timeout_s),
                 _priority(request.priority),
+                observation_id=request.observation_id,
+                tick=request.tick,
             )
         except ActionmeshError as exc:
             code = status_of(exc)
@@ -242,6 +259,14 @@ def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
     context.abort(status_of(exc), _bounded(str(exc)))
 
 
+def _step_budget_s(request: session_pb2.StepRequest) -> float | None:
+    """The step's own budget (budget_ms), if it set one."""
+    budget_ms = request.budget_ms
+    if not (math.isfinite(budget_ms) and budget_ms >= 0):
+        raise InvalidInput("budget_ms must be a finite number of ms >= 0 (0: no budget of its own)")
+    return budget_ms / 1e3 if budget_ms else None
+
+
 def _stream_step_timeout_s(context: grpc.ServicerContext) -> float | None:
     """The robot's per-step deadline on a stream (metadata STEP_TIMEOUT_KEY), if it sent one."""
     sent = dict(context.invocation_metadata() or ()).get(STEP_TIMEOUT_KEY)
@@ -267,7 +292,7 @@ def _checked(request: R | Malformed) -> R:
     quotes neither)."""
     if isinstance(request, Malformed):
         raise InvalidInput(request.describe())
-    for field in ("session_id", "client_id"):
+    for field in ("session_id", "client_id", "request_id"):
         value = getattr(request, field, "")
         if len(value) > MAX_ID_CHARS:
             raise InvalidInput(f"{field} is {len(value)} characters; at most {MAX_ID_CHARS}")

@@ -271,6 +271,17 @@ class CoordinatorSettings(
         gt=0,
         description="Step deadline when the client sets none, and the cap on one it sets.",
     )
+    action_period_ms: float = Field(
+        20.0,
+        gt=0,
+        description="The control period a reply's actions are spaced by, as the model was "
+        "trained (sent to clients in ActionSpec.action_period_ms).",
+    )
+    joint_names: list[str] = Field(
+        default_factory=list,
+        description="The action's columns, one name per joint (ActionSpec.joint_names); "
+        "empty: joint_0, joint_1, ...",
+    )
     stage_timeout_s: float = Field(
         0.5,
         gt=0,
