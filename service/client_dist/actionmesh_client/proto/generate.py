@@ -50,15 +50,17 @@ def generate(out_dir: Path) -> None:
         raise RuntimeError(f"protoc failed on {sources}")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """generate.py [OUT_DIR]: into OUT_DIR/actionmesh_client/proto (default: beside the protos)."""
+    out_dir = Path(argv[0]) if argv else DIST_ROOT
     try:
-        generate(DIST_ROOT)
+        generate(out_dir)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"generated code written to {PROTO_DIR}")
+    print(f"generated code written to {out_dir / 'actionmesh_client' / 'proto'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
