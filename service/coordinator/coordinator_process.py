@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -25,7 +26,7 @@ from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
 from service.runtime.grpc_server import GrpcProcess
-from service.runtime.settings import CoordinatorSettings, InvalidSettings
+from service.runtime.settings import CoordinatorSettings
 from state.backends import open_routing_table, open_session_store
 from state.leadership import RoutingTable
 from state.store import SessionStore
@@ -120,10 +121,12 @@ def run(settings: CoordinatorSettings) -> None:
     model, version = discover_model(table, settings.stage_connect_timeout_s)
     path = build_step_path(settings, store, table, model)
     if settings.joint_names and len(settings.joint_names) != model.joints:
-        raise InvalidSettings(
-            f"--joint-names lists {len(settings.joint_names)} names; the model has "
-            f"{model.joints} joints"
+        print(
+            f"actionmesh coordinator: --joint-names lists {len(settings.joint_names)} names; "
+            f"the model has {model.joints} joints",
+            file=sys.stderr,
         )
+        raise SystemExit(2)  # a setting that does not fit the model: a usage error
     servicer = SessionServicer(
         path.engine,
         settings.step_timeout_s,
