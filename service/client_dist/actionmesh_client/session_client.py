@@ -478,7 +478,7 @@ class Session:
             )
         result = StepResult(
             reply.seq,
-            np.asarray(array_codec.decode(reply.action), dtype=np.float32),
+            np.array(array_codec.decode(reply.action), dtype=np.float32),  # writable, owned
             _serve_mode(reply.serve_mode),
             reply.exit_stage,
             reply.confidence,
