@@ -120,7 +120,8 @@ def _drive(session: Session, settings: DemoSettings, cluster: LocalCluster | Non
     print(_HEADER)
     config = BufferConfig(when_dry=WhenDry(settings.when_dry))
     started = next_tick = time.monotonic()
-    fault_thread = _start_fault(settings, cluster, run, started)
+    run_over = threading.Event()
+    fault_thread = _start_fault(settings, cluster, run, started, run_over)
     with session.stream() as stream:
         buffer = ActionBuffer(_RecordingStepper(stream, run, started), spec.joints, config)
         try:
@@ -137,6 +138,7 @@ def _drive(session: Session, settings: DemoSettings, cluster: LocalCluster | Non
             run.fatal = f"{exc.code}: {exc}"
             print(f"the session cannot go on: {run.fatal}")
         buffer.wait_idle(5.0)
+    run_over.set()
     if fault_thread is not None:
         fault_thread.join(timeout=120)
     return run
@@ -157,7 +159,11 @@ def _print_row(run: DemoRun, command: Command, queued: int) -> None:
 
 
 def _start_fault(
-    settings: DemoSettings, cluster: LocalCluster | None, run: DemoRun, started: float
+    settings: DemoSettings,
+    cluster: LocalCluster | None,
+    run: DemoRun,
+    started: float,
+    run_over: threading.Event,
 ) -> threading.Thread | None:
     if settings.kill_stage_at_s is None or cluster is None:
         return None
@@ -165,7 +171,7 @@ def _start_fault(
     run.fault = Fault(stage, settings.kill_stage_at_s)
     thread = threading.Thread(
         target=_kill_and_restart,
-        args=(cluster, settings, run.fault, started),
+        args=(cluster, settings, run.fault, started, run_over),
         name="demo-fault",
         daemon=True,
     )
@@ -174,9 +180,17 @@ def _start_fault(
 
 
 def _kill_and_restart(
-    cluster: LocalCluster, settings: DemoSettings, fault: Fault, started: float
+    cluster: LocalCluster,
+    settings: DemoSettings,
+    fault: Fault,
+    started: float,
+    run_over: threading.Event,
 ) -> None:
-    """In the background: kill -9 the stage's leader at its time, restart it later."""
+    """In the background: kill -9 the stage's leader at its time, restart it later.
+
+    Stays alive until the run is over: a child is told to stop when the *thread* that started
+    it exits (PR_SET_PDEATHSIG follows the thread), so the restarted shard would stop at once.
+    """
     table = open_routing_table(cluster.etcd_url, settings.cluster)
     table.start()
     try:
@@ -197,6 +211,7 @@ def _kill_and_restart(
         fault.error = f"{type(exc).__name__}: {exc}"
     finally:
         table.stop()
+        run_over.wait()
 
 
 def summarize(run: DemoRun) -> list[str]:
