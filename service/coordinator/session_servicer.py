@@ -200,13 +200,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             what = f"session={request.session_id} seq={request.seq}"
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
-            budget = _shortest(self.step_timeout_s, time_remaining, _step_budget_s(request))
+            limits = (time_remaining, _step_budget_s(request))
+            budget = min([self.step_timeout_s, *(t for t in limits if t is not None)])
             answer = self.engine.step(
                 request.session_id,
                 request.seq,
                 observation,
                 request.timestamp_s,
-                time.monotonic() + (budget or self.step_timeout_s),
+                time.monotonic() + budget,
                 _priority(request.priority),
                 observation_id=request.observation_id,
                 tick=request.tick,
