@@ -225,8 +225,12 @@ class ClientRobot(Robot):
         stepper = self._stream or self.session
         sent = time.monotonic()
         try:
+            # One observation_id per seq: a step resent after a failure matches its stored reply.
             result: StepResult = stepper.step(
-                self.obs[seq - 1], priority=self.priority, timestamp_s=timestamp
+                self.obs[seq - 1],
+                priority=self.priority,
+                timestamp_s=timestamp,
+                observation_id=seq,
             )
         except ServiceUnavailable as exc:
             return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
@@ -240,8 +244,8 @@ class ClientRobot(Robot):
             now,
             now - sent,
             "OK",
-            session_pb2.ServeMode.Value(result.serve_mode),
-            result.action,
+            session_pb2.ServeMode.Value(result.serve_mode.value),
+            torch.from_numpy(result.action),
             result.model_version,
             result.state_reset,
             result.exit_stage,

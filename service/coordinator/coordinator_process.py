@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -206,8 +207,20 @@ def run(settings: CoordinatorSettings) -> None:
         table, settings.stage_connect_timeout_s, shard_credentials(settings)
     )
     path = build_step_path(settings, store, table, model)
+    if settings.joint_names and len(settings.joint_names) != model.joints:
+        print(
+            f"actionmesh coordinator: --joint-names lists {len(settings.joint_names)} names; "
+            f"the model has {model.joints} joints",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)  # a setting that does not fit the model: a usage error
     servicer = SessionServicer(
-        path.engine, settings.step_timeout_s, settings.max_observation_bytes, access
+        path.engine,
+        settings.step_timeout_s,
+        settings.max_observation_bytes,
+        access,
+        action_period_ms=settings.action_period_ms,
+        joint_names=settings.joint_names,
     )
 
     def register(server: grpc.Server) -> list[str]:

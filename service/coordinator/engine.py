@@ -7,7 +7,9 @@ each plan and folds its result back into the planner's view.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import logging
 import math
 import secrets
@@ -151,9 +153,16 @@ class SessionEngine:
         self.degraded_clock = DegradedClock()
 
     def open(
-        self, ttl_s: float, client_id: str, wait_replicas: int, caller: Identity | None = None
+        self,
+        ttl_s: float,
+        client_id: str,
+        wait_replicas: int,
+        request_id: str = "",
+        caller: Identity | None = None,
     ) -> OpenedSession:
-        """A new session; with auth on (`caller` given) it belongs to the caller."""
+        """A new session; with auth on (`caller` given) it belongs to the caller. With a
+        request_id, the one an earlier call by the same caller with the same client_id and
+        request_id opened, if it is still there (a retried open leaves no stray session)."""
         if not (ttl_s >= 0 and math.isfinite(ttl_s)):
             raise InvalidInput(f"ttl_s must be a finite number >= 0 (0: the default), got {ttl_s}")
         if wait_replicas > self.durability.max_wait_replicas:
@@ -166,13 +175,27 @@ class SessionEngine:
         choice = choose_version(self.versions.snapshot(), None)
         if isinstance(choice, NoPipeline | Switch):
             raise Unavailable("no model version is served by every stage; retry shortly")
-        session_id = SessionId(secrets.token_urlsafe(18))
         owner = caller.name if caller is not None else ""
+        session_id = _new_session_id(owner, client_id, request_id)
         record = SessionRecord(
             session_id, 0, choice.version, ttl, client_id, wait_replicas=wait_replicas, owner=owner
         )
         with store_errors():
-            self.store.create(record)
+            try:
+                self.store.create(record)
+            except ValueError:  # only a request_id repeats an id: the open is a retry
+                existing = self.store.load(session_id) if request_id else None
+                if existing is None or existing.client_id != client_id:
+                    raise
+                check_owner(existing, caller)
+                # Not the request_id: with the client_id it derives the session id.
+                log.info("session open retried", extra=logs.fields(session=session_id))
+                return OpenedSession(
+                    session_id=session_id,
+                    ttl_s=existing.ttl_s,
+                    model_version=existing.model_version,
+                    wait_replicas=existing.wait_replicas,
+                )
             if caller is not None and self.limits.sessions_per_identity:
                 self._count_or_delete(session_id, caller)
             if wait_replicas:  # a session that asks for replicas must itself survive a failover
@@ -282,9 +305,14 @@ class SessionEngine:
         deadline: float,
         priority: Priority = Priority.NORMAL,
         caller: Identity | None = None,
+        *,
+        observation_id: int = 0,
+        tick: int = 0,
     ) -> StepAnswer:
-        """With auth on (`caller` given) only the session's owner (or an admin) may step it,
-        and fair share is by the caller's identity rather than the session's claimed client_id."""
+        """One step. With auth on (`caller` given) only the session's owner (or an admin) may
+        step it, and fair share is by the caller's identity rather than the session's claimed
+        client_id. observation_id and tick are the client's, echoed in the reply (its chunk's
+        first action is for `tick`)."""
         received = time.perf_counter()
         self.check_observation(observation)
         loading = time.perf_counter()
@@ -302,6 +330,8 @@ class SessionEngine:
             version=version,
             received=received,
             load_s=loaded - loading,
+            observation_id=observation_id,
+            tick=tick,
         )
         view, assets = self._view(step, choice, priority)
         what, best_s = f"session={short_id(session_id)} seq={seq}", admission_latency_s(view)
@@ -490,6 +520,8 @@ class SessionEngine:
                 exit_stage=computed.exit_stage,
                 replayed_steps=work.replayed_steps,
                 state_reset=reset,
+                observation_id=step.observation_id,
+                first_action_tick=step.tick,
             )
         )
 
@@ -576,6 +608,16 @@ def check_owner(record: SessionRecord, caller: Identity | None) -> None:
             f"session={short_id(record.session_id)} belongs to another identity than "
             f"{caller.name!r}"
         )
+
+
+def _new_session_id(owner: str, client_id: str, request_id: str) -> SessionId:
+    """24 URL-safe characters: random, or, for an open with a request_id, derived from it, the
+    client_id and the owner (a retry of the open gets the same id, another identity never; the
+    request_id should be as unguessable as a session id, say a UUID4)."""
+    if not request_id:
+        return SessionId(secrets.token_urlsafe(18))
+    digest = hashlib.sha256(f"{owner}\0{client_id}\0{request_id}".encode()).digest()[:18]
+    return SessionId(base64.urlsafe_b64encode(digest).decode())
 
 
 @contextmanager

@@ -29,6 +29,8 @@ class StepOutcome:
     exit_stage: int = 0
     replayed_steps: int = 0
     state_reset: bool = False
+    observation_id: int = 0
+    first_action_tick: int = 0
 
 
 def encode(outcome: StepOutcome) -> bytes:
@@ -52,5 +54,7 @@ def encode(outcome: StepOutcome) -> bytes:
         batch_size=outcome.batch_size,
         replayed_steps=outcome.replayed_steps,
         state_reset=outcome.state_reset,
+        observation_id=outcome.observation_id,
+        first_action_tick=outcome.first_action_tick,
     )
     return reply.SerializeToString(deterministic=True)

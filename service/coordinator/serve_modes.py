@@ -45,6 +45,8 @@ class StepInput:
     version: str  # the session's version for this step (the switch target is in the plan)
     received: float  # time.perf_counter()
     load_s: float  # loading the session from the store took this long
+    observation_id: int = 0  # the client's, echoed in the reply
+    tick: int = 0  # the robot's control tick of the observation: the reply's first_action_tick
 
     def time_left_s(self) -> float:
         return self.deadline - time.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import grpc
@@ -89,13 +89,23 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         step_timeout_s: float,
         max_observation_bytes: int,
         access: SessionAccess | None = None,
+        *,
+        action_period_ms: float = 20.0,
+        joint_names: Sequence[str] = (),
     ):
+        """joint_names: one per joint, or () for joint_0, joint_1, ..."""
         self.engine, self.step_timeout_s = engine, step_timeout_s
         self.max_observation_bytes = max_observation_bytes
         self.access = access or SessionAccess.open_door()
         cfg = engine.model
+        if joint_names and len(joint_names) != cfg.joints:
+            raise ValueError(f"{len(joint_names)} joint names for a model of {cfg.joints} joints")
         self.action_spec = session_pb2.ActionSpec(
-            observation_dim=cfg.observation_dim, horizon=cfg.horizon, joints=cfg.joints
+            observation_dim=cfg.observation_dim,
+            horizon=cfg.horizon,
+            joints=cfg.joints,
+            action_period_ms=action_period_ms,
+            joint_names=list(joint_names) or [f"joint_{i}" for i in range(cfg.joints)],
         )
 
     def OpenSession(  # noqa: N802 (gRPC naming)
@@ -107,7 +117,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             caller = self.access.caller(context)
             request = _checked(request)
             opened = self.engine.open(
-                request.ttl_s, request.client_id, request.wait_replicas, caller
+                request.ttl_s,
+                request.client_id,
+                request.wait_replicas,
+                request.request_id,
+                caller,
             )
         except ActionmeshError as exc:
             _abort(context, exc)
@@ -236,9 +250,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             self.access.step_allowed(caller)
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.
-            budget = self.step_timeout_s
-            if time_remaining is not None:
-                budget = min(budget, time_remaining)
+            limits = (time_remaining, _step_budget_s(request))
+            budget = min([self.step_timeout_s, *(t for t in limits if t is not None)])
             answer = self.engine.step(
                 request.session_id,
                 request.seq,
@@ -247,6 +260,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 time.monotonic() + budget,
                 _priority(request.priority),
                 caller,
+                observation_id=request.observation_id,
+                tick=request.tick,
             )
         except ActionmeshError as exc:
             code = status_of(exc)
@@ -311,6 +326,14 @@ def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
     context.abort(status_of(exc), _bounded(str(exc)))
 
 
+def _step_budget_s(request: session_pb2.StepRequest) -> float | None:
+    """The step's own budget (budget_ms), if it set one."""
+    budget_ms = request.budget_ms
+    if not (math.isfinite(budget_ms) and budget_ms >= 0):
+        raise InvalidInput("budget_ms must be a finite number of ms >= 0 (0: no budget of its own)")
+    return budget_ms / 1e3 if budget_ms else None
+
+
 def _stream_step_timeout_s(context: grpc.ServicerContext) -> float | None:
     """The robot's per-step deadline on a stream (metadata STEP_TIMEOUT_KEY), if it sent one."""
     sent = dict(context.invocation_metadata() or ()).get(STEP_TIMEOUT_KEY)
@@ -336,7 +359,7 @@ def _checked(request: R | Malformed) -> R:
     quotes neither)."""
     if isinstance(request, Malformed):
         raise InvalidInput(request.describe())
-    for field in ("session_id", "client_id"):
+    for field in ("session_id", "client_id", "request_id"):
         value = getattr(request, field, "")
         if len(value) > MAX_ID_CHARS:
             raise InvalidInput(f"{field} is {len(value)} characters; at most {MAX_ID_CHARS}")

@@ -1,7 +1,10 @@
 """The one script that writes the generated protobuf and gRPC code beside the .proto files.
 
 Run from anywhere: `python -m service.proto.generate`. tests/unit/test_protos.py fails when the
-checked-in output differs from what this script writes.
+checked-in output differs from what this script writes. The public protos (session, tensor) live
+in the client distribution, generated there by its own script for older runtimes too
+(service/client_dist/actionmesh_client/proto/generate.py); stage.proto imports tensor.proto
+from there.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent.parent
-PROTO_FILES = ("tensor.proto", "session.proto", "stage.proto")
+CLIENT_DIST = REPO_ROOT / "service" / "client_dist"  # holds actionmesh_client/proto/tensor.proto
+PROTO_FILES = ("stage.proto",)
 
 
 def generate(out_dir: Path) -> None:
@@ -24,6 +28,7 @@ def generate(out_dir: Path) -> None:
     args = [
         "grpc_tools.protoc",
         f"-I{REPO_ROOT}",
+        f"-I{CLIENT_DIST}",
         f"-I{include}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",

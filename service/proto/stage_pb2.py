@@ -22,10 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from service.proto import tensor_pb2 as service_dot_proto_dot_tensor__pb2
+from actionmesh_client.proto import tensor_pb2 as actionmesh__client_dot_proto_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19service/proto/stage.proto\x12\x16\x61\x63tionmesh.internal.v1\x1a\x1aservice/proto/tensor.proto\"x\n\tStageItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12$\n\x05input\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"\xf4\x01\n\x0e\x46orwardRequest\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.actionmesh.internal.v1.StageItem\x12\x13\n\x0b\x65mit_action\x18\x02 \x01(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12O\n\rtrace_context\x18\x04 \x03(\x0b\x32\x38.actionmesh.internal.v1.ForwardRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0bStageResult\x12%\n\x06output\x18\x01 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"o\n\x0c\x46orwardReply\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.actionmesh.internal.v1.StageResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"-\n\x0c\x46orwardError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8c\x01\n\x12\x46orwardStreamReply\x12\x35\n\x05reply\x18\x01 \x01(\x0b\x32$.actionmesh.internal.v1.ForwardReplyH\x00\x12\x35\n\x05\x65rror\x18\x02 \x01(\x0b\x32$.actionmesh.internal.v1.ForwardErrorH\x00\x42\x08\n\x06result\"\r\n\x0bInfoRequest\"\xe2\x01\n\tInfoReply\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x10\n\x08n_stages\x18\x02 \x01(\r\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x19\n\x11model_config_json\x18\x06 \x01(\t\x12\x1b\n\x13\x66orward_calls_total\x18\x07 \x01(\x04\x12\x1b\n\x13\x66orward_items_total\x18\x08 \x01(\x04\x12\x12\n\nreplica_id\x18\t \x01(\t\x12\x0c\n\x04role\x18\n \x01(\t2\xa0\x02\n\x0cStageService\x12W\n\x07\x46orward\x12&.actionmesh.internal.v1.ForwardRequest\x1a$.actionmesh.internal.v1.ForwardReply\x12g\n\rForwardStream\x12&.actionmesh.internal.v1.ForwardRequest\x1a*.actionmesh.internal.v1.ForwardStreamReply(\x01\x30\x01\x12N\n\x04Info\x12#.actionmesh.internal.v1.InfoRequest\x1a!.actionmesh.internal.v1.InfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19service/proto/stage.proto\x12\x16\x61\x63tionmesh.internal.v1\x1a$actionmesh_client/proto/tensor.proto\"x\n\tStageItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12$\n\x05input\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"\xf4\x01\n\x0e\x46orwardRequest\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.actionmesh.internal.v1.StageItem\x12\x13\n\x0b\x65mit_action\x18\x02 \x01(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12O\n\rtrace_context\x18\x04 \x03(\x0b\x32\x38.actionmesh.internal.v1.ForwardRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0bStageResult\x12%\n\x06output\x18\x01 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"o\n\x0c\x46orwardReply\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.actionmesh.internal.v1.StageResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"-\n\x0c\x46orwardError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8c\x01\n\x12\x46orwardStreamReply\x12\x35\n\x05reply\x18\x01 \x01(\x0b\x32$.actionmesh.internal.v1.ForwardReplyH\x00\x12\x35\n\x05\x65rror\x18\x02 \x01(\x0b\x32$.actionmesh.internal.v1.ForwardErrorH\x00\x42\x08\n\x06result\"\r\n\x0bInfoRequest\"\xe2\x01\n\tInfoReply\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x10\n\x08n_stages\x18\x02 \x01(\r\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x19\n\x11model_config_json\x18\x06 \x01(\t\x12\x1b\n\x13\x66orward_calls_total\x18\x07 \x01(\x04\x12\x1b\n\x13\x66orward_items_total\x18\x08 \x01(\x04\x12\x12\n\nreplica_id\x18\t \x01(\t\x12\x0c\n\x04role\x18\n \x01(\t2\xa0\x02\n\x0cStageService\x12W\n\x07\x46orward\x12&.actionmesh.internal.v1.ForwardRequest\x1a$.actionmesh.internal.v1.ForwardReply\x12g\n\rForwardStream\x12&.actionmesh.internal.v1.ForwardRequest\x1a*.actionmesh.internal.v1.ForwardStreamReply(\x01\x30\x01\x12N\n\x04Info\x12#.actionmesh.internal.v1.InfoRequest\x1a!.actionmesh.internal.v1.InfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FORWARDREQUEST_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_FORWARDREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_STAGEITEM']._serialized_start=81
-  _globals['_STAGEITEM']._serialized_end=201
-  _globals['_FORWARDREQUEST']._serialized_start=204
-  _globals['_FORWARDREQUEST']._serialized_end=448
-  _globals['_FORWARDREQUEST_TRACECONTEXTENTRY']._serialized_start=397
-  _globals['_FORWARDREQUEST_TRACECONTEXTENTRY']._serialized_end=448
-  _globals['_STAGERESULT']._serialized_start=451
-  _globals['_STAGERESULT']._serialized_end=580
-  _globals['_FORWARDREPLY']._serialized_start=582
-  _globals['_FORWARDREPLY']._serialized_end=693
-  _globals['_FORWARDERROR']._serialized_start=695
-  _globals['_FORWARDERROR']._serialized_end=740
-  _globals['_FORWARDSTREAMREPLY']._serialized_start=743
-  _globals['_FORWARDSTREAMREPLY']._serialized_end=883
-  _globals['_INFOREQUEST']._serialized_start=885
-  _globals['_INFOREQUEST']._serialized_end=898
-  _globals['_INFOREPLY']._serialized_start=901
-  _globals['_INFOREPLY']._serialized_end=1127
-  _globals['_STAGESERVICE']._serialized_start=1130
-  _globals['_STAGESERVICE']._serialized_end=1418
+  _globals['_STAGEITEM']._serialized_start=91
+  _globals['_STAGEITEM']._serialized_end=211
+  _globals['_FORWARDREQUEST']._serialized_start=214
+  _globals['_FORWARDREQUEST']._serialized_end=458
+  _globals['_FORWARDREQUEST_TRACECONTEXTENTRY']._serialized_start=407
+  _globals['_FORWARDREQUEST_TRACECONTEXTENTRY']._serialized_end=458
+  _globals['_STAGERESULT']._serialized_start=461
+  _globals['_STAGERESULT']._serialized_end=590
+  _globals['_FORWARDREPLY']._serialized_start=592
+  _globals['_FORWARDREPLY']._serialized_end=703
+  _globals['_FORWARDERROR']._serialized_start=705
+  _globals['_FORWARDERROR']._serialized_end=750
+  _globals['_FORWARDSTREAMREPLY']._serialized_start=753
+  _globals['_FORWARDSTREAMREPLY']._serialized_end=893
+  _globals['_INFOREQUEST']._serialized_start=895
+  _globals['_INFOREQUEST']._serialized_end=908
+  _globals['_INFOREPLY']._serialized_start=911
+  _globals['_INFOREPLY']._serialized_end=1137
+  _globals['_STAGESERVICE']._serialized_start=1140
+  _globals['_STAGESERVICE']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)

@@ -397,6 +397,17 @@ class CoordinatorSettings(
         gt=0,
         description="Step deadline when the client sets none, and the cap on one it sets.",
     )
+    action_period_ms: float = Field(
+        20.0,
+        gt=0,
+        description="The control period a reply's actions are spaced by, as the model was "
+        "trained (sent to clients in ActionSpec.action_period_ms).",
+    )
+    joint_names: list[str] = Field(
+        default_factory=list,
+        description="The action's columns, one name per joint (ActionSpec.joint_names); "
+        "empty: joint_0, joint_1, ...",
+    )
     stage_timeout_s: float = Field(
         0.5,
         gt=0,
@@ -615,7 +626,44 @@ class DemoSettings(ClusterSettings):
     port: int = _grpc_port(0, "Coordinator ")
     duration_s: float = Field(20.0, gt=0, description="How long the simulated robot runs.")
     rate_hz: float = Field(50.0, gt=0, description="Control rate of the simulated robot.")
-    print_every: int = Field(10, ge=1, description="Print one table row every N steps.")
+    print_every: int = Field(10, ge=1, description="Print one table row every N ticks.")
+    kill_stage_at_s: float | None = Field(
+        None,
+        gt=0,
+        description="kill -9 the leader of --kill-stage this many seconds into the run and "
+        "restart it --restart-after-s later: the summary shows the robot kept playing actions. "
+        "Default: no fault.",
+    )
+    kill_stage: int | None = Field(
+        None,
+        ge=0,
+        description="The stage --kill-stage-at-s kills the leader of; default the last stage "
+        "(answers turn EARLY_EXIT, or FALLBACK with one stage).",
+    )
+    restart_after_s: float = Field(
+        3.0, gt=0, description="How long the killed stage leader stays down."
+    )
+    when_dry: Literal["hold", "stop"] = Field(
+        "hold",
+        description="What the robot plays when its action buffer runs dry: hold the last "
+        "command, or ramp it down to a stop.",
+    )
+    timeline: Path | None = Field(
+        None,
+        description="Write a PNG here: step latency and serve mode, each tick's command source, "
+        "the fault marked.",
+    )
+
+    @model_validator(mode="after")
+    def _fault_within_the_run(self) -> typing.Self:
+        if self.kill_stage is not None and self.kill_stage >= self.stages:
+            raise ValueError(f"--kill-stage {self.kill_stage}: stages are 0..{self.stages - 1}")
+        if self.kill_stage_at_s is not None and self.kill_stage_at_s >= self.duration_s:
+            raise ValueError(
+                f"--kill-stage-at-s {self.kill_stage_at_s} must be within --duration-s "
+                f"{self.duration_s}"
+            )
+        return self
 
 
 class BenchSettings(JsonOutputSettings, ClusterSettings):

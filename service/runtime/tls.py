@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+from actionmesh_client.client_tls import client_credentials, open_channel
 
 from state.etcd_url import EtcdTls
 
@@ -122,27 +123,6 @@ def etcd_tls(tls_dir: Path | None, role: str) -> EtcdTls | None:
     files = TlsFiles.of_role(tls_dir, role)
     files.check()
     return EtcdTls(files.ca, files.cert, files.key)
-
-
-def client_credentials(
-    ca: bytes, cert: bytes | None = None, key: bytes | None = None
-) -> grpc.ChannelCredentials:
-    """From PEM bytes; without cert and key, the server is verified but the client is not
-    identified (a server that requires client certificates refuses it)."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert
-    )
-
-
-def open_channel(
-    address: str,
-    credentials: grpc.ChannelCredentials | None,
-    options: ChannelOptions = (),
-) -> grpc.Channel:
-    """A secure channel with credentials, a plaintext one without."""
-    if credentials is None:
-        return grpc.insecure_channel(address, options=list(options))
-    return grpc.secure_channel(address, credentials, options=list(options))
 
 
 def add_port(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -8,12 +8,13 @@ import statistics
 import time
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from actionmesh_client.session_client import StepResult
 from chaos.reference import reference_run
 from chaos.robot_sim import SimulatedArm
 from service.client import ActionBuffer, ActionMeshClient, BufferConfig, Notice, Source
-from service.client.session_client import StepResult
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 
@@ -24,6 +25,7 @@ def test_a_robot_on_the_buffer_gets_a_command_every_tick_and_correct_chunks(
     cluster: LocalCluster,
 ) -> None:
     sent: list[torch.Tensor] = []
+    ticks: list[int] = []
     answers: list[StepResult] = []
     notices: list[Notice] = []
     with (
@@ -32,9 +34,10 @@ def test_a_robot_on_the_buffer_gets_a_command_every_tick_and_correct_chunks(
         session.stream() as stream,
     ):
 
-        def step(observation: torch.Tensor) -> StepResult:
-            result = stream.step(observation)
-            sent.append(observation)
+        def step(observation: npt.NDArray[np.float32], tick: int) -> StepResult:
+            result = stream.step(observation, tick=tick)
+            ticks.append(tick)
+            sent.append(torch.from_numpy(observation))
             answers.append(result)
             return result
 
@@ -59,7 +62,10 @@ def test_a_robot_on_the_buffer_gets_a_command_every_tick_and_correct_chunks(
     assert all(np.isfinite(c.action).all() for c in commands)
     assert len(answers) >= TICKS // 8, "chunks kept coming"
     assert all(a.serve_mode == "FULL" for a in answers)
+    assert [a.first_action_tick for a in answers] == ticks, "each chunk names its first tick"
     model, _ = weights.load_model(cluster.weights_dir)
     want, _ = reference_run(model, sent)
     for i, (got, ref) in enumerate(zip(answers, want, strict=True)):
-        assert torch.allclose(got.action, ref, atol=1e-5), f"chunk {i} differs from the model's"
+        assert torch.allclose(torch.from_numpy(got.action), ref, atol=1e-5), (
+            f"chunk {i} differs from the model's"
+        )

@@ -47,7 +47,7 @@ def assert_reference(model: ActionModel, obs: list[torch.Tensor], got: list[Step
     want, _ = reference_run(model, obs[: len(got)])
     for result, ref in zip(got, want, strict=True):
         assert result.serve_mode == "FULL"
-        assert torch.allclose(result.action, ref, atol=1e-5), f"seq {result.seq}"
+        assert torch.allclose(torch.from_numpy(result.action), ref, atol=1e-5), f"seq {result.seq}"
 
 
 def address_of(child: ChildProcess) -> str:
@@ -73,7 +73,9 @@ def test_unary_and_stream_steps_equal_the_reference(
     obs = observations(1, 60, dim)
     with ActionMeshClient([cluster.address], client_id="test") as client:
         session = client.open_session()
-        assert session.action_spec == ActionSpec(dim, SMALL_MODEL.horizon, SMALL_MODEL.joints)
+        joints = SMALL_MODEL.joints
+        names = tuple(f"joint_{i}" for i in range(joints))
+        assert session.action_spec == ActionSpec(dim, SMALL_MODEL.horizon, joints, 20.0, names)
         results = [session.step(o) for o in obs[:30]]
         with session.stream() as stream:
             results += [stream.step(o, priority="SAFETY") for o in obs[30:]]

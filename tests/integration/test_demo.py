@@ -43,9 +43,43 @@ def test_demo_runs_and_stops_everything(tmp_path: Path) -> None:
         env={**os.environ, "ACTIONMESH_PORT": "0"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "summary: 100 steps ok, 0 failed" in result.stdout, result.stdout
-    assert re.search(r"control loop: \d+ of 100 ticks late", result.stdout), result.stdout
-    assert "FULL" in result.stdout
+    assert re.search(r"summary: [1-9]\d* steps ok, 0 failed", result.stdout), result.stdout
+    ticks = re.search(
+        r"ticks: 100 played, CHUNK (\d+), HOLD \d+, STOP 0, IDLE (\d+)", result.stdout
+    )
+    assert ticks, result.stdout
+    assert int(ticks[1]) > 50, "most ticks played a chunk's action"
+    assert "chunks by serve mode: FULL" in result.stdout
+    assert processes_mentioning(str(work_dir)) == [], "demo left processes running"
+
+
+def test_demo_with_a_stage_killed_keeps_the_robot_playing_and_draws_the_timeline(
+    tmp_path: Path,
+) -> None:
+    """The last stage's only replica killed 2 s in: the answers turn EARLY_EXIT, the robot
+    keeps playing chunks (held between them when one is late), and the PNG is written."""
+    work_dir, png = tmp_path / "demo", tmp_path / "timeline.png"
+    result = subprocess.run(
+        [
+            *("nice", "-n", "10", sys.executable, "-m", "service.cli", "demo"),
+            *("--duration-s", "6", "--kill-stage-at-s", "2", "--restart-after-s", "1"),
+            *("--timeline", str(png), "--work-dir", str(work_dir)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ACTIONMESH_PORT": "0"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"fault: stage 2 leader stage-2-r0 killed at [\d.]+ s", out), out
+    modes = re.search(r"chunks by serve mode: EARLY_EXIT (\d+), FULL (\d+)", out)
+    assert modes and int(modes[1]) > 0 and int(modes[2]) > 0, out
+    ticks = re.search(r"ticks: 300 played, CHUNK (\d+), HOLD (\d+), STOP 0, IDLE (\d+)", out)
+    assert ticks and int(ticks[1]) > 150, out
+    played = re.search(r"while it was down the robot played (\d+) of (\d+) ticks", out)
+    assert played and int(played[1]) > 0, out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert processes_mentioning(str(work_dir)) == [], "demo left processes running"
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from actionmesh_client.session_client import ActionMeshClient
 from chaos.faults import stage_leader as leader_of
 from chaos.invariants import failed, progress, robots_stepping, worst_step_latency_after
-from service.client.session_client import ActionMeshClient
 from service.local.local_cluster import LocalCluster
 from tests.conftest import SMALL_MODEL, cluster_settings
 

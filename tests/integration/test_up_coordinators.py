@@ -47,4 +47,4 @@ def test_the_client_steps_on_through_a_kill_9_of_its_coordinator(tmp_path: Path)
             assert client.current_address == addresses[1]
             assert session.seq == len(obs) and session.info().seq == len(obs)
         for i, action in enumerate(actions):
-            assert torch.allclose(action, want[i], atol=1e-5), f"seq {i + 1}"
+            assert torch.allclose(torch.from_numpy(action), want[i], atol=1e-5), f"seq {i + 1}"

@@ -4,14 +4,15 @@ dropped, a dry queue holds or stops, and every event is told."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import pytest
-import torch
 
-from service.client.action_buffer import (
+from actionmesh_client.action_buffer import (
     ActionBuffer,
     BufferConfig,
     Event,
@@ -20,16 +21,16 @@ from service.client.action_buffer import (
     Source,
     WhenDry,
 )
-from service.client.client_errors import ActionMeshClientError, InvalidObservation
-from service.client.session_client import StepResult
+from actionmesh_client.client_errors import ActionMeshClientError, InvalidObservation
+from actionmesh_client.session_client import ServeMode, StepResult
 
 H, J = 4, 2
 OBS = np.zeros(3, np.float32)
 
 
-def chunk(base: float) -> torch.Tensor:
+def chunk(base: float) -> npt.NDArray[np.float32]:
     """Action i of the chunk is base + i on every joint."""
-    return torch.tensor([[base + i] * J for i in range(H)], dtype=torch.float32)
+    return np.array([[base + i] * J for i in range(H)], dtype=np.float32)
 
 
 class Scripted:
@@ -37,22 +38,38 @@ class Scripted:
 
     def __init__(self) -> None:
         self.pending: list[Callable[[], None]] = []
-        self.sent: list[torch.Tensor] = []
+        self.sent: list[npt.NDArray[np.float32]] = []
+        self.ticks: list[int] = []
         self.replies: list[StepResult | ActionMeshClientError] = []
         self.seq = 0
 
-    def step(self, observation: torch.Tensor) -> StepResult:
+    def step(self, observation: npt.NDArray[np.float32], tick: int) -> StepResult:
         self.sent.append(observation)
+        self.ticks.append(tick)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
+        if not reply.first_action_tick:  # as a coordinator does: the chunk starts at the tick
+            reply = dataclasses.replace(reply, first_action_tick=tick)
         return reply
 
-    def reply(self, base: float, version: str = "v1", reset: bool = False) -> None:
+    def reply(
+        self, base: float, version: str = "v1", reset: bool = False, first_action_tick: int = 0
+    ) -> None:
         self.seq += 1
         self.replies.append(
             StepResult(
-                self.seq, chunk(base), "FULL", 0, 1.0, version, 1.0, 1, 0.0, state_reset=reset
+                self.seq,
+                chunk(base),
+                ServeMode.FULL,
+                0,
+                1.0,
+                version,
+                1.0,
+                1,
+                0.0,
+                state_reset=reset,
+                first_action_tick=first_action_tick,
             )
         )
 
@@ -80,7 +97,7 @@ def test_chunks_play_in_order_and_the_next_is_asked_for_once_before_the_queue_ru
     assert first.source is Source.IDLE and not first.action.any()
     assert len(session.pending) == 1
     session.reply(10.0)
-    session.run_pending()  # chunk for ticks 0..3 arrives before tick 1; tick 0 has passed
+    session.run_pending()  # chunk for ticks 1..4 arrives before tick 2; tick 1 has passed
     played = [buffer.tick(OBS) for _ in range(2)]
     assert [c.action[0] for c in played] == [11.0, 12.0]
     assert all(c.source is Source.CHUNK and c.serve_mode == "FULL" for c in played)
@@ -92,9 +109,9 @@ def test_chunks_play_in_order_and_the_next_is_asked_for_once_before_the_queue_ru
 def test_a_late_chunk_drops_the_actions_for_ticks_already_played() -> None:
     session = Scripted()
     buffer = make(session)
-    buffer.tick(OBS)  # tick 0 asks
+    buffer.tick(OBS)  # tick 1 asks
     buffer.tick(OBS)
-    buffer.tick(OBS)  # ticks 1 and 2 pass while the step is out
+    buffer.tick(OBS)  # ticks 2 and 3 pass while the step is out
     session.reply(20.0)
     session.run_pending()
     assert buffer.queued == 1 and buffer.tick(OBS).action[0] == 23.0
@@ -106,11 +123,11 @@ def test_overlapping_chunks_merge_as_configured(merge: Merge, want: float) -> No
     buffer = make(session, refill_below=4, merge=merge, new_weight=0.5)
     buffer.tick(OBS)
     session.reply(10.0)
-    session.run_pending()  # ticks 1..3 queued: 11, 12, 13
-    buffer.tick(OBS)  # tick 1 plays 11; 2 left < 4: asks with tick 1's observation
-    session.reply(100.0)  # its chunk is for ticks 1..4: 100 (past), 101, 102, 103
+    session.run_pending()  # ticks 2..4 queued: 11, 12, 13
+    buffer.tick(OBS)  # tick 2 plays 11; 2 left < 4: asks with tick 2's observation
+    session.reply(100.0)  # its chunk is for ticks 2..5: 100 (past), 101, 102, 103
     session.run_pending()
-    got = buffer.tick(OBS).action[0]  # tick 2: queued 12, new 101
+    got = buffer.tick(OBS).action[0]  # tick 3: queued 12, new 101
     assert got == pytest.approx(want)
 
 
@@ -152,7 +169,7 @@ def test_a_failed_step_is_told_and_the_next_tick_asks_again_with_its_own_observa
     buffer.tick(newer)
     session.reply(1.0)
     session.run_pending()
-    assert torch.equal(session.sent[-1], torch.from_numpy(newer))
+    assert np.array_equal(session.sent[-1], newer)
 
 
 @pytest.mark.parametrize(
@@ -215,3 +232,17 @@ def test_an_unexpected_failure_of_a_step_is_told_and_the_buffer_asks_again() -> 
     assert "RuntimeError" in notices[0].detail and buffer.wait_idle(0.0)
     buffer.tick(OBS)
     assert len(session.pending) == 1, "not stuck waiting for the lost step"
+
+
+def test_a_chunk_is_placed_at_the_tick_its_reply_names() -> None:
+    """The reply, not the buffer's bookkeeping, says which tick action[0] is for: a server that
+    compensates for its own latency (first action for a later tick) is played in step."""
+    session = Scripted()
+    buffer = make(session, refill_below=1)
+    assert buffer.tick(OBS).tick == 1  # ticks count from 1
+    session.reply(10.0, first_action_tick=3)  # action 10 is for tick 3
+    session.run_pending()
+    assert session.ticks == [1], "the step was told its observation's tick"
+    played = [buffer.tick(OBS) for _ in range(3)]  # ticks 2, 3, 4
+    assert [c.source for c in played] == [Source.IDLE, Source.CHUNK, Source.CHUNK]
+    assert [c.action[0] for c in played[1:]] == [10.0, 11.0]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
+from collections.abc import Sequence
+from typing import Any
 
-from service.runtime.tls import TlsFiles, client_credentials
+import grpc
 
 Pem = bytes | str | Path  # PEM bytes, or the path of a PEM file
 
@@ -25,8 +26,7 @@ class ClientTls:
     @classmethod
     def from_dir(cls, tls_dir: Path, identity: str) -> ClientTls:
         """From a folder as `actionmesh certs dev` writes it: ca.pem, <identity>.pem/.key."""
-        files = TlsFiles.of_role(tls_dir, identity)
-        return cls(files.ca, files.cert, files.key)
+        return cls(tls_dir / "ca.pem", tls_dir / f"{identity}.pem", tls_dir / f"{identity}.key")
 
     def credentials(self) -> grpc.ChannelCredentials:
         """Reads the files now (OSError if one cannot be read)."""
@@ -39,3 +39,24 @@ class ClientTls:
 
 def _pem(value: Pem) -> bytes:
     return value if isinstance(value, bytes) else Path(value).read_bytes()
+
+
+def client_credentials(
+    ca: bytes, cert: bytes | None = None, key: bytes | None = None
+) -> grpc.ChannelCredentials:
+    """From PEM bytes; without cert and key, the server is verified but the client is not
+    identified (a server that requires client certificates refuses it)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A secure channel with credentials, a plaintext one without."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, credentials, options=list(options))

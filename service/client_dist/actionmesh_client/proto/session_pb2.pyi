@@ -1,4 +1,4 @@
-from service.proto import tensor_pb2 as _tensor_pb2
+from actionmesh_client.proto import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -31,24 +31,30 @@ NORMAL: Priority
 BEST_EFFORT: Priority
 
 class ActionSpec(_message.Message):
-    __slots__ = ("observation_dim", "horizon", "joints")
+    __slots__ = ("observation_dim", "horizon", "joints", "action_period_ms", "joint_names")
     OBSERVATION_DIM_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
     JOINTS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    JOINT_NAMES_FIELD_NUMBER: _ClassVar[int]
     observation_dim: int
     horizon: int
     joints: int
-    def __init__(self, observation_dim: _Optional[int] = ..., horizon: _Optional[int] = ..., joints: _Optional[int] = ...) -> None: ...
+    action_period_ms: float
+    joint_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, observation_dim: _Optional[int] = ..., horizon: _Optional[int] = ..., joints: _Optional[int] = ..., action_period_ms: _Optional[float] = ..., joint_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("ttl_s", "client_id", "wait_replicas")
+    __slots__ = ("ttl_s", "client_id", "wait_replicas", "request_id")
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ttl_s: float
     client_id: str
     wait_replicas: int
-    def __init__(self, ttl_s: _Optional[float] = ..., client_id: _Optional[str] = ..., wait_replicas: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, ttl_s: _Optional[float] = ..., client_id: _Optional[str] = ..., wait_replicas: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class OpenSessionReply(_message.Message):
     __slots__ = ("session_id", "ttl_s", "model_version", "action_spec", "wait_replicas")
@@ -65,18 +71,24 @@ class OpenSessionReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., ttl_s: _Optional[float] = ..., model_version: _Optional[str] = ..., action_spec: _Optional[_Union[ActionSpec, _Mapping]] = ..., wait_replicas: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("session_id", "seq", "observation", "priority", "timestamp_s")
+    __slots__ = ("session_id", "seq", "observation", "priority", "timestamp_s", "observation_id", "tick", "budget_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TICK_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     observation: _tensor_pb2.Tensor
     priority: Priority
     timestamp_s: float
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., observation: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., timestamp_s: _Optional[float] = ...) -> None: ...
+    observation_id: int
+    tick: int
+    budget_ms: float
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., observation: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., timestamp_s: _Optional[float] = ..., observation_id: _Optional[int] = ..., tick: _Optional[int] = ..., budget_ms: _Optional[float] = ...) -> None: ...
 
 class StepTiming(_message.Message):
     __slots__ = ("queue_ms", "stages_ms", "total_ms", "stage_ms", "stage_compute_ms", "load_ms")
@@ -95,7 +107,7 @@ class StepTiming(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., stages_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stage_compute_ms: _Optional[_Iterable[float]] = ..., load_ms: _Optional[float] = ...) -> None: ...
 
 class StepReply(_message.Message):
-    __slots__ = ("session_id", "seq", "action", "serve_mode", "exit_stage", "confidence", "model_version", "timing", "observation_timestamp_s", "batch_size", "replayed_steps", "state_reset")
+    __slots__ = ("session_id", "seq", "action", "serve_mode", "exit_stage", "confidence", "model_version", "timing", "observation_timestamp_s", "batch_size", "replayed_steps", "state_reset", "observation_id", "first_action_tick")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +120,8 @@ class StepReply(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_STEPS_FIELD_NUMBER: _ClassVar[int]
     STATE_RESET_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ACTION_TICK_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     action: _tensor_pb2.Tensor
@@ -120,7 +134,9 @@ class StepReply(_message.Message):
     batch_size: int
     replayed_steps: int
     state_reset: bool
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., replayed_steps: _Optional[int] = ..., state_reset: _Optional[bool] = ...) -> None: ...
+    observation_id: int
+    first_action_tick: int
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., replayed_steps: _Optional[int] = ..., state_reset: bool = ..., observation_id: _Optional[int] = ..., first_action_tick: _Optional[int] = ...) -> None: ...
 
 class StepError(_message.Message):
     __slots__ = ("code", "message", "current_seq", "reason", "retry_after_s")
@@ -192,4 +208,4 @@ class CloseSessionReply(_message.Message):
     __slots__ = ("closed",)
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     closed: bool
-    def __init__(self, closed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, closed: bool = ...) -> None: ...

@@ -2,30 +2,39 @@
 coordinator failover. Client-side, only this module touches the session protos.
 
 A step that fails with UNAVAILABLE or DEADLINE_EXCEEDED, or whose stream broke, is resent with the
-SAME seq, with bounded attempts and exponential backoff with jitter. That is safe by the step
-contract: a step some coordinator committed before it died is answered with the stored reply.
+SAME seq and observation_id, with bounded attempts and exponential backoff with jitter. That is
+safe by the step contract: a step some coordinator committed before it died is answered with the
+stored reply, which echoes the observation_id it answers.
+
+Depends on grpcio, protobuf and numpy only (the retry loop is written out here rather than taken
+from tenacity, the counters are Prometheus's only when prometheus_client is installed).
+Observations are anything numpy can read (numpy arrays, lists, torch tensors); actions are numpy.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import logging
 import queue
+import random
+import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-import tenacity
-import torch
+import numpy as np
+import numpy.typing as npt
 from google.protobuf.message import Message
-from prometheus_client import Counter
 
-from service.client.bearer import BearerToken
-from service.client.client_errors import (
+from actionmesh_client import array_codec
+from actionmesh_client.bearer import BearerToken
+from actionmesh_client.client_errors import (
     STEP_TIMEOUT_KEY,
     ActionMeshClientError,
     InvalidObservation,
@@ -37,9 +46,9 @@ from service.client.client_errors import (
     failure,
     rpc_failure,
 )
-from service.client.client_tls import ClientTls
-from service.proto import session_pb2, session_pb2_grpc, tensor_codec
-from service.runtime.tls import open_channel
+from actionmesh_client.client_tls import ClientTls, open_channel
+from actionmesh_client.metrics import counter
+from actionmesh_client.proto import session_pb2, session_pb2_grpc
 
 __all__ = [
     "ActionMeshClient",
@@ -47,7 +56,9 @@ __all__ = [
     "ActionSpec",
     "ClientTls",
     "InvalidObservation",
+    "Priority",
     "SeqConflict",
+    "ServeMode",
     "ServiceUnavailable",
     "Session",
     "SessionInfo",
@@ -60,10 +71,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 LOGGED_ID_CHARS = 8  # a session id is a credential: logs show its first characters only
 _T = TypeVar("_T")
-Priority = Literal["SAFETY", "NORMAL", "BEST_EFFORT"]
 
-RETRIES = Counter("actionmesh_client_retries_total", "Client calls resent, by status.", ["reason"])
-FAILOVERS = Counter("actionmesh_client_failovers_total", "Client moves to the next coordinator.")
+RETRIES = counter("actionmesh_client_retries_total", "Client calls resent, by status.", "reason")
+FAILOVERS = counter("actionmesh_client_failovers_total", "Client moves to the next coordinator.")
 
 RETRY_FIRST_WAIT_S = 0.01  # doubles per retry, plus up to this much jitter
 RETRY_MAX_WAIT_S = 0.25
@@ -72,18 +82,47 @@ SESSION_CALL_TIMEOUT_S = 5.0  # OpenSession, GetSession, CloseSession
 SWITCH_AFTER_FAILURES = 2  # retryable failures in a row before leaving even a reachable coordinator
 
 
+class Priority(str, enum.Enum):
+    """A step's priority under overload (the proto's names; plain strings are accepted too)."""
+
+    SAFETY = "SAFETY"
+    NORMAL = "NORMAL"
+    BEST_EFFORT = "BEST_EFFORT"
+
+
+class ServeMode(str, enum.Enum):
+    """How a reply was computed; compares equal to the proto's name ("FULL", ...)."""
+
+    FULL = "FULL"
+    EARLY_EXIT = "EARLY_EXIT"  # from a stage's exit head: later stages were down
+    FALLBACK = "FALLBACK"  # from the distilled student model in the coordinator
+    UNSPECIFIED = "SERVE_MODE_UNSPECIFIED"
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     observation_dim: int
     horizon: int
     joints: int
+    action_period_ms: float = 0.0  # action i of a reply is for tick first_action_tick + i
+    joint_names: tuple[str, ...] = ()  # the action's columns; () from a server that sends none
+
+    @classmethod
+    def from_proto(cls, spec: session_pb2.ActionSpec) -> ActionSpec:
+        return cls(
+            spec.observation_dim,
+            spec.horizon,
+            spec.joints,
+            spec.action_period_ms,
+            tuple(spec.joint_names),
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class StepResult:
     seq: int
-    action: torch.Tensor  # float32 [horizon, joints]
-    serve_mode: str  # FULL, EARLY_EXIT or FALLBACK
+    action: npt.NDArray[np.float32]  # [horizon, joints]
+    serve_mode: ServeMode
     exit_stage: int
     confidence: float
     model_version: str
@@ -92,6 +131,9 @@ class StepResult:
     observation_timestamp_s: float
     replayed_steps: int = 0  # lagging stages (or a version switch) caught up in this step
     state_reset: bool = False  # computed without the session's history: the log did not reach back
+    observation_id: int = 0  # of the observation this answers (echoed by the server)
+    first_action_tick: int = 0  # action[i] is for tick first_action_tick + i
+    client_ms: float = 0.0  # in step(), retries included: what the robot waited
 
 
 @dataclass(frozen=True)
@@ -111,10 +153,13 @@ def should_move_on(unreachable: bool, failures_in_a_row: int) -> bool:
     return unreachable or failures_in_a_row >= SWITCH_AFTER_FAILURES
 
 
+_C = TypeVar("_C", bound="_Closing")
+
+
 class _Closing:
     def close(self) -> None: ...
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -172,10 +217,29 @@ class _Coordinators:
             self._channels.clear()
 
 
-def _count_retry(what: str, state: tenacity.RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    RETRIES.labels(reason=error.code if isinstance(error, RetryableFailure) else "UNKNOWN").inc()
-    log.info("%s attempt=%d failed, retrying: %s", what, state.attempt_number, error)
+def retry_wait_s(attempt: int) -> float:
+    """The pause after failed attempt `attempt` (1, 2, ...): exponential, capped, with jitter."""
+    backoff = min(RETRY_FIRST_WAIT_S * 2.0 ** (attempt - 1), RETRY_MAX_WAIT_S)
+    return backoff + random.uniform(0.0, RETRY_FIRST_WAIT_S)
+
+
+def _left_s(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _as_observation(observation: npt.ArrayLike) -> npt.NDArray[np.generic]:
+    """What is sent: floating observations as float32 (numpy's float64 default, a torch tensor);
+    any other dtype as it is, for the coordinator to refuse by name."""
+    array = np.asarray(observation)
+    return array.astype(np.float32) if array.dtype.kind == "f" else array
+
+
+def _priority(priority: Priority | str) -> int:
+    try:
+        return int(session_pb2.Priority.Value(Priority(priority).value))
+    except ValueError:
+        known = ", ".join(p.value for p in Priority)
+        raise ValueError(f"priority {priority!r} is not one of {known}") from None
 
 
 class ActionMeshClient(_Closing):
@@ -206,22 +270,20 @@ class ActionMeshClient(_Closing):
         return self.coordinators.current
 
     def open_session(self, ttl_s: float = 0.0, wait_replicas: int = 0) -> Session:
-        """A new session. A retried open may leave an unused session behind, ended by its TTL.
+        """A new session. Every attempt carries the same request_id, so a retried open returns
+        the session the first attempt created rather than a second one.
 
         wait_replicas: acknowledge each step only once that many Redis replicas hold it.
         """
         request = session_pb2.OpenSessionRequest(
-            ttl_s=ttl_s, client_id=self.client_id, wait_replicas=wait_replicas
+            ttl_s=ttl_s,
+            client_id=self.client_id,
+            wait_replicas=wait_replicas,
+            request_id=uuid.uuid4().hex,
         )
         got = self._call("open session", "OpenSession", request)
-        spec = got.action_spec
-        return Session(
-            self,
-            got.session_id,
-            0,
-            ActionSpec(spec.observation_dim, spec.horizon, spec.joints),
-            got.model_version,
-        )
+        spec = ActionSpec.from_proto(got.action_spec)
+        return Session(self, got.session_id, 0, spec, got.model_version)
 
     @contextmanager
     def session(self, ttl_s: float = 0.0, wait_replicas: int = 0) -> Iterator[Session]:
@@ -251,60 +313,64 @@ class ActionMeshClient(_Closing):
             got.model_version,
             got.client_id,
             {s.stage: s.seq for s in got.stage_states},
-            ActionSpec(spec.observation_dim, spec.horizon, spec.joints),
+            ActionSpec.from_proto(spec),
             got.observation_log_depth,
         )
 
     def _call(
-        self, what: str, method: str, request: Message, timeout_s: float = SESSION_CALL_TIMEOUT_S
+        self,
+        what: str,
+        method: str,
+        request: Message,
+        timeout_s: float = SESSION_CALL_TIMEOUT_S,
+        deadline: float | None = None,
     ) -> Any:
-        """The unary `method` on the current coordinator, with retries and failover."""
+        """The unary `method` on the current coordinator, with retries and failover; every
+        attempt ends by `deadline` (time.monotonic()) when one is given."""
 
         def attempt(address: str) -> Any:
+            timeout = timeout_s if deadline is None else min(timeout_s, _left_s(deadline))
             try:
-                return getattr(self.coordinators.stub(address), method)(request, timeout=timeout_s)
+                stub = self.coordinators.stub(address)
+                return getattr(stub, method)(request, timeout=timeout)
             except grpc.RpcError as exc:
                 raise rpc_failure(exc) from exc
 
-        return self._retrying(what, attempt)
+        return self._retrying(what, attempt, deadline)
 
-    def _retrying(self, what: str, attempt: Callable[[str], _T]) -> _T:
-        """attempt(current address) until it raises no RetryableFailure, at most max_attempts times."""
+    def _retrying(
+        self, what: str, attempt: Callable[[str], _T], deadline: float | None = None
+    ) -> _T:
+        """attempt(current address) until it raises no RetryableFailure: at most max_attempts
+        times, and none started after `deadline` (time.monotonic()) when one is given."""
         tried: list[str] = []
-
-        def once() -> _T:
+        while True:
             tried.append(address := self.coordinators.current)
             try:
                 result = attempt(address)
             except RetryableFailure as exc:
                 self.coordinators.failed(address, exc.unreachable)
-                raise
+                wait_s = retry_wait_s(len(tried))
+                out_of_time = deadline is not None and time.monotonic() + wait_s >= deadline
+                if len(tried) >= self.max_attempts or out_of_time:
+                    where = list(dict.fromkeys(tried))
+                    limit = "its deadline" if out_of_time else "client setting max_attempts"
+                    raise ServiceUnavailable(
+                        f"{what}: no answer after {len(tried)} attempt(s) on {', '.join(where)} "
+                        f"({limit}); last error {exc}",
+                        exc.code,
+                        len(tried),
+                        where,
+                    ) from exc
+                RETRIES.inc(exc.code)
+                log.info("%s attempt=%d failed, retrying: %s", what, len(tried), exc)
+                time.sleep(wait_s)
+                continue
             except ActionMeshClientError:
                 self.coordinators.succeeded(address)  # it answered
                 raise
             self.coordinators.succeeded(address)
             return result
-
-        policy = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(RetryableFailure),
-            stop=tenacity.stop_after_attempt(self.max_attempts),
-            # = wait_exponential_jitter, whose `multiplier` needs tenacity >= 9.1 (pyproject: 8.2)
-            wait=tenacity.wait_exponential(multiplier=RETRY_FIRST_WAIT_S, max=RETRY_MAX_WAIT_S)
-            + tenacity.wait_random(0, RETRY_FIRST_WAIT_S),
-            before_sleep=partial(_count_retry, what),
-            reraise=True,
-        )
-        try:
-            return policy(once)
-        except RetryableFailure as exc:
-            where = list(dict.fromkeys(tried))
-            raise ServiceUnavailable(
-                f"{what}: no answer after {len(tried)} attempt(s) on {', '.join(where)} "
-                f"(client setting max_attempts); last error {exc}",
-                exc.code,
-                len(tried),
-                where,
-            ) from exc
 
     def close(self) -> None:
         self.coordinators.close()
@@ -323,39 +389,64 @@ class Session:
     ) -> None:
         self.client, self.session_id, self.seq = client, session_id, seq
         self.action_spec, self.model_version = spec, model_version
+        # Observation ids unique within the session: a random start, then one up per observation.
+        self._observation_ids = itertools.count(secrets.randbits(62) + 1)
 
     def step(
         self,
-        observation: torch.Tensor,
-        priority: Priority = "NORMAL",
+        observation: npt.ArrayLike,
+        priority: Priority | str = Priority.NORMAL,
         timestamp_s: float | None = None,
+        *,
+        observation_id: int | None = None,
+        tick: int = 0,
+        budget_s: float | None = None,
     ) -> StepResult:
-        """Step seq+1 with a unary Step call."""
+        """Step seq+1 with a unary Step call.
 
-        def call(request: session_pb2.StepRequest) -> session_pb2.StepReply:
+        observation_id: how the reply is matched to this observation (default: the next of the
+        session's own). tick: the control tick the observation was taken at (the reply's
+        first_action_tick). budget_s: the step's one deadline, retries included, also sent to
+        the coordinator (default: each attempt gets the client's step_timeout_s).
+        """
+
+        def call(request: session_pb2.StepRequest, deadline: float | None) -> session_pb2.StepReply:
             what = f"session={self.session_id} seq={request.seq}"
             reply: session_pb2.StepReply = self.client._call(
-                what, "Step", request, self.client.step_timeout_s
+                what, "Step", request, self.client.step_timeout_s, deadline
             )
             return reply
 
-        return self._step_with(call, observation, priority, timestamp_s)
+        return self._step_with(
+            call, observation, priority, timestamp_s, observation_id, tick, budget_s
+        )
 
     def _step_with(
         self,
-        call: Callable[[session_pb2.StepRequest], session_pb2.StepReply],
-        observation: torch.Tensor,
-        priority: Priority,
+        call: Callable[[session_pb2.StepRequest, float | None], session_pb2.StepReply],
+        observation: npt.ArrayLike,
+        priority: Priority | str,
         timestamp_s: float | None,
+        observation_id: int | None,
+        tick: int,
+        budget_s: float | None,
     ) -> StepResult:
         """Send seq+1. If the answer is the stored reply of an earlier observation (its step
         was committed before a failure this client gave up on), take it as that step's
         acknowledgement and send this observation again as the next seq."""
+        started = time.monotonic()
+        deadline = None if budget_s is None else started + budget_s
+        if budget_s is not None and not budget_s > 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        if observation_id is None:
+            observation_id = next(self._observation_ids)
         for _ in range(2):
-            request = self._request(observation, priority, timestamp_s)
-            reply = call(request)
-            result = self._acknowledge(request, reply)
-            if reply.observation_timestamp_s == request.timestamp_s:
+            request = self._request(observation, priority, timestamp_s, observation_id, tick)
+            if deadline is not None:
+                request.budget_ms = _left_s(deadline) * 1e3
+            reply = call(request, deadline)
+            result = self._acknowledge(request, reply, started)
+            if _answers(reply, request):
                 return result
             log.warning(
                 "session=%s seq=%d had been committed with an earlier observation; "
@@ -382,18 +473,25 @@ class Session:
         )
 
     def _request(
-        self, observation: torch.Tensor, priority: Priority, timestamp_s: float | None
+        self,
+        observation: npt.ArrayLike,
+        priority: Priority | str,
+        timestamp_s: float | None,
+        observation_id: int,
+        tick: int,
     ) -> session_pb2.StepRequest:
         return session_pb2.StepRequest(
             session_id=self.session_id,
             seq=self.seq + 1,
-            observation=tensor_codec.encode(observation),
-            priority=priority,
+            observation=array_codec.encode(_as_observation(observation)),
+            priority=_priority(priority),  # type: ignore[arg-type]
             timestamp_s=time.time() if timestamp_s is None else timestamp_s,
+            observation_id=observation_id,
+            tick=tick,
         )
 
     def _acknowledge(
-        self, request: session_pb2.StepRequest, reply: session_pb2.StepReply
+        self, request: session_pb2.StepRequest, reply: session_pb2.StepReply, started: float
     ) -> StepResult:
         """The answer to `request`; the session moves on to its seq."""
         if reply.seq != request.seq:
@@ -402,8 +500,8 @@ class Session:
             )
         result = StepResult(
             reply.seq,
-            tensor_codec.decode(reply.action),
-            session_pb2.ServeMode.Name(reply.serve_mode),
+            np.array(array_codec.decode(reply.action), dtype=np.float32),  # writable, owned
+            _serve_mode(reply.serve_mode),
             reply.exit_stage,
             reply.confidence,
             reply.model_version,
@@ -412,9 +510,27 @@ class Session:
             reply.observation_timestamp_s,
             replayed_steps=reply.replayed_steps,
             state_reset=reply.state_reset,
+            observation_id=reply.observation_id,
+            first_action_tick=reply.first_action_tick,
+            client_ms=(time.monotonic() - started) * 1e3,
         )
         self.seq, self.model_version = result.seq, result.model_version
         return result
+
+
+def _answers(reply: session_pb2.StepReply, request: session_pb2.StepRequest) -> bool:
+    """Whether the reply answers this request's observation: by observation_id; by timestamp
+    from a coordinator that does not echo ids (before observation_id existed)."""
+    if reply.observation_id:
+        return bool(reply.observation_id == request.observation_id)
+    return bool(reply.observation_timestamp_s == request.timestamp_s)
+
+
+def _serve_mode(value: int) -> ServeMode:
+    try:
+        return ServeMode(session_pb2.ServeMode.Name(value))
+    except ValueError:  # a mode added after this client was built
+        return ServeMode.UNSPECIFIED
 
 
 class StepStream(_Closing):
@@ -427,27 +543,41 @@ class StepStream(_Closing):
 
     def step(
         self,
-        observation: torch.Tensor,
-        priority: Priority = "NORMAL",
+        observation: npt.ArrayLike,
+        priority: Priority | str = Priority.NORMAL,
         timestamp_s: float | None = None,
+        *,
+        observation_id: int | None = None,
+        tick: int = 0,
+        budget_s: float | None = None,
     ) -> StepResult:
-        def call(request: session_pb2.StepRequest) -> session_pb2.StepReply:
+        """As Session.step, over the stream."""
+
+        def call(request: session_pb2.StepRequest, deadline: float | None) -> session_pb2.StepReply:
             what = f"session={self.session.session_id} seq={request.seq} (stream)"
             return self.session.client._retrying(
-                what, lambda address: self._attempt(address, request)
+                what, lambda address: self._attempt(address, request, deadline), deadline
             )
 
-        return self.session._step_with(call, observation, priority, timestamp_s)
+        return self.session._step_with(
+            call, observation, priority, timestamp_s, observation_id, tick, budget_s
+        )
 
-    def _attempt(self, address: str, request: session_pb2.StepRequest) -> session_pb2.StepReply:
+    def _attempt(
+        self, address: str, request: session_pb2.StepRequest, deadline: float | None
+    ) -> session_pb2.StepReply:
         if self._open is None or self._open.address != address:
             self.close()
             client = self.session.client
             self._open = _OpenStream(
                 address, client.coordinators.stub(address), client.step_timeout_s
             )
+        timeout_s = self.session.client.step_timeout_s
+        if deadline is not None:
+            timeout_s = min(timeout_s, _left_s(deadline))
+            request.budget_ms = timeout_s * 1e3  # what is left of it for this attempt
         try:
-            item = self._open.exchange(request, self.session.client.step_timeout_s)
+            item = self._open.exchange(request, timeout_s)
         except RetryableFailure:
             self.close()  # a late answer on it must not be taken for the next step's
             raise

@@ -1,9 +1,10 @@
 """The robot's side of a session: play each reply's action chunk at the control rate and ask
 for the next chunk in the background before the queue runs dry.
 
-A reply carries `horizon` actions, the first for the tick whose observation it answered. The
-control loop calls `tick(observation)` once per control period and gets back the command for
-that tick at once: never a wait on the network. When fewer than `refill_below` actions remain,
+A reply carries `horizon` actions, the first for the tick its `first_action_tick` names (the
+tick whose observation it answered; ticks count from 1). The control loop calls
+`tick(observation)` once per control period and gets back the command for that tick at once:
+never a wait on the network. When fewer than `refill_below` actions remain,
 the tick's observation is sent (one step in flight at a time, in a background thread); the
 chunk it brings is merged into the queue, its actions for ticks already past dropped. While a
 step is shed, slow or failing over, the robot plays the rest of the last chunk: the cheapest
@@ -21,22 +22,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from prometheus_client import Counter
 
-from service.client.client_errors import ActionMeshClientError, InvalidObservation
-from service.client.session_client import StepResult
+from actionmesh_client.client_errors import ActionMeshClientError, InvalidObservation
+from actionmesh_client.metrics import counter
+from actionmesh_client.session_client import ServeMode, StepResult
 
 log = logging.getLogger(__name__)
 
-BUFFER_EVENTS = Counter(
+BUFFER_EVENTS = counter(
     "actionmesh_client_buffer_events_total",
     "Action buffer events: chunks merged, dry spells, failed steps, version changes.",
-    ["event"],
+    "event",
 )
 
 Array = npt.NDArray[np.float32]
-StepFn = Callable[[torch.Tensor], StepResult]
+# Sends (observation, tick) and returns its reply, say `lambda o, t: stream.step(o, tick=t)`.
+StepFn = Callable[[Array, int], StepResult]
 
 
 class Merge(enum.Enum):
@@ -90,7 +91,7 @@ class Command:
     tick: int
     action: Array  # [joints]
     source: Source
-    serve_mode: str = ""  # of the chunk the action came from (FULL, EARLY_EXIT, FALLBACK)
+    serve_mode: ServeMode | None = None  # of the chunk the action came from; None: IDLE
     model_version: str = ""
 
 
@@ -106,7 +107,7 @@ class Notice:
 @dataclass
 class _Queued:
     action: Array
-    serve_mode: str
+    serve_mode: ServeMode
     model_version: str
 
 
@@ -133,8 +134,9 @@ def _in_thread(job: Callable[[], None]) -> None:
 class ActionBuffer:
     """Use from the control loop's thread: `command = buffer.tick(observation)` every period.
 
-    `step` sends one observation and returns its reply (say `session.stream().step`, with the
-    priority and timeouts the robot wants); it runs in the background, one at a time.
+    `step(observation, tick)` sends one observation and returns its reply (say
+    `lambda o, t: stream.step(o, tick=t, budget_s=...)`, with the priority and deadline the robot
+    wants); it runs in the background, one at a time. Ticks count from 1.
     """
 
     def __init__(
@@ -151,7 +153,7 @@ class ActionBuffer:
         self._state, self._lock = _State(), threading.Lock()
         self._idle = threading.Event()  # no step in flight
         self._idle.set()
-        self._tick = -1
+        self._tick = 0  # the last tick played
 
     @property
     def queued(self) -> int:
@@ -163,7 +165,7 @@ class ActionBuffer:
         """The command for the next tick; may start a step for this observation. Raises the
         step's error when the session cannot go on (gone, stepped elsewhere, observation
         refused)."""
-        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32))
+        obs = np.array(observation, dtype=np.float32)  # a copy: the caller may reuse its array
         self._tick += 1
         tick = self._tick
         with self._lock:
@@ -207,11 +209,13 @@ class ActionBuffer:
         source = Source.HOLD if self.config.when_dry is WhenDry.HOLD else Source.STOP
         return Command(tick, action, source, last.serve_mode, last.model_version), went_dry
 
-    def _request(self, tick: int, observation: torch.Tensor) -> None:
-        """In the background: one step; its chunk merged for ticks tick, tick+1, ... Whatever
-        goes wrong, the buffer is left able to ask again (never waiting for a lost step)."""
+    def _request(self, tick: int, observation: Array) -> None:
+        """In the background: one step; its chunk merged from the tick the reply names (from
+        `tick` with a server that names none). Whatever goes wrong, the buffer is left able to
+        ask again (never waiting for a lost step)."""
         try:
-            self._merge(tick, self._step(observation))
+            result = self._step(observation, tick)
+            self._merge(result.first_action_tick or tick, result)
         except InvalidObservation as exc:
             self._finish(fatal=exc)
         except ActionMeshClientError as exc:
@@ -226,7 +230,7 @@ class ActionBuffer:
             self._notify(Event.STEP_FAILED, tick, f"{type(exc).__name__}: {exc}")
 
     def _merge(self, tick: int, result: StepResult) -> None:
-        chunk = result.action.detach().cpu().numpy().astype(np.float32, copy=False)
+        chunk = np.asarray(result.action, dtype=np.float32)
         events: list[Notice] = []
         with self._lock:
             state = self._state
@@ -253,7 +257,7 @@ class ActionBuffer:
             self._idle.set()
         if result.state_reset:
             events.append(Notice(Event.STATE_RESET, tick, f"seq {result.seq}"))
-        events.append(Notice(Event.CHUNK, tick, f"seq {result.seq} {result.serve_mode}"))
+        events.append(Notice(Event.CHUNK, tick, f"seq {result.seq} {result.serve_mode.value}"))
         for notice in events:
             self._notify(notice.event, notice.tick, notice.detail)
 
@@ -269,7 +273,7 @@ class ActionBuffer:
         return self._idle.wait(timeout_s)
 
     def _notify(self, event: Event, tick: int, detail: str) -> None:
-        BUFFER_EVENTS.labels(event.value).inc()
+        BUFFER_EVENTS.inc(event.value)
         if event is not Event.CHUNK:
             log.info("action buffer tick=%d %s: %s", tick, event.value, detail)
         if self._on_event is not None:

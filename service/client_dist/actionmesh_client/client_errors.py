@@ -38,8 +38,8 @@ class SeqConflict(ActionMeshClientError):
 
 class ServiceUnavailable(ActionMeshClientError):
     """Every attempt failed. The step may or may not have been committed: the next step()
-    finds out (a stored reply to the earlier observation) and steps again. Observations are
-    told apart by their timestamps, so give each its own (the default, time.time(), does)."""
+    finds out (a stored reply to the earlier observation, told apart by its observation_id) and
+    steps again."""
 
     def __init__(self, message: str, code: str, attempts: int, addresses: list[str]) -> None:
         super().__init__(message, code)
