@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from actionmesh_client.session_client import STEP_TIMEOUT_S, Priority
 from service.client import (
     ActionMeshClient,
     ClientTls,
@@ -26,7 +27,6 @@ from service.client import (
     StepShed,
     StepStream,
 )
-from service.client.session_client import STEP_TIMEOUT_S, Priority
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -190,7 +190,7 @@ class ClientRobot(Robot):
         streaming: bool = False,
         step_timeout_s: float | None = None,
         wait_replicas: int = 0,
-        priority: Priority = "NORMAL",
+        priority: Priority = Priority.NORMAL,
         tls: ClientTls | None = None,
     ) -> None:
         """address: one coordinator, or every one (the client fails over between them);

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from actionmesh_client.session_client import Priority
 from chaos.chaos_cluster import ChaosCluster, alive
 from chaos.delay_proxy import DelayProxy
 from chaos.faults import FaultContext, inject
@@ -22,7 +23,6 @@ from chaos.record import MODES, RobotEnd, RunRecord, StepRecord
 from chaos.reference import observations, reference_with_exits_batch
 from chaos.schedule import PROXIED, FaultEvent, schedule
 from service.client import ActionMeshClient
-from service.client.session_client import Priority
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
@@ -115,7 +115,7 @@ def _drive(
     wait_replicas = [options.wait_replicas if i % 2 == 0 else 0 for i in range(options.robots)]
     # And every third one, from the second, steps as SAFETY (never to be shed).
     priorities: list[Priority] = [
-        "SAFETY" if i % 3 == 1 else "NORMAL" for i in range(options.robots)
+        Priority.SAFETY if i % 3 == 1 else Priority.NORMAL for i in range(options.robots)
     ]
     fleet = [
         ClientRobot(

@@ -157,8 +157,9 @@ class SessionEngine:
         ttl_s: float,
         client_id: str,
         wait_replicas: int,
-        request_id: str = "",
         caller: Identity | None = None,
+        *,
+        request_id: str = "",
     ) -> OpenedSession:
         """A new session; with auth on (`caller` given) it belongs to the caller. With a
         request_id, the one an earlier call by the same caller with the same client_id and

@@ -120,8 +120,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 request.ttl_s,
                 request.client_id,
                 request.wait_replicas,
-                request.request_id,
                 caller,
+                request_id=request.request_id,
             )
         except ActionmeshError as exc:
             _abort(context, exc)

@@ -12,7 +12,7 @@ from types import TracebackType
 
 import grpc
 
-from service.client.client_tls import ClientTls
+from actionmesh_client.client_tls import ClientTls, open_channel
 from service.local.child_process import ChildProcess
 from service.local.dev_certs import write_dev_certs
 from service.local.embedded_etcd import EmbeddedEtcd
@@ -25,7 +25,7 @@ from service.model.config import ModelConfig
 from service.model.weights_files import onnx_stage_file
 from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
-from service.runtime.tls import etcd_tls, open_channel
+from service.runtime.tls import etcd_tls
 from state.redis_url import read_secret
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import cast
 
 import grpc
-from actionmesh_client.client_tls import client_credentials, open_channel
 
+from actionmesh_client.client_tls import client_credentials
 from state.etcd_url import EtcdTls
 
 log = logging.getLogger(__name__)

@@ -272,8 +272,8 @@ def test_the_identities_file_is_reread_without_a_restart(
 def test_the_client_library_sends_its_token_on_calls_and_streams(
     cluster: LocalCluster, tokens: Tokens
 ) -> None:
-    from service.client.client_errors import ActionMeshClientError
-    from service.client.session_client import ActionMeshClient
+    from actionmesh_client.client_errors import ActionMeshClientError
+    from actionmesh_client.session_client import ActionMeshClient
 
     with ActionMeshClient([cluster.address], token=tokens.by_identity["alice"]) as client:
         session = client.open_session()

@@ -11,14 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from actionmesh_client.client_tls import open_channel
 from service.local.dev_certs import write_dev_certs
 from service.runtime.identity import certificate_name
-from service.runtime.tls import (
-    add_port,
-    channel_credentials,
-    open_channel,
-    server_credentials,
-)
+from service.runtime.tls import add_port, channel_credentials, server_credentials
 
 METHOD = "/test.Identity/Who"
 

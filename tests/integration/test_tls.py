@@ -19,6 +19,7 @@ import redis
 import torch
 from cryptography import x509
 
+from actionmesh_client.client_tls import client_credentials, open_channel
 from chaos.reference import observations, reference_run
 from service.cli import status
 from service.client import ActionMeshClient, ClientTls
@@ -27,7 +28,7 @@ from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2, session_pb2_grpc, stage_pb2, stage_pb2_grpc
 from service.runtime.settings import StatusSettings
-from service.runtime.tls import channel_credentials, client_credentials, etcd_tls, open_channel
+from service.runtime.tls import channel_credentials, etcd_tls
 from state.etcd_client import EtcdConnection, EtcdUnavailable
 from state.redis_url import read_secret
 from tests.conftest import SMALL_MODEL, cluster_settings

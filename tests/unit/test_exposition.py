@@ -15,8 +15,8 @@ METRIC_MODULES = [
     "service.runtime.metrics",
     "state.store_metrics",
     "checkpoint.s3_blobstore",
-    "service.client.session_client",
-    "service.client.action_buffer",
+    "actionmesh_client.session_client",
+    "actionmesh_client.action_buffer",
 ]
 
 

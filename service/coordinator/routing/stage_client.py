@@ -9,12 +9,12 @@ from typing import Protocol
 
 import grpc
 
+from actionmesh_client.client_tls import open_channel
 from service.coordinator.routing.forward_streams import ForwardStream, StreamFailed, StreamPool
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.runtime import tracing
 from service.runtime.grpc_server import MAX_MESSAGE_BYTES
-from service.runtime.tls import open_channel
 
 
 class StageTimeout(Unavailable):
