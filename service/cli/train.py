@@ -1,5 +1,6 @@
-"""`actionmesh train`: train the model family, save its weights and quality table, optionally
-snapshot them as a checkpoint version on local flash."""
+"""`actionmesh train`: train the model family and a GRU baseline, save the weights and the
+quality table (the baseline's figures in it), optionally snapshot them as a checkpoint version
+on local flash."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from service.runtime.settings import TrainSettings
-from service.training.evaluate import evaluate
+from service.training.baseline import train_baseline
+from service.training.evaluate import JSON_FILE, PLOT_FILE, evaluate
 from service.training.task import TaskConfig
 from service.training.trainer import train
 
@@ -57,13 +59,22 @@ def main(settings: TrainSettings) -> int:
     task = TaskConfig(joints=cfg.joints, horizon=cfg.horizon, observation_dim=cfg.observation_dim)
     model = ActionModel(cfg)
     started = time.perf_counter()
-    train(model, task, settings)
-    elapsed = time.perf_counter() - started
+    baseline = train_baseline(cfg, task, settings)
+    baseline_done = time.perf_counter()
+    train(model, task, settings, baseline)
+    trained = time.perf_counter()
     info = weights.save(model, settings.output_dir)
-    table = evaluate(model, task, settings.eval_episodes, settings.eval_seed, info.version)
+    table = evaluate(
+        model, task, settings.eval_episodes, settings.eval_seed, info.version, baseline
+    )
     table.save(settings.output_dir)
     print(table.format())
-    print(f"trained {info.version} in {elapsed:.1f} s; weights in {settings.output_dir}")
+    print(
+        f"trained {info.version} and the GRU baseline in {trained - started:.1f} s (baseline "
+        f"{baseline_done - started:.1f} s; evaluation {time.perf_counter() - trained:.1f} s);"
+        f" weights in {settings.output_dir}, quality table in "
+        f"{settings.output_dir / JSON_FILE} and {settings.output_dir / PLOT_FILE}"
+    )
     if settings.flash_dir is None:
         return 0
     # The flash verifies what it commits: trust the key that signs this version.

@@ -21,7 +21,15 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "ACTIONMESH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -458,7 +466,28 @@ class StatusSettings(JsonOutputSettings, EtcdSettings):
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
 
 
+# `actionmesh train --quick`: a small model, trained in a minute or two, for tests and for a
+# checkpoint small enough to ship; any of these given explicitly still wins.
+QUICK_TRAINING: dict[str, Any] = {
+    "d_model": 64,
+    "n_heads": 4,
+    "n_layers": 3,
+    "tokens": 8,
+    "memory_tokens": 2,
+    "student_hidden": 64,
+    "baseline_hidden": 64,
+    "memory_iterations": 300,
+    "head_iterations": 200,
+    "student_iterations": 200,
+}
+
+
 class TrainSettings(Settings):
+    quick: bool = Field(
+        False,
+        description="The quick size: a small model trained in a minute or two (tests, a "
+        "shippable demo checkpoint); size and budget settings given explicitly still win.",
+    )
     output_dir: Path = Field(
         Path("actionmesh-weights"),
         description="Where the trained weights (model.json + *.safetensors) and the quality table go.",
@@ -471,8 +500,28 @@ class TrainSettings(Settings):
     memory_tokens: int = Field(4, ge=1, description="Recurrent memory per stage, in tokens.")
     stages: int = _stages("Pipeline stages.")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
+    memory_iterations: int = Field(
+        200,
+        ge=1,
+        description="Phase (0): whole-episode updates of the stages' memory path (blocks left "
+        "out); the GRU baseline gets the same.",
+    )
+    memory_batch_episodes: int = Field(16, ge=1, description="Episodes per phase (0) update.")
+    memory_learning_rate: float = Field(1e-2, gt=0, description="Phase (0) peak learning rate.")
+    baseline_hidden: int = Field(
+        128,
+        ge=8,
+        description="Width of the GRU baseline trained directly on the expert; at the "
+        "student's width, the student starts from it.",
+    )
+    baseline_learning_rate: float = Field(
+        1e-2, gt=0, description="The GRU baseline's peak learning rate."
+    )
     iterations: int = Field(
-        30, ge=1, description="Phase (a): batches of episodes the full model imitates."
+        0,
+        ge=0,
+        description="Phase (a): batches of episodes the whole model, blocks included, imitates "
+        "(expensive: a step through the blocks costs some 15x one of phase (0)).",
     )
     batch_episodes: int = Field(8, ge=1, description="Episodes per training batch.")
     bptt_steps: int = Field(8, ge=1, description="Steps per truncated-backpropagation window.")
@@ -483,7 +532,7 @@ class TrainSettings(Settings):
         description="Noise on executed set-points while collecting training states, in max steps.",
     )
     distill_episodes: int = Field(
-        128, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
+        64, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
     )
     head_iterations: int = Field(300, ge=1, description="Phase (b): updates per stage head.")
     head_learning_rate: float = Field(1e-2, gt=0, description="Phase (b) learning rate.")
@@ -498,6 +547,18 @@ class TrainSettings(Settings):
     )
     signing_key: Path | None = _signing_key()
     insecure: bool = Field(False, description="Create the checkpoint version unsigned.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quick_size(cls, data: Any) -> Any:
+        """--quick fills in the quick size for every size or budget setting not given."""
+        if not isinstance(data, dict):
+            return data
+        try:
+            quick = TypeAdapter(bool).validate_python(data.get("quick", False))
+        except ValidationError:
+            return data  # the field's own validation says what is wrong
+        return {**QUICK_TRAINING, **data} if quick else data
 
 
 S = TypeVar("S", bound=Settings)

@@ -53,6 +53,7 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
     trained = tmp_path / "trained"
     tiny = ["--d-model", "32", "--n-heads", "2", "--n-layers", "3", "--tokens", "4"]
     short = ["--iterations", "3", "--head-iterations", "10", "--student-iterations", "10"]
+    short += ["--memory-iterations", "4", "--memory-batch-episodes", "4", "--baseline-hidden", "8"]
     few = ["--distill-episodes", "4", "--eval-episodes", "4", "--output-dir", str(trained)]
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "train", *tiny, *short, *few],
@@ -78,4 +79,13 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
         assert set(mode) == {"error", "success", "p50_ms"}, name
         assert mode["error"] > 0 and 0 <= mode["success"] <= 1, name
         assert mode["p50_ms"] > 0, f"{name} was never served by the cluster"
-    assert set(out["targets"]) == {"early_exit_1", "fallback", "state_lost"}
+    assert set(out["targets"]) == {
+        "early_exit_0",
+        "early_exit_1",
+        "fallback",
+        "state_lost",
+        "full_success",
+    }  # full_vs_baseline: the bench's episodes are not the ones the baseline was measured on
+    baseline = out["baseline"]  # from the quality.json that `train` wrote
+    assert set(baseline) == {"error", "success", "hidden", "episodes", "seed"}
+    assert baseline["hidden"] == 8 and baseline["episodes"] == 4
