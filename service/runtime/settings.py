@@ -477,6 +477,7 @@ QUICK_TRAINING: dict[str, Any] = {
     "student_hidden": 64,
     "baseline_hidden": 64,
     "memory_iterations": 300,
+    "memory_learning_rate": 1e-2,
     "head_iterations": 200,
     "student_iterations": 200,
 }
@@ -507,7 +508,7 @@ class TrainSettings(Settings):
         "out); the GRU baseline gets the same.",
     )
     memory_batch_episodes: int = Field(16, ge=1, description="Episodes per phase (0) update.")
-    memory_learning_rate: float = Field(1e-2, gt=0, description="Phase (0) peak learning rate.")
+    memory_learning_rate: float = Field(5e-3, gt=0, description="Phase (0) peak learning rate.")
     baseline_hidden: int = Field(
         128,
         ge=8,
