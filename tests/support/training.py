@@ -8,6 +8,7 @@ from service.cli.train import model_config
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.runtime.settings import TrainSettings
+from service.training.baseline import train_baseline
 from service.training.task import TaskConfig
 from service.training.trainer import train
 
@@ -34,5 +35,5 @@ TINY = {
 def trained(directory: Path) -> tuple[ActionModel, str]:
     settings = TrainSettings.model_validate(TINY)
     model = ActionModel(model_config(settings))
-    train(model, TASK, settings)
+    train(model, TASK, settings, train_baseline(model.cfg, TASK, settings))  # as the CLI does
     return model, weights.save(model, directory).version
