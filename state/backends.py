@@ -10,16 +10,18 @@ from state.store import SessionStore
 
 
 def open_session_store(url: str, timeout_s: float) -> SessionStore:
-    """Redis, direct (`redis://`) or through Sentinel (`redis+sentinel://`, which follows the
-    primary across failovers and retries for longer while one is under way)."""
+    """Redis, direct (`redis://`), through Sentinel (`redis+sentinel://`, which follows the
+    primary across failovers and retries for longer while one is under way), or a Redis
+    Cluster (`redis+cluster://`, sessions spread over its primaries by hash tag)."""
     scheme = urlparse(url).scheme
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         from state.redis_store import RedisSessionStore
 
         return RedisSessionStore(url, socket_timeout_s=timeout_s)
     raise ValueError(
         f"unsupported session store URL {redacted(url)!r}: use redis://host:port/db or "
-        "redis+sentinel://host:port[,host:port...]/<service>/<db>"
+        "redis+sentinel://host:port[,host:port...]/<service>/<db> or "
+        "redis+cluster://host:port[,host:port...]"
     )
 
 

@@ -17,9 +17,10 @@ import pyetcd.events
 import pyetcd.exceptions
 from pyetcd import etcdrpc
 
+from state.etcd_url import parse_etcd_url
+
 _log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 2379
 # pyetcd marks a failed endpoint unusable for time_retry seconds (default 300): a restarted
 # etcd would be refused for five minutes.
 ENDPOINT_RETRY_S = 1.0
@@ -37,30 +38,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-
-def parse_etcd_url(url: str) -> list[tuple[str, int]]:
-    """`etcd://h1:p1,h2:p2` → [(h1, p1), (h2, p2)]; a missing port is 2379."""
-    scheme, sep, rest = url.partition("://")
-    hosts, _, path = rest.partition("/")
-    if scheme != "etcd" or not sep or path or not hosts:
-        raise ValueError(f"bad etcd URL {url!r}: use etcd://host:port[,host:port...]")
-    endpoints = []
-    for item in hosts.split(","):
-        host, port = _host_port(item.strip(), url)
-        endpoints.append((host, port))
-    return endpoints
-
-
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    if item.startswith("["):  # [::1]:2379
-        host, _, port = item[1:].partition("]")
-        port = port.removeprefix(":")
-    else:
-        host, _, port = item.partition(":")
-    if not host or (port and not port.isdigit()):
-        raise ValueError(f"bad endpoint {item!r} in etcd URL {url!r}")
-    return host, int(port) if port else DEFAULT_PORT
 
 
 class EtcdUnavailable(Exception):

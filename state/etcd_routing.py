@@ -56,6 +56,7 @@ class EtcdRoutingTable:
         self._stages_prefix = stages_prefix(cluster)
         self._desired_key = desired_version_key(cluster)
         self._desired: str | None = None
+        self._desired_revision = 0
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = 2 * request_timeout_s + 1.0
         self._etcd = EtcdConnection(url, request_timeout_s)
@@ -98,6 +99,12 @@ class EtcdRoutingTable:
     def desired_version(self) -> str | None:
         with self._lock:
             return self._desired
+
+    def desired_revision(self) -> int:
+        """The table's revision when the desired version took its current value: at least
+        the revision of that put, and below that of any later one."""
+        with self._lock:
+            return self._desired_revision
 
     @property
     def connected(self) -> bool:
@@ -199,7 +206,8 @@ class EtcdRoutingTable:
             if table == self._table and desired == self._desired:
                 return
             if desired != self._desired:
-                _log.info("desired model version is now %s", desired)
+                _log.info("desired model version is now %s (revision=%d)", desired, self._revision)
+                self._desired_revision = self._revision
             self._table, self._desired = table, desired
             subscribers = list(self._subscribers)
         for callback in subscribers:

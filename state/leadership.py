@@ -90,6 +90,10 @@ class RoutingTable(Protocol):
     def desired_version(self) -> str | None:
         """The model version the cluster should move to (`ckpt promote`), from memory."""
 
+    def desired_revision(self) -> int:
+        """The backend's revision at which desired_version() was seen (0: none), so that two
+        coordinators that briefly disagree can tell whose desired version is newer."""
+
     @property
     def connected(self) -> bool:
         """False while the backend is unreachable and the table may be stale."""

@@ -9,20 +9,18 @@ same contract against this store and a real Redis.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from state.session import (
-    Anchor,
     CommitOutcome,
     CommitStatus,
     SessionId,
     SessionRecord,
-    StageIndex,
     StepCommit,
+    committed,
 )
 from state.store import NotReplicated
 
@@ -63,7 +61,7 @@ class MemorySessionStore:
                 return CommitOutcome(CommitStatus.GONE, None)
             if stored.record.seq != step.expected_seq:
                 return CommitOutcome(CommitStatus.CONFLICT, stored.record.seq)
-            stored.record = _committed(stored.record, step)
+            stored.record = committed(stored.record, step)
             stored.expires = time.monotonic() + step.ttl_s
             if step.log_limit > 0 and step.observation:
                 stored.log.append((step.new_seq, step.observation))
@@ -121,31 +119,6 @@ class MemorySessionStore:
             del self._sessions[session_id]
             return None
         return stored
-
-
-def _committed(record: SessionRecord, step: StepCommit) -> SessionRecord:
-    """The record after `step`, as COMMIT_LUA computes it."""
-    was_level = all(s.seq == step.expected_seq for s in record.stages(step.n_stages))
-    level_after = all(StageIndex(k) in step.stage_states for k in range(step.n_stages))
-    anchor = record.anchor
-    if was_level and not level_after:
-        anchor = Anchor(step.expected_seq, {k: s.data for k, s in record.stage_states.items()})
-    elif level_after:
-        anchor = None
-    if step.anchor is not None and not level_after:
-        anchor = step.anchor
-    moved = bool(step.model_version)
-    return dataclasses.replace(
-        record,
-        seq=step.new_seq,
-        last_reply=step.last_reply,
-        stage_states={**record.stage_states, **step.stage_states},
-        anchor=anchor,
-        model_version=step.model_version if moved else record.model_version,
-        student=step.student if step.student is not None else record.student,
-        ttl_s=record.ttl_s,
-        switch=step.switch if step.switch is not None else None if moved else record.switch,
-    )
 
 
 def _check_ttl(ttl_s: float) -> None:

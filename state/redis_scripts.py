@@ -16,8 +16,9 @@ return 1
 # empty), ARGV[7] reply, ARGV[8] model version (empty: unchanged), ARGV[9] student state
 # (empty: unchanged), ARGV[10] its seq, ARGV[11] a new anchor's seq (0: none), ARGV[12] the
 # number m of its stage index / state pairs that follow, ARGV[13] a version switch's progress
-# (empty: unchanged; dropped when the model version moves), then the m pairs, then stage
-# index / state / seq triples.
+# (empty: unchanged; dropped when the model version moves), ARGV[14] the desired-version
+# revision that moved it (written with ARGV[8]), then the m pairs, then stage index / state /
+# seq triples.
 # Replies {status, seq}; a replayed commit sees its own seq: CONFLICT.
 COMMIT_LUA = """
 local current = redis.call('HGET', KEYS[1], 'seq')
@@ -36,7 +37,7 @@ for k = 0, n_stages - 1 do
   if stage_seq(k) ~= tonumber(ARGV[1]) then was_level = false end
 end
 local anchor_seq = tonumber(ARGV[11])
-local triples = 14 + 2 * tonumber(ARGV[12])
+local triples = 15 + 2 * tonumber(ARGV[12])
 local advanced = {}
 for i = triples, #ARGV, 3 do advanced[tonumber(ARGV[i])] = true end
 local level_after = true
@@ -56,13 +57,13 @@ end
 if anchor_seq > 0 and not level_after then
   redis.call('HSET', KEYS[1], 'anchor_seq', anchor_seq)
   for k = 0, n_stages - 1 do redis.call('HDEL', KEYS[1], 'anchor:' .. k) end
-  for i = 14, triples - 1, 2 do
+  for i = 15, triples - 1, 2 do
     redis.call('HSET', KEYS[1], 'anchor:' .. ARGV[i], ARGV[i + 1])
   end
 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[2], 'reply', ARGV[7])
 if #ARGV[8] > 0 then
-  redis.call('HSET', KEYS[1], 'model_version', ARGV[8])
+  redis.call('HSET', KEYS[1], 'model_version', ARGV[8], 'version_revision', ARGV[14])
   redis.call('HDEL', KEYS[1], 'switch')
 end
 if #ARGV[13] > 0 then redis.call('HSET', KEYS[1], 'switch', ARGV[13]) end

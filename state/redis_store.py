@@ -5,14 +5,17 @@ Key layout (the braces are a Redis Cluster hash tag, so every key of a session s
   per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
   `anchor_seq` and `anchor:<k>` (every stage's state at the last level step); while the
   distilled student answers, `student` and `student_seq`; while the session moves to another
-  model version, `switch` (the new version's states so far, `SwitchProgress.encode`).
+  model version, `switch` (the new version's states so far, `SwitchProgress.encode`); once a
+  desired version moved it, `version_revision` (the etcd revision that version was seen at).
 - `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
   followed by the observation's bytes.
 
-Two URL kinds: `redis://` (one server) and `redis+sentinel://h1:p1,h2:p2/<service>/<db>` (the
-primary that Sentinel names, followed across failovers). Sessions with `wait_replicas > 0` have
-each commit acknowledged by that many replicas (WAIT on the commit's connection) or get
-NotReplicated.
+Three URL kinds: `redis://` (one server), `redis+sentinel://h1:p1,h2:p2/<service>/<db>` (the
+primary that Sentinel names, followed across failovers) and `redis+cluster://h1:p1,h2:p2` (a
+Redis Cluster: each session lives on the primary of its hash tag's slot; every script touches
+that one slot). Sessions with `wait_replicas > 0` have each commit acknowledged by that many
+replicas (WAIT on the commit's connection, on a Cluster the connection to the session's
+primary) or get NotReplicated.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +33,14 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 from tenacity import (
@@ -41,7 +53,14 @@ from tenacity import (
 )
 
 from state.redis_scripts import COMMIT_LUA, CREATE_LUA, TOUCH_LUA
-from state.redis_url import SENTINEL_SCHEME, parse_sentinel_url, redacted
+from state.redis_url import (
+    CLUSTER_SCHEME,
+    SENTINEL_SCHEME,
+    ClusterUrl,
+    parse_cluster_url,
+    parse_sentinel_url,
+    redacted,
+)
 from state.session import (
     Anchor,
     CommitOutcome,
@@ -61,8 +80,15 @@ _T = TypeVar("_T")
 
 # Retried: errors where the command may not have reached Redis, and a write refused by a demoted
 # primary (mid-failover); every retried call is idempotent or conditional on seq. Anything else
-# is a bug.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+# is a bug. A Cluster mid-failover answers CLUSTERDOWN or has a slot without a primary for a
+# moment (redis-py follows MOVED and ASK itself).
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    ClusterDownError,
+    SlotNotCoveredError,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,9 @@ DIRECT_RETRY = RetryPolicy(attempts=3, budget_s=5.0)
 # promotion. 15 s covers one with down-after-milliseconds up to ~10 s; past that, the store is
 # unavailable. The attempt cap only guards against a bug spinning; the budget is the limit.
 SENTINEL_RETRY = RetryPolicy(attempts=200, budget_s=15.0)
+# A Cluster promotes a replica itself, after cluster-node-timeout and a vote of the primaries:
+# the same budget covers a cluster-node-timeout up to ~10 s.
+CLUSTER_RETRY = SENTINEL_RETRY
 RETRY_ATTEMPTS = DIRECT_RETRY.attempts
 
 _SEQ_BYTES = 8
@@ -89,7 +118,10 @@ WAIT_SHARE_OF_SOCKET_TIMEOUT = 0.5
 
 
 def retry_policy_for(url: str) -> RetryPolicy:
-    return SENTINEL_RETRY if urlsplit(url).scheme == SENTINEL_SCHEME else DIRECT_RETRY
+    scheme = urlsplit(url).scheme
+    if scheme == SENTINEL_SCHEME:
+        return SENTINEL_RETRY
+    return CLUSTER_RETRY if scheme == CLUSTER_SCHEME else DIRECT_RETRY
 
 
 class RedisSessionStore:
@@ -101,9 +133,39 @@ class RedisSessionStore:
         self._url = redacted(url)
         self._socket_timeout_s = socket_timeout_s
         self._retry = retry or retry_policy_for(url)
-        self._client, self._sentinel = _connect(url, socket_timeout_s)
-        self._create_script = self._client.register_script(CREATE_LUA)
-        self._commit_script = self._client.register_script(COMMIT_LUA)
+        self._open = _client_factory(url, socket_timeout_s)  # a bad URL fails here
+        self._open_lock = threading.Lock()
+        # A RedisCluster client reads the slot map as it is made, so it is made on first use
+        # (inside a retried call): a store that does not answer yet is not a crash at start-up.
+        # The others connect on first use by themselves.
+        self._clients: _Clients | None = None
+        if urlsplit(url).scheme != CLUSTER_SCHEME:
+            self._opened()
+
+    @property
+    def _client(self) -> redis.Redis | RedisCluster:
+        return self._opened().client
+
+    @property
+    def _create_script(self) -> Script:
+        return self._opened().create_script
+
+    @property
+    def _commit_script(self) -> Script:
+        return self._opened().commit_script
+
+    def _opened(self) -> _Clients:
+        if self._clients is None:
+            with self._open_lock:
+                if self._clients is None:
+                    client, sentinel = self._open()
+                    self._clients = _Clients(
+                        client,
+                        sentinel,
+                        client.register_script(CREATE_LUA),
+                        client.register_script(COMMIT_LUA),
+                    )
+        return self._clients
 
     def create(self, record: SessionRecord) -> None:
         key = _session_key(record.session_id)
@@ -197,23 +259,23 @@ class RedisSessionStore:
         return self._call("delete", lambda: self._client.unlink(*keys), retry=False) > 0
 
     def replicas(self) -> int:
-        info = cast(
-            "dict[str, object]", self._call("replicas", lambda: self._client.info("replication"))
-        )
-        return int(str(info.get("connected_slaves", 0)))
+        """On a Cluster, the fewest any primary has: a session may live on any of them."""
+        return self._call("replicas", self._fewest_replicas)
 
     def ping(self) -> bool:
         """False, not an exception, when Redis does not answer: this is a health probe."""
         try:
-            return self._call("ping", self._client.ping)
+            return self._call("ping", lambda: self._client.ping())
         except StoreUnavailable as exc:
             _log.warning("%s", exc)
             return False
 
     def close(self) -> None:
-        self._client.close()
-        if self._sentinel is not None:
-            self._sentinel.close()
+        if self._clients is None:
+            return
+        self._clients.client.close()
+        if self._clients.sentinel is not None:
+            self._clients.sentinel.close()
 
     def _script_then_wait(
         self,
@@ -230,10 +292,16 @@ class RedisSessionStore:
         still pay the WAIT before the retry could load the script, doubling the wait.
         """
         # Not a transaction: WAIT inside MULTI does not wait.
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.eval(script, len(keys), *keys, *args)
-            pipe.wait(replicas, max(1, round(timeout_s * 1000)))  # WAIT 0 would block forever
-            reply, acked = pipe.execute(raise_on_error=False)
+        server = self._server_of(keys[0])
+        try:
+            with server.pipeline(transaction=False) as pipe:
+                pipe.eval(script, len(keys), *keys, *args)
+                pipe.wait(replicas, max(1, round(timeout_s * 1000)))  # WAIT 0: forever
+                reply, acked = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if isinstance(self._client, RedisCluster):  # the primary may have failed over
+                self._refresh_slot_map()
+            raise
         for result in (reply, acked):
             if isinstance(result, Exception):
                 raise result
@@ -289,21 +357,65 @@ class RedisSessionStore:
                 f"attempt(s) in {time.monotonic() - started:.1f}s ({exc}); {hint}"
             ) from exc
         except redis.RedisError as exc:  # OOM, MISCONF, BUSY...: Redis refuses, retry later
+            hint = (
+                f"; the server is a Redis Cluster node: use a {CLUSTER_SCHEME}:// URL"
+                if isinstance(exc, AskError)
+                else ""
+            )
             raise StoreUnavailable(
-                f"store={self._url} operation={operation}: Redis refused: {exc}"
+                f"store={self._url} operation={operation}: Redis refused: {exc}{hint}"
             ) from exc
 
     def _attempt(self, fn: Callable[[], _T]) -> _T:
         try:
             return fn()
+        except AskError as exc:  # MOVED too
+            if not isinstance(self._client, RedisCluster):
+                raise  # a redis:// URL that names a Cluster node: see _call
+            # From _server_of's direct connection: the slot moved since the client last read
+            # the slot map, so nothing ran; read it anew and retry.
+            self._refresh_slot_map()
+            raise redis.ConnectionError(f"the session's slot moved ({exc})") from exc
         except redis.ResponseError as exc:
             if not _is_read_only(exc):
                 raise
             # The connection still points at a demoted primary. Drop the idle connections so
             # that the next one asks Sentinel anew (redis-py does this for a plain READONLY
             # but not for one raised inside a script, which Redis 6.2 reports as a script error).
-            self._client.connection_pool.disconnect(inuse_connections=False)
+            if isinstance(self._client, RedisCluster):
+                self._refresh_slot_map()
+            else:
+                self._client.connection_pool.disconnect(inuse_connections=False)
             raise redis.ReadOnlyError(str(exc)) from exc
+
+    def _refresh_slot_map(self) -> None:
+        """Read the Cluster's slot map anew, after the direct connection of _server_of met a
+        moved slot or a dead primary (RedisCluster does so itself for its own commands)."""
+        assert isinstance(self._client, RedisCluster)
+        try:
+            self._client.nodes_manager.initialize()
+        except RedisClusterException as exc:  # no node answered: the retry will tell
+            _log.warning("store=%s: could not read the slot map: %s", self._url, exc)
+
+    def _server_of(self, key: str) -> redis.Redis:
+        """A client of the one server that holds `key`: on a Cluster its slot's primary, for
+        what must share a connection with the key's writes (WAIT)."""
+        if not isinstance(self._client, RedisCluster):
+            return self._client
+        # redis.cluster is partly unannotated, hence the ignores.
+        node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return self._client.get_redis_connection(node)
+
+    def _fewest_replicas(self) -> int:
+        servers = [self._client]
+        if isinstance(self._client, RedisCluster):
+            primaries = self._client.get_primaries()  # type: ignore[no-untyped-call]
+            servers = [self._client.get_redis_connection(node) for node in primaries]
+        counts = []
+        for server in servers:
+            info = cast("dict[str, object]", server.info("replication"))
+            counts.append(int(str(info.get("connected_slaves", 0))))
+        return min(counts, default=0)
 
     def _count_retry(self, operation: str, state: RetryCallState) -> None:
         STATE_RETRIES.labels(operation=operation).inc()
@@ -315,6 +427,44 @@ class RedisSessionStore:
             state.attempt_number,
             error,
         )
+
+
+@dataclass(frozen=True)
+class _Clients:
+    client: redis.Redis | RedisCluster
+    sentinel: Sentinel | None
+    create_script: Script
+    commit_script: Script
+
+
+_Connect = Callable[[], tuple[redis.Redis | RedisCluster, Sentinel | None]]
+
+
+def _client_factory(url: str, socket_timeout_s: float) -> _Connect:
+    """What makes the store's client: parses the URL now (ValueError), connects when called."""
+    if urlsplit(url).scheme == CLUSTER_SCHEME:
+        return partial(_connect_cluster, parse_cluster_url(url), socket_timeout_s)
+    return partial(_connect, url, socket_timeout_s)
+
+
+def _connect_cluster(
+    cluster: ClusterUrl, socket_timeout_s: float
+) -> tuple[RedisCluster, Sentinel | None]:
+    """A client of the Cluster the start-up nodes belong to; it reads the slot map now."""
+    nodes = [ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]
+    try:
+        client = RedisCluster(
+            startup_nodes=nodes,
+            username=cluster.username,
+            password=cluster.password,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            decode_responses=False,
+            retry=Retry(NoBackoff(), 0),  # tenacity in _call is the one retry policy
+        )
+    except RedisClusterException as exc:  # no start-up node answered: retried like one down
+        raise redis.ConnectionError(f"no Redis Cluster node answered ({exc})") from exc
+    return client, None
 
 
 def _connect(url: str, socket_timeout_s: float) -> tuple[redis.Redis, Sentinel | None]:
@@ -374,7 +524,7 @@ def _commit_args(step: StepCommit) -> list[int | str | bytes]:
         step.anchor.seq if step.anchor else 0,
     ]
     anchored = sorted(step.anchor.states.items()) if step.anchor else []
-    args += [len(anchored), step.switch.encode() if step.switch else b""]
+    args += [len(anchored), step.switch.encode() if step.switch else b"", step.version_revision]
     for k, data in anchored:
         args += [k, data]
     for k, state in sorted(step.stage_states.items()):
@@ -417,6 +567,8 @@ def _record_fields(record: SessionRecord) -> list[int | str | bytes]:
         record.last_reply,
         "wait_replicas",
         record.wait_replicas,
+        "version_revision",
+        record.version_revision,
     ]
     return fields + _stage_fields(record.stage_states)
 
@@ -442,6 +594,7 @@ def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionR
         session_id=session_id,
         seq=int(fields[b"seq"]),
         model_version=fields[b"model_version"].decode(),
+        version_revision=int(fields.get(b"version_revision", b"0")),
         ttl_s=float(fields[b"ttl_s"]),
         client_id=fields[b"client_id"].decode(),
         stage_states={k: StageState(seq=seqs[k], data=data[k]) for k in sorted(data)},

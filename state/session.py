@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from dataclasses import dataclass, field
@@ -92,6 +93,10 @@ class SessionRecord:
     # 0: the primary's word is enough (a failover may lose the last acknowledged steps).
     wait_replicas: int = 0
     switch: SwitchProgress | None = None  # a version switch under way
+    # The revision at which the coordinator that last moved the session to another version
+    # saw the desired version (0: never moved by one); no coordinator with an older view moves
+    # it again (routing/version_choice.py).
+    version_revision: int = 0
 
     def stages(self, n_stages: int) -> list[StageState]:
         """Stage 0..n_stages-1's states, a fresh one (seq 0, no data) where none is stored."""
@@ -119,6 +124,7 @@ class StepCommit:
     anchor: Anchor | None = None
     # A version switch's progress to keep (dropped by any commit that moves model_version).
     switch: SwitchProgress | None = None
+    version_revision: int = 0  # with model_version: SessionRecord.version_revision
 
 
 class CommitStatus(enum.Enum):
@@ -131,3 +137,30 @@ class CommitStatus(enum.Enum):
 class CommitOutcome:
     status: CommitStatus
     current_seq: int | None  # the seq the store held when the commit was tried; None when GONE
+
+
+def committed(record: SessionRecord, step: StepCommit) -> SessionRecord:
+    """The record after `step`, as COMMIT_LUA computes it (the memory store and the
+    coordinator's session cache apply commits with it)."""
+    was_level = all(s.seq == step.expected_seq for s in record.stages(step.n_stages))
+    level_after = all(StageIndex(k) in step.stage_states for k in range(step.n_stages))
+    anchor = record.anchor
+    if was_level and not level_after:
+        anchor = Anchor(step.expected_seq, {k: s.data for k, s in record.stage_states.items()})
+    elif level_after:
+        anchor = None
+    if step.anchor is not None and not level_after:
+        anchor = step.anchor
+    moved = bool(step.model_version)
+    return dataclasses.replace(
+        record,
+        seq=step.new_seq,
+        last_reply=step.last_reply,
+        stage_states={**record.stage_states, **step.stage_states},
+        anchor=anchor,
+        model_version=step.model_version if moved else record.model_version,
+        student=step.student if step.student is not None else record.student,
+        ttl_s=record.ttl_s,
+        switch=step.switch if step.switch is not None else None if moved else record.switch,
+        version_revision=step.version_revision if moved else record.version_revision,
+    )

@@ -22,6 +22,9 @@ class StaticRoutingTable:
     def desired_version(self) -> str | None:
         return None  # no backend to set one: sessions stay on their version
 
+    def desired_revision(self) -> int:
+        return 0
+
     @property
     def connected(self) -> bool:
         return True

@@ -7,6 +7,11 @@ cluster with one replica per stage: FULL with every stage up, then the last stag
 by one (EARLY_EXIT from each shallower stage in turn, the policy told to accept any exit), then
 stage 0 (FALLBACK, the student in the coordinator). "state_lost" runs the FULL path (its state
 is merely fresh), so its latency is FULL's.
+
+"full_int8" is FULL on the stages' int8 ONNX graphs (`shard --runtime onnx-int8`): its error
+and success from the same held-out episodes, its latency through a second cluster whose shards
+run those graphs; `int8` compares it with the float32 graphs (weights size, in-process latency)
+and with FULL's error.
 """
 
 from __future__ import annotations
@@ -23,16 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import torch
 
 from chaos.fleet import SteppingRobot
+from fallback.quality import ModeQuality
 from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.model import weights
+from service.model.export import export
+from service.model.weights_files import onnx_stage_file
 from service.proto import session_pb2, session_pb2_grpc
 from service.runtime.settings import BenchSettings, TrainSettings
-from service.training.evaluate import evaluate
-from service.training.task import TaskConfig
+from service.shard.onnx_stage import OnnxStage
+from service.shard.stage_runtime import StageRuntime
+from service.training.evaluate import LATENCY_STEPS, evaluate, step_latency_ms
+from service.training.task import TaskConfig, make_episodes, observe, rollout
 
 CONTROL_PERIOD_S = 0.02
 SETTLE_STEPS = 10  # answers after a kill not counted: the failing FULL attempt, catch-up
@@ -91,6 +102,86 @@ def _measure(robot: SteppingRobot, steps: int) -> list[tuple[str, float]]:
     ]
 
 
+INT8_ERROR_TARGET = 1.05  # full_int8's action error at most 5% above FULL's
+
+
+class StagesPolicy:
+    """FULL over shard runtimes in this process: each stage's memory carried step to step."""
+
+    def __init__(self, stages: list[StageRuntime]) -> None:
+        self.stages = stages
+        self.memories: list[np.ndarray] = []
+
+    def reset(self, batch: int) -> None:
+        self.memories = [np.stack([s.fresh_memory()] * batch) for s in self.stages]
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.numpy()
+        action = None
+        for k, stage in enumerate(self.stages):
+            out = stage.run(x, self.memories[k], want_action=False)
+            x, self.memories[k], action = out.hidden, out.memory, out.action
+        assert action is not None  # the last stage always answers one
+        return torch.from_numpy(action)
+
+
+def onnx_quality(
+    weights_dir: Path, task: TaskConfig, episodes: int, seed: int, threads: int
+) -> tuple[ModeQuality, float]:
+    """full_int8 on the held-out episodes `evaluate` uses (same seed), and the in-process p50
+    of FULL on the float32 graphs (the latency int8 must not be worse than)."""
+    n = weights.read_info(weights_dir).config.n_stages
+
+    def policy(int8: bool) -> StagesPolicy:
+        return StagesPolicy(
+            [OnnxStage(weights_dir, k, int8=int8, threads=threads) for k in range(n)]
+        )
+
+    held_out = make_episodes(task, episodes, seed)
+    one = make_episodes(task, 1, seed)
+    latency_obs = torch.cat(
+        [observe(task, one, one.start, t) for t in range(min(task.steps, LATENCY_STEPS))]
+    )
+    int8 = policy(int8=True)
+    run = rollout(task, held_out, int8)
+    quality = ModeQuality(
+        error=run.action_error(),
+        success=float(run.success(task).float().mean()),
+        p50_ms=step_latency_ms(int8, latency_obs),
+    )
+    return quality, step_latency_ms(policy(int8=False), latency_obs)
+
+
+def int8_cluster_p50_ms(settings: BenchSettings, weights_dir: Path) -> float:
+    """FULL's p50 through a cluster whose shards run the int8 graphs (every stage up)."""
+    cfg = weights.read_info(weights_dir).config
+    with tempfile.TemporaryDirectory(prefix="actionmesh-bench-", dir=settings.work_dir) as work:
+        shutil.copytree(weights_dir, Path(work) / "weights")
+        cluster_settings = settings.model_copy(
+            update={"replicas": 1, "work_dir": Path(work), "runtime": "onnx-int8"}
+        )
+        with (
+            LocalCluster(cluster_settings, model=cfg) as cluster,
+            grpc.insecure_channel(cluster.address) as channel,
+        ):
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            gen = torch.Generator().manual_seed(settings.seed)
+            obs = [
+                torch.randn(cfg.observation_dim, generator=gen)
+                for _ in range((settings.steps + SETTLE_STEPS) * 4)
+            ]
+            robot = SteppingRobot(stub, obs, CONTROL_PERIOD_S, streaming=True)
+            robot.start()
+            try:
+                answers = _measure(robot, settings.steps)
+                samples = [latency for mode, latency in answers if mode == "full"]
+            finally:
+                robot.stop()
+                robot.join(timeout=10)
+    print("bench --degraded: int8 shards: measured", file=sys.stderr)
+    return round(percentile_ms(samples, 50), 2)
+
+
 def cluster_latencies(settings: BenchSettings, weights_dir: Path) -> dict[str, float]:
     """p50 ms per serve mode through a real cluster, stages killed from the last one down."""
     model, _ = weights.load_model(weights_dir)
@@ -140,7 +231,17 @@ def trained_baseline(weights_dir: Path) -> dict[str, Any] | None:
     return {**table["baseline"], "episodes": table["episodes"], "seed": table["seed"]}
 
 
+def _exported(weights_dir: Path, scratch: Path) -> Path:
+    """A copy of the weights with their ONNX graphs (float32 and int8) beside them."""
+    target = scratch / "exported"
+    shutil.copytree(weights_dir, target)
+    if not (target / onnx_stage_file(0, int8=True)).is_file():
+        export(target, target, "onnx")
+    return target
+
+
 def run(settings: BenchSettings) -> dict[str, Any]:
+    torch.set_num_threads(settings.torch_threads)  # in-process figures: as one shard computes
     with tempfile.TemporaryDirectory(prefix="actionmesh-train-") as scratch:
         weights_dir = _trained(settings, Path(scratch))
         model, info = weights.load_model(weights_dir)
@@ -148,25 +249,44 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         task = TaskConfig(
             joints=cfg.joints, horizon=cfg.horizon, observation_dim=cfg.observation_dim
         )
-        table = evaluate(
-            model, task, settings.degraded_episodes, settings.seed + 1_000_000, info.version
+        eval_seed = settings.seed + 1_000_000
+        table = evaluate(model, task, settings.degraded_episodes, eval_seed, info.version)
+        exported = _exported(weights_dir, Path(scratch))
+        int8, onnx_p50_ms = onnx_quality(
+            exported, task, settings.degraded_episodes, eval_seed, settings.torch_threads
         )
         baseline = trained_baseline(weights_dir)
         latencies = cluster_latencies(settings, weights_dir)
+        latencies["full_int8"] = int8_cluster_p50_ms(settings, exported)
+        sizes = [
+            sum((exported / onnx_stage_file(k, int8=q)).stat().st_size for k in range(cfg.n_stages))
+            for q in (False, True)
+        ]
     latencies.setdefault("state_lost", latencies.get("full", 0.0))
+    modes = {**table.modes, "full_int8": int8}
+    error_ratio = int8.error / max(table.modes["full"].error, 1e-12)
     return {
         "model_version": info.version,
         "episodes": settings.degraded_episodes,
         "modes": {
             name: {"error": q.error, "success": q.success, "p50_ms": latencies.get(name)}
-            for name, q in table.modes.items()
+            for name, q in modes.items()
         },
-        "in_process_p50_ms": {name: round(q.p50_ms, 3) for name, q in table.modes.items()},
+        "in_process_p50_ms": {name: round(q.p50_ms, 3) for name, q in modes.items()},
         "targets": {
             t.name: {"ratio": round(t.ratio, 3), "want": t.want, "met": t.met}
             for t in table.targets()
         },
         "baseline": baseline,
+        "int8": {
+            "weights_ratio": round(sizes[0] / sizes[1], 2),
+            "in_process_p50_ms": {
+                "onnx": round(onnx_p50_ms, 3),
+                "onnx_int8": round(int8.p50_ms, 3),
+            },
+            "error_ratio": round(error_ratio, 4),
+            "error_met": error_ratio <= INT8_ERROR_TARGET,
+        },
     }
 
 
@@ -192,3 +312,11 @@ def print_table(result: dict[str, Any]) -> None:
         )
     for name, t in result["targets"].items():
         print(f"target {name}: {t['want']}: {t['ratio']} {'met' if t['met'] else 'MISSED'}")
+    int8 = result["int8"]
+    p50 = int8["in_process_p50_ms"]
+    print(
+        f"int8 graphs: weights {int8['weights_ratio']}x smaller; in-process p50 "
+        f"{p50['onnx_int8']} ms against {p50['onnx']} ms float32 (ONNX); error "
+        f"{int8['error_ratio']}x full, want <= {INT8_ERROR_TARGET}: "
+        f"{'met' if int8['error_met'] else 'MISSED'}"
+    )

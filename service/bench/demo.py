@@ -62,10 +62,16 @@ def _drive(session: Session, settings: DemoSettings) -> int:
             time.sleep(max(0.0, next_tick - time.monotonic()))
     elapsed = time.monotonic() - started
     ok = len(latencies)
+    p99 = percentile_ms(latencies, 99)
     print(
         f"\nsummary: {ok} steps ok, {failures} failed, {late} over the {period_s * 1e3:.0f} ms period; "
-        f"p50 {percentile_ms(latencies, 50):.2f} ms, p99 {percentile_ms(latencies, 99):.2f} ms, "
+        f"p50 {percentile_ms(latencies, 50):.2f} ms, p99 {p99:.2f} ms, "
         f"{ok / elapsed:.1f} steps/s"
+    )
+    within = "within" if p99 <= period_s * 1e3 else "OVER"
+    print(
+        f"control loop: {late} of {total} ticks late (answered after the {period_s * 1e3:.0f} ms "
+        f"period), p99 {within} the period"
     )
     return failures
 

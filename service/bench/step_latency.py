@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import torch
 
 from chaos.robot_sim import SimulatedArm
+from service.bench import overhead, shard_footprint
 from service.bench.latency import percentile_ms
+from service.bench.overhead import TIMING_METADATA, StepSample
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
@@ -19,47 +24,93 @@ from service.runtime.settings import BenchSettings
 _WARMUP_STEPS = 10
 
 
-def inprocess_latencies(settings: BenchSettings, cluster: LocalCluster) -> list[float]:
-    """The same weights and thread count as one shard, all stages in this process."""
+@torch.no_grad()
+def inprocess_latencies(
+    settings: BenchSettings, cluster: LocalCluster
+) -> tuple[list[float], list[list[float]]]:
+    """The same weights and thread count as one shard, all stages in this process: each step's
+    time, and each stage's (the model's step, timed stage by stage)."""
     torch.set_num_threads(settings.torch_threads)
     model, _ = weights.load_model(cluster.weights_dir)
     cfg = model.cfg
     arm = SimulatedArm(cfg.observation_dim, cfg.joints, seed=settings.seed)
     states = model.fresh_states(1)
-    samples = []
+    totals: list[float] = []
+    per_stage: list[list[float]] = [[] for _ in range(cfg.n_stages)]
     for i in range(_WARMUP_STEPS + settings.steps):
-        obs = arm.observation()
-        started = time.perf_counter()
-        action, states = model.step(obs.unsqueeze(0), states)
+        x, took = arm.observation().unsqueeze(0), []
+        for k in range(cfg.n_stages):
+            started = time.perf_counter()
+            x, states[k] = model.stage(k)(x, states[k])
+            if k == cfg.n_stages - 1:
+                x = model.stage(k).action(x)
+            took.append(time.perf_counter() - started)
         if i >= _WARMUP_STEPS:
-            samples.append(time.perf_counter() - started)
-        arm.apply(action[0], 0.02)
-    return samples
+            totals.append(sum(took))
+            for k, t in enumerate(took):
+                per_stage[k].append(t)
+        arm.apply(x[0], 0.02)
+    return totals, per_stage
 
 
-def cluster_latencies(
+@contextmanager
+def bench_session(
     stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
-) -> list[float]:
-    """Unary Step round trips of one session, as a robot sees them."""
+) -> Iterator[tuple[str, SimulatedArm]]:
+    """A session and the arm that steps it; closed at the end."""
     opened = stub.OpenSession(
         session_pb2.OpenSessionRequest(client_id="bench", wait_replicas=settings.wait_replicas),
         timeout=10,
     )
     spec = opened.action_spec
-    arm = SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
+    try:
+        yield opened.session_id, SimulatedArm(spec.observation_dim, spec.joints, seed=settings.seed)
+    finally:
+        stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
+
+
+def _request(session_id: str, seq: int, arm: SimulatedArm) -> session_pb2.StepRequest:
+    observation = tensor_codec.encode(arm.observation())
+    return session_pb2.StepRequest(session_id=session_id, seq=seq, observation=observation)
+
+
+def cluster_latencies(
+    stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
+) -> list[StepSample]:
+    """Unary Step round trips of one session, as a robot sees them, with the coordinator's
+    account of each."""
     samples = []
-    for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
-        request = session_pb2.StepRequest(
-            session_id=opened.session_id,
-            seq=seq,
-            observation=tensor_codec.encode(arm.observation()),
-        )
-        started = time.perf_counter()
-        reply = stub.Step(request, timeout=10)
-        if seq > _WARMUP_STEPS:
-            samples.append(time.perf_counter() - started)
-        arm.apply(tensor_codec.decode(reply.action), 0.02)
-    stub.CloseSession(session_pb2.CloseSessionRequest(session_id=opened.session_id), timeout=5)
+    with bench_session(stub, settings) as (session_id, arm):
+        for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
+            request = _request(session_id, seq, arm)
+            started = time.perf_counter()
+            reply, call = stub.Step.with_call(request, timeout=10, metadata=TIMING_METADATA)
+            if seq > _WARMUP_STEPS:
+                samples.append(StepSample.of(time.perf_counter() - started, reply, call))
+            arm.apply(tensor_codec.decode(reply.action), 0.02)
+    return samples
+
+
+def stream_latencies(
+    stub: session_pb2_grpc.SessionServiceStub, settings: BenchSettings
+) -> list[float]:
+    """The same steps over one StreamSteps call (how the client library's robots step)."""
+    samples = []
+    requests: queue.SimpleQueue[session_pb2.StepRequest | None] = queue.SimpleQueue()
+    with bench_session(stub, settings) as (session_id, arm):
+        replies = stub.StreamSteps(iter(requests.get, None), timeout=600)
+        try:
+            for seq in range(1, _WARMUP_STEPS + settings.steps + 1):
+                request = _request(session_id, seq, arm)
+                started = time.perf_counter()
+                requests.put(request)
+                item = next(replies)
+                if seq > _WARMUP_STEPS:
+                    samples.append(time.perf_counter() - started)
+                arm.apply(tensor_codec.decode(item.reply.action), 0.02)
+        finally:
+            requests.put(None)
+            replies.cancel()
     return samples
 
 
@@ -100,15 +151,22 @@ def throughput(
 
 def run(settings: BenchSettings) -> dict[str, object]:
     with LocalCluster(settings) as cluster:
-        inproc = inprocess_latencies(settings, cluster)
+        inproc, inproc_stages = inprocess_latencies(settings, cluster)
         with grpc.insecure_channel(cluster.address) as channel:
             stub = session_pb2_grpc.SessionServiceStub(channel)
-            remote = cluster_latencies(stub, settings)
+            samples = cluster_latencies(stub, settings)
+            streamed = stream_latencies(stub, settings)
             rates = {
                 str(c): round(throughput(stub, c, settings.throughput_s, settings.wait_replicas), 1)
                 for c in settings.concurrency
             }
+        # On the cluster's (now idle) machine: one shard of each runtime at a time.
+        footprint = shard_footprint.measure(
+            cluster.model, settings.torch_threads, cluster.work_dir / "footprint"
+        )
+    remote = [s.round_trip_ms / 1e3 for s in samples]
     in_p50, cl_p50 = percentile_ms(inproc, 50), percentile_ms(remote, 50)
+    in_p99, cl_p99 = percentile_ms(inproc, 99), percentile_ms(remote, 99)
     result: dict[str, object] = {
         "stages": cluster.model.n_stages,
         "redis_durability": settings.redis_durability,
@@ -116,12 +174,18 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "torch_threads_per_shard": settings.torch_threads,
         "steps": settings.steps,
         "inprocess_p50_ms": round(in_p50, 3),
-        "inprocess_p99_ms": round(percentile_ms(inproc, 99), 3),
+        "inprocess_p99_ms": round(in_p99, 3),
         "cluster_p50_ms": round(cl_p50, 3),
-        "cluster_p99_ms": round(percentile_ms(remote, 99), 3),
+        "cluster_p99_ms": round(cl_p99, 3),
         "overhead_p50_ms": round(cl_p50 - in_p50, 3),
+        "overhead_p99_ms": round(cl_p99 - in_p99, 3),
+        "overhead_breakdown_ms": overhead.breakdown(samples, inproc_stages),
+        "stream_p50_ms": round(percentile_ms(streamed, 50), 3),
+        "stream_p99_ms": round(percentile_ms(streamed, 99), 3),
         "ratio_p50": round(cl_p50 / in_p50, 3) if in_p50 else None,
         "steps_per_s": rates,
+        "shard_runtime": settings.runtime,
+        **footprint,
     }
     return result
 
@@ -133,19 +197,39 @@ def print_table(result: dict[str, object]) -> None:
     print(f"{'':<12} {'p50 ms':>9} {'p99 ms':>9}")
     print(f"{'in-process':<12} {result['inprocess_p50_ms']:>9} {result['inprocess_p99_ms']:>9}")
     print(f"{'cluster':<12} {result['cluster_p50_ms']:>9} {result['cluster_p99_ms']:>9}")
-    print(f"overhead p50 {result['overhead_p50_ms']} ms, ratio {result['ratio_p50']}")
+    print(f"{'  streamed':<12} {result['stream_p50_ms']:>9} {result['stream_p99_ms']:>9}")
+    print(
+        f"overhead p50 {result['overhead_p50_ms']} ms, p99 {result['overhead_p99_ms']} ms, "
+        f"ratio {result['ratio_p50']}"
+    )
+    parts = result["overhead_breakdown_ms"]
+    assert isinstance(parts, dict)
+    print("where the p50 overhead goes (ms):")
+    for part, ms in parts.items():
+        print(f"  {part:<32} {ms}")
     rates = result["steps_per_s"]
     assert isinstance(rates, dict)
     for sessions, rate in rates.items():
         print(f"{sessions:>3} concurrent sessions: {rate} steps/s")
+    shard_footprint.print_table(result)
 
 
 def main(settings: BenchSettings) -> int:
-    if settings.failover:
+    if settings.pinned:
+        from service.bench import pipelining
+
+        result = pipelining.run(settings)
+        show = pipelining.print_table
+    elif settings.failover:
         from service.bench import failover
 
         result = failover.run(settings)
         show = failover.print_table
+    elif settings.scale:
+        from service.bench import fleet_cost
+
+        result = fleet_cost.run(settings)
+        show = fleet_cost.print_table
     elif settings.degraded:
         from service.bench import degraded_modes
 

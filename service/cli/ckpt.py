@@ -86,11 +86,21 @@ def _weights_source(settings: CkptSettings, scratch: Path) -> Path:
     if settings.weights_dir is not None:
         return settings.weights_dir
     # torch only here: every other action (list, show, promote...) starts without it.
+    from pydantic import ValidationError
+
     from service.model import weights
     from service.model.action_model import ActionModel
     from service.model.config import ModelConfig
 
-    weights.save(ActionModel(ModelConfig(n_stages=settings.stages, seed=settings.seed)), scratch)
+    try:
+        cfg = ModelConfig(
+            n_stages=settings.stages,
+            seed=settings.seed,
+            stage_boundaries=ModelConfig.boundaries_setting(settings.stage_boundaries),
+        )
+    except ValidationError as exc:
+        raise SystemExit(f"actionmesh ckpt create: invalid model: {exc}") from exc
+    weights.save(ActionModel(cfg), scratch)
     return scratch
 
 

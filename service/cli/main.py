@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,9 @@ from service.runtime.settings import (
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
+    ExportSettings,
     InvalidSettings,
+    PlanSettings,
     Settings,
     ShardSettings,
     StatusSettings,
@@ -39,6 +42,8 @@ def _up(settings: ClusterSettings, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with LocalCluster(settings) as cluster:
         print(f"coordinator {cluster.address}  redis {cluster.redis_url}  etcd {cluster.etcd_url}")
+        if settings.coordinators > 1:
+            print(f"coordinators {','.join(cluster.addresses)}  (give the client every one)")
         print(f"logs {cluster.log_dir}")
         print(
             f"see the stages: actionmesh status --etcd {cluster.etcd_url} --cluster {settings.cluster}"
@@ -86,6 +91,18 @@ def _train(settings: TrainSettings, args: argparse.Namespace) -> int:
     from service.cli import train
 
     return train.main(settings)
+
+
+def _plan(settings: PlanSettings, args: argparse.Namespace) -> int:
+    from service.cli import plan
+
+    return plan.main(settings)
+
+
+def _export(settings: ExportSettings, args: argparse.Namespace) -> int:
+    from service.cli import export
+
+    return export.main(settings)
 
 
 def _coordinator(settings: CoordinatorSettings, args: argparse.Namespace) -> int:
@@ -136,6 +153,18 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         TrainSettings,
         _train,
         "Train the model, its exit heads and student on a reach task; write weights and a quality table.",
+    ),
+    (
+        "plan",
+        PlanSettings,
+        _plan,
+        "Choose stage boundaries and nodes from a node inventory: table, YAML, kustomize patches.",
+    ),
+    (
+        "export",
+        ExportSettings,
+        _export,
+        "Export the stages and the student of a weights directory as ONNX (float32 and int8) or TorchScript.",
     ),
     (
         "coordinator",
@@ -207,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handler: Handler = args.handler
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except BrokenPipeError:  # `actionmesh ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def model_config(settings: TrainSettings) -> ModelConfig:
             n_stages=settings.stages,
             student_hidden=settings.student_hidden,
             seed=settings.seed,
+            stage_boundaries=ModelConfig.boundaries_setting(settings.stage_boundaries),
         )
     except ValidationError as exc:
         raise SystemExit(f"actionmesh train: invalid model size: {exc}") from exc

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Self, TypeVar
@@ -198,6 +199,18 @@ class ActionMeshClient(_Closing):
             ActionSpec(spec.observation_dim, spec.horizon, spec.joints),
             got.model_version,
         )
+
+    @contextmanager
+    def session(self, ttl_s: float = 0.0, wait_replicas: int = 0) -> Iterator[Session]:
+        """`with client.session() as session:` a new session, closed when the block ends."""
+        opened = self.open_session(ttl_s, wait_replicas)
+        try:
+            yield opened
+        finally:
+            try:
+                opened.close()
+            except ActionMeshClientError as exc:  # it ends with its TTL anyway
+                log.warning("session=%s not closed: %s", opened.session_id, exc)
 
     def attach(self, session_id: str) -> Session:
         """An existing session (say after a controller restart), at its committed seq."""

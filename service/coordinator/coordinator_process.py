@@ -14,11 +14,13 @@ from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
 from service.coordinator.engine import Durability, SessionEngine, SessionLimits
 from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
+from service.coordinator.routing.call_patience import Patience
 from service.coordinator.routing.discovery import discover_model, static_table
 from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter, grpc_transport
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
@@ -63,7 +65,10 @@ def build_step_path(
     settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
 ) -> StepPath:
     router = StageRouter(
-        table, settings.stage_timeout_s, BanPolicy(settings.ban_base_s, settings.ban_max_s)
+        table,
+        settings.stage_timeout_s,
+        BanPolicy(settings.ban_base_s, settings.ban_max_s),
+        patience=Patience(settings.stage_patience_multiple, settings.stage_patience_min_s),
     )
     assets = ModelAssets(settings)
     catalog = VersionCatalog(table, model, grpc_transport)
@@ -82,6 +87,7 @@ def build_step_path(
     )
     engine = SessionEngine(
         store=store,
+        cache=SessionCache(settings.session_cache_size),
         modes=ServeModes(store, batcher, model, settings.observation_log_depth),
         versions=catalog,
         assets=assets,

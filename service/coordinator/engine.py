@@ -43,6 +43,7 @@ from service.coordinator.serve_modes import (
     StepWork,
     StudentFailed,
 )
+from service.coordinator.session_cache import SessionCache
 from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
@@ -53,6 +54,7 @@ from service.coordinator.step_errors import (
     SessionNotFound,
     Unavailable,
 )
+from service.coordinator.stored_states import without_unreadable_states
 from service.proto import session_pb2, tensor_codec
 from service.runtime.metrics import (
     ANSWERS,
@@ -63,7 +65,7 @@ from service.runtime.metrics import (
     VERSION_SWITCHES,
     DegradedClock,
 )
-from state.session import CommitStatus, SessionId, SessionRecord, StepCommit
+from state.session import CommitStatus, SessionId, SessionRecord, StepCommit, committed
 from state.store import SessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,10 @@ class StepAnswer:
     reply: bytes  # a serialized actionmesh.v1.StepReply
     serve_mode: ServeMode
     recomputed: bool
+    # Where the coordinator's time went (0 for a stored reply), for the server-timing trailer.
+    load_ms: float = 0.0
+    encode_ms: float = 0.0
+    commit_ms: float = 0.0
 
 
 # Stage health per stage of a model version (StageRouter.healthy).
@@ -117,6 +123,7 @@ class SessionEngine:
         self,
         *,
         store: SessionStore,
+        cache: SessionCache,
         modes: ServeModes,
         versions: VersionCatalog,
         assets: ModelAssets,
@@ -126,6 +133,7 @@ class SessionEngine:
         durability: Durability,
     ) -> None:
         self.store, self.modes, self.model, self.versions = store, modes, modes.model, versions
+        self.cache = cache
         self.assets, self.health, self.admission = assets, health, admission
         self.limits, self.durability = limits, durability
         self.degraded_clock = DegradedClock()
@@ -230,9 +238,11 @@ class SessionEngine:
     ) -> StepAnswer:
         received = time.perf_counter()
         self.check_observation(observation)
+        loading = time.perf_counter()
         record = self._next_step_of(session_id, seq)
         if isinstance(record, StepAnswer):
             return record
+        loaded = time.perf_counter()
         choice, version = self._version_for(record)
         step = StepInput(
             record=record,
@@ -242,6 +252,7 @@ class SessionEngine:
             deadline=deadline,
             version=version,
             received=received,
+            load_s=loaded - loading,
         )
         view, assets = self._view(step, choice, priority)
         what, best_s = f"session={session_id} seq={seq}", admission_latency_s(view)
@@ -252,7 +263,9 @@ class SessionEngine:
     def _version_for(self, record: SessionRecord) -> tuple[Stay | Switch, str]:
         """The step's version from the latest snapshot (no I/O: vetting is done off the path)."""
         choice = choose_version(
-            self.versions.snapshot(), record.model_version if record.seq else None
+            self.versions.snapshot(),
+            record.model_version if record.seq else None,
+            record.version_revision,
         )
         if isinstance(choice, NoPipeline):
             raise Unavailable(
@@ -262,7 +275,11 @@ class SessionEngine:
         return choice, choice.current if isinstance(choice, Switch) else choice.version
 
     def _next_step_of(self, session_id: str, seq: int) -> SessionRecord | StepAnswer:
-        """The session, when `seq` is its next step; the stored reply when it is a retry."""
+        """The session, when `seq` is its next step; the stored reply when it is a retry.
+        A session this coordinator committed last needs no load (see session_cache)."""
+        cached = self.cache.take(SessionId(session_id), seq)
+        if cached is not None:
+            return cached
         with store_errors():
             record = self.store.load(SessionId(session_id))
         if record is None:
@@ -271,7 +288,7 @@ class SessionEngine:
             return self._stored_reply(record, record.last_reply)
         if seq != record.seq + 1:
             raise SeqConflict(session_id, record.seq, seq)
-        return record
+        return without_unreadable_states(record, self.model)
 
     def _view(
         self, step: StepInput, choice: Stay | Switch, priority: Priority
@@ -353,7 +370,9 @@ class SessionEngine:
             or work.reset
             or (switched and work.switch is not None and not work.switch.exact)
         )
+        encoding = time.perf_counter()
         reply = self._reply(step, computed, work, reset)
+        encoded = time.perf_counter()
         commit = StepCommit(
             expected_seq=record.seq,
             new_seq=step.seq,
@@ -366,12 +385,22 @@ class SessionEngine:
             wait_replicas=record.wait_replicas,
             wait_timeout_s=self.durability.wait_timeout_s,
             model_version=computed.version if moved else "",
+            version_revision=(
+                max(record.version_revision, self.versions.snapshot().desired_revision)
+                if moved
+                else 0
+            ),
             student=computed.student,
             anchor=work.anchor,
             # progress is written only when this step made some (the store keeps the last)
             switch=work.switch if not moved and work.switch is not record.switch else None,
         )
-        answer = self._commit(record, commit, computed.mode)
+        answer = dataclasses.replace(
+            self._commit(record, commit, computed.mode),
+            load_ms=step.load_s * 1e3,
+            encode_ms=(encoded - encoding) * 1e3,
+            commit_ms=(time.perf_counter() - encoded) * 1e3,
+        )
         if answer.recomputed:  # counted once the step is committed, not per attempt
             self._count(step, computed, work.replayed_steps, reset, priority, switched)
         if step.time_left_s() <= 0:  # committed, but late (a slow store): a retry gets it stored
@@ -396,6 +425,8 @@ class SessionEngine:
                 stages_ms=sum(output.stage_ms),
                 total_ms=(time.perf_counter() - step.received) * 1e3,
                 stage_ms=output.stage_ms,
+                stage_compute_ms=output.compute_ms,
+                load_ms=step.load_s * 1e3,
                 observation_timestamp_s=step.timestamp_s,
                 batch_size=computed.done.batch_size,
                 exit_stage=computed.exit_stage,
@@ -443,6 +474,7 @@ class SessionEngine:
         seq = commit.new_seq
         outcome = self.store.commit(record.session_id, commit)
         if outcome.status is CommitStatus.COMMITTED:
+            self.cache.put(committed(record, commit))
             return StepAnswer(reply=commit.last_reply, serve_mode=mode, recomputed=True)
         if outcome.status is CommitStatus.GONE:
             raise _not_found(record.session_id)

@@ -28,7 +28,8 @@ class PipelineInput:
 class PipelineOutput:
     action: torch.Tensor
     states: list[bytes]
-    stage_ms: list[float]
+    stage_ms: list[float]  # per stage: the call as the coordinator timed it
+    compute_ms: list[float]  # per stage: the compute inside the shard
 
 
 class Pipeline:
@@ -82,6 +83,7 @@ class Pipeline:
         deadline = max(item.deadline for item in batch)
         states: list[list[bytes]] = [[] for _ in batch]
         stage_ms: list[float] = []
+        compute_ms: list[float] = []
         reply = stage_pb2.ForwardReply()
         depth = self._kind(batch[0])[1]
         for k in range(depth):
@@ -90,6 +92,7 @@ class Pipeline:
             elapsed = time.perf_counter() - started
             metrics.STAGE_CALL_LATENCY.labels(str(k)).observe(elapsed)
             stage_ms.append(elapsed * 1e3)
+            compute_ms.append(reply.compute_ms)
             inputs = [result.output for result in reply.results]
             for i, result in enumerate(reply.results):
                 states[i].append(result.state.SerializeToString())
@@ -97,4 +100,6 @@ class Pipeline:
             actions = [tensor_codec.decode(result.action) for result in reply.results]
         except tensor_codec.TensorDecodeError as exc:  # a broken replica: that stage is out
             raise StageUnavailable(depth - 1, f"stage {depth - 1}: unreadable action: {exc}") from exc
-        return [PipelineOutput(actions[i], states[i], stage_ms) for i in range(len(batch))]
+        return [
+            PipelineOutput(actions[i], states[i], stage_ms, compute_ms) for i in range(len(batch))
+        ]

@@ -22,6 +22,8 @@ class StepOutcome:
     stages_ms: float
     total_ms: float
     stage_ms: list[float]
+    stage_compute_ms: list[float]
+    load_ms: float
     observation_timestamp_s: float
     batch_size: int
     exit_stage: int = 0
@@ -43,6 +45,8 @@ def encode(outcome: StepOutcome) -> bytes:
             stages_ms=outcome.stages_ms,
             total_ms=outcome.total_ms,
             stage_ms=outcome.stage_ms,
+            stage_compute_ms=outcome.stage_compute_ms,
+            load_ms=outcome.load_ms,
         ),
         observation_timestamp_s=outcome.observation_timestamp_s,
         batch_size=outcome.batch_size,

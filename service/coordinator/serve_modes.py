@@ -37,6 +37,7 @@ class StepInput:
     deadline: float  # time.monotonic()
     version: str  # the session's version for this step (the switch target is in the plan)
     received: float  # time.perf_counter()
+    load_s: float  # loading the session from the store took this long
 
     def time_left_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -178,7 +179,8 @@ class ServeModes:
             and torch.isfinite(tensor_codec.from_bytes(new_state)).all()
         ):
             return StudentFailed(detail="the student answered non-finite values")
-        done = Batched(PipelineOutput(action, [], [(time.perf_counter() - started) * 1e3]), 0.0, 1)
+        took_ms = (time.perf_counter() - started) * 1e3
+        done = Batched(PipelineOutput(action, [], [took_ms], [took_ms]), 0.0, 1)
         return Computed(
             mode=ServeMode.FALLBACK,
             confidence=confidence,

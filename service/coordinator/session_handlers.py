@@ -53,10 +53,10 @@ def add_to_server(servicer: Any, server: grpc.Server) -> None:
             request_deserializer=lenient(pb.OpenSessionRequest),
             response_serializer=pb.OpenSessionReply.SerializeToString,
         ),
-        "Step": unary(
+        "Step": unary(  # the servicer answers the stored reply's bytes as they are
             servicer.Step,
             request_deserializer=lenient(pb.StepRequest),
-            response_serializer=pb.StepReply.SerializeToString,
+            response_serializer=None,
         ),
         "StreamSteps": stream(
             servicer.StreamSteps,

@@ -41,6 +41,9 @@ ERROR_KEY = "actionmesh-error"
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 RETRY_AFTER_KEY = "actionmesh-retry-after-s"
 STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # a stream's per-step deadline, from the robot
+# Sent by a caller (any value) that wants, in the trailing metadata under the same key, where a
+# unary step's time went in the coordinator: "handler_ms=..;load_ms=..;encode_ms=..;commit_ms=..".
+SERVER_TIMING_KEY = "actionmesh-server-timing"
 
 # Each error's status code and reason (the code alone is shared by several kinds).
 _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
@@ -97,12 +100,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
 
     def Step(  # noqa: N802
         self, request: session_pb2.StepRequest | Malformed, context: grpc.ServicerContext
-    ) -> session_pb2.StepReply:
+    ) -> bytes:
+        """The serialized StepReply, as stored with the commit (session_handlers sends bytes)."""
+        started = time.perf_counter()
         try:
             answer = self._step(request, context.time_remaining())
         except ActionmeshError as exc:
             _abort(context, exc)
-        return session_pb2.StepReply.FromString(answer.reply)
+        if any(key == SERVER_TIMING_KEY for key, _ in context.invocation_metadata() or ()):
+            context.set_trailing_metadata(((SERVER_TIMING_KEY, _server_timing(answer, started)),))
+        return answer.reply
 
     def StreamSteps(  # noqa: N802
         self,
@@ -115,8 +122,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             _abort(context, exc)
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
-            try:
-                answer = self._step(request, budget_s)
+            try:  # each step within its own budget and within what is left of the stream's
+                answer = self._step(request, _shortest(budget_s, context.time_remaining()))
             except ActionmeshError as exc:
                 current = exc.current_seq if isinstance(exc, SeqConflict) else 0
                 error = session_pb2.StepError(
@@ -208,6 +215,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             raise InvalidInput(f"observation: {exc}") from exc
 
 
+def _server_timing(answer: StepAnswer, started: float) -> str:
+    handler_ms = (time.perf_counter() - started) * 1e3
+    return (
+        f"handler_ms={handler_ms:.4f};load_ms={answer.load_ms:.4f};"
+        f"encode_ms={answer.encode_ms:.4f};commit_ms={answer.commit_ms:.4f}"
+    )
+
+
 def _priority(value: int) -> Priority:
     """PRIORITY_UNSPECIFIED is NORMAL; a value this coordinator does not know is bad input."""
     try:
@@ -239,6 +254,12 @@ def _stream_step_timeout_s(context: grpc.ServicerContext) -> float | None:
     if not (math.isfinite(seconds) and seconds > 0):
         raise InvalidInput(f"{STEP_TIMEOUT_KEY} must be a number of seconds > 0")
     return seconds
+
+
+def _shortest(*limits_s: float | None) -> float | None:
+    """The shortest of these time limits (None: no limit)."""
+    given = [t for t in limits_s if t is not None]
+    return min(given) if given else None
 
 
 def _checked(request: R | Malformed) -> R:

@@ -28,6 +28,7 @@ from service.local.embedded_redis import (
     PROBE_TIMEOUT_S,
 )
 from service.local.lifecycle import Lifecycle
+from service.local.orphan_guard import guarded
 from service.local.supervised import Supervised
 from state.etcd_client import EtcdConnection, EtcdUnavailable, MemberStatus
 
@@ -183,9 +184,9 @@ class EmbeddedEtcd(Lifecycle):
 
     def _launch(self) -> None:
         """Spawn etcd without waiting, in its own session (a terminal's Ctrl-C reaches only us,
-        and we stop etcd in order)."""
+        and we stop etcd in order); it dies with this process (orphan_guard)."""
         self._proc = Supervised(
-            f"etcd name={self.name}", [etcd_binary(), *self._args()], self.log_path
+            f"etcd name={self.name}", guarded([etcd_binary(), *self._args()]), self.log_path
         )
 
     def _args(self) -> list[str]:

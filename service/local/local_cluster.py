@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,10 +12,13 @@ from types import TracebackType
 from service.local.child_process import ChildProcess
 from service.local.embedded_etcd import EmbeddedEtcd
 from service.local.embedded_redis import EmbeddedRedis
+from service.local.embedded_redis_cluster import EmbeddedRedisCluster
 from service.local.local_checkpoints import LocalCheckpoints
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
+from service.model.weights_files import onnx_stage_file
+from service.runtime.advertise import WILDCARDS, format_host_port
 from service.runtime.settings import ClusterSettings, CoordinatorSettings, Settings, ShardSettings
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,9 @@ class LocalCluster:
 
     coordinator_overrides, shard_overrides: settings of every coordinator (CoordinatorSettings
     fields) and every shard (ShardSettings fields) this cluster starts, beyond what `settings`
-    sets; passed to each child as flags, after the cluster's own (so they win)."""
+    sets; passed to each child as flags, after the cluster's own (so they win).
+    pin_shards: each stage's shards keep to a core of their own (stage K on the K-th core this
+    process may use, round robin)."""
 
     def __init__(
         self,
@@ -54,15 +60,22 @@ class LocalCluster:
         *,
         coordinator_overrides: Mapping[str, object] | None = None,
         shard_overrides: Mapping[str, object] | None = None,
+        pin_shards: bool = False,
     ) -> None:
         self.settings = settings
-        self.model = model or ModelConfig(n_stages=settings.stages, seed=settings.seed)
+        self.model = model or ModelConfig(
+            n_stages=settings.stages,
+            seed=settings.seed,
+            stage_boundaries=ModelConfig.boundaries_setting(settings.stage_boundaries),
+        )
         self._coordinator_flags = settings_flags(CoordinatorSettings, coordinator_overrides or {})
         self._shard_flags = settings_flags(ShardSettings, shard_overrides or {})
+        self._pin_shards = pin_shards
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.work_dir = settings.work_dir or Path(".")
         self.redis: EmbeddedRedis | None = None
         self.redis_replicas: list[EmbeddedRedis] = []
+        self.redis_cluster: EmbeddedRedisCluster | None = None
         self.redis_url = settings.redis_url or ""
         self.etcd: EmbeddedEtcd | None = None
         self.etcd_url = settings.etcd or ""
@@ -82,7 +95,14 @@ class LocalCluster:
     @property
     def address(self) -> str:
         assert self.coordinator is not None, "cluster not started"
-        return f"127.0.0.1:{self.coordinator.ports['grpc_port']}"
+        host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
+        return format_host_port(host, self.coordinator.ports["grpc_port"])
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every coordinator's address, the main one (`address`) first."""
+        host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
+        return [format_host_port(host, c.ports["grpc_port"]) for c in self._coordinators]
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -107,6 +127,8 @@ class LocalCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not (self.weights_dir / weights.MANIFEST).exists():
             weights.save(ActionModel(self.model), self.weights_dir)
+        if self.settings.runtime != "torch":
+            self._export_onnx()
         self.checkpoints = LocalCheckpoints(self.work_dir / "checkpoints")
         self.checkpoints.publish(self.weights_dir, promote=True)
         if not self.redis_url:
@@ -124,6 +146,9 @@ class LocalCluster:
         for shard in self.shards:
             shard.wait_ready(self.settings.start_timeout_s)
         self.coordinator = self.start_coordinator("coordinator", self.settings.port)
+        for i in range(1, self.settings.coordinators):
+            port = self.settings.port + i if self.settings.port else 0
+            self.start_coordinator(f"coordinator-{i}", port)
         log.info(
             "cluster up: coordinator=%s redis=%s logs=%s",
             self.address,
@@ -131,9 +156,30 @@ class LocalCluster:
             self.log_dir,
         )
 
+    def _export_onnx(self) -> None:
+        """ONNX shards serve the graphs exported beside the weights; export them (float32
+        and int8) unless there, before the weights are published as a checkpoint version."""
+        cfg = weights.read_info(self.weights_dir).config
+        wanted = [onnx_stage_file(k, int8=q) for k in range(cfg.n_stages) for q in (False, True)]
+        if all((self.weights_dir / name).is_file() for name in wanted):
+            return
+        from service.model.export import export
+
+        export(self.weights_dir, self.weights_dir, "onnx")
+
     def _start_redis(self) -> str:
-        """The private Redis primary, with the persistence and replicas settings ask for."""
+        """The private Redis primary (or Cluster), with the persistence and replicas settings
+        ask for."""
         durability = self.settings.redis_durability
+        if self.settings.redis_cluster_primaries:
+            self.redis_cluster = EmbeddedRedisCluster(
+                self.work_dir / "redis-cluster",
+                primaries=self.settings.redis_cluster_primaries,
+                replicas=self.settings.redis_replicas,
+                appendfsync=None if durability == "none" else durability,
+                start_timeout_s=self.settings.start_timeout_s,
+            ).start()
+            return self.redis_cluster.url
         primary = self.redis = EmbeddedRedis(
             self.work_dir / "redis",
             appendfsync=None if durability == "none" else durability,
@@ -185,9 +231,18 @@ class LocalCluster:
             "0",
             "--torch-threads",
             str(self.settings.torch_threads),
+            *self._pinned(stage),
+            "--runtime",
+            self.settings.runtime,
             *self._shard_flags,
         )
         return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
+
+    def _pinned(self, stage: int) -> list[str]:
+        if not self._pin_shards:
+            return []
+        cores = sorted(os.sched_getaffinity(0))
+        return ["--cpus", str(cores[stage % len(cores)])]
 
     def replica_process(self, replica_id: str) -> ChildProcess:
         """The shard process that registered as `replica_id` (stage-K-rR)."""
@@ -214,6 +269,8 @@ class LocalCluster:
         assert self.checkpoints is not None, "cluster not started"
         args = ChildProcess.actionmesh(
             "coordinator",
+            "--host",
+            self.settings.host,
             "--port",
             str(port),
             "--redis-url",
@@ -255,6 +312,9 @@ class LocalCluster:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+            self.redis_cluster = None
         if self.etcd is not None:
             self.etcd.stop()
             self.etcd = None

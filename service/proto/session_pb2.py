@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from service.proto import tensor_pb2 as service_dot_proto_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bservice/proto/session.proto\x12\ractionmesh.v1\x1a\x1aservice/proto/tensor.proto\"F\n\nActionSpec\x12\x17\n\x0fobservation_dim\x18\x01 \x01(\r\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x0e\n\x06joints\x18\x03 \x01(\r\"M\n\x12OpenSessionRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rwait_replicas\x18\x03 \x01(\r\"\x93\x01\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x04 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\x05 \x01(\r\"\x9a\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x0bobservation\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12)\n\x08priority\x18\x04 \x01(\x0e\x32\x17.actionmesh.v1.Priority\x12\x13\n\x0btimestamp_s\x18\x05 \x01(\x01\"U\n\nStepTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tstages_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\x12\x10\n\x08stage_ms\x18\x04 \x03(\x01\"\xcd\x02\n\tStepReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12,\n\nserve_mode\x18\x04 \x01(\x0e\x32\x18.actionmesh.v1.ServeMode\x12\x12\n\nexit_stage\x18\x05 \x01(\r\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12)\n\x06timing\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.StepTiming\x12\x1f\n\x17observation_timestamp_s\x18\t \x01(\x01\x12\x12\n\nbatch_size\x18\n \x01(\r\x12\x16\n\x0ereplayed_steps\x18\x0b \x01(\r\x12\x13\n\x0bstate_reset\x18\x0c \x01(\x08\"f\n\tStepError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63urrent_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rretry_after_s\x18\x05 \x01(\x01\"\x7f\n\x10StreamStepsReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.actionmesh.v1.StepReplyH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.actionmesh.v1.StepErrorH\x00\x42\x08\n\x06result\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\",\n\x0eStageStateInfo\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x87\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\nttl_left_s\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x33\n\x0cstage_states\x18\x05 \x03(\x0b\x32\x1d.actionmesh.v1.StageStateInfo\x12\x1d\n\x15observation_log_depth\x18\x06 \x01(\r\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\t \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x11\x43loseSessionReply\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08*O\n\tServeMode\x12\x1a\n\x16SERVE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46ULL\x10\x01\x12\x0e\n\nEARLY_EXIT\x10\x02\x12\x0c\n\x08\x46\x41LLBACK\x10\x03*M\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06SAFETY\x10\x01\x12\n\n\x06NORMAL\x10\x02\x12\x0f\n\x0b\x42\x45ST_EFFORT\x10\x03\x32\x93\x03\n\x0eSessionService\x12Q\n\x0bOpenSession\x12!.actionmesh.v1.OpenSessionRequest\x1a\x1f.actionmesh.v1.OpenSessionReply\x12<\n\x04Step\x12\x1a.actionmesh.v1.StepRequest\x1a\x18.actionmesh.v1.StepReply\x12N\n\x0bStreamSteps\x12\x1a.actionmesh.v1.StepRequest\x1a\x1f.actionmesh.v1.StreamStepsReply(\x01\x30\x01\x12J\n\nGetSession\x12 .actionmesh.v1.GetSessionRequest\x1a\x1a.actionmesh.v1.SessionInfo\x12T\n\x0c\x43loseSession\x12\".actionmesh.v1.CloseSessionRequest\x1a .actionmesh.v1.CloseSessionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bservice/proto/session.proto\x12\ractionmesh.v1\x1a\x1aservice/proto/tensor.proto\"F\n\nActionSpec\x12\x17\n\x0fobservation_dim\x18\x01 \x01(\r\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x0e\n\x06joints\x18\x03 \x01(\r\"M\n\x12OpenSessionRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rwait_replicas\x18\x03 \x01(\r\"\x93\x01\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x04 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\x05 \x01(\r\"\x9a\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x0bobservation\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12)\n\x08priority\x18\x04 \x01(\x0e\x32\x17.actionmesh.v1.Priority\x12\x13\n\x0btimestamp_s\x18\x05 \x01(\x01\"\x80\x01\n\nStepTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tstages_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\x12\x10\n\x08stage_ms\x18\x04 \x03(\x01\x12\x18\n\x10stage_compute_ms\x18\x05 \x03(\x01\x12\x0f\n\x07load_ms\x18\x06 \x01(\x01\"\xcd\x02\n\tStepReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12,\n\nserve_mode\x18\x04 \x01(\x0e\x32\x18.actionmesh.v1.ServeMode\x12\x12\n\nexit_stage\x18\x05 \x01(\r\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12)\n\x06timing\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.StepTiming\x12\x1f\n\x17observation_timestamp_s\x18\t \x01(\x01\x12\x12\n\nbatch_size\x18\n \x01(\r\x12\x16\n\x0ereplayed_steps\x18\x0b \x01(\r\x12\x13\n\x0bstate_reset\x18\x0c \x01(\x08\"f\n\tStepError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63urrent_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rretry_after_s\x18\x05 \x01(\x01\"\x7f\n\x10StreamStepsReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.actionmesh.v1.StepReplyH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.actionmesh.v1.StepErrorH\x00\x42\x08\n\x06result\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\",\n\x0eStageStateInfo\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x87\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\nttl_left_s\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x33\n\x0cstage_states\x18\x05 \x03(\x0b\x32\x1d.actionmesh.v1.StageStateInfo\x12\x1d\n\x15observation_log_depth\x18\x06 \x01(\r\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\t \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x11\x43loseSessionReply\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08*O\n\tServeMode\x12\x1a\n\x16SERVE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46ULL\x10\x01\x12\x0e\n\nEARLY_EXIT\x10\x02\x12\x0c\n\x08\x46\x41LLBACK\x10\x03*M\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06SAFETY\x10\x01\x12\n\n\x06NORMAL\x10\x02\x12\x0f\n\x0b\x42\x45ST_EFFORT\x10\x03\x32\x93\x03\n\x0eSessionService\x12Q\n\x0bOpenSession\x12!.actionmesh.v1.OpenSessionRequest\x1a\x1f.actionmesh.v1.OpenSessionReply\x12<\n\x04Step\x12\x1a.actionmesh.v1.StepRequest\x1a\x18.actionmesh.v1.StepReply\x12N\n\x0bStreamSteps\x12\x1a.actionmesh.v1.StepRequest\x1a\x1f.actionmesh.v1.StreamStepsReply(\x01\x30\x01\x12J\n\nGetSession\x12 .actionmesh.v1.GetSessionRequest\x1a\x1a.actionmesh.v1.SessionInfo\x12T\n\x0c\x43loseSession\x12\".actionmesh.v1.CloseSessionRequest\x1a .actionmesh.v1.CloseSessionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'service.proto.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVEMODE']._serialized_start=1621
-  _globals['_SERVEMODE']._serialized_end=1700
-  _globals['_PRIORITY']._serialized_start=1702
-  _globals['_PRIORITY']._serialized_end=1779
+  _globals['_SERVEMODE']._serialized_start=1665
+  _globals['_SERVEMODE']._serialized_end=1744
+  _globals['_PRIORITY']._serialized_start=1746
+  _globals['_PRIORITY']._serialized_end=1823
   _globals['_ACTIONSPEC']._serialized_start=74
   _globals['_ACTIONSPEC']._serialized_end=144
   _globals['_OPENSESSIONREQUEST']._serialized_start=146
@@ -44,24 +44,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENSESSIONREPLY']._serialized_end=373
   _globals['_STEPREQUEST']._serialized_start=376
   _globals['_STEPREQUEST']._serialized_end=530
-  _globals['_STEPTIMING']._serialized_start=532
-  _globals['_STEPTIMING']._serialized_end=617
-  _globals['_STEPREPLY']._serialized_start=620
-  _globals['_STEPREPLY']._serialized_end=953
-  _globals['_STEPERROR']._serialized_start=955
-  _globals['_STEPERROR']._serialized_end=1057
-  _globals['_STREAMSTEPSREPLY']._serialized_start=1059
-  _globals['_STREAMSTEPSREPLY']._serialized_end=1186
-  _globals['_GETSESSIONREQUEST']._serialized_start=1188
-  _globals['_GETSESSIONREQUEST']._serialized_end=1227
-  _globals['_STAGESTATEINFO']._serialized_start=1229
-  _globals['_STAGESTATEINFO']._serialized_end=1273
-  _globals['_SESSIONINFO']._serialized_start=1276
-  _globals['_SESSIONINFO']._serialized_end=1539
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1541
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1582
-  _globals['_CLOSESESSIONREPLY']._serialized_start=1584
-  _globals['_CLOSESESSIONREPLY']._serialized_end=1619
-  _globals['_SESSIONSERVICE']._serialized_start=1782
-  _globals['_SESSIONSERVICE']._serialized_end=2185
+  _globals['_STEPTIMING']._serialized_start=533
+  _globals['_STEPTIMING']._serialized_end=661
+  _globals['_STEPREPLY']._serialized_start=664
+  _globals['_STEPREPLY']._serialized_end=997
+  _globals['_STEPERROR']._serialized_start=999
+  _globals['_STEPERROR']._serialized_end=1101
+  _globals['_STREAMSTEPSREPLY']._serialized_start=1103
+  _globals['_STREAMSTEPSREPLY']._serialized_end=1230
+  _globals['_GETSESSIONREQUEST']._serialized_start=1232
+  _globals['_GETSESSIONREQUEST']._serialized_end=1271
+  _globals['_STAGESTATEINFO']._serialized_start=1273
+  _globals['_STAGESTATEINFO']._serialized_end=1317
+  _globals['_SESSIONINFO']._serialized_start=1320
+  _globals['_SESSIONINFO']._serialized_end=1583
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1585
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1626
+  _globals['_CLOSESESSIONREPLY']._serialized_start=1628
+  _globals['_CLOSESESSIONREPLY']._serialized_end=1663
+  _globals['_SESSIONSERVICE']._serialized_start=1826
+  _globals['_SESSIONSERVICE']._serialized_end=2229
 # @@protoc_insertion_point(module_scope)

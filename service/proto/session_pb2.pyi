@@ -79,16 +79,20 @@ class StepRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., observation: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., timestamp_s: _Optional[float] = ...) -> None: ...
 
 class StepTiming(_message.Message):
-    __slots__ = ("queue_ms", "stages_ms", "total_ms", "stage_ms")
+    __slots__ = ("queue_ms", "stages_ms", "total_ms", "stage_ms", "stage_compute_ms", "load_ms")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     STAGES_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     queue_ms: float
     stages_ms: float
     total_ms: float
     stage_ms: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, queue_ms: _Optional[float] = ..., stages_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., stage_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+    stage_compute_ms: _containers.RepeatedScalarFieldContainer[float]
+    load_ms: float
+    def __init__(self, queue_ms: _Optional[float] = ..., stages_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stage_compute_ms: _Optional[_Iterable[float]] = ..., load_ms: _Optional[float] = ...) -> None: ...
 
 class StepReply(_message.Message):
     __slots__ = ("session_id", "seq", "action", "serve_mode", "exit_stage", "confidence", "model_version", "timing", "observation_timestamp_s", "batch_size", "replayed_steps", "state_reset")

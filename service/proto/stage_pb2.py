@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from service.proto import tensor_pb2 as service_dot_proto_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19service/proto/stage.proto\x12\x16\x61\x63tionmesh.internal.v1\x1a\x1aservice/proto/tensor.proto\"x\n\tStageItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12$\n\x05input\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"n\n\x0e\x46orwardRequest\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.actionmesh.internal.v1.StageItem\x12\x13\n\x0b\x65mit_action\x18\x02 \x01(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x81\x01\n\x0bStageResult\x12%\n\x06output\x18\x01 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"o\n\x0c\x46orwardReply\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.actionmesh.internal.v1.StageResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"\r\n\x0bInfoRequest\"\xe2\x01\n\tInfoReply\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x10\n\x08n_stages\x18\x02 \x01(\r\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x19\n\x11model_config_json\x18\x06 \x01(\t\x12\x1b\n\x13\x66orward_calls_total\x18\x07 \x01(\x04\x12\x1b\n\x13\x66orward_items_total\x18\x08 \x01(\x04\x12\x12\n\nreplica_id\x18\t \x01(\t\x12\x0c\n\x04role\x18\n \x01(\t2\xb7\x01\n\x0cStageService\x12W\n\x07\x46orward\x12&.actionmesh.internal.v1.ForwardRequest\x1a$.actionmesh.internal.v1.ForwardReply\x12N\n\x04Info\x12#.actionmesh.internal.v1.InfoRequest\x1a!.actionmesh.internal.v1.InfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19service/proto/stage.proto\x12\x16\x61\x63tionmesh.internal.v1\x1a\x1aservice/proto/tensor.proto\"x\n\tStageItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12$\n\x05input\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x04 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"n\n\x0e\x46orwardRequest\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.actionmesh.internal.v1.StageItem\x12\x13\n\x0b\x65mit_action\x18\x02 \x01(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x81\x01\n\x0bStageResult\x12%\n\x06output\x18\x01 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\"o\n\x0c\x46orwardReply\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.actionmesh.internal.v1.StageResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\"-\n\x0c\x46orwardError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8c\x01\n\x12\x46orwardStreamReply\x12\x35\n\x05reply\x18\x01 \x01(\x0b\x32$.actionmesh.internal.v1.ForwardReplyH\x00\x12\x35\n\x05\x65rror\x18\x02 \x01(\x0b\x32$.actionmesh.internal.v1.ForwardErrorH\x00\x42\x08\n\x06result\"\r\n\x0bInfoRequest\"\xe2\x01\n\tInfoReply\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x10\n\x08n_stages\x18\x02 \x01(\r\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x19\n\x11model_config_json\x18\x06 \x01(\t\x12\x1b\n\x13\x66orward_calls_total\x18\x07 \x01(\x04\x12\x1b\n\x13\x66orward_items_total\x18\x08 \x01(\x04\x12\x12\n\nreplica_id\x18\t \x01(\t\x12\x0c\n\x04role\x18\n \x01(\t2\xa0\x02\n\x0cStageService\x12W\n\x07\x46orward\x12&.actionmesh.internal.v1.ForwardRequest\x1a$.actionmesh.internal.v1.ForwardReply\x12g\n\rForwardStream\x12&.actionmesh.internal.v1.ForwardRequest\x1a*.actionmesh.internal.v1.ForwardStreamReply(\x01\x30\x01\x12N\n\x04Info\x12#.actionmesh.internal.v1.InfoRequest\x1a!.actionmesh.internal.v1.InfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGERESULT']._serialized_end=445
   _globals['_FORWARDREPLY']._serialized_start=447
   _globals['_FORWARDREPLY']._serialized_end=558
-  _globals['_INFOREQUEST']._serialized_start=560
-  _globals['_INFOREQUEST']._serialized_end=573
-  _globals['_INFOREPLY']._serialized_start=576
-  _globals['_INFOREPLY']._serialized_end=802
-  _globals['_STAGESERVICE']._serialized_start=805
-  _globals['_STAGESERVICE']._serialized_end=988
+  _globals['_FORWARDERROR']._serialized_start=560
+  _globals['_FORWARDERROR']._serialized_end=605
+  _globals['_FORWARDSTREAMREPLY']._serialized_start=608
+  _globals['_FORWARDSTREAMREPLY']._serialized_end=748
+  _globals['_INFOREQUEST']._serialized_start=750
+  _globals['_INFOREQUEST']._serialized_end=763
+  _globals['_INFOREPLY']._serialized_start=766
+  _globals['_INFOREPLY']._serialized_end=992
+  _globals['_STAGESERVICE']._serialized_start=995
+  _globals['_STAGESERVICE']._serialized_end=1283
 # @@protoc_insertion_point(module_scope)

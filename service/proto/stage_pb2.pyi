@@ -49,6 +49,22 @@ class ForwardReply(_message.Message):
     compute_ms: float
     def __init__(self, results: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., model_version: _Optional[str] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
+class ForwardError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ForwardStreamReply(_message.Message):
+    __slots__ = ("reply", "error")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    reply: ForwardReply
+    error: ForwardError
+    def __init__(self, reply: _Optional[_Union[ForwardReply, _Mapping]] = ..., error: _Optional[_Union[ForwardError, _Mapping]] = ...) -> None: ...
+
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -39,6 +39,11 @@ class StageServiceStub:
                 request_serializer=service_dot_proto_dot_stage__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=service_dot_proto_dot_stage__pb2.ForwardReply.FromString,
                 _registered_method=True)
+        self.ForwardStream = channel.stream_stream(
+                '/actionmesh.internal.v1.StageService/ForwardStream',
+                request_serializer=service_dot_proto_dot_stage__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_stage__pb2.ForwardStreamReply.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/actionmesh.internal.v1.StageService/Info',
                 request_serializer=service_dot_proto_dot_stage__pb2.InfoRequest.SerializeToString,
@@ -51,6 +56,15 @@ class StageServiceServicer:
 
     def Forward(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardStream(self, request_iterator, context):
+        """Forward, one request after another on one long-lived stream (cheaper per call); each
+        reply answers the request before it, in order. What Forward would refuse comes back as an
+        error item, and the stream goes on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -68,6 +82,11 @@ def add_StageServiceServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=service_dot_proto_dot_stage__pb2.ForwardRequest.FromString,
                     response_serializer=service_dot_proto_dot_stage__pb2.ForwardReply.SerializeToString,
+            ),
+            'ForwardStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ForwardStream,
+                    request_deserializer=service_dot_proto_dot_stage__pb2.ForwardRequest.FromString,
+                    response_serializer=service_dot_proto_dot_stage__pb2.ForwardStreamReply.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -102,6 +121,33 @@ class StageService:
             '/actionmesh.internal.v1.StageService/Forward',
             service_dot_proto_dot_stage__pb2.ForwardRequest.SerializeToString,
             service_dot_proto_dot_stage__pb2.ForwardReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/actionmesh.internal.v1.StageService/ForwardStream',
+            service_dot_proto_dot_stage__pb2.ForwardRequest.SerializeToString,
+            service_dot_proto_dot_stage__pb2.ForwardStreamReply.FromString,
             options,
             channel_credentials,
             insecure,

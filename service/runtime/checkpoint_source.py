@@ -18,7 +18,7 @@ from checkpoint.errors import CheckpointError, NotFound, VerificationFailed
 from checkpoint.local_flash import LoadResult, LocalFlash
 from checkpoint.manifest import load_public_key
 from checkpoint.remote import Remote, ensure_local
-from service.model import weights
+from service.model import weights_files
 from service.runtime.settings import CheckpointSourceSettings
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _checked(loaded: LoadResult) -> Path:
         )
     if not loaded.from_current:
         log.warning("version=%s served: CURRENT is missing or bad", loaded.version)
-    advertised = weights.read_info(loaded.path).version
+    advertised = weights_files.read_info(loaded.path).version
     if advertised != loaded.version:  # the shard advertises model.json's version
         raise VerificationFailed(
             f"shard: checkpoint version {loaded.version} holds weights of version {advertised}; "

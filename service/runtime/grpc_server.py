@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.runtime import ready_file
+from service.runtime import ready_file, sd_notify
 from service.runtime.ops_http import OpsServer
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class GrpcProcess:
         self._stopped = threading.Event()
 
     def start(self, ready_path: Path | None) -> None:
+        # Handlers go in before anyone can learn we serve: a SIGTERM sent the moment the ready
+        # file or READY=1 appears must stop gracefully, not kill with the default action.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopped.set())
         self.server.start()
         self.ops.start()
         for service_name in ["", *self._service_names]:
@@ -64,18 +68,18 @@ class GrpcProcess:
         if ready_path is not None:
             ready_file.write(ready_path, grpc_port=self.port, metrics_port=self.ops.port)
         log.info("%s serving grpc=%d metrics=%d", self.name, self.port, self.ops.port)
+        sd_notify.notify(f"READY=1\nSTATUS=serving grpc={self.port} metrics={self.ops.port}")
 
     def run_until_signal(
         self, grace_s: float = 2.0, before_stop: Callable[[], None] | None = None
     ) -> None:
         """Serve until SIGTERM/SIGINT; then `before_stop` (e.g. give up leadership), then stop
         accepting calls and let those in flight finish within grace_s."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stopped.set())
         self._stopped.wait()
         if before_stop is not None:
             before_stop()
         log.info("%s stopping (grace %.1fs)", self.name, grace_s)
+        sd_notify.notify("STOPPING=1")
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
         self.ops.stop()

@@ -56,6 +56,12 @@ STATE_RESETS = Counter(
     "actionmesh_state_resets_total",
     "Sessions whose state was reset because the observation log no longer reached back.",
 )
+STORED_STATES_UNREADABLE = Counter(
+    "actionmesh_stored_states_unreadable_total",
+    "Stage states loaded from the session store that no stage could run from (undecodable, "
+    "wrong shape or dtype, non-finite): treated as lost, rebuilt from the log or reset.",
+    ["stage"],
+)
 REPLICA_SUSPECTED = Counter(
     "actionmesh_replica_suspected_total",
     "Stage calls that failed or missed their deadline; the replica was banned and the stage retried.",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -31,6 +32,9 @@ from pydantic import (
     model_validator,
 )
 
+from state.etcd_url import parse_etcd_url
+from state.redis_url import checked_store_url
+
 ENV_PREFIX = "ACTIONMESH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
@@ -38,6 +42,7 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # every command, so that `up`, `shard`, `coordinator`, `status` and `ckpt promote --etcd` started
 # without --cluster all meet under the same keys.
 DEFAULT_CLUSTER = "default"
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_STAGES = 3  # pipeline stages of fresh weights (ModelConfig's default)
 
 
@@ -87,6 +92,14 @@ def _stages(use: str) -> Any:
     return Field(DEFAULT_STAGES, ge=1, description=use)
 
 
+def _stage_boundaries(use: str) -> Any:
+    return Field(
+        default_factory=list,
+        description=f"{use}: first layer of stages 1..N-1 (e.g. 2,5), as `actionmesh plan` "
+        "prints them; empty splits the layers evenly.",
+    )
+
+
 def _trusted_keys() -> Any:
     return Field(
         default_factory=list,
@@ -108,8 +121,27 @@ class EtcdSettings(Settings):
 
     etcd: str | None = _etcd_url("where the cluster's stage replicas register.")
     cluster: str = Field(
-        DEFAULT_CLUSTER, description="Cluster name: etcd keys live under /actionmesh/<cluster>/."
+        DEFAULT_CLUSTER,
+        description="Cluster name (letters, digits, '.', '_', '-'; at most 63): etcd keys live "
+        "under /actionmesh/<cluster>/.",
     )
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        if not _CLUSTER_NAME.fullmatch(value):
+            raise ValueError(
+                "a cluster name is 1-63 letters, digits, '.', '_' or '-', starting with a letter "
+                "or digit (it is part of every etcd key)"
+            )
+        return value
+
+    @field_validator("etcd")
+    @classmethod
+    def _etcd_endpoints(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_etcd_url(value)  # a ValueError names what is wrong
+        return value
 
 
 class GrpcProcessSettings(Settings):
@@ -166,6 +198,11 @@ class RedisSettings(Settings):
         2, ge=0, description="The most Redis replicas a session may ask to acknowledge its steps."
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        return checked_store_url(value)
+
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> typing.Self:
         # WAIT blocks the connection: past the socket timeout the client gives up on a commit
@@ -200,7 +237,13 @@ class ShardRuntimeSettings(Settings):
     torch_threads: int = Field(
         1,
         ge=1,
-        description="torch intra-op threads per shard; several shards on one node must share its cores.",
+        description="torch (or ONNX Runtime) intra-op threads per shard; several shards on one node must share its cores.",
+    )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the stage: torch, or ONNX Runtime without torch on the graph "
+        "`actionmesh export --format onnx` wrote beside the weights (onnx-int8: its linear "
+        "layers quantized to int8). Needs the `onnx` extra.",
     )
     lease_ttl_s: float = Field(
         2.0, gt=0, description="Stage leader lease TTL; keepalive every third of it."
@@ -241,6 +284,18 @@ class CoordinatorSettings(
         gt=0,
         description="Deadline of one stage call; a replica that misses it is suspected and the stage retried elsewhere.",
     )
+    stage_patience_multiple: float = Field(
+        6.0,
+        gt=1,
+        description="A stage call that takes this many times the stage's usual latency is cut "
+        "and its replica suspected, so that the step can still fail over or degrade.",
+    )
+    stage_patience_min_s: float = Field(
+        0.15,
+        gt=0,
+        description="Never cut a stage call sooner than this for being slow (unless the step's "
+        "deadline is short): scheduling jitter is not a hung replica.",
+    )
     ban_base_s: float = Field(
         0.5, gt=0, description="First ban of a suspected replica; doubles on each failure in a row."
     )
@@ -266,6 +321,14 @@ class CoordinatorSettings(
     )
     max_observation_bytes: int = Field(
         65536, ge=1, description="Larger observations are refused with INVALID_ARGUMENT."
+    )
+    session_cache_size: int = Field(
+        4096,
+        ge=0,
+        description="Sessions whose last committed record this coordinator keeps, so that their "
+        "next step costs one Redis round trip, not two (about 14 KiB each; 0: off). Safe with "
+        "several coordinators: a session moved on elsewhere fails the seq-conditional commit "
+        "and is reloaded.",
     )
     max_observation_abs: float = Field(
         1e4,
@@ -325,6 +388,9 @@ class ShardSettings(
     CheckpointSourceSettings, ShardRuntimeSettings, EtcdSettings, GrpcProcessSettings
 ):
     stage: int = Field(0, ge=0, description="Which pipeline stage this shard serves.")
+    # Each coordinator keeps up to MAX_STREAMS (2) Forward streams open to each replica, each
+    # holding a server thread: 32 leaves room for 15 coordinators and the odd unary call.
+    grpc_workers: int = _grpc_workers(32)
     etcd: str | None = _etcd_url("register and campaign for stage leader.")
     weights_dir: Path | None = Field(
         None,
@@ -332,11 +398,20 @@ class ShardSettings(
     )
     n_stages: int = _stages("Stages of the model when initialising from --seed.")
     seed: int = Field(0, description="Initialisation seed when no --weights-dir is given.")
+    stage_boundaries: list[int] = _stage_boundaries("When initialising from --seed")
     replica_id: str = Field(
         "", description="Name of this replica in logs, Info and etcd; default stage-K@host:port."
     )
+    cpus: list[int] = Field(
+        default_factory=list,
+        description="Pin this shard to these CPU cores (comma-separated), so that shards on one "
+        "node each keep a core of their own; empty: any core.",
+    )
     advertise_address: str = Field(
-        "", description="host:port others reach this shard at; default host and the bound port."
+        "",
+        description="host:port others reach this shard at (registered in etcd); default --host "
+        "and the bound port, or with --host 0.0.0.0 this host's one routable address. A wildcard "
+        "or (with etcd on another host) loopback address is refused.",
     )
 
 
@@ -345,8 +420,16 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
     replicas: int = Field(
         1, ge=1, description="Shard processes per stage: one leader, the rest hot standbys."
     )
+    coordinators: int = Field(
+        1,
+        ge=1,
+        description="Coordinator processes, all serving the same sessions (give the client "
+        "library every address: it fails over between them). The first listens on --port, the "
+        "others on the ports after it (on free ports with --port 0).",
+    )
     etcd: str | None = _etcd_url("use this etcd; without it a private single-node etcd is started.")
     seed: int = Field(0, description="Model initialisation seed.")
+    stage_boundaries: list[int] = _stage_boundaries("Stage split of the fresh model")
     redis_url: str | None = Field(
         None, description="Use this Redis; without it a private redis-server is started."
     )
@@ -355,15 +438,43 @@ class ClusterSettings(ShardRuntimeSettings, SessionServingSettings, EtcdSettings
         description="Private Redis persistence: none, AOF fsynced every second, or AOF fsynced on every write.",
     )
     redis_replicas: int = Field(
-        0, ge=0, description="Replicas of the private Redis (sessions may ask for WAIT on them)."
+        0,
+        ge=0,
+        description="Replicas of the private Redis, of each primary of a private Redis Cluster "
+        "(sessions may ask for WAIT on them).",
+    )
+    redis_cluster_primaries: int = Field(
+        0,
+        ge=0,
+        description="Start the private Redis as a Redis Cluster of this many primaries "
+        "(--redis-replicas each, --redis-durability on every node); 0: one server.",
     )
     work_dir: Path | None = Field(
         None, description="Where weights, logs and sockets go; default a temp dir removed on exit."
     )
     port: int = _grpc_port(50050, "Coordinator ")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the coordinator serves robots on; 0.0.0.0 exposes it beyond this "
+        "machine (shards, Redis and etcd stay on loopback).",
+    )
     start_timeout_s: float = Field(
         60.0, gt=0, description="How long each process may take to become ready."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        return None if value is None else checked_store_url(value)
+
+    @model_validator(mode="after")
+    def _private_cluster_or_url(self) -> typing.Self:
+        if self.redis_url is not None and self.redis_cluster_primaries:
+            raise ValueError(
+                "--redis-cluster-primaries starts a private Redis Cluster; with --redis-url "
+                "leave it out (a redis+cluster:// URL points at an existing one)"
+            )
+        return self
 
 
 class DemoSettings(ClusterSettings):
@@ -388,6 +499,11 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
         ge=0,
         description="Open bench sessions asking this many Redis replicas to acknowledge each step (needs --redis-replicas).",
     )
+    pinned: bool = Field(
+        False,
+        description="Instead: 2 stages, each shard pinned to its own core, 16 sessions, against "
+        "the whole model in this process pinned to one core (key pipeline_speedup).",
+    )
     failover: bool = Field(
         False,
         description="Instead: kill -9 the middle stage's leader repeatedly under load and report the time to the next FULL answer (runs at least 2 replicas per stage).",
@@ -404,9 +520,34 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
         64, ge=1, description="--degraded: held-out episodes of the quality evaluation."
     )
     failover_kills: int = Field(10, ge=1, description="Leader kills in a --failover run.")
+    scale: bool = Field(
+        False,
+        description="Measure a fleet's cost instead: Redis round trips and bytes per session, "
+        "coordinator, Redis and shard CPU per step, the memory of idle sessions, and the "
+        "sizing they give (docs/sizing.md).",
+    )
+    scale_robots: int = Field(
+        4, ge=1, description="--scale: robots stepping back to back, --steps steps each."
+    )
+    scale_idle_sessions: int = Field(
+        10_000, ge=0, description="--scale: idle sessions opened to measure their memory."
+    )
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> typing.Self:
+        modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
+        if len(modes) > 1:
+            raise ValueError(f"choose one of {', '.join(_flag(m) for m in modes)}")
+        if self.scale and self.redis_url is not None:
+            raise ValueError(
+                "--scale measures the private Redis it starts (MONITOR, INFO, MEMORY USAGE on "
+                "each server): leave out --redis-url (--redis-cluster-primaries N measures a "
+                "private Redis Cluster)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replicas_to_wait_for(self) -> typing.Self:
@@ -451,6 +592,7 @@ class CkptSettings(JsonOutputSettings, EtcdSettings):
     )
     stages: int = _stages("create without --weights-dir: stages of fresh weights.")
     seed: int = Field(0, description="create without --weights-dir: seed of fresh weights.")
+    stage_boundaries: list[int] = _stage_boundaries("create without --weights-dir")
     keep: int = Field(
         5, ge=1, description="gc: keep this many newest versions (and every one in use)."
     )
@@ -464,6 +606,58 @@ class CkptSettings(JsonOutputSettings, EtcdSettings):
 class StatusSettings(JsonOutputSettings, EtcdSettings):
     etcd: str | None = _etcd_url("the cluster's (`actionmesh up` prints it).")
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
+
+
+class PlanSettings(JsonOutputSettings):
+    nodes: Path = Field(
+        Path("nodes.yaml"),
+        description="Node inventory (YAML): name, memory_gib, cpus, gflops, link_mbps, "
+        "accelerators per node (see deploy/nodes.example.yaml).",
+    )
+    model: Path | None = Field(
+        None,
+        description="The model: a weights dir, its model.json, or a JSON/YAML file of model "
+        "config fields (d_model, n_layers, ...); default the default model.",
+    )
+    stages: int | None = Field(
+        None, ge=1, description="Pipeline stages to plan; default the model's n_stages."
+    )
+    headroom: float = Field(
+        0.2, ge=0, description="Memory kept free on a node beyond a stage's need, as a fraction."
+    )
+    shard_overhead_mib: int = Field(
+        512, ge=0, description="Memory of a shard process beyond its weights (Python, torch, gRPC)."
+    )
+    replicas: int = Field(
+        2, ge=1, description="Most replicas per stage (a leader and standbys where memory is left)."
+    )
+    measure: bool = Field(
+        False,
+        description="Time one layer here: nodes without gflops are taken as fast as this "
+        "machine, and the expected latency uses the measured time.",
+    )
+
+
+class ExportSettings(JsonOutputSettings):
+    weights_dir: Path = Field(
+        Path("actionmesh-weights"),
+        description="The weights to export (model.json + *.safetensors, e.g. from `actionmesh train`).",
+    )
+    format: Literal["onnx", "torchscript"] = Field(
+        "onnx",
+        description="onnx: stage-K.onnx (+ stage-K.int8.onnx) and student.onnx, what `shard "
+        "--runtime onnx|onnx-int8` serves; torchscript: stage-K.torchscript.pt and "
+        "student.torchscript.pt, for libtorch.",
+    )
+    output_dir: Path | None = Field(
+        None,
+        description="Where the files go; default --weights-dir, so that `actionmesh ckpt create` "
+        "snapshots them (with their sha256) into the same version.",
+    )
+    int8: bool = Field(
+        True,
+        description="onnx: also write each stage with its linear layers quantized to int8.",
+    )
 
 
 # `actionmesh train --quick`: a small model, trained in a minute or two, for tests and for a
@@ -500,6 +694,7 @@ class TrainSettings(Settings):
     tokens: int = Field(32, ge=1, description="Tokens per step that the observation becomes.")
     memory_tokens: int = Field(4, ge=1, description="Recurrent memory per stage, in tokens.")
     stages: int = _stages("Pipeline stages.")
+    stage_boundaries: list[int] = _stage_boundaries("Stage split")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
     memory_iterations: int = Field(
         200,

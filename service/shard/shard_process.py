@@ -1,31 +1,37 @@
-"""Start a shard: load this stage's weights, set torch threads, serve until a signal.
+"""Start a shard: load this stage's weights, set its runtime's threads, serve until a signal.
 
 With an etcd URL the shard registers for its stage and campaigns for leadership; a standby
 serves exactly like a leader (shards are stateless), it is just not routed to first.
+
+`--runtime torch` runs the `Stage` module; `--runtime onnx` (or `onnx-int8`) runs the stage's
+exported graph on ONNX Runtime, and this process never imports torch (nothing here does at
+module level: tests/integration/test_onnx_shard.py checks it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import torch
 
-from service.model import weights
-from service.model.action_model import ActionModel
-from service.model.config import ModelConfig
-from service.model.stage import Stage
+from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
+from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.grpc_server import GrpcProcess
+from service.runtime.malloc_arenas import limit_malloc_arenas
 from service.runtime.settings import ShardSettings
+from service.shard.stage_runtime import StageRuntime
 from service.shard.stage_servicer import StageServicer
 from service.shard.version_follower import RETIRE_AFTER_S, VersionFollower
 from state.backends import open_replica_membership, open_routing_table
+from state.etcd_url import parse_etcd_url
 from state.leadership import ReplicaInfo, ReplicaMembership
 
 log = logging.getLogger(__name__)
@@ -34,7 +40,24 @@ log = logging.getLogger(__name__)
 DRAIN_S = 0.5
 
 
-def load_stage(settings: ShardSettings) -> tuple[Stage, str, bool]:
+def open_runtime(settings: ShardSettings, directory: Path) -> StageRuntime:
+    """This shard's stage from a weights directory, on the runtime --runtime names; the
+    runtime's module (and torch, for the torch one) is imported here, not before."""
+    if settings.runtime == "torch":
+        from service.shard import torch_stage
+
+        return torch_stage.load(directory, settings.stage)
+    from service.shard.onnx_stage import OnnxStage
+
+    return OnnxStage(
+        directory,
+        settings.stage,
+        int8=settings.runtime == "onnx-int8",
+        threads=settings.torch_threads,
+    )
+
+
+def load_stage(settings: ShardSettings) -> tuple[StageRuntime, str, bool]:
     """This shard's stage, the model version it advertises, and whether it came from flash
     without asking the remote (then reconcile with it in the background: _reconcile)."""
     directory, reconcile = settings.weights_dir, False
@@ -43,21 +66,32 @@ def load_stage(settings: ShardSettings) -> tuple[Stage, str, bool]:
 
         directory, reconcile = verified_weights(settings, settings.flash_dir)
     if directory is not None:
-        stage, info = weights.load_stage(directory, settings.stage)
-        return stage, info.version, reconcile
-    model = ActionModel(ModelConfig(n_stages=settings.n_stages, seed=settings.seed))
-    return model.stage(settings.stage), weights.model_version(model), False
+        return open_runtime(settings, directory), read_info(directory).version, reconcile
+    if settings.runtime != "torch":
+        raise SystemExit(
+            f"--runtime {settings.runtime} serves exported weights: pass --weights-dir or "
+            "--flash-dir (see `actionmesh export`)"
+        )
+    from service.shard import torch_stage
+
+    stage, version = torch_stage.initialised(
+        settings.n_stages, settings.seed, settings.stage, settings.stage_boundaries
+    )
+    return stage, version, False
 
 
-def _load_version(settings: ShardSettings, flash_dir: Path, version: str, n_stages: int) -> Stage:
+def _load_version(
+    settings: ShardSettings, flash_dir: Path, version: str, n_stages: int
+) -> StageRuntime:
     from service.runtime.checkpoint_source import version_weights
 
-    stage, info = weights.load_stage(version_weights(settings, flash_dir, version), settings.stage)
-    if info.config.n_stages != n_stages:
+    directory = version_weights(settings, flash_dir, version)
+    config = read_info(directory).config
+    if config.n_stages != n_stages:
         raise ValueError(
-            f"version {version} has {info.config.n_stages} stages, this pipeline {n_stages}"
+            f"version {version} has {config.n_stages} stages, this pipeline {n_stages}"
         )
-    return stage
+    return open_runtime(settings, directory)
 
 
 def _reconcile(
@@ -108,7 +142,7 @@ def _follower(
         log.info("not following the desired model version: no --flash-dir (checkpoints)")
         return None
 
-    def load(version: str) -> Stage:
+    def load(version: str) -> StageRuntime:
         return _load_version(settings, flash_dir, version, n_stages)
 
     follower = VersionFollower(
@@ -118,14 +152,48 @@ def _follower(
     return follower
 
 
-def run(settings: ShardSettings) -> None:
-    torch.set_num_threads(settings.torch_threads)
-    torch.set_num_interop_threads(1)
-    stage, version, reconcile = load_stage(settings)
-    if not 0 <= settings.stage < stage.cfg.n_stages:
-        raise SystemExit(
-            f"--stage {settings.stage} out of range: the model has {stage.cfg.n_stages} stages"
+def advertised(settings: ShardSettings, port: int) -> str:
+    """host:port this shard registers in etcd; exits with the flag to set when it would be one
+    that coordinators on other hosts cannot dial (see service/runtime/advertise.py)."""
+    if settings.etcd is None:  # registers nowhere: the address only names the replica
+        return settings.advertise_address or f"{settings.host}:{port}"
+    etcd_hosts = [host for host, _ in parse_etcd_url(settings.etcd)]
+    try:
+        return advertise_address(
+            settings.host, port, settings.advertise_address, etcd_hosts, host_addresses()
         )
+    except ValueError as exc:  # UnroutableAddress, or a bad etcd URL: a usage error
+        print(f"actionmesh shard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def pin(cpus: list[int]) -> None:
+    """Keep this process on `cpus`; a core this machine does not offer is a usage error."""
+    if not cpus:
+        return
+    offered = sorted(os.sched_getaffinity(0))
+    if not set(cpus) <= set(offered):
+        print(
+            f"actionmesh shard: --cpus {cpus}: this process may run on cores {offered}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    os.sched_setaffinity(0, cpus)
+
+
+def run(settings: ShardSettings) -> None:
+    advertised(settings, settings.port)  # refuse before loading weights, not after
+    pin(settings.cpus)
+    if settings.runtime == "torch":
+        from service.shard import torch_stage
+
+        torch_stage.set_threads(settings.torch_threads)
+    else:  # the small-device runtimes: one heap (malloc_arenas.py)
+        limit_malloc_arenas(1)
+    try:
+        stage, version, reconcile = load_stage(settings)
+    except ValueError as exc:  # a stage out of range, a graph that cannot be served (one line)
+        raise SystemExit(f"shard: stage {settings.stage}: {exc}") from exc
     servicer = StageServicer(stage, version)
 
     def register(server: grpc.Server) -> list[str]:
@@ -140,15 +208,15 @@ def run(settings: ShardSettings) -> None:
         settings.grpc_workers,
         register,
     )
-    address = settings.advertise_address or f"{settings.host}:{process.port}"
+    address = advertised(settings, process.port)
     servicer.replica_id = settings.replica_id or f"stage-{settings.stage}@{address}"
     log.info(
-        "stage=%d replica=%s layers=%d..%d model=%s threads=%d",
+        "stage=%d replica=%s layers=%d..%d model=%s runtime=%s threads=%d",
         stage.index,
         servicer.replica_id,
-        stage.layer_start,
-        stage.layer_end,
+        *stage.cfg.layer_range(stage.index),
         version,
+        settings.runtime,
         settings.torch_threads,
     )
     process.start(settings.ready_file)

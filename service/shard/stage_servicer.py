@@ -1,4 +1,7 @@
-"""StageService: decode a batch, run this stage once over it, encode the results."""
+"""StageService: decode a batch, run this stage once over it, encode the results.
+
+Numpy only (array_codec): whichever runtime runs the stage (torch or ONNX Runtime), the same
+requests are refused with the same words, and the ONNX shard never imports torch."""
 
 from __future__ import annotations
 
@@ -6,15 +9,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
-import torch
+import numpy as np
 
-from service.model.stage import Stage
-from service.proto import stage_pb2, stage_pb2_grpc, tensor_codec
+from service.proto import array_codec, stage_pb2, stage_pb2_grpc, tensor_pb2
 from service.runtime import metrics
+from service.shard.stage_runtime import Array, StageRuntime, input_shape
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +26,23 @@ class BadBatch(ValueError):
     """The request is malformed; the text names the item and what is wrong."""
 
 
+class Refused(Exception):
+    """A Forward this shard will not run: `code` is the status it answers with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class _Retiring:
-    stage: Stage
+    stage: StageRuntime
     version: str
     until: float  # time.monotonic()
 
 
 class StageServicer(stage_pb2_grpc.StageServiceServicer):
-    def __init__(self, stage: Stage, model_version: str) -> None:
+    def __init__(self, stage: StageRuntime, model_version: str) -> None:
         self.stage, self.version = stage, model_version
         self.replica_id = ""  # set once the port is bound
         self.role: Callable[[], str] = lambda: "static"
@@ -39,11 +50,11 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self._versions = threading.Lock()  # stage, version and _retiring change together
         self._label = str(stage.index)
         metrics.SHARD_VERSION_REFUSALS.labels(self._label)  # exposed (as 0) before any refusal
-        self._lock = threading.Lock()  # one batch at a time: torch threads are already set
+        self._lock = threading.Lock()  # one batch at a time: the runtime's threads are set
         self._calls = 0
         self._items = 0
 
-    def swap(self, stage: Stage, model_version: str, retire_after_s: float) -> None:
+    def swap(self, stage: StageRuntime, model_version: str, retire_after_s: float) -> None:
         """Serve `model_version` from now on; the old version still answers for a while, so
         that steps already routed to it (before the change reached coordinators) finish."""
         if stage.index != self.stage.index:
@@ -52,7 +63,7 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             old = _Retiring(self.stage, self.version, time.monotonic() + retire_after_s)
             self.stage, self.version, self._retiring = stage, model_version, old
 
-    def _stage_for(self, version: str) -> Stage | None:
+    def _stage_for(self, version: str) -> StageRuntime | None:
         with self._versions:
             if not version or version == self.version:
                 return self.stage
@@ -66,22 +77,41 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
     def Forward(  # noqa: N802 (gRPC naming)
         self, request: stage_pb2.ForwardRequest, context: grpc.ServicerContext
     ) -> stage_pb2.ForwardReply:
+        try:
+            return self._forward(request)
+        except Refused as exc:
+            context.abort(exc.code, str(exc))
+
+    def ForwardStream(  # noqa: N802 (gRPC naming)
+        self,
+        request_iterator: Iterator[stage_pb2.ForwardRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[stage_pb2.ForwardStreamReply]:
+        """Forward, request after request, on one stream; a refusal is an error item."""
+        for request in request_iterator:
+            try:
+                reply = self._forward(request)
+            except Refused as exc:
+                error = stage_pb2.ForwardError(code=exc.code.value[0], message=str(exc))
+                yield stage_pb2.ForwardStreamReply(error=error)
+                continue
+            yield stage_pb2.ForwardStreamReply(reply=reply)
+
+    def _forward(self, request: stage_pb2.ForwardRequest) -> stage_pb2.ForwardReply:
         stage = self._stage_for(request.model_version)
         if stage is None:
             metrics.SHARD_VERSION_REFUSALS.labels(self._label).inc()
-            context.abort(
+            raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"stage {self.stage.index} serves model {self.version}, not {request.model_version}",
             )
         try:
             inputs, memory = _decode(stage, request)
-        except (BadBatch, tensor_codec.TensorDecodeError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage.index}: {exc}")
+        except (BadBatch, array_codec.TensorDecodeError) as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage.index}: {exc}") from exc
         with self._lock:
             start = time.perf_counter()
-            with torch.no_grad():
-                out, new_memory = stage(inputs, memory)
-                actions = stage.action(out) if request.emit_action or stage.is_last else None
+            out = stage.run(inputs, memory, request.emit_action)
             compute_s = time.perf_counter() - start
             self._calls += 1
             self._items += len(request.items)
@@ -89,9 +119,9 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         metrics.SHARD_FORWARD_ITEMS.labels(self._label).inc(len(request.items))
         results = [
             stage_pb2.StageResult(
-                output=tensor_codec.encode(out[i]),
-                state=tensor_codec.encode(new_memory[i]),
-                action=tensor_codec.encode(actions[i]) if actions is not None else None,
+                output=array_codec.encode(out.hidden[i]),
+                state=array_codec.encode(out.memory[i]),
+                action=array_codec.encode(out.action[i]) if out.action is not None else None,
             )
             for i in range(len(request.items))
         ]
@@ -108,11 +138,12 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             calls, items = self._calls, self._items
         with self._versions:
             stage, version = self.stage, self.version
+        layer_start, layer_end = stage.cfg.layer_range(stage.index)
         return stage_pb2.InfoReply(
             stage=stage.index,
             n_stages=stage.cfg.n_stages,
-            layer_start=stage.layer_start,
-            layer_end=stage.layer_end,
+            layer_start=layer_start,
+            layer_end=layer_end,
             model_version=version,
             model_config_json=json.dumps(stage.cfg.model_dump(), sort_keys=True),
             forward_calls_total=calls,
@@ -122,29 +153,29 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         )
 
 
-def _decode(stage: Stage, request: stage_pb2.ForwardRequest) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(stage: StageRuntime, request: stage_pb2.ForwardRequest) -> tuple[Array, Array]:
     if not request.items:
         raise BadBatch("empty batch")
     cfg = stage.cfg
-    input_shape = [cfg.observation_dim] if stage.index == 0 else [cfg.tokens, cfg.d_model]
     state_shape = [cfg.memory_tokens, cfg.d_model]
     inputs, memories = [], []
     for item in request.items:
-        x = tensor_codec.decode(item.input)
-        _check(item, "input", x, input_shape)
-        inputs.append(x)
+        inputs.append(_float32(item, "input", item.input, input_shape(cfg, stage.index)))
         if item.HasField("state"):
-            m = tensor_codec.decode(item.state)
-            _check(item, "state", m, state_shape)
-            memories.append(m)
+            memories.append(_float32(item, "state", item.state, state_shape))
         else:
-            memories.append(stage.fresh_memory(1)[0])
-    return torch.stack(inputs), torch.stack(memories)
+            memories.append(stage.fresh_memory())
+    return np.stack(inputs), np.stack(memories)
 
 
-def _check(item: stage_pb2.StageItem, what: str, t: torch.Tensor, shape: list[int]) -> None:
-    if list(t.shape) != shape or t.dtype != torch.float32:
+def _float32(
+    item: stage_pb2.StageItem, what: str, message: tensor_pb2.Tensor, shape: list[int]
+) -> Array:
+    got = array_codec.layout(message)  # a malformed message is a TensorDecodeError
+    if got != shape or message.dtype != tensor_pb2.DTYPE_FLOAT32:
         raise BadBatch(
             f"session={item.session_id} seq={item.seq}: {what} must be float32 {shape}, "
-            f"got {str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
+            f"got {array_codec.short_dtype_name(message.dtype)} {got}"
         )
+    array: Array = array_codec.decode(message)  # type: ignore[assignment]
+    return array

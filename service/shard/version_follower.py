@@ -9,16 +9,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from service.model.stage import Stage
 from service.runtime import metrics
 from service.shard.rollout import Move, next_move
+from service.shard.stage_runtime import StageRuntime
 from service.shard.stage_servicer import StageServicer
 from state.leadership import ReplicaMembership, Role, RoutingTable
 
 log = logging.getLogger(__name__)
 
 # Loads the weights of one version of this shard's stage, verified; raises on failure.
-LoadVersion = Callable[[str], Stage]
+LoadVersion = Callable[[str], StageRuntime]
 
 CHECK_EVERY_S = 1.0  # also re-decide without a watch event (e.g. after a failed load)
 RETRY_FAILED_S = 10.0  # before trying again to load a version that failed to load

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
@@ -36,10 +39,32 @@ def bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
 
 def test_bench_json_keys(tmp_path: Path) -> None:
     out = bench(tmp_path, "--steps", "20", "--concurrency", "1,4", "--throughput-s", "1")
-    for key in ("inprocess_p50_ms", "inprocess_p99_ms", "cluster_p50_ms", "cluster_p99_ms"):
+    for key in (
+        "inprocess_p50_ms",
+        "inprocess_p99_ms",
+        "cluster_p50_ms",
+        "cluster_p99_ms",
+        "stream_p50_ms",
+        "stream_p99_ms",
+    ):
         assert out[key] > 0, key
     assert abs(out["overhead_p50_ms"] - (out["cluster_p50_ms"] - out["inprocess_p50_ms"])) < 0.01
+    assert abs(out["overhead_p99_ms"] - (out["cluster_p99_ms"] - out["inprocess_p99_ms"])) < 0.01
+    parts = out["overhead_breakdown_ms"]
+    per_stage = ("stage_transport", "stage_compute_beyond_inprocess")
+    assert all(len(parts[key]) == out["stages"] for key in per_stage)
+    # Parts the coordinator times itself are positive (it reported them); none is missing.
+    assert parts["redis_load"] > 0 and parts["redis_commit"] > 0 and parts["reply_encode"] > 0
+    assert parts["robot_coordinator_hop"] > 0 and all(t > 0 for t in parts["stage_transport"])
     assert set(out["steps_per_s"]) == {"1", "4"} and all(v > 0 for v in out["steps_per_s"].values())
+    footprint = out["shard_footprint"]
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        f = footprint[runtime]
+        assert f["start_s"] > 0 and f["params_mib"] > 0, runtime
+        assert abs(f["rss_over_params_mib"] - (f["peak_rss_mib"] - f["params_mib"])) < 0.2, runtime
+    assert out["shard_rss_over_params_mib"] == footprint["onnx"]["rss_over_params_mib"]
+    assert out["shard_start_s"] == footprint["onnx"]["start_s"]
+    assert out["int8_weights_ratio"] > 1
 
 
 def test_bench_failover_json_keys(tmp_path: Path) -> None:
@@ -72,7 +97,7 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
         "--degraded-episodes",
         "4",
     )
-    modes = ["full", "early_exit_0", "early_exit_1", "fallback", "state_lost"]
+    modes = ["full", "early_exit_0", "early_exit_1", "fallback", "state_lost", "full_int8"]
     assert list(out["modes"]) == modes
     for name in modes:
         mode = out["modes"][name]
@@ -89,3 +114,17 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
     baseline = out["baseline"]  # from the quality.json that `train` wrote
     assert set(baseline) == {"error", "success", "hidden", "episodes", "seed"}
     assert baseline["hidden"] == 8 and baseline["episodes"] == 4
+    int8 = out["int8"]
+    assert int8["weights_ratio"] > 1
+    assert set(int8["in_process_p50_ms"]) == {"onnx", "onnx_int8"}
+    ratio = out["modes"]["full_int8"]["error"] / out["modes"]["full"]["error"]
+    assert int8["error_ratio"] == round(ratio, 4)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pinned needs 2 cores")
+def test_bench_pinned_json_keys(tmp_path: Path) -> None:
+    out = bench(tmp_path, "--pinned", "--throughput-s", "1")
+    assert out["stages"] == 2 and out["sessions"] == 16 and len(out["shard_cores"]) == 2
+    assert out["inprocess_one_core_steps_per_s"] > 0 and out["cluster_pinned_steps_per_s"] > 0
+    ratio = out["cluster_pinned_steps_per_s"] / out["inprocess_one_core_steps_per_s"]
+    assert abs(out["pipeline_speedup"] - ratio) < 0.01

@@ -66,7 +66,7 @@ def fake_weights(directory: Path, version: str) -> Path:
 
 
 def test_help_imports_no_torch() -> None:
-    commands = ["up", "demo", "bench", "ckpt", "status", "train", "coordinator", "shard"]
+    commands = ["up", "demo", "bench", "ckpt", "status", "train", "export", "coordinator", "shard"]
     result = run_cli([["--help"]] + [[command, "--help"] for command in commands])
     assert result["codes"] == [0] * (1 + len(commands))
     assert result["torch"] is False
@@ -139,3 +139,18 @@ def test_log_level_after_the_command_from_a_real_process(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["local"] == []
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`actionmesh plan ... | head -1`: the reader leaves early; no traceback, exit 1."""
+    nodes = Path(__file__).resolve().parents[2] / "deploy" / "overlays" / "k3s-edge" / "nodes.yaml"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "plan", "--nodes", str(nodes)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before it writes anything
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr

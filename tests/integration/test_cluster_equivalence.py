@@ -1,8 +1,10 @@
-"""The cluster computes what the model computes in-process, batched or not."""
+"""The cluster computes what the model computes in-process, batched or not, whichever runtime
+its shards run the stages on (torch, or ONNX Runtime on the exported graphs)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,9 +15,25 @@ from service.model import weights
 from service.proto import session_pb2_grpc, tensor_codec, tensor_pb2
 from state.redis_store import RedisSessionStore
 from state.session import SessionId, StageIndex
+from tests.conftest import SMALL_MODEL, cluster_settings
+from tests.support.process_maps import loads_onnxruntime, loads_torch
 
 SESSIONS, STEPS = 3, 50
 ATOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    """conftest's cluster, once per shard runtime."""
+    work_dir = tmp_path_factory.mktemp(f"cluster-{request.param}")
+    settings = cluster_settings(work_dir, runtime=request.param)
+    with LocalCluster(settings, model=SMALL_MODEL) as running:
+        onnx = request.param == "onnx"
+        for shard in running.shards:  # the runtime asked for, seen from outside the process
+            assert (loads_onnxruntime(shard.pid), loads_torch(shard.pid)) == (onnx, not onnx)
+        yield running
 
 
 def stored_states(cluster: LocalCluster, session_id: str) -> list[torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def test_demo_runs_and_stops_everything(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "summary: 100 steps ok, 0 failed" in result.stdout, result.stdout
+    assert re.search(r"control loop: \d+ of 100 ticks late", result.stdout), result.stdout
     assert "FULL" in result.stdout
     assert processes_mentioning(str(work_dir)) == [], "demo left processes running"
 

@@ -1,6 +1,7 @@
-"""The session store contract, run against both backends: the in-memory store (what the
-coordinator's in-process tests use) and RedisSessionStore on a real redis-server. Whatever
-one does, the other must do too."""
+"""The session store contract, run against every backend: the in-memory store (what the
+coordinator's in-process tests use), RedisSessionStore on a real redis-server, and
+RedisSessionStore on a real 3-primary Redis Cluster (`redis+cluster://`: every script must
+touch one slot, or the Cluster refuses it). Whatever one does, the others must do too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from service.local.embedded_redis import EmbeddedRedis
+from service.local.embedded_redis_cluster import EmbeddedRedisCluster
 from state.memory_store import MemorySessionStore
 from state.redis_store import RedisSessionStore
 from state.session import (
@@ -20,6 +22,7 @@ from state.session import (
     StageState,
     StepCommit,
     SwitchProgress,
+    committed,
 )
 from state.store import NotReplicated, SessionStore
 from tests.support.session_records import fresh_record, logged, new_id, stages_at, step
@@ -35,13 +38,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         yield embedded
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    with EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster"), primaries=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[SessionStore]:
     if request.param == "memory":
         yield MemorySessionStore()
         return
-    server: EmbeddedRedis = request.getfixturevalue("redis_server")
-    redis_store = RedisSessionStore(server.url, socket_timeout_s=1.0)
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+    redis_store = RedisSessionStore(url, socket_timeout_s=1.0)
     yield redis_store
     redis_store.close()
 
@@ -215,6 +227,18 @@ def test_switch_progress_is_kept_until_a_commit_moves_the_version(store: Session
     assert moved is not None and moved.model_version == "v2" and moved.switch is None
 
 
+def test_the_revision_that_moved_the_version_is_kept_with_it(store: SessionStore) -> None:
+    sid = new_id()
+    store.create(fresh_record(sid))
+    loaded = store.load(sid)
+    assert loaded is not None and loaded.version_revision == 0
+    moving = StepCommit(0, 1, stages_at(1), b"r1", 10.0, 3, model_version="v2", version_revision=42)
+    store.commit(sid, moving)
+    store.commit(sid, StepCommit(1, 2, stages_at(2), b"r2", 10.0, 3))  # a step that stays
+    record = store.load(sid)
+    assert record is not None and (record.model_version, record.version_revision) == ("v2", 42)
+
+
 def test_a_session_asking_for_replicas_is_not_acknowledged_without_them(
     store: SessionStore,
 ) -> None:
@@ -231,3 +255,30 @@ def test_a_session_asking_for_replicas_is_not_acknowledged_without_them(
 
 def test_a_lone_store_reports_no_replicas(store: SessionStore) -> None:
     assert store.replicas() == 0
+
+
+def test_the_record_after_a_commit_is_what_the_store_holds(store: SessionStore) -> None:
+    """`committed` (how the coordinator's session cache applies its own commits) agrees with
+    the store after every kind of commit: level, a stage lagging, replay progress, a student
+    state, switch progress, a version move, level again."""
+    sid = new_id()
+    store.create(fresh_record(sid))
+    progress = Anchor(1, {StageIndex(k): b"replayed-%d" % k for k in range(3)})
+    switch = SwitchProgress("v2", 4, {StageIndex(0): b"\x00new0"}, exact=False)
+    lagging = {k: v for k, v in stages_at(2).items() if k != 1}
+    commits = [
+        StepCommit(0, 1, stages_at(1), b"r1", 10.0, 3, b"obs1", 8),
+        StepCommit(1, 2, lagging, b"r2", 10.0, 3, b"obs2", 8),
+        StepCommit(
+            2, 3, {}, b"r3", 10.0, 3, b"obs3", 8, student=StageState(3, b"g"), anchor=progress
+        ),
+        StepCommit(3, 4, stages_at(4), b"r4", 10.0, 3, b"obs4", 8, switch=switch),
+        StepCommit(4, 5, stages_at(5), b"r5", 10.0, 3, b"obs5", 8),
+        StepCommit(5, 6, stages_at(6), b"r6", 10.0, 3, b"obs6", 8, model_version="v2"),
+        StepCommit(6, 7, stages_at(7), b"r7", 10.0, 3, b"obs7", 8),
+    ]
+    for commit in commits:
+        before = store.load(sid)
+        assert before is not None
+        assert store.commit(sid, commit).status is CommitStatus.COMMITTED
+        assert store.load(sid) == committed(before, commit), f"after seq {commit.new_seq}"

@@ -24,6 +24,7 @@ from service.coordinator.routing.replica_choice import BanPolicy
 from service.coordinator.routing.stage_router import StageRouter
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import ServeModes
+from service.coordinator.session_cache import SessionCache
 from service.model.action_model import ActionModel
 from service.model.student import Student
 from service.proto import session_pb2, tensor_codec
@@ -37,6 +38,7 @@ class MutableRoutingTable:
     def __init__(self) -> None:
         self._views: dict[int, StageView] = {}
         self._desired: str | None = None
+        self._desired_revision = 0
         self._subscribers: list[Callable[[dict[int, StageView]], None]] = []
         self._lock = threading.Lock()
 
@@ -58,13 +60,23 @@ class MutableRoutingTable:
         with self._lock:
             return self._desired
 
+    def desired_revision(self) -> int:
+        with self._lock:
+            return self._desired_revision
+
     def subscribe(self, callback: Callable[[dict[int, StageView]], None]) -> None:
         with self._lock:
             self._subscribers.append(callback)
 
     def update(
-        self, add: list[ReplicaInfo] = (), remove: list[str] = (), desired: str | None = None  # type: ignore[assignment]
+        self,
+        add: list[ReplicaInfo] = (),  # type: ignore[assignment]
+        remove: list[str] = (),  # type: ignore[assignment]
+        desired: str | None = None,
+        desired_revision: int | None = None,
     ) -> None:
+        """desired_revision: the revision the new desired version is seen at (default: one
+        more than the last), to play a coordinator whose view lags."""
         with self._lock:
             views = {k: dict(v.replicas) for k, v in self._views.items()}
             for replica in add:
@@ -76,7 +88,11 @@ class MutableRoutingTable:
                 k: StageView(k, min(rs.values(), key=lambda r: r.replica_id) if rs else None, rs)
                 for k, rs in views.items()
             }
-            self._desired = desired if desired is not None else self._desired
+            if desired is not None:
+                self._desired = desired
+                self._desired_revision = (
+                    desired_revision if desired_revision is not None else self._desired_revision + 1
+                )
             subscribers, table = list(self._subscribers), dict(self._views)
         for callback in subscribers:
             callback(table)
@@ -120,6 +136,7 @@ class InProcessCoordinator:
         assets = ModelAssets.preloaded({v: VersionAssets(s, policy) for v, s in students.items()})
         self.engine = SessionEngine(
             store=self.store,
+            cache=SessionCache(64),
             modes=ServeModes(self.store, self.batcher, self.cfg, log_depth),
             versions=self.catalog,
             assets=assets,

@@ -65,6 +65,22 @@ def make(
     return batcher
 
 
+def in_thread(batcher: DynamicBatcher[int, str], item: int) -> Future[Batched[str]]:
+    """Submits from a thread of its own, as each robot's step does in the coordinator: a lone
+    item runs in the thread that submits it, so a held first batch would block the test."""
+    outer: Future[Batched[str]] = Future()
+
+    def submit() -> None:
+        inner = batcher.submit(item)
+        try:
+            outer.set_result(inner.result(timeout=RESULT_TIMEOUT_S))
+        except Exception as exc:
+            outer.set_exception(exc)
+
+    threading.Thread(target=submit, daemon=True).start()
+    return outer
+
+
 def results(futures: list[Future[Batched[str]]]) -> list[Batched[str]]:
     return [f.result(timeout=RESULT_TIMEOUT_S) for f in futures]
 
@@ -83,12 +99,37 @@ def test_lone_item_is_dispatched_without_waiting(
         assert elapsed < LONG_WAIT_S / 2, f"a lone item waited {elapsed:.2f}s for company"
 
 
+def test_a_lone_item_runs_in_the_submitting_thread_and_one_behind_a_batch_does_not(
+    batchers: list[DynamicBatcher[int, str]],
+) -> None:
+    """No thread switch for a step that has no one to batch with; batching is kept for the
+    rest (an item that arrives while a batch is in flight queues for a worker)."""
+    ran_in: dict[int, threading.Thread] = {}
+    recorder = Recorder(hold_first=True)
+
+    def run_batch(items: list[int]) -> list[str]:
+        ran_in.update((item, threading.current_thread()) for item in items)
+        return recorder(items)
+
+    batcher = DynamicBatcher(run_batch, max_size=4, max_wait_s=0.01, workers=2)
+    batchers.append(batcher)
+    first = in_thread(batcher, 0)
+    recorder.wait_first_entered()
+    behind = batcher.submit(1)
+    recorder.release.set()
+    assert behind.result(timeout=RESULT_TIMEOUT_S).value == "result-1"
+    first.result(timeout=RESULT_TIMEOUT_S)
+    assert ran_in[1] is not threading.current_thread(), "queued behind a batch: a worker ran it"
+    assert batcher.submit(2).result(timeout=0).value == "result-2", "alone: already done"
+    assert ran_in[2] is threading.current_thread()
+
+
 def test_items_queued_during_a_batch_go_together_in_the_next(
     batchers: list[DynamicBatcher[int, str]],
 ) -> None:
     recorder = Recorder(hold_first=True)
     batcher = make(batchers, recorder, max_size=16, workers=1)
-    first = batcher.submit(0)
+    first = in_thread(batcher, 0)
     recorder.wait_first_entered()
     queued = [batcher.submit(item) for item in range(1, 6)]
     recorder.release.set()
@@ -103,7 +144,7 @@ def test_while_a_batch_is_in_flight_a_free_worker_waits_to_fill_its_batch(
 ) -> None:
     recorder = Recorder(hold_first=True)
     batcher = make(batchers, recorder, max_size=4, max_wait_s=LONG_WAIT_S, workers=2)
-    first = batcher.submit(0)
+    first = in_thread(batcher, 0)
     recorder.wait_first_entered()
 
     # The second worker is free and takes item 1 at once; because batch [0] is in flight, it
@@ -121,7 +162,7 @@ def test_while_a_batch_is_in_flight_a_free_worker_waits_to_fill_its_batch(
 def test_batches_never_exceed_max_size(batchers: list[DynamicBatcher[int, str]]) -> None:
     recorder = Recorder(hold_first=True)
     batcher = make(batchers, recorder, max_size=4, workers=1)
-    futures = [batcher.submit(0)]
+    futures = [in_thread(batcher, 0)]
     recorder.wait_first_entered()
     futures += [batcher.submit(item) for item in range(1, 11)]
     recorder.release.set()
@@ -166,7 +207,7 @@ def test_results_go_to_the_right_futures_in_order(
 ) -> None:
     recorder = Recorder(hold_first=True)
     batcher = make(batchers, recorder, max_size=16, workers=1)
-    futures = [batcher.submit(100)]
+    futures = [in_thread(batcher, 100)]
     recorder.wait_first_entered()
     items = [7, 3, 9, 1, 8]
     futures += [batcher.submit(item) for item in items]
@@ -181,7 +222,7 @@ def test_queue_time_counts_the_wait_behind_a_busy_worker(
 ) -> None:
     recorder = Recorder(hold_first=True)
     batcher = make(batchers, recorder, workers=1)
-    batcher.submit(0)
+    in_thread(batcher, 0)
     recorder.wait_first_entered()
     submitted = time.perf_counter()
     queued = batcher.submit(1)
@@ -195,7 +236,7 @@ def test_exception_reaches_every_future_of_its_batch_and_the_batcher_keeps_worki
 ) -> None:
     recorder = Recorder(hold_first=True, fail_on=-1)
     batcher = make(batchers, recorder, max_size=16, workers=1)
-    first = batcher.submit(0)
+    first = in_thread(batcher, 0)
     recorder.wait_first_entered()
     doomed = [batcher.submit(item) for item in (1, -1, 2)]
     recorder.release.set()
@@ -226,7 +267,7 @@ def test_cancelled_items_are_left_out_of_the_batch(
 ) -> None:
     recorder = Recorder(hold_first=True)
     batcher = make(batchers, recorder, workers=1)
-    batcher.submit(0)
+    in_thread(batcher, 0)
     recorder.wait_first_entered()
     keep, drop, keep_too = batcher.submit(1), batcher.submit(2), batcher.submit(3)
     assert drop.cancel()
@@ -245,14 +286,15 @@ def test_close_finishes_queued_items_and_stops_the_workers() -> None:
     workers = set(threading.enumerate()) - before
     assert len(workers) == 3
 
-    futures = [batcher.submit(0)]
+    futures = [in_thread(batcher, 0)]
     recorder.wait_first_entered()
     futures += [batcher.submit(item) for item in range(1, 6)]
     recorder.release.set()
     batcher.close()
 
-    _, not_done = wait(futures, timeout=0)
+    _, not_done = wait(futures[1:], timeout=0)
     assert not not_done, "items submitted before close() were dropped"
+    futures[0].result(timeout=RESULT_TIMEOUT_S)  # the first ran in its submitter's thread
     assert [f.result().value for f in futures] == [f"result-{i}" for i in range(6)]
     assert not any(thread.is_alive() for thread in workers)
 

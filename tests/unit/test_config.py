@@ -200,6 +200,17 @@ def test_bool_from_renamed_flag_and_env() -> None:
         (["shard", "--torch-threads", "0"], NO_ENV, "--torch-threads"),
         (["bench", "--concurrency", "1,x"], NO_ENV, "--concurrency"),
         (["bench", "--steps", "3"], NO_ENV, "--steps"),
+        (["bench", "--scale", "--failover"], NO_ENV, "--scale"),
+        (["bench", "--degraded", "--scale"], NO_ENV, "--degraded"),
+        (["bench", "--scale", "--redis-url", "redis://127.0.0.1:1/0"], NO_ENV, "--redis-url"),
+        (["coordinator", "--redis-url", "redis+cluster://r1:1/3"], NO_ENV, "--redis-url"),
+        (["coordinator", "--redis-url", "redis+sentinel://s1:1"], NO_ENV, "--redis-url"),
+        (["up", "--redis-url", "redis+cluster://r1"], NO_ENV, "--redis-url"),
+        (
+            ["up", "--redis-url", "redis://127.0.0.1:1/0", "--redis-cluster-primaries", "3"],
+            NO_ENV,
+            "--redis-cluster-primaries",
+        ),
         (["demo", "--rate-hz", "0"], NO_ENV, "--rate-hz"),
     ],
 )
@@ -461,3 +472,20 @@ def test_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert main(["ckpt", "list", "--log-level", "loud"]) == 2
     err = capsys.readouterr().err
     assert "--log-level" in err and "loud" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["status", "--etcd", "127.0.0.1:2379"], "--etcd: bad etcd URL"),
+        (["ckpt", "list", "--etcd", "etcd://h:port"], "--etcd: bad endpoint"),
+        (["up", "--cluster", "a/b"], "--cluster: a cluster name is 1-63 letters"),
+        (["coordinator", "--cluster", ""], "--cluster: a cluster name"),
+    ],
+)
+def test_an_etcd_url_or_cluster_name_no_command_could_use_is_a_usage_error(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and expected in err, err

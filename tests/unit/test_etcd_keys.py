@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from state.etcd_client import parse_etcd_url
 from state.etcd_keys import stage_views
+from state.etcd_url import parse_etcd_url
 from state.leadership import ReplicaInfo, StageView
 
 

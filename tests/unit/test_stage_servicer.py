@@ -15,6 +15,7 @@ from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from service.proto import stage_pb2, tensor_codec
 from service.shard.stage_servicer import StageServicer
+from service.shard.torch_stage import TorchStage
 
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=2, tokens=4, memory_tokens=1, n_stages=2)
 REFUSALS = "actionmesh_shard_version_refusals_total"
@@ -50,7 +51,7 @@ def forward(servicer: StageServicer, version: str) -> stage_pb2.ForwardReply:
 
 
 def test_a_call_for_another_version_is_refused_and_counted() -> None:
-    servicer = StageServicer(ActionModel(CFG).stage(0), "v1")
+    servicer = StageServicer(TorchStage(ActionModel(CFG).stage(0)), "v1")
     before = refusals(0)
     assert forward(servicer, "v1").model_version == "v1"
     assert refusals(0) == before
@@ -61,13 +62,31 @@ def test_a_call_for_another_version_is_refused_and_counted() -> None:
 
 
 def test_the_retiring_version_is_served_until_it_retires_then_refused() -> None:
-    servicer = StageServicer(ActionModel(CFG).stage(0), "v1")
-    servicer.swap(ActionModel(CFG.model_copy(update={"seed": 1})).stage(0), "v2", 60.0)
+    servicer = StageServicer(TorchStage(ActionModel(CFG).stage(0)), "v1")
+    servicer.swap(TorchStage(ActionModel(CFG.model_copy(update={"seed": 1})).stage(0)), "v2", 60.0)
     before = refusals(0)
     assert forward(servicer, "v1").model_version == "v1"  # still retiring
     assert forward(servicer, "v2").model_version == "v2"
-    servicer.swap(ActionModel(CFG).stage(0), "v3", 0.0)  # v2 retires at once, v1 is gone
+    servicer.swap(
+        TorchStage(ActionModel(CFG).stage(0)), "v3", 0.0
+    )  # v2 retires at once, v1 is gone
     for version in ("v1", "v2"):
         with pytest.raises(Aborted):
             forward(servicer, version)
     assert refusals(0) == before + 2
+
+
+def test_a_stream_answers_each_request_in_order_and_a_refusal_is_an_item_not_the_end() -> None:
+    servicer = StageServicer(TorchStage(ActionModel(CFG).stage(0)), "v1")
+    item = stage_pb2.StageItem(
+        session_id="s", seq=1, input=tensor_codec.encode(torch.zeros(CFG.observation_dim))
+    )
+    requests = [
+        stage_pb2.ForwardRequest(items=[item], model_version=version)
+        for version in ("v1", "v2", "v1")
+    ]
+    replies = list(servicer.ForwardStream(iter(requests), CONTEXT))
+    assert [r.WhichOneof("result") for r in replies] == ["reply", "error", "reply"]
+    assert replies[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "serves model v1, not v2" in replies[1].error.message
+    assert replies[0].reply.results[0].output == forward(servicer, "v1").results[0].output

@@ -17,6 +17,7 @@ from chaos.reference import observations, reference_run, reference_with_exits
 from service.coordinator.assets import ModelAssets, VersionAssets
 from service.coordinator.engine import SessionEngine
 from service.coordinator.routing.in_process_stage import Fault
+from service.coordinator.session_cache import SessionCache
 from service.coordinator.step_errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -210,6 +211,7 @@ def test_two_engines_racing_on_one_seq_commit_once_and_answer_the_same_bytes(
     sid = coordinator.open()
     other = SessionEngine(
         store=coordinator.store,
+        cache=SessionCache(64),
         modes=coordinator.engine.modes,
         versions=coordinator.catalog,
         assets=coordinator.engine.assets,
@@ -357,3 +359,42 @@ def test_a_student_answering_non_finite_values_is_never_answered(
         coordinator.step(sid, 2, OBS[1])
     record = coordinator.store.load(SessionId(sid))
     assert record is not None and record.seq == 1 and record.student is None
+
+
+def test_two_engines_alternating_on_one_session_never_commit_on_a_stale_cached_record(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """Each engine caches the record it committed while the other moves the session on. A
+    robot that resends a step to the engine whose entry is one behind gets the other engine's
+    stored reply (the stale commit conflicts, the engine reloads); every answer equals the
+    reference; consecutive steps on one engine load nothing."""
+    sid = coordinator.open()
+    a = coordinator.engine
+    b = SessionEngine(
+        store=coordinator.store,
+        cache=SessionCache(64),
+        modes=a.modes,
+        versions=coordinator.catalog,
+        assets=a.assets,
+        health=coordinator.router.healthy,
+        admission=a.admission,
+        limits=a.limits,
+        durability=a.durability,
+    )
+    load, loads = coordinator.store.load, []
+    coordinator.store.load = lambda s: loads.append(s) or load(s)  # type: ignore[method-assign]
+    for seq in range(1, 13):  # A, A, B, A, A, B, ...
+        engine = b if seq % 3 == 0 else a
+        before = len(loads)
+        answer = engine.step(sid, seq, OBS[seq - 1], 0.0, time.monotonic() + 5)
+        reply = session_pb2.StepReply.FromString(answer.reply)
+        assert answer.recomputed and reply.serve_mode == FULL and reply.seq == seq
+        assert torch.allclose(tensor_codec.decode(reply.action), REFERENCE["v1"][seq - 1], atol=1e-5)
+        if seq % 3 == 2:
+            assert len(loads) == before, "A's step right after its own commit loads nothing"
+        if engine is b:  # the robot never saw B's reply and resends it to A
+            again = a.step(sid, seq, OBS[seq - 1], 0.0, time.monotonic() + 5)
+            assert not again.recomputed and again.reply == answer.reply
+    record = load(SessionId(sid))
+    assert record is not None and record.seq == 12
+    assert coordinator.store.log_depth(SessionId(sid)) == 12, "no seq applied twice"

@@ -29,8 +29,18 @@ def snapshot(
     ("name", "seen", "current", "want"),
     [
         ("new session, nothing desired", snapshot({"v1"}), None, Stay(version="v1")),
-        ("new session, desired whole", snapshot({"v1", "v2"}, desired="v1"), None, Stay(version="v1")),
-        ("new session, desired not whole", snapshot({"v1"}, {"v1", "v2"}, "v2"), None, Stay(version="v1")),
+        (
+            "new session, desired whole",
+            snapshot({"v1", "v2"}, desired="v1"),
+            None,
+            Stay(version="v1"),
+        ),
+        (
+            "new session, desired not whole",
+            snapshot({"v1"}, {"v1", "v2"}, "v2"),
+            None,
+            Stay(version="v1"),
+        ),
         ("new session, nothing whole", snapshot(set(), {"v1"}), None, NoPipeline()),
         ("on the desired version", snapshot({"v1", "v2"}, desired="v2"), "v2", Stay(version="v2")),
         (
@@ -39,7 +49,12 @@ def snapshot(
             "v1",
             Switch(current="v1", target="v2"),
         ),
-        ("promoted, not whole yet: stay", snapshot({"v1"}, {"v1", "v2"}, "v2"), "v1", Stay(version="v1")),
+        (
+            "promoted, not whole yet: stay",
+            snapshot({"v1"}, {"v1", "v2"}, "v2"),
+            "v1",
+            Stay(version="v1"),
+        ),
         (
             "rolled back mid-switch",
             snapshot({"v1", "v2"}, desired="v1"),
@@ -52,7 +67,12 @@ def snapshot(
             "v1",
             Switch(current="v1", target="v3"),
         ),
-        ("own version partly offered: stay, served degraded", snapshot({"v3"}, {"v1", "v3"}), "v1", Stay(version="v1")),
+        (
+            "own version partly offered: stay, served degraded",
+            snapshot({"v3"}, {"v1", "v3"}),
+            "v1",
+            Stay(version="v1"),
+        ),
         (
             "a whole version not vetted (interface differs) is never switched to",
             snapshot(set(), {"v1", "v9"}, "v9"),
@@ -65,3 +85,18 @@ def test_choose_version(
     name: str, seen: VersionSnapshot, current: str | None, want: VersionChoice
 ) -> None:
     assert choose_version(seen, current) == want, name
+
+
+def test_a_view_older_than_the_one_that_moved_the_session_does_not_move_it_back() -> None:
+    """Two coordinators briefly disagree (one saw the rollback to v1, one still sees v2): the
+    lagging one must not move the session the other moved; a newer desired version does."""
+    lagging = VersionSnapshot(
+        whole=frozenset({"v1", "v2"}),
+        offered=frozenset({"v1", "v2"}),
+        desired="v2",
+        desired_revision=100,
+        serving="v1",
+    )
+    assert choose_version(lagging, "v1", moved_at_revision=105) == Stay(version="v1")
+    assert choose_version(lagging, "v1", moved_at_revision=100) == Switch(current="v1", target="v2")
+    assert choose_version(lagging, "v1") == Switch(current="v1", target="v2")

@@ -17,11 +17,12 @@ from typing import NoReturn, cast
 import grpc
 import torch
 
-from service.coordinator.routing.stage_client import StageTimeout, VersionRefused
+from service.coordinator.routing.stage_client import StageTimeout, VersionRefused, unavailable_kind
 from service.coordinator.step_errors import Unavailable
 from service.model.stage import Stage
 from service.proto import stage_pb2, tensor_codec
 from service.shard.stage_servicer import StageServicer
+from service.shard.torch_stage import TorchStage
 
 
 class Fault(enum.Enum):
@@ -60,7 +61,7 @@ class InProcessStage:
 
     def __init__(self, stage: Stage, model_version: str, address: str) -> None:
         self.stage, self.address = stage.index, address
-        self.servicer = StageServicer(stage, model_version)
+        self.servicer = StageServicer(TorchStage(stage), model_version)
         self.faults = FaultSwitch()
         self.calls = 0
         self._lock = threading.Lock()
@@ -84,10 +85,7 @@ class InProcessStage:
         try:
             reply: stage_pb2.ForwardReply = self.servicer.Forward(request, _CONTEXT)
         except _Aborted as exc:
-            kind = (
-                VersionRefused if exc.code == grpc.StatusCode.FAILED_PRECONDITION else Unavailable
-            )
-            raise kind(f"{what}: {exc}") from exc
+            raise unavailable_kind(exc.code)(f"{what}: {exc}") from exc
         if fault is Fault.NON_FINITE:
             for result in reply.results:
                 state = tensor_codec.decode(result.state)

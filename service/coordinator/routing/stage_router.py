@@ -7,8 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from service.coordinator.routing.call_patience import Patience, UsualLatency
 from service.coordinator.routing.replica_choice import Ban, BanPolicy, candidates, is_banned
 from service.coordinator.routing.stage_client import (
+    RequestRefused,
     StageClient,
     StageTimeout,
     StageTransport,
@@ -36,7 +38,9 @@ def grpc_transport(replica: ReplicaInfo) -> StageTransport:
 
 class StageRouter:
     """Suspects a replica at its first failure (no waiting for its lease to run out), bans it
-    with a ban that doubles on repeated failures, and clears the ban on its next success."""
+    with a ban that doubles on repeated failures, and clears the ban on its next success.
+    A call that takes several times the stage's usual latency is such a failure (see
+    call_patience): a hung replica is left early enough for the step to fail over or degrade."""
 
     def __init__(
         self,
@@ -44,9 +48,12 @@ class StageRouter:
         stage_timeout_s: float,
         bans: BanPolicy,
         connect: Callable[[ReplicaInfo], StageTransport] = grpc_transport,
+        patience: Patience | None = None,
     ) -> None:
         self.table, self.connect = table, connect
         self.stage_timeout_s, self.ban_policy = stage_timeout_s, bans
+        self.patience = patience if patience is not None else Patience()
+        self.usual = UsualLatency()
         self._clients: dict[str, StageTransport] = {}
         self._bans: dict[str, Ban] = {}
         self._lock = threading.Lock()
@@ -61,14 +68,24 @@ class StageRouter:
             now, view = time.monotonic(), self.table.snapshot().get(stage, StageView(stage))
             with self._lock:
                 options = candidates(view, version, self._bans, now, frozenset(tried))
-            timeout_s = min(self.stage_timeout_s, deadline - now)
-            if not options or timeout_s <= 0:
+                # banned replicas come last: is there a spare one that is not?
+                spare = len(options) > 1 and not is_banned(options[1], self._bans, now)
+            if not options or deadline <= now:
                 raise _no_replica(stage, version, bool(options), failures)
-            replica = options[0]
+            usual = self.usual.of(stage)
+            timeout_s = self.patience.timeout_s(usual, self.stage_timeout_s, deadline - now, spare)
+            replica, sent = options[0], time.monotonic()
             try:
                 reply = self._client(replica).forward(request, timeout_s)
+            except RequestRefused as exc:  # another replica would refuse it as well
+                raise StageUnavailable(
+                    stage,
+                    f"stage {stage}: {replica.replica_id} refused the request as malformed "
+                    f"({exc}); the session was not advanced",
+                ) from exc
             except Unavailable as exc:
-                if isinstance(exc, StageTimeout) and timeout_s < self.stage_timeout_s:
+                fair_s = self.patience.fair_s(usual, self.stage_timeout_s)
+                if isinstance(exc, StageTimeout) and timeout_s < fair_s:
                     raise StageUnavailable(  # cut short by the step's deadline: not the replica's fault
                         stage,
                         f"stage {stage}: the step deadline ran out during the call to "
@@ -79,6 +96,7 @@ class StageRouter:
                 if not isinstance(exc, VersionRefused):
                     self._suspect(replica, now)
                 continue
+            self.usual.observe(stage, time.monotonic() - sent)
             self._forgive(replica)
             return reply
 

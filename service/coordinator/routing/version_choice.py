@@ -18,6 +18,7 @@ class VersionSnapshot:
     whole: frozenset[str]  # offered by every stage and vetted
     offered: frozenset[str]  # offered by at least one stage
     desired: str | None  # the operator's choice (`ckpt promote`), if any
+    desired_revision: int = 0  # the etcd revision `desired` was seen at
     serving: str | None  # the whole version to start new sessions on when none is desired
 
 
@@ -45,16 +46,23 @@ class NoPipeline:
 VersionChoice = Stay | Switch | NoPipeline
 
 
-def choose_version(snapshot: VersionSnapshot, current: str | None) -> VersionChoice:
-    """The version for a step of a session on `current` (None: no step served yet).
+def choose_version(
+    snapshot: VersionSnapshot, current: str | None, moved_at_revision: int = 0
+) -> VersionChoice:
+    """The version for a step of a session on `current` (None: no step served yet), last
+    moved by a desired version seen at etcd revision `moved_at_revision`.
 
     - A new session starts on the desired version when it is whole, else on the serving one.
-    - A session whose version is not the desired one switches to it once it is whole.
+    - A session whose version is not the desired one switches to it once it is whole, unless
+      the session was moved by a newer desired version than this one (a coordinator whose view
+      lags must not move it back: two coordinators would move it back and forth).
     - A session whose version is gone from every stage switches to the serving version.
     - Otherwise the session stays: a version only partly offered (stages reloading) is served
       degraded rather than switched behind the operator's back.
     """
     desired = snapshot.desired if snapshot.desired in snapshot.whole else None
+    if current is not None and snapshot.desired_revision < moved_at_revision:
+        desired = None  # older than what moved the session: not ours to follow
     start = desired or (snapshot.serving if snapshot.serving in snapshot.whole else None)
     if current is None:
         return Stay(version=start) if start is not None else NoPipeline()

@@ -75,6 +75,7 @@ class VersionCatalog:
             whole=whole,
             offered=frozenset(r.model_version for v in views.values() for r in v.replicas.values()),
             desired=self.table.desired_version(),
+            desired_revision=self.table.desired_revision(),
             serving=serving_version(views, n),
         )
 

@@ -1,0 +1,1 @@
+"""`actionmesh plan`: stage boundaries and node placement from a node inventory."""

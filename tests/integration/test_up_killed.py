@@ -1,0 +1,77 @@
+"""`actionmesh up` killed with -9 takes every process it started with it: shards and
+coordinator (--die-with-parent), and redis-server and etcd (service/local/orphan_guard.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process below `root`, by PID, with its command line."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found[child] = command_line(child)
+                frontier.append(child)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_kill_9_of_up_leaves_no_process_behind(tmp_path: Path) -> None:
+    work_dir = tmp_path / "up"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "up", "--port", "0", "--work-dir", str(work_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    children: dict[int, str] = {}
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:  # ends at EOF if `up` dies before it is ready
+            if "press Ctrl-C" in line:
+                break
+        children = descendants(up.pid)
+        commands = " ".join(children.values())
+        assert "redis-server" in commands and "etcd" in commands, children
+        up.kill()
+        up.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in children):
+            time.sleep(0.1)
+        left = {pid: cmd for pid, cmd in children.items() if alive(pid)}
+        assert left == {}, f"still running after `up` was killed with -9: {left}"
+    finally:
+        up.kill()
+        for pid in children:  # none left, normally: leak nothing into other tests
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
