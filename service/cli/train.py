@@ -4,6 +4,7 @@ on local flash."""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import socket
 import sys
@@ -18,7 +19,7 @@ from checkpoint.manifest import load_private_key
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
-from service.runtime.settings import TrainSettings
+from service.runtime.settings import BenchSettings, TrainSettings
 from service.training.baseline import train_baseline
 from service.training.evaluate import JSON_FILE, PLOT_FILE, evaluate
 from service.training.task import TaskConfig
@@ -40,6 +41,23 @@ def model_config(settings: TrainSettings) -> ModelConfig:
         )
     except ValidationError as exc:
         raise SystemExit(f"actionmesh train: invalid model size: {exc}") from exc
+
+
+def cluster_p50_ms(settings: TrainSettings, cfg: ModelConfig) -> dict[str, float]:
+    """Each serve mode's p50 through a local cluster serving the weights just saved (what
+    `bench --degraded` measures), so that the version carries its own latency factor."""
+    from service.bench.degraded_modes import cluster_latencies  # starts processes: load late
+
+    bench = BenchSettings(
+        stages=cfg.n_stages,
+        stage_boundaries=list(cfg.stage_boundaries or []),
+        steps=settings.cluster_latency_steps,
+        seed=settings.seed,
+        port=0,
+    )
+    measured = cluster_latencies(bench, settings.output_dir)
+    measured.setdefault("state_lost", measured["full"])  # FULL's path, with fresh state
+    return measured
 
 
 def _signing_key(settings: TrainSettings) -> Ed25519PrivateKey | None:
@@ -68,6 +86,8 @@ def main(settings: TrainSettings) -> int:
     table = evaluate(
         model, task, settings.eval_episodes, settings.eval_seed, info.version, baseline
     )
+    if settings.cluster_latency:
+        table = dataclasses.replace(table, cluster_p50_ms=cluster_p50_ms(settings, cfg))
     table.save(settings.output_dir)
     print(table.format())
     print(

@@ -348,11 +348,12 @@ class CoordinatorSettings(
     fallback_max_error_ratio: float = Field(
         1.5, gt=0, description="The student answers only if its error is at most this x FULL's."
     )
-    policy_latency_factor: float = Field(
-        3.0,
+    policy_latency_factor: float | None = Field(
+        None,
         gt=0,
         description="The quality table's latencies are in-process; a mode fits the time left "
-        "when its p50 x this does (a cluster step costs about 2-3x the in-process one).",
+        "when its p50 x this does. Default: the ratio measured through a cluster when the "
+        "version was trained (quality.json's latency_factor), else 3.",
     )
     admission_max_inflight: int = Field(
         32, ge=1, description="Steps served at once; more wait in the admission queue."
@@ -704,6 +705,12 @@ class TrainSettings(Settings):
     )
     memory_batch_episodes: int = Field(16, ge=1, description="Episodes per phase (0) update.")
     memory_learning_rate: float = Field(5e-3, gt=0, description="Phase (0) peak learning rate.")
+    exit_loss_weight: float = Field(
+        0.3,
+        ge=0,
+        description="Phase (0): weight of each exit head's imitation loss beside the last "
+        "head's 1 (deep supervision: every stage learns to answer, the last one most).",
+    )
     baseline_hidden: int = Field(
         128,
         ge=8,
@@ -735,6 +742,15 @@ class TrainSettings(Settings):
     student_iterations: int = Field(300, ge=1, description="Phase (c): student updates.")
     student_learning_rate: float = Field(3e-3, gt=0, description="Phase (c) learning rate.")
     eval_episodes: int = Field(64, ge=1, description="Held-out episodes in the quality table.")
+    cluster_latency: bool = Field(
+        True,
+        description="Also measure each mode's p50 through a local cluster (private Redis, etcd, "
+        "one shard per stage, stages killed one by one) into the quality table, with the "
+        "latency factor the coordinator's degrade policy then uses for this version.",
+    )
+    cluster_latency_steps: int = Field(
+        100, ge=10, description="Steps measured through the cluster per serve mode."
+    )
     eval_seed: int = Field(
         1_000_000, description="Seed of the held-out episodes (training never draws from it)."
     )

@@ -19,9 +19,9 @@ def train_baseline(cfg: ModelConfig, task: TaskConfig, settings: TrainSettings) 
         torch.manual_seed(derive_seed("baseline", settings.seed, 0))
         gru = Student(cfg.model_copy(update={"student_hidden": settings.baseline_hidden}))
 
-    def step(obs: torch.Tensor, states: States) -> tuple[torch.Tensor, States]:
+    def step(obs: torch.Tensor, states: States) -> tuple[list[torch.Tensor], States]:
         action, state = gru(obs, states[0])
-        return action, [state]
+        return [action], [state]
 
     gru.train()
     run = Imitation(

@@ -70,6 +70,15 @@ class QualityTable:
     model_version: str
     baseline: ModeQuality | None = None  # the GRU trained directly on the expert, same episodes
     baseline_hidden: int | None = None
+    cluster_p50_ms: dict[str, float] | None = None  # each mode through a real cluster
+
+    @property
+    def latency_factor(self) -> float | None:
+        """FULL's p50 through a cluster over its in-process p50: what the coordinator's degrade
+        policy multiplies the table's (in-process) latencies by. None until measured."""
+        if self.cluster_p50_ms is None or "full" not in self.cluster_p50_ms:
+            return None
+        return self.cluster_p50_ms["full"] / max(self.modes["full"].p50_ms, 1e-6)
 
     def targets(self) -> list[Target]:
         full = self.modes["full"]
@@ -98,6 +107,9 @@ class QualityTable:
                 t.name: {"ratio": t.ratio, "want": t.want, "met": t.met} for t in self.targets()
             },
         }
+        if self.cluster_p50_ms is not None:
+            out["cluster_p50_ms"] = self.cluster_p50_ms
+            out["latency_factor"] = self.latency_factor
         if self.baseline is not None:
             out["baseline"] = {
                 "error": self.baseline.error,
@@ -110,17 +122,24 @@ class QualityTable:
         full = _floor(self.modes["full"])
         lines = [
             f"quality of {self.model_version} on {self.episodes} held-out episodes (seed {self.seed})",
-            f"{'mode':<14} {'error':>9} {'x full':>7} {'success':>8} {'p50 ms':>8}",
+            f"{'mode':<14} {'error':>9} {'x full':>7} {'success':>8} {'p50 ms':>8} {'cluster':>8}",
         ]
+        cluster = self.cluster_p50_ms or {}
         for name, q in self.modes.items():
+            served = f"{cluster[name]:8.2f}" if name in cluster else f"{'-':>8}"
             lines.append(
                 f"{name:<14} {q.error:9.5f} {q.error / full:7.2f} {q.success:8.1%} {q.p50_ms:8.2f}"
+                f" {served}"
             )
         if self.baseline is not None:
             b = self.baseline
             lines.append(
                 f"{'GRU baseline':<14} {b.error:9.5f} {b.error / full:7.2f} {b.success:8.1%}"
                 f" (GRU {self.baseline_hidden} trained directly on the expert)"
+            )
+        if self.latency_factor is not None:
+            lines.append(
+                f"latency factor (FULL through a cluster / in process): {self.latency_factor:.2f}"
             )
         for t in self.targets():
             verdict = "met" if t.met else "MISSED"
@@ -151,6 +170,13 @@ class QualityTable:
             ax.set_title(title, fontsize=9)
             ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         fig.axes[1].set_ylim(0, 1)
+        if self.cluster_p50_ms:
+            served = [n for n in names if n in self.cluster_p50_ms]
+            fig.axes[2].plot(
+                served, [self.cluster_p50_ms[n] for n in served], "kD", label="through a cluster"
+            )
+            fig.axes[2].set_title("p50 latency per step (ms, batch 1; bars: in process)", fontsize=9)
+            fig.axes[2].legend(fontsize=7)
         fig.suptitle(f"{self.model_version}: {self.episodes} episodes, seed {self.seed}")
         fig.savefig(path, dpi=100)
 

@@ -35,6 +35,7 @@ class TaskConfig:
     joint_noise: float = 0.01
     tolerance: float = 0.15  # success: RMS joint error to the target below this...
     settle_steps: int = 8  # ...at each of the episode's last steps
+    camera_turn: float = 1.0  # the wrist camera's frame turns by this x pi per unit of joint
 
     def __post_init__(self) -> None:
         if self.observation_dim < 2 * self.joints + 2:
@@ -97,13 +98,33 @@ def make_episodes(cfg: TaskConfig, count: int, seed: int) -> Episodes:
     )
 
 
+def camera_view(cfg: TaskConfig, q: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """What the arm's camera reports of `offset` (target minus arm, [B, J]) at pose `q`.
+
+    The camera rides on the arm, so its frame turns with the joints: each pair of offsets
+    (joints 0-1, 2-3, ...) comes rotated by an angle set by a joint further along the arm
+    (pair p by joint J-1-p, `camera_turn` x pi per unit). A policy must undo the turn (sines,
+    cosines and products of what it sees) before it can remember where the target is.
+    """
+    view = offset.clone()
+    for p in range(cfg.joints // 2):
+        angle = cfg.camera_turn * torch.pi * q[:, cfg.joints - 1 - p]
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        a, b = offset[:, 2 * p], offset[:, 2 * p + 1]
+        view[:, 2 * p] = cos * a - sin * b
+        view[:, 2 * p + 1] = sin * a + cos * b
+    return view
+
+
 def observe(cfg: TaskConfig, ep: Episodes, q: torch.Tensor, t: int) -> torch.Tensor:
-    """[noisy q, noisy target or 0 when hidden, visible flag, progress t/T, zero padding]."""
+    """[noisy q, noisy target as the camera sees it (camera_view) or 0 when hidden, visible
+    flag, progress t/T, zero padding]."""
     j = cfg.joints
     obs = torch.zeros(ep.size, cfg.observation_dim)
     seen = ep.visible[:, t].unsqueeze(1)
     obs[:, :j] = q + ep.joint_noise[:, t]
-    obs[:, j : 2 * j] = torch.where(seen, ep.target(t) + ep.target_noise[:, t], 0.0)
+    seen_offset = camera_view(cfg, q, ep.target(t) + ep.target_noise[:, t] - q)
+    obs[:, j : 2 * j] = torch.where(seen, seen_offset, 0.0)
     obs[:, 2 * j] = seen.squeeze(1).float()
     obs[:, 2 * j + 1] = t / cfg.steps
     return obs

@@ -38,7 +38,9 @@ from service.training.task import TaskConfig, derive_seed, make_episodes, rollou
 STUDENT_BATCH_EPISODES = 32  # whole episodes per student update: a GRU step costs next to nothing
 
 States = list[torch.Tensor]
-StepFn = Callable[[torch.Tensor, States], tuple[torch.Tensor, States]]
+# One recurrent step: observations and states in, one action chunk per head (the policy's own,
+# the last, after any exit heads trained beside it) and the new states out.
+StepFn = Callable[[torch.Tensor, States], tuple[list[torch.Tensor], States]]
 
 
 def train(
@@ -88,8 +90,8 @@ class RecurrentPolicy:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        action, self.states = self.step(obs, self.states)
-        return action
+        actions, self.states = self.step(obs, self.states)
+        return actions[-1]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Imitation:
     updates: int
     batch_episodes: int
     learning_rate: float
+    head_weights: Sequence[float] = (1.0,)  # loss weight of each head the step answers with
 
 
 def imitate_expert(run: Imitation, task: TaskConfig, settings: TrainSettings) -> None:
@@ -125,9 +128,10 @@ def imitate_expert(run: Imitation, task: TaskConfig, settings: TrainSettings) ->
         states = run.fresh(episodes.size)
         loss = torch.zeros(())
         for t in range(task.steps):
-            action, states = run.step(demo.observations[:, t], states)
-            loss = loss + F.mse_loss(action, demo.expert_chunks[:, t])
-        loss = loss / task.steps
+            actions, states = run.step(demo.observations[:, t], states)
+            for weight, action in zip(run.head_weights, actions, strict=True):
+                loss = loss + weight * F.mse_loss(action, demo.expert_chunks[:, t])
+        loss = loss / (task.steps * sum(run.head_weights))
         opt.zero_grad()
         torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(run.params, 1.0)
@@ -138,14 +142,16 @@ def imitate_expert(run: Imitation, task: TaskConfig, settings: TrainSettings) ->
 
 
 def memory_path(model: ActionModel) -> StepFn:
-    """The whole model with its blocks left out (Stage.forward_without_blocks): obs -> chunk."""
+    """The whole model with its blocks left out (Stage.forward_without_blocks): obs -> every
+    stage's head's chunk (the exit heads', then the model's)."""
 
-    def step(obs: torch.Tensor, states: States) -> tuple[torch.Tensor, States]:
-        x, new_states = obs, []
+    def step(obs: torch.Tensor, states: States) -> tuple[list[torch.Tensor], States]:
+        x, new_states, actions = obs, [], []
         for k in range(model.cfg.n_stages):
             x, memory = model.stage(k).forward_without_blocks(x, states[k])
             new_states.append(memory)
-        return model.stage(model.cfg.n_stages - 1).action(x), new_states
+            actions.append(model.stage(k).action(x))
+        return actions, new_states
 
     return step
 
@@ -160,14 +166,11 @@ def learn_memory(model: ActionModel, task: TaskConfig, settings: TrainSettings) 
     the stack learns as one model, and the exit heads are fitted afterwards (phase (b)) to
     whatever each depth has learned.
     """
-    last = model.cfg.n_stages - 1
     params = [
         p
         for k in range(model.cfg.n_stages)
         for name, p in model.stage(k).named_parameters()
-        if not name.startswith("blocks.")
-        and not name.startswith("memory_cell.from_input.weight")
-        and (k == last or not name.startswith("head."))
+        if not name.startswith("blocks.") and not name.startswith("memory_cell.from_input.weight")
     ]
     model.train()
     run = Imitation(
@@ -178,6 +181,7 @@ def learn_memory(model: ActionModel, task: TaskConfig, settings: TrainSettings) 
         updates=settings.memory_iterations,
         batch_episodes=settings.memory_batch_episodes,
         learning_rate=settings.memory_learning_rate,
+        head_weights=[settings.exit_loss_weight] * (model.cfg.n_stages - 1) + [1.0],
     )
     imitate_expert(run, task, settings)
     model.eval()

@@ -80,6 +80,7 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
     short = ["--iterations", "3", "--head-iterations", "10", "--student-iterations", "10"]
     short += ["--memory-iterations", "4", "--memory-batch-episodes", "4", "--baseline-hidden", "8"]
     few = ["--distill-episodes", "4", "--eval-episodes", "4", "--output-dir", str(trained)]
+    few.append("--no-cluster-latency")  # the bench measures it
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "train", *tiny, *short, *few],
         capture_output=True,

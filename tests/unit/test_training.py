@@ -3,6 +3,7 @@ table (the `actionmesh train` command: tests/integration/test_train_command.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -105,3 +106,18 @@ def test_quick_size_fills_in_what_is_not_given() -> None:
     assert quick.n_layers == QUICK_TRAINING["n_layers"]
     assert quick.memory_iterations == QUICK_TRAINING["memory_iterations"]
     assert TrainSettings().d_model == 256  # the default size without --quick
+
+
+def test_cluster_latencies_and_their_factor_go_into_the_table(
+    tiny: tuple[ActionModel, str, Path], tmp_path: Path
+) -> None:
+    model, version, _ = tiny
+    table = evaluate(model, TASK, episodes=2, seed=11, version=version)
+    assert table.latency_factor is None and "latency_factor" not in table.to_json()
+    served = {name: 2.0 + k for k, name in enumerate(sorted(MODES))}
+    measured = dataclasses.replace(table, cluster_p50_ms=served)
+    measured.save(tmp_path)
+    saved = json.loads((tmp_path / JSON_FILE).read_text())
+    assert saved["cluster_p50_ms"] == served
+    assert saved["latency_factor"] == served["full"] / table.modes["full"].p50_ms
+    assert "latency factor" in measured.format()
