@@ -3,7 +3,10 @@
 A 7-joint arm (joint space, positions in [-1, 1]) must catch a target that moves at a constant
 velocity the policy never observes. The target is shown, with noise, for the first `cue_steps`
 steps and afterwards only on a random `visible_prob` share of steps: between sightings a policy
-must remember where the target was and how fast it moved. An action chunk [horizon, joints] is
+must remember where the target was and how fast it moved. The target is seen from the arm,
+as its offset from the arm's joints (`camera_view`; with `camera_turn` the camera's frame also
+turns with the joints, which a policy must undo: a harder variant, off by default, that the
+default training budget did not learn). An action chunk [horizon, joints] is
 joint position set-points for the next `horizon` steps, in [-1, 1] like the model's action head;
 the arm servos toward the chunk's first set-point at most `max_step` per step (only the first is
 executed, as on the robot). The expert sees the true target and velocity. Everything random
@@ -35,7 +38,7 @@ class TaskConfig:
     joint_noise: float = 0.01
     tolerance: float = 0.15  # success: RMS joint error to the target below this...
     settle_steps: int = 8  # ...at each of the episode's last steps
-    camera_turn: float = 1.0  # the wrist camera's frame turns by this x pi per unit of joint
+    camera_turn: float = 0.0  # the camera frame turns by this x pi per unit of joint (0: fixed)
 
     def __post_init__(self) -> None:
         if self.observation_dim < 2 * self.joints + 2:
@@ -104,7 +107,8 @@ def camera_view(cfg: TaskConfig, q: torch.Tensor, offset: torch.Tensor) -> torch
     The camera rides on the arm, so its frame turns with the joints: each pair of offsets
     (joints 0-1, 2-3, ...) comes rotated by an angle set by a joint further along the arm
     (pair p by joint J-1-p, `camera_turn` x pi per unit). A policy must undo the turn (sines,
-    cosines and products of what it sees) before it can remember where the target is.
+    cosines and products of what it sees) before it can remember where the target is. With
+    the default camera_turn 0 the frame is fixed and the offset comes as it is.
     """
     view = offset.clone()
     for p in range(cfg.joints // 2):

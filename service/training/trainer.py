@@ -1,8 +1,9 @@
 """Training the model family on the reach task, in four phases, deterministically.
 
 (0) The stages' memory path (every stage without its transformer blocks, which start as the
-identity: see Block) learns the expert's chunks through the last stage's head: a stack of
-recurrent layers, cheap enough to take the many updates recurrence needs. (a) The whole model,
+identity: see Block) learns the expert's chunks through every stage's head, the last one's
+weighted most: a stack of recurrent layers, cheap enough to take the many updates recurrence
+needs. (a) The whole model,
 blocks included, imitates the expert from there: truncated backpropagation through time over
 episode windows, the stages' memories carried (detached) from window to window. (b) With the
 trunk frozen, every exit head (each non-last stage's) learns the expert's chunk from that
@@ -162,9 +163,11 @@ def learn_memory(model: ActionModel, task: TaskConfig, settings: TrainSettings) 
     While the blocks are the identity and the proposals' weights zero (as initialised),
     leaving them out changes nothing but the cost: an update costs a small fraction of a
     phase-(a) one, so this phase affords the thousands of episodes that a recurrent model
-    needs to learn to keep track of a hidden target. Only the last stage's head is trained:
-    the stack learns as one model, and the exit heads are fitted afterwards (phase (b)) to
-    whatever each depth has learned.
+    needs to learn to keep track of a hidden target. Every stage's head learns beside the
+    last one (deep supervision, each exit head's loss weighted `exit_loss_weight` against the
+    last's 1), so that each depth learns to answer on its own while the stack serves the last
+    head most; the exit heads' output layers are refitted afterwards (phase (b)) on the states
+    the trained model visits.
     """
     params = [
         p
