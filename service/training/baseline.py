@@ -14,7 +14,10 @@ from service.training.trainer import Imitation, States, imitate_expert
 
 
 def train_baseline(cfg: ModelConfig, task: TaskConfig, settings: TrainSettings) -> Student:
-    """A GRU of `baseline_hidden` units (the student's architecture), in eval mode."""
+    """A GRU of `baseline_hidden` units (the student's architecture), in eval mode. One torch
+    thread, as `train` uses: the same bytes from the same seed, and no threads spinning against
+    each other on a busy machine (with the default threads it ran some 6x slower under load)."""
+    torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed("baseline", settings.seed, 0))
         gru = Student(cfg.model_copy(update={"student_hidden": settings.baseline_hidden}))
