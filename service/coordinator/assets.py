@@ -31,7 +31,9 @@ def latency_factor(settings: CoordinatorSettings, table: dict[str, Any]) -> floa
         return settings.policy_latency_factor
     measured = table.get("latency_factor")
     if isinstance(measured, int | float) and measured > 0:
-        return float(measured)
+        # A cluster step does all an in-process one does and more: a ratio below 1 is an
+        # in-process figure measured on a busy machine, not a faster cluster.
+        return max(float(measured), 1.0)
     return UNMEASURED_LATENCY_FACTOR
 
 

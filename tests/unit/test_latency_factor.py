@@ -19,3 +19,7 @@ def test_the_flag_overrides_the_measured_factor() -> None:
 def test_a_table_without_a_measured_factor_uses_the_guess() -> None:
     assert latency_factor(CoordinatorSettings(), {"modes": {}}) == UNMEASURED_LATENCY_FACTOR
     assert latency_factor(CoordinatorSettings(), {"latency_factor": None}) == 3.0
+
+
+def test_a_measured_factor_below_one_counts_as_one() -> None:
+    assert latency_factor(CoordinatorSettings(), {"latency_factor": 0.7}) == 1.0
