@@ -175,7 +175,7 @@ class QualityTable:
             fig.axes[2].plot(
                 served, [self.cluster_p50_ms[n] for n in served], "kD", label="through a cluster"
             )
-            fig.axes[2].set_title("p50 latency per step (ms, batch 1; bars: in process)", fontsize=9)
+            fig.axes[2].set_title("p50 per step (ms, batch 1; bars: in process)", fontsize=9)
             fig.axes[2].legend(fontsize=7)
         fig.suptitle(f"{self.model_version}: {self.episodes} episodes, seed {self.seed}")
         fig.savefig(path, dpi=100)
