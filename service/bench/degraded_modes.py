@@ -16,6 +16,7 @@ and with FULL's error.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -218,6 +219,18 @@ def cluster_latencies(settings: BenchSettings, weights_dir: Path) -> dict[str, f
     return {mode: round(percentile_ms(s, 50), 2) for mode, s in samples.items()}
 
 
+def trained_baseline(weights_dir: Path) -> dict[str, Any] | None:
+    """The GRU baseline's figures from the weights' quality.json (training measured it; its
+    weights are not kept), with the episodes they were measured on; None without one."""
+    quality = weights_dir / weights.QUALITY_FILE
+    if not quality.is_file():
+        return None
+    table = json.loads(quality.read_text())
+    if "baseline" not in table:
+        return None
+    return {**table["baseline"], "episodes": table["episodes"], "seed": table["seed"]}
+
+
 def _exported(weights_dir: Path, scratch: Path) -> Path:
     """A copy of the weights with their ONNX graphs (float32 and int8) beside them."""
     target = scratch / "exported"
@@ -242,6 +255,7 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         int8, onnx_p50_ms = onnx_quality(
             exported, task, settings.degraded_episodes, eval_seed, settings.torch_threads
         )
+        baseline = trained_baseline(weights_dir)
         latencies = cluster_latencies(settings, weights_dir)
         latencies["full_int8"] = int8_cluster_p50_ms(settings, exported)
         sizes = [
@@ -260,9 +274,10 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         },
         "in_process_p50_ms": {name: round(q.p50_ms, 3) for name, q in modes.items()},
         "targets": {
-            t.mode: {"ratio": round(t.ratio, 3), "want": f"{t.relation} {t.factor}", "met": t.met}
+            t.name: {"ratio": round(t.ratio, 3), "want": t.want, "met": t.met}
             for t in table.targets()
         },
+        "baseline": baseline,
         "int8": {
             "weights_ratio": round(sizes[0] / sizes[1], 2),
             "in_process_p50_ms": {
@@ -288,10 +303,15 @@ def print_table(result: dict[str, Any]) -> None:
             f"{name:<14}{m['error']:10.5f}{m['error'] / full:8.2f}{m['success']:9.1%}"
             f"{p50:>13}{result['in_process_p50_ms'][name]:>9.2f} ms"
         )
-    for mode, t in result["targets"].items():
+    baseline = result.get("baseline")
+    if baseline is not None:
         print(
-            f"target {mode}: error {t['want']}x full: {t['ratio']}x {'met' if t['met'] else 'MISSED'}"
+            f"{'GRU baseline':<14}{baseline['error']:10.5f}{baseline['error'] / full:8.2f}"
+            f"{baseline['success']:9.1%}  (GRU {baseline['hidden']}, trained directly on the "
+            f"expert; {baseline['episodes']} episodes of seed {baseline['seed']})"
         )
+    for name, t in result["targets"].items():
+        print(f"target {name}: {t['want']}: {t['ratio']} {'met' if t['met'] else 'MISSED'}")
     int8 = result["int8"]
     p50 = int8["in_process_p50_ms"]
     print(

@@ -1,8 +1,10 @@
-"""`actionmesh train`: train the model family, save its weights and quality table, optionally
-snapshot them as a checkpoint version on local flash."""
+"""`actionmesh train`: train the model family and a GRU baseline, save the weights and the
+quality table (the baseline's figures in it), optionally snapshot them as a checkpoint version
+on local flash."""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import socket
 import sys
@@ -17,8 +19,9 @@ from checkpoint.manifest import load_private_key
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
-from service.runtime.settings import TrainSettings
-from service.training.evaluate import evaluate
+from service.runtime.settings import BenchSettings, TrainSettings
+from service.training.baseline import train_baseline
+from service.training.evaluate import JSON_FILE, PLOT_FILE, evaluate
 from service.training.task import TaskConfig
 from service.training.trainer import train
 
@@ -40,6 +43,23 @@ def model_config(settings: TrainSettings) -> ModelConfig:
         raise SystemExit(f"actionmesh train: invalid model size: {exc}") from exc
 
 
+def cluster_p50_ms(settings: TrainSettings, cfg: ModelConfig) -> dict[str, float]:
+    """Each serve mode's p50 through a local cluster serving the weights just saved (what
+    `bench --degraded` measures), so that the version carries its own latency factor."""
+    from service.bench.degraded_modes import cluster_latencies  # starts processes: load late
+
+    bench = BenchSettings(
+        stages=cfg.n_stages,
+        stage_boundaries=list(cfg.stage_boundaries or []),
+        steps=settings.cluster_latency_steps,
+        seed=settings.seed,
+        port=0,
+    )
+    measured = cluster_latencies(bench, settings.output_dir)
+    measured.setdefault("state_lost", measured["full"])  # FULL's path, with fresh state
+    return measured
+
+
 def _signing_key(settings: TrainSettings) -> Ed25519PrivateKey | None:
     """Checked before training, so that a missing key does not cost a training run."""
     if settings.signing_key is not None:
@@ -58,13 +78,24 @@ def main(settings: TrainSettings) -> int:
     task = TaskConfig(joints=cfg.joints, horizon=cfg.horizon, observation_dim=cfg.observation_dim)
     model = ActionModel(cfg)
     started = time.perf_counter()
-    train(model, task, settings)
-    elapsed = time.perf_counter() - started
+    baseline = train_baseline(cfg, task, settings)
+    baseline_done = time.perf_counter()
+    train(model, task, settings, baseline)
+    trained = time.perf_counter()
     info = weights.save(model, settings.output_dir)
-    table = evaluate(model, task, settings.eval_episodes, settings.eval_seed, info.version)
+    table = evaluate(
+        model, task, settings.eval_episodes, settings.eval_seed, info.version, baseline
+    )
+    if settings.cluster_latency:
+        table = dataclasses.replace(table, cluster_p50_ms=cluster_p50_ms(settings, cfg))
     table.save(settings.output_dir)
     print(table.format())
-    print(f"trained {info.version} in {elapsed:.1f} s; weights in {settings.output_dir}")
+    print(
+        f"trained {info.version} and the GRU baseline in {trained - started:.1f} s (baseline "
+        f"{baseline_done - started:.1f} s; evaluation {time.perf_counter() - trained:.1f} s);"
+        f" weights in {settings.output_dir}, quality table in "
+        f"{settings.output_dir / JSON_FILE} and {settings.output_dir / PLOT_FILE}"
+    )
     if settings.flash_dir is None:
         return 0
     # The flash verifies what it commits: trust the key that signs this version.

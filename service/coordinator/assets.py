@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fallback.policy import PolicyConfig
 from service.model import weights
@@ -20,6 +21,20 @@ from service.runtime.settings import CoordinatorSettings
 log = logging.getLogger(__name__)
 
 RETRY_S = 10.0  # before trying again to load a version's assets that failed to load
+UNMEASURED_LATENCY_FACTOR = 3.0  # a cluster step costs about 2-3x the in-process one
+
+
+def latency_factor(settings: CoordinatorSettings, table: dict[str, Any]) -> float:
+    """--policy-latency-factor if given, else the version's own (measured through a cluster
+    when it was trained: quality.json's latency_factor), else a guess."""
+    if settings.policy_latency_factor is not None:
+        return settings.policy_latency_factor
+    measured = table.get("latency_factor")
+    if isinstance(measured, int | float) and measured > 0:
+        # A cluster step does all an in-process one does and more: a ratio below 1 is an
+        # in-process figure measured on a busy machine, not a faster cluster.
+        return max(float(measured), 1.0)
+    return UNMEASURED_LATENCY_FACTOR
 
 
 @dataclass(frozen=True)
@@ -115,11 +130,12 @@ class ModelAssets:
         quality_file = directory / weights.QUALITY_FILE
         policy = None
         if quality_file.is_file():
+            table = json.loads(quality_file.read_text())
             policy = dataclasses.replace(
-                PolicyConfig.from_quality_table(json.loads(quality_file.read_text())),
+                PolicyConfig.from_quality_table(table),
                 early_exit_max_error_ratio=settings.early_exit_max_error_ratio,
                 fallback_max_error_ratio=settings.fallback_max_error_ratio,
-                latency_factor=settings.policy_latency_factor,
+                latency_factor=latency_factor(settings, table),
             )
             if policy.quality.n_stages != info.config.n_stages:  # the planner could not use it
                 log.error(

@@ -14,6 +14,10 @@ from service.model.config import ModelConfig
 
 
 class Block(nn.Module):
+    """A pre-norm transformer block whose residual branches start at zero: a fresh block passes
+    its input through unchanged, so that a stage first trained without its blocks (training's
+    memory phase) computes the same with them, and the blocks then learn what to add."""
+
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -21,9 +25,11 @@ class Block(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
-        )
+        mlp_out = nn.Linear(4 * d_model, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), mlp_out)
+        for branch_out in (self.proj, mlp_out):
+            nn.init.zeros_(branch_out.weight)
+            nn.init.zeros_(branch_out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -42,9 +48,9 @@ class MemoryCell(nn.Module):
     Written out with Linear layers (not nn.GRUCell) for the same reason as Block. The update
     gate's bias starts negative, so that a fresh model keeps most of its memory from step to
     step: information persists across steps unless the stage learns to overwrite it. The
-    proposal's weights start at zero: stage 0 starts as a plain GRU over its observation (see
-    Stage), and the memory positions' proposals come in as training finds them useful (fed in
-    at full strength from the start, they drowned the observation and no memory was learned).
+    proposal's weights start at zero: each stage starts as a plain GRU over its direct input
+    (see Stage), and the memory positions' proposals come in as training finds them useful (fed
+    in at full strength from the start, they drowned the observation and no memory was learned).
     """
 
     def __init__(self, d_model: int) -> None:
@@ -63,9 +69,9 @@ class MemoryCell(nn.Module):
         direct: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """proposal, memory: [B, M, d_model] -> new memory [B, M, d_model]. `direct`
-        ([B, 1, 3 * d_model]) is added to the gates' inputs: stage 0 feeds its raw observation
-        in this way, as a GRU would. Either input may be None (training's warm-up has no
-        proposal), not both."""
+        ([B, 1, 3 * d_model]) is added to the gates' inputs: a stage feeds its input (stage 0 the
+        raw observation) in this way, as a GRU would. Either input may be None (training's
+        memory phase has no proposal), not both."""
         if proposal is not None:
             gates = self.from_input(self.norm(proposal))
             if direct is not None:
@@ -81,6 +87,22 @@ class MemoryCell(nn.Module):
         candidate = torch.tanh(xn + reset * hn)
         new: torch.Tensor = memory + write * (candidate - memory)
         return new
+
+
+class PooledGates(nn.Module):
+    """A later stage's direct input to its memory cell: the mean of the tokens it receives,
+    normalised, as gate inputs [B, 3 * d_model]. The previous stage's memory read-out is added
+    to every one of those tokens, so this is how a stage's memory reads the one below it: the
+    stages' memories form a stack, each integrating over time what the one below extracts."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.proj = nn.Linear(d_model, 3 * d_model)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        gates: torch.Tensor = self.proj(self.norm(tokens.mean(dim=1)))
+        return gates
 
 
 class MemoryReadout(nn.Module):

@@ -22,7 +22,15 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from state.etcd_url import parse_etcd_url
 from state.redis_url import checked_store_url
@@ -477,11 +485,12 @@ class CoordinatorSettings(
     fallback_max_error_ratio: float = Field(
         1.5, gt=0, description="The student answers only if its error is at most this x FULL's."
     )
-    policy_latency_factor: float = Field(
-        3.0,
+    policy_latency_factor: float | None = Field(
+        None,
         gt=0,
         description="The quality table's latencies are in-process; a mode fits the time left "
-        "when its p50 x this does (a cluster step costs about 2-3x the in-process one).",
+        "when its p50 x this does. Default: the ratio measured through a cluster when the "
+        "version was trained (quality.json's latency_factor), else 3.",
     )
     admission_max_inflight: int = Field(
         32, ge=1, description="Steps served at once; more wait in the admission queue."
@@ -942,7 +951,29 @@ class CertsSettings(Settings):
         return value
 
 
+# `actionmesh train --quick`: a small model, trained in a minute or two, for tests and for a
+# checkpoint small enough to ship; any of these given explicitly still wins.
+QUICK_TRAINING: dict[str, Any] = {
+    "d_model": 64,
+    "n_heads": 4,
+    "n_layers": 3,
+    "tokens": 8,
+    "memory_tokens": 2,
+    "student_hidden": 64,
+    "baseline_hidden": 64,
+    "memory_iterations": 300,
+    "memory_learning_rate": 1e-2,
+    "head_iterations": 200,
+    "student_iterations": 200,
+}
+
+
 class TrainSettings(Settings):
+    quick: bool = Field(
+        False,
+        description="The quick size: a small model trained in a minute or two (tests, a "
+        "shippable demo checkpoint); size and budget settings given explicitly still win.",
+    )
     output_dir: Path = Field(
         Path("actionmesh-weights"),
         description="Where the trained weights (model.json + *.safetensors) and the quality table go.",
@@ -956,8 +987,34 @@ class TrainSettings(Settings):
     stages: int = _stages("Pipeline stages.")
     stage_boundaries: list[int] = _stage_boundaries("Stage split")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
+    memory_iterations: int = Field(
+        200,
+        ge=1,
+        description="Phase (0): whole-episode updates of the stages' memory path (blocks left "
+        "out); the GRU baseline gets the same.",
+    )
+    memory_batch_episodes: int = Field(16, ge=1, description="Episodes per phase (0) update.")
+    memory_learning_rate: float = Field(5e-3, gt=0, description="Phase (0) peak learning rate.")
+    exit_loss_weight: float = Field(
+        0.3,
+        ge=0,
+        description="Phase (0): weight of each exit head's imitation loss beside the last "
+        "head's 1 (deep supervision: every stage learns to answer, the last one most).",
+    )
+    baseline_hidden: int = Field(
+        128,
+        ge=8,
+        description="Width of the GRU baseline trained directly on the expert; at the "
+        "student's width, the student starts from it.",
+    )
+    baseline_learning_rate: float = Field(
+        1e-2, gt=0, description="The GRU baseline's peak learning rate."
+    )
     iterations: int = Field(
-        30, ge=1, description="Phase (a): batches of episodes the full model imitates."
+        0,
+        ge=0,
+        description="Phase (a): batches of episodes the whole model, blocks included, imitates "
+        "(expensive: a step through the blocks costs some 15x one of phase (0)).",
     )
     batch_episodes: int = Field(8, ge=1, description="Episodes per training batch.")
     bptt_steps: int = Field(8, ge=1, description="Steps per truncated-backpropagation window.")
@@ -968,13 +1025,22 @@ class TrainSettings(Settings):
         description="Noise on executed set-points while collecting training states, in max steps.",
     )
     distill_episodes: int = Field(
-        128, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
+        64, ge=1, description="Episodes the trained model drives, for phases (b) and (c)."
     )
     head_iterations: int = Field(300, ge=1, description="Phase (b): updates per stage head.")
     head_learning_rate: float = Field(1e-2, gt=0, description="Phase (b) learning rate.")
     student_iterations: int = Field(300, ge=1, description="Phase (c): student updates.")
     student_learning_rate: float = Field(3e-3, gt=0, description="Phase (c) learning rate.")
     eval_episodes: int = Field(64, ge=1, description="Held-out episodes in the quality table.")
+    cluster_latency: bool = Field(
+        True,
+        description="Also measure each mode's p50 through a local cluster (private Redis, etcd, "
+        "one shard per stage, stages killed one by one) into the quality table, with the "
+        "latency factor the coordinator's degrade policy then uses for this version.",
+    )
+    cluster_latency_steps: int = Field(
+        100, ge=10, description="Steps measured through the cluster per serve mode."
+    )
     eval_seed: int = Field(
         1_000_000, description="Seed of the held-out episodes (training never draws from it)."
     )
@@ -983,6 +1049,18 @@ class TrainSettings(Settings):
     )
     signing_key: Path | None = _signing_key()
     insecure: bool = Field(False, description="Create the checkpoint version unsigned.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quick_size(cls, data: Any) -> Any:
+        """--quick fills in the quick size for every size or budget setting not given."""
+        if not isinstance(data, dict):
+            return data
+        try:
+            quick = TypeAdapter(bool).validate_python(data.get("quick", False))
+        except ValidationError:
+            return data  # the field's own validation says what is wrong
+        return {**QUICK_TRAINING, **data} if quick else data
 
 
 S = TypeVar("S", bound=Settings)

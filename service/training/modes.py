@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from service.model.action_model import ActionModel
+from service.model.student import Student
 
 
 class FullPolicy:
@@ -45,9 +46,11 @@ class EarlyExitPolicy:
         return self.model.stage(self.stage).action(x)
 
 
-class FallbackPolicy:
-    def __init__(self, model: ActionModel) -> None:
-        self.student = model.student
+class StudentPolicy:
+    """A GRU with its own state: FALLBACK (the model's student), or the GRU baseline."""
+
+    def __init__(self, student: Student) -> None:
+        self.student = student
         self.state = torch.empty(0)
 
     def reset(self, batch: int) -> None:

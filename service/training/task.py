@@ -3,7 +3,10 @@
 A 7-joint arm (joint space, positions in [-1, 1]) must catch a target that moves at a constant
 velocity the policy never observes. The target is shown, with noise, for the first `cue_steps`
 steps and afterwards only on a random `visible_prob` share of steps: between sightings a policy
-must remember where the target was and how fast it moved. An action chunk [horizon, joints] is
+must remember where the target was and how fast it moved. The target is seen from the arm,
+as its offset from the arm's joints (`camera_view`; with `camera_turn` the camera's frame also
+turns with the joints, which a policy must undo: a harder variant, off by default, that the
+default training budget did not learn). An action chunk [horizon, joints] is
 joint position set-points for the next `horizon` steps, in [-1, 1] like the model's action head;
 the arm servos toward the chunk's first set-point at most `max_step` per step (only the first is
 executed, as on the robot). The expert sees the true target and velocity. Everything random
@@ -35,6 +38,7 @@ class TaskConfig:
     joint_noise: float = 0.01
     tolerance: float = 0.15  # success: RMS joint error to the target below this...
     settle_steps: int = 8  # ...at each of the episode's last steps
+    camera_turn: float = 0.0  # the camera frame turns by this x pi per unit of joint (0: fixed)
 
     def __post_init__(self) -> None:
         if self.observation_dim < 2 * self.joints + 2:
@@ -97,13 +101,34 @@ def make_episodes(cfg: TaskConfig, count: int, seed: int) -> Episodes:
     )
 
 
+def camera_view(cfg: TaskConfig, q: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """What the arm's camera reports of `offset` (target minus arm, [B, J]) at pose `q`.
+
+    The camera rides on the arm, so its frame turns with the joints: each pair of offsets
+    (joints 0-1, 2-3, ...) comes rotated by an angle set by a joint further along the arm
+    (pair p by joint J-1-p, `camera_turn` x pi per unit). A policy must undo the turn (sines,
+    cosines and products of what it sees) before it can remember where the target is. With
+    the default camera_turn 0 the frame is fixed and the offset comes as it is.
+    """
+    view = offset.clone()
+    for p in range(cfg.joints // 2):
+        angle = cfg.camera_turn * torch.pi * q[:, cfg.joints - 1 - p]
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        a, b = offset[:, 2 * p], offset[:, 2 * p + 1]
+        view[:, 2 * p] = cos * a - sin * b
+        view[:, 2 * p + 1] = sin * a + cos * b
+    return view
+
+
 def observe(cfg: TaskConfig, ep: Episodes, q: torch.Tensor, t: int) -> torch.Tensor:
-    """[noisy q, noisy target or 0 when hidden, visible flag, progress t/T, zero padding]."""
+    """[noisy q, noisy target as the camera sees it (camera_view) or 0 when hidden, visible
+    flag, progress t/T, zero padding]."""
     j = cfg.joints
     obs = torch.zeros(ep.size, cfg.observation_dim)
     seen = ep.visible[:, t].unsqueeze(1)
     obs[:, :j] = q + ep.joint_noise[:, t]
-    obs[:, j : 2 * j] = torch.where(seen, ep.target(t) + ep.target_noise[:, t], 0.0)
+    seen_offset = camera_view(cfg, q, ep.target(t) + ep.target_noise[:, t] - q)
+    obs[:, j : 2 * j] = torch.where(seen, seen_offset, 0.0)
     obs[:, 2 * j] = seen.squeeze(1).float()
     obs[:, 2 * j + 1] = t / cfg.steps
     return obs

@@ -1,15 +1,18 @@
 """Training the model family on the reach task, in four phases, deterministically.
 
-(0) Stage 0's memory path (observation -> memory cell -> read-out -> head, without the
-transformer blocks) learns the expert's chunks like a GRU: cheap, and what teaches the model
-to keep track of the target. (a) The stage-sharded model imitates the expert: truncated
-backpropagation through time over episode windows, the stages' memories carried (detached)
-from window to window, teacher-forced on states that the expert (with perturbed commands) or
-the model itself visits. (b) With the
-trunk frozen, every stage's head learns the expert's chunk from that stage's activations: the
-non-last stages' exit heads, and the last stage's head once more, to convergence. (c) The
-student GRU learns the full model's chunks (distillation). (b) and (c) learn on states that
-the trained model visits, where they will have to stand in for it.
+(0) The stages' memory path (every stage without its transformer blocks, which start as the
+identity: see Block) learns the expert's chunks through every stage's head, the last one's
+weighted most: a stack of recurrent layers, cheap enough to take the many updates recurrence
+needs. (a) The whole model,
+blocks included, imitates the expert from there: truncated backpropagation through time over
+episode windows, the stages' memories carried (detached) from window to window. (b) With the
+trunk frozen, every exit head (each non-last stage's) learns the expert's chunk from that
+stage's activations. (c) The
+student GRU, started from the GRU baseline when it has the student's size, learns the full
+model's chunks (distillation). (b) and (c) learn on states that
+the trained model visits, where they will have to stand in for it. Phases (0) and (a) alternate
+expert-driven batches (commands perturbed) with batches the model drives itself (DAgger): the
+expert's labels then also cover the states the model's own errors lead to.
 
 Same seed and settings give byte-identical weights: one torch thread, seeded initialisation,
 episodes drawn from seeds derived from (seed, index), and a fixed order of everything.
@@ -18,7 +21,7 @@ episodes drawn from seeds derived from (seed, index), and a fixed order of every
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,31 +31,38 @@ from tqdm import tqdm
 
 from service.model.action_model import ActionModel
 from service.model.layers import ActionHead
+from service.model.student import Student
 from service.runtime.settings import TrainSettings
 from service.training.modes import FullPolicy
 from service.training.task import TaskConfig, derive_seed, make_episodes, rollout
 
 STUDENT_BATCH_EPISODES = 32  # whole episodes per student update: a GRU step costs next to nothing
-# Phase (0): updates of stage 0's memory path per phase-(a) iteration, their batch and peak
-# learning rate. At the default size phase (0) is a large share of the training time.
-MEMORY_UPDATES_PER_ITERATION = 25
-MEMORY_BATCH_EPISODES = 32
-MEMORY_LEARNING_RATE = 1e-2
+
+States = list[torch.Tensor]
+# One recurrent step: observations and states in, one action chunk per head (the policy's own,
+# the last, after any exit heads trained beside it) and the new states out.
+StepFn = Callable[[torch.Tensor, States], tuple[list[torch.Tensor], States]]
 
 
-def train(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> None:
-    """All four phases, in place on `model`, which is left in eval mode. Sets torch to one
-    thread: with more, reductions may split differently and the weights differ in the last bits."""
+def train(
+    model: ActionModel, task: TaskConfig, settings: TrainSettings, baseline: Student | None = None
+) -> None:
+    """All four phases, in place on `model`, which is left in eval mode. The student starts
+    from `baseline` (the GRU trained directly on the expert) when it has the student's size.
+    Sets torch to one thread: with more, reductions may split differently and the weights
+    differ in the last bits."""
     torch.set_num_threads(1)
-    warm_memory(model, task, settings)
+    learn_memory(model, task, settings)
     imitate(model, task, settings)
     data = record(model, task, settings)
     fit_heads(model, data, settings)
+    if baseline is not None and baseline.hidden_size == model.student.hidden_size:
+        model.student.load_state_dict(baseline.state_dict())
     distill_student(model, data, settings)
     model.eval()
 
 
-def trainable_fresh_states(model: ActionModel, batch: int) -> list[torch.Tensor]:
+def trainable_fresh_states(model: ActionModel, batch: int) -> States:
     """model.fresh_states, but attached to each stage's initial_memory, so that it learns too
     (Stage.fresh_memory hands out a detached copy: what serving wants)."""
     return [
@@ -69,67 +79,128 @@ def _warmup_cosine(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _memory_path(model: ActionModel, batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Stage 0's memory read by stage 0's head without the blocks: memory -> action chunk."""
-    stage, no_tokens = model.stage(0), torch.zeros(batch, 1, model.cfg.d_model)
-    return lambda memory: stage.action(stage.readout(no_tokens, memory))
+class RecurrentPolicy:
+    """Any recurrent step function as a rollout's driver (no gradients)."""
+
+    def __init__(self, step: StepFn, fresh: Callable[[int], States]) -> None:
+        self.step, self.fresh = step, fresh
+        self.states: States = []
+
+    def reset(self, batch: int) -> None:
+        self.states = self.fresh(batch)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        actions, self.states = self.step(obs, self.states)
+        return actions[-1]
 
 
-def warm_memory(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> None:
-    """Phase (0): stage 0's memory path alone learns the expert's chunks, as a GRU would.
+@dataclass(frozen=True)
+class Imitation:
+    """One recurrent imitation run: what learns, on what, for how long."""
 
-    Stage 0's memory cell sees the raw observation; here its new memory goes through the
-    read-out straight to stage 0's head, without the transformer blocks (their proposal into
-    the memory is zero-initialised). Without the blocks an update costs a fraction of a
-    phase-(a) one, so it can afford the many updates a recurrent model needs to learn what the
-    full model, in a few hundred expensive updates, never found on its own: to keep track of
-    where the target is. Phase (a) then starts from a memory worth reading.
-    """
-    stage = model.stage(0)
-    if stage.observe_memory is None:
-        return
-    modules = [stage.observe_memory, stage.memory_cell, stage.readout, stage.head]
-    params = [stage.initial_memory] + [p for m in modules for p in m.parameters()]
-    total = settings.iterations * MEMORY_UPDATES_PER_ITERATION
-    opt = torch.optim.Adam(params, lr=MEMORY_LEARNING_RATE)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _warmup_cosine(step, total))
-    model.train()
-    for i in tqdm(range(total), desc="warm memory", unit="batch", leave=False):
+    name: str  # progress bar label
+    step: StepFn
+    fresh: Callable[[int], States]  # states that the optimiser reaches (initial memory learns)
+    params: Sequence[nn.Parameter]
+    updates: int
+    batch_episodes: int
+    learning_rate: float
+    head_weights: Sequence[float] = (1.0,)  # loss weight of each head the step answers with
+
+
+def imitate_expert(run: Imitation, task: TaskConfig, settings: TrainSettings) -> None:
+    """Whole-episode backpropagation through time on the expert's chunks, driven in turn by the
+    expert (perturbed commands) and by the learner itself. Used for the model's memory phase
+    and for the GRU baseline: the same recipe, episodes and budget for both."""
+    opt = torch.optim.Adam(run.params, lr=run.learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _warmup_cosine(i, run.updates))
+
+    def detached(batch: int) -> States:
+        return [s.detach() for s in run.fresh(batch)]
+
+    driver = RecurrentPolicy(run.step, detached)
+    bar = tqdm(range(run.updates), desc=run.name, unit="batch", leave=False)
+    for i in bar:
         episodes = make_episodes(
-            task, MEMORY_BATCH_EPISODES, derive_seed("memory", settings.seed, i)
+            task, run.batch_episodes, derive_seed("imitation", settings.seed, i)
         )
-        demo = rollout(task, episodes, None, settings.action_noise)
-        memory = trainable_fresh_states(model, episodes.size)[0]
-        memory_path = _memory_path(model, episodes.size)
+        demo = rollout(task, episodes, driver if i % 2 else None, settings.action_noise)
+        states = run.fresh(episodes.size)
         loss = torch.zeros(())
         for t in range(task.steps):
-            direct = stage.observe_memory(demo.observations[:, t]).unsqueeze(1)
-            memory = stage.memory_cell(None, memory, direct)
-            loss = loss + F.mse_loss(memory_path(memory), demo.expert_chunks[:, t])
+            actions, states = run.step(demo.observations[:, t], states)
+            for weight, action in zip(run.head_weights, actions, strict=True):
+                loss = loss + weight * F.mse_loss(action, demo.expert_chunks[:, t])
+        loss = loss / (task.steps * sum(run.head_weights))
         opt.zero_grad()
-        torch.autograd.backward(loss / task.steps)
-        nn.utils.clip_grad_norm_(params, 1.0)
+        torch.autograd.backward(loss)
+        nn.utils.clip_grad_norm_(run.params, 1.0)
         opt.step()
         sched.step()
-    model.eval()
+        if i % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.5f}")
 
 
-def imitate(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> None:
-    """Phase (a): the stages and the last stage's head learn the expert's chunks.
+def memory_path(model: ActionModel) -> StepFn:
+    """The whole model with its blocks left out (Stage.forward_without_blocks): obs -> every
+    stage's head's chunk (the exit heads', then the model's)."""
 
-    Every other batch the model drives the arm itself (DAgger-lite): the expert's labels then
-    also cover the states the model's own errors lead to, which expert-driven data never shows.
-    Stage 0's memory path keeps its phase-(0) loss alongside (through stage 0's head, which
-    phase (b) refits from the stage's tokens anyway), so that the joint training, too short to
-    learn memory by itself, does not wash out what phase (0) put there.
+    def step(obs: torch.Tensor, states: States) -> tuple[list[torch.Tensor], States]:
+        x, new_states, actions = obs, [], []
+        for k in range(model.cfg.n_stages):
+            x, memory = model.stage(k).forward_without_blocks(x, states[k])
+            new_states.append(memory)
+            actions.append(model.stage(k).action(x))
+        return actions, new_states
+
+    return step
+
+
+def learn_memory(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> None:
+    """Phase (0): the stack of stage memories learns the expert's chunks, blocks left out.
+
+    While the blocks are the identity and the proposals' weights zero (as initialised),
+    leaving them out changes nothing but the cost: an update costs a small fraction of a
+    phase-(a) one, so this phase affords the thousands of episodes that a recurrent model
+    needs to learn to keep track of a hidden target. Every stage's head learns beside the
+    last one (deep supervision, each exit head's loss weighted `exit_loss_weight` against the
+    last's 1), so that each depth learns to answer on its own while the stack serves the last
+    head most; the exit heads' output layers are refitted afterwards (phase (b)) on the states
+    the trained model visits.
     """
-    last = model.cfg.n_stages - 1
-    warm = model.stage(0).observe_memory is not None
     params = [
         p
         for k in range(model.cfg.n_stages)
         for name, p in model.stage(k).named_parameters()
-        if k == last or not name.startswith("head.") or (k == 0 and warm)
+        if not name.startswith("blocks.") and not name.startswith("memory_cell.from_input.weight")
+    ]
+    model.train()
+    run = Imitation(
+        name="memory",
+        step=memory_path(model),
+        fresh=lambda batch: trainable_fresh_states(model, batch),
+        params=params,
+        updates=settings.memory_iterations,
+        batch_episodes=settings.memory_batch_episodes,
+        learning_rate=settings.memory_learning_rate,
+        head_weights=[settings.exit_loss_weight] * (model.cfg.n_stages - 1) + [1.0],
+    )
+    imitate_expert(run, task, settings)
+    model.eval()
+
+
+def imitate(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> None:
+    """Phase (a): the whole model, blocks included, and the last stage's head learn the
+    expert's chunks, in truncated windows (a step through the blocks is expensive)."""
+    if settings.iterations == 0:
+        return
+    last = model.cfg.n_stages - 1
+    params = [
+        p
+        for k in range(model.cfg.n_stages)
+        for name, p in model.stage(k).named_parameters()
+        if k == last or not name.startswith("head.")
     ]
     windows = math.ceil(task.steps / settings.bptt_steps)
     total = settings.iterations * windows
@@ -144,15 +215,12 @@ def imitate(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> No
         driver = FullPolicy(model) if i % 2 else None
         demo = rollout(task, episodes, driver, settings.action_noise)
         states = trainable_fresh_states(model, episodes.size)
-        memory_path = _memory_path(model, episodes.size) if warm else None
         for start in range(0, task.steps, settings.bptt_steps):
             end = min(start + settings.bptt_steps, task.steps)
             loss = torch.zeros(())
             for t in range(start, end):
                 action, states = model.forward(demo.observations[:, t], states)
                 loss = loss + F.mse_loss(action, demo.expert_chunks[:, t])
-                if memory_path is not None:
-                    loss = loss + F.mse_loss(memory_path(states[0]), demo.expert_chunks[:, t])
             loss = loss / (end - start)
             opt.zero_grad()
             torch.autograd.backward(loss)
@@ -160,7 +228,7 @@ def imitate(model: ActionModel, task: TaskConfig, settings: TrainSettings) -> No
             opt.step()
             sched.step()
             states = [s.detach() for s in states]
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.5f}")
     model.eval()
 
 
@@ -212,9 +280,10 @@ def _head_output(head: ActionHead, features: torch.Tensor) -> torch.Tensor:
 
 
 def fit_heads(model: ActionModel, data: Recording, settings: TrainSettings) -> None:
-    """Phase (b): each head's output layer, on features computed once (trunk frozen; the head's
-    LayerNorm stays as it is, so its pooled output does not change while we fit)."""
-    for k, features in enumerate(data.features):
+    """Phase (b): each exit head's output layer, on features computed once (trunk frozen; the
+    head's LayerNorm stays as it is, so its pooled output does not change while we fit). The
+    last stage's head learned with the trunk and stays as it is."""
+    for k, features in enumerate(data.features[:-1]):
         head = model.stage(k).head
         opt = torch.optim.Adam(head.out.parameters(), lr=settings.head_learning_rate)
         for _ in tqdm(range(settings.head_iterations), desc=f"stage {k} head", leave=False):

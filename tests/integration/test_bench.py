@@ -87,7 +87,9 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
     trained = tmp_path / "trained"
     tiny = ["--d-model", "32", "--n-heads", "2", "--n-layers", "3", "--tokens", "4"]
     short = ["--iterations", "3", "--head-iterations", "10", "--student-iterations", "10"]
+    short += ["--memory-iterations", "4", "--memory-batch-episodes", "4", "--baseline-hidden", "8"]
     few = ["--distill-episodes", "4", "--eval-episodes", "4", "--output-dir", str(trained)]
+    few.append("--no-cluster-latency")  # the bench measures it
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "train", *tiny, *short, *few],
         capture_output=True,
@@ -112,12 +114,21 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
         assert set(mode) == {"error", "success", "p50_ms"}, name
         assert mode["error"] > 0 and 0 <= mode["success"] <= 1, name
         assert mode["p50_ms"] > 0, f"{name} was never served by the cluster"
+    assert set(out["targets"]) == {
+        "early_exit_0",
+        "early_exit_1",
+        "fallback",
+        "state_lost",
+        "full_success",
+    }  # full_vs_baseline: the bench's episodes are not the ones the baseline was measured on
+    baseline = out["baseline"]  # from the quality.json that `train` wrote
+    assert set(baseline) == {"error", "success", "hidden", "episodes", "seed"}
+    assert baseline["hidden"] == 8 and baseline["episodes"] == 4
     int8 = out["int8"]
     assert int8["weights_ratio"] > 1
     assert set(int8["in_process_p50_ms"]) == {"onnx", "onnx_int8"}
     ratio = out["modes"]["full_int8"]["error"] / out["modes"]["full"]["error"]
     assert int8["error_ratio"] == round(ratio, 4)
-    assert set(out["targets"]) == {"early_exit_1", "fallback", "state_lost"}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pinned needs 2 cores")

@@ -25,7 +25,7 @@ def _actionmesh(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "service.cli", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
 
@@ -34,6 +34,7 @@ def test_train_help() -> None:
     done = _actionmesh("train", "--help")
     assert done.returncode == 0
     assert "--flash-dir" in done.stdout and "--insecure" in done.stdout
+    assert "--quick" in done.stdout and "--baseline-hidden" in done.stdout
 
 
 def test_train_refuses_unsigned_flash_without_insecure(tmp_path: Path) -> None:
@@ -54,7 +55,16 @@ def test_train_end_to_end(tiny: tuple[ActionModel, str, Path], tmp_path: Path) -
     assert version == tiny[1]  # the same weights as trained in this process
     for name in ("model.json", "student.safetensors", JSON_FILE, PLOT_FILE):
         assert (out / name).is_file(), name
-    assert json.loads((out / JSON_FILE).read_text())["model_version"] == version
+    saved = json.loads((out / JSON_FILE).read_text())
+    assert saved["model_version"] == version
+    assert saved["baseline"]["hidden"] == TINY["baseline_hidden"]
+    # measured through a real cluster (stages killed one by one), and the factor derived
+    assert set(saved["cluster_p50_ms"]) == set(saved["modes"])
+    assert all(p50 > 0 for p50 in saved["cluster_p50_ms"].values())
+    full = saved["modes"]["full"]["p50_ms"]
+    assert saved["latency_factor"] == saved["cluster_p50_ms"]["full"] / full
+    assert "latency factor" in done.stdout
+    assert "GRU baseline" in done.stdout
     assert LocalFlash(flash_dir, insecure=True).versions() == [version]
     assert "state_lost" in done.stdout and version in done.stdout
 
@@ -64,6 +74,7 @@ def test_train_signs_the_checkpoint_version(tmp_path: Path) -> None:
     out, flash_dir = tmp_path / "weights", tmp_path / "flash"
     quick = {**TINY, "iterations": 1, "head_iterations": 2, "student_iterations": 1}
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in quick.items()]
+    flags.append("--no-cluster-latency")  # measured in test_train_end_to_end
     done = _actionmesh(
         "train",
         "--output-dir",

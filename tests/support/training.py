@@ -8,6 +8,7 @@ from service.cli.train import model_config
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.runtime.settings import TrainSettings
+from service.training.baseline import train_baseline
 from service.training.task import TaskConfig
 from service.training.trainer import train
 
@@ -19,7 +20,10 @@ TINY = {
     "tokens": 4,
     "memory_tokens": 2,
     "student_hidden": 16,
-    "iterations": 6,
+    "memory_iterations": 8,
+    "memory_batch_episodes": 4,
+    "baseline_hidden": 16,
+    "iterations": 2,
     "batch_episodes": 4,
     "distill_episodes": 8,
     "head_iterations": 20,
@@ -31,5 +35,5 @@ TINY = {
 def trained(directory: Path) -> tuple[ActionModel, str]:
     settings = TrainSettings.model_validate(TINY)
     model = ActionModel(model_config(settings))
-    train(model, TASK, settings)
+    train(model, TASK, settings, train_baseline(model.cfg, TASK, settings))  # as the CLI does
     return model, weights.save(model, directory).version

@@ -7,6 +7,7 @@ import torch
 from service.training.task import (
     Episodes,
     TaskConfig,
+    camera_view,
     derive_seed,
     expert,
     make_episodes,
@@ -73,3 +74,19 @@ def test_expert_chunks_in_range_and_expert_solves_the_task() -> None:
     idle = rollout(TASK, episodes, HoldStill())
     assert idle.success(TASK).float().mean() < 0.1
     assert idle.action_error() > 0.05
+
+
+def test_camera_view_turns_with_the_arm_and_keeps_distances() -> None:
+    turning = TaskConfig(camera_turn=1.0)
+    gen = torch.Generator().manual_seed(0)
+    q, offset = torch.rand(32, TASK.joints, generator=gen) * 2 - 1, torch.randn(32, TASK.joints)
+    assert torch.equal(camera_view(TASK, q, offset), offset)  # the default camera does not turn
+    view = camera_view(turning, q, offset)
+    assert torch.allclose(view.norm(dim=1), offset.norm(dim=1), atol=1e-5)
+    assert torch.equal(view[:, -1], offset[:, -1])  # an odd joint out stays as it is
+    assert torch.allclose(camera_view(turning, torch.zeros_like(q), offset), offset)
+    moved = q.clone()
+    moved[:, -1] += 0.5  # the last joint turns the first pair's frame by a quarter turn
+    turned = camera_view(turning, moved, offset)
+    assert not torch.allclose(turned[:, :2], view[:, :2], atol=1e-3)
+    assert torch.allclose(turned[:, 2:], view[:, 2:])
