@@ -171,3 +171,15 @@ def test_steps_beyond_an_identitys_rate_are_refused_with_a_retry_hint() -> None:
     assert 0 < limited.value.retry_after_s <= 1.0
     access.step_allowed(BOB)
     SessionAccess.open_door().step_allowed(None)
+
+
+def test_a_retried_open_is_the_same_session_for_its_owner_and_never_anothers(
+    coordinator: InProcessCoordinator,
+) -> None:
+    engine = coordinator.engine
+    first = engine.open(0.0, "arm", 0, ALICE, request_id="r-1").session_id
+    assert engine.open(0.0, "arm", 0, ALICE, request_id="r-1").session_id == first
+    bobs = engine.open(0.0, "arm", 0, BOB, request_id="r-1").session_id
+    assert bobs != first
+    stored = coordinator.store.load(SessionId(bobs))
+    assert stored is not None and stored.owner == "bob"
