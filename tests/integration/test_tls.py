@@ -60,7 +60,7 @@ def test_tls_cluster_steps_and_equals_the_reference(cluster: LocalCluster) -> No
     model, _ = weights.load_model(cluster.weights_dir)
     want, _ = reference_run(model, obs)
     for seq, (got, expected) in enumerate(zip(actions, want, strict=True), start=1):
-        assert torch.allclose(got, expected, atol=ATOL), f"seq={seq} differs"
+        assert torch.allclose(torch.from_numpy(got), expected, atol=ATOL), f"seq={seq} differs"
 
 
 def test_plaintext_client_is_refused(cluster: LocalCluster) -> None:
