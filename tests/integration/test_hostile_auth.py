@@ -1,5 +1,6 @@
 """Hostile input with the doors locked: generated calls over the public protos against a live
-coordinator with auth = token, as nobody, as a stranger with a made-up or malformed token, as
+coordinator with auth = token, over plaintext and over TLS (--tls: the robot presents a client
+certificate, Redis wants AUTH), as nobody, as a stranger with a made-up or malformed token, as
 an identity without the step scope, as another robot, as the owner and as an admin.
 
 Each call's status must be the right one for who made it: UNAUTHENTICATED for no or a wrong
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec, tensor_pb2
+from state.redis_url import read_secret
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.support.locked_cluster import Metadata, Tokens, make_identities, stored_sessions
 
@@ -69,8 +71,13 @@ class Tally:
     told: set[str] = field(default_factory=set)  # every session id the coordinator gave out
 
 
+@pytest.fixture(scope="module", params=["plaintext", "tls"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def tally() -> Tally:
+def tally(transport: str) -> Tally:
     return Tally()
 
 
@@ -80,10 +87,12 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator[LocalCluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, tokens: Tokens, transport: str
+) -> Iterator[LocalCluster]:
     overrides = {"auth": "token", "identities_file": tokens.path, "identity_steps_per_s": 0}
     with LocalCluster(
-        cluster_settings(tmp_path_factory.mktemp("hostile-auth")),
+        cluster_settings(tmp_path_factory.mktemp("hostile-auth"), tls=transport == "tls"),
         model=SMALL_MODEL,
         coordinator_overrides=overrides,
     ) as running:
@@ -92,7 +101,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterato
 
 @pytest.fixture(scope="module")
 def channel(cluster: LocalCluster) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(cluster.address) as ch:
+    with cluster.channel("robot-a") as ch:
         yield ch
 
 
@@ -114,7 +123,7 @@ class Victim:
 def victim(
     cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub, tokens: Tokens, tally: Tally
 ) -> Victim:
-    before = frozenset(stored_sessions(cluster.redis_url))
+    before = frozenset(sessions_now(cluster))
     alice = tokens.metadata("alice")
     # Nobody steps it during the run (GetSession does not refresh a TTL): it must outlive it.
     request = session_pb2.OpenSessionRequest(ttl_s=3600)
@@ -332,6 +341,12 @@ def close(stub: session_pb2_grpc.SessionServiceStub, session_id: str, metadata: 
     )
 
 
+def sessions_now(cluster: LocalCluster) -> set[str]:
+    password_file = cluster.redis_password_file
+    password = None if password_file is None else read_secret(password_file)
+    return stored_sessions(cluster.redis_url, password)
+
+
 def _printable(text: str) -> str:
     kept = "".join(c for c in text if " " <= c <= "~").strip()
     return kept or "x"
@@ -343,6 +358,7 @@ def test_afterwards_the_victim_is_untouched_and_no_session_leaked(
     tokens: Tokens,
     victim: Victim,
     tally: Tally,
+    transport: str,
 ) -> None:
     alice = tokens.metadata("alice")
     info = stub.GetSession(
@@ -351,7 +367,7 @@ def test_afterwards_the_victim_is_untouched_and_no_session_leaked(
     assert info.seq == 1, "someone stepped the victim"
     retry = stub.Step(good_step(victim.session_id, 1), metadata=alice, timeout=10)
     assert retry.SerializeToString() == victim.reply
-    left = stored_sessions(cluster.redis_url) - victim.sessions_before
+    left = sessions_now(cluster) - victim.sessions_before
     assert left == {victim.session_id}, f"{len(left - {victim.session_id})} sessions leaked"
     assert left <= tally.told
     summary = {
@@ -359,6 +375,6 @@ def test_afterwards_the_victim_is_untouched_and_no_session_leaked(
         "calls": tally.calls,
         "statuses": dict(sorted(tally.statuses.items())),
     }
-    print(f"\nhostile auth fuzz: {json.dumps(summary)}")
+    print(f"\nhostile auth fuzz ({transport}): {json.dumps(summary)}")
     assert tally.cases >= FUZZ_CASES
     assert tally.statuses["UNAUTHENTICATED"] and tally.statuses["PERMISSION_DENIED"]

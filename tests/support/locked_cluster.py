@@ -38,9 +38,9 @@ def make_identities(directory: Path) -> Tokens:
     return Tokens(path, tokens)
 
 
-def stored_sessions(redis_url: str) -> set[str]:
+def stored_sessions(redis_url: str, password: str | None = None) -> set[str]:
     """The ids of every session the store holds now."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, password=password)
     try:
         return {
             key.decode().split("{", 1)[1].split("}", 1)[0]
