@@ -165,11 +165,14 @@ class SessionEngine:
         request_id, the one an earlier call by the same caller with the same client_id and
         request_id opened, if it is still there (a retried open leaves no stray session)."""
         if not (ttl_s >= 0 and math.isfinite(ttl_s)):
-            raise InvalidInput(f"ttl_s must be a finite number >= 0 (0: the default), got {ttl_s}")
+            raise InvalidInput(
+                f"ttl_s must be a finite number >= 0 (0: the default), got {ttl_s}", "ttl_s"
+            )
         if wait_replicas > self.durability.max_wait_replicas:
             raise InvalidInput(
                 f"wait_replicas {wait_replicas} exceeds this coordinator's max_wait_replicas "
-                f"{self.durability.max_wait_replicas}"
+                f"{self.durability.max_wait_replicas}",
+                "wait_replicas",
             )
         self._check_replicas(wait_replicas)
         ttl = min(ttl_s or self.limits.default_ttl_s, self.limits.max_ttl_s)
@@ -282,19 +285,23 @@ class SessionEngine:
         want = [self.model.observation_dim]
         if observation.dtype != torch.float32:
             raise InvalidInput(
-                f"observation dtype must be float32, got {str(observation.dtype).removeprefix('torch.')}"
+                f"observation dtype must be float32, got {str(observation.dtype).removeprefix('torch.')}",
+                "observation",
             )
         if list(observation.shape) != want:
-            raise InvalidInput(f"observation shape must be {want}, got {list(observation.shape)}")
+            raise InvalidInput(
+                f"observation shape must be {want}, got {list(observation.shape)}", "observation"
+            )
         if not bool(torch.isfinite(observation).all()):
             bad = (~torch.isfinite(observation)).nonzero().flatten().tolist()
-            raise InvalidInput(f"observation has NaN or Inf at index {bad}")
+            raise InvalidInput(f"observation has NaN or Inf at index {bad}", "observation")
         bound = self.limits.max_observation_abs
         if bool((observation.abs() > bound).any()):
             bad = (observation.abs() > bound).nonzero().flatten().tolist()
             raise InvalidInput(
                 f"observation values at index {bad} are beyond +-{bound:g} (coordinator setting "
-                "max_observation_abs)"
+                "max_observation_abs)",
+                "observation",
             )
 
     def step(

@@ -14,22 +14,17 @@ from google.protobuf.message import Message
 
 from fallback.priority import Priority
 from service.coordinator.engine import SessionEngine, StepAnswer
+from service.coordinator.error_status import (
+    current_seq_of,
+    reason_of,
+    retry_after_of,
+    rich_status,
+    status_of,
+    trailing_metadata,
+)
 from service.coordinator.session_access import SessionAccess
 from service.coordinator.session_handlers import Malformed
-from service.coordinator.step_errors import (
-    ActionmeshError,
-    DeadlineExceeded,
-    InvalidInput,
-    NotAuthenticated,
-    NotEnoughReplicas,
-    Overloaded,
-    PermissionDenied,
-    RateLimited,
-    SeqConflict,
-    SessionNotFound,
-    TooManySessions,
-    Unavailable,
-)
+from service.coordinator.step_errors import ActionmeshError, InvalidInput
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 from service.runtime import logs, metrics, tracing
 from service.runtime.identity import Identity
@@ -44,42 +39,10 @@ MAX_STATUS_CHARS = 1000
 
 R = TypeVar("R", bound=Message)
 
-ERROR_KEY = "actionmesh-error"
-CURRENT_SEQ_KEY = "actionmesh-current-seq"
-RETRY_AFTER_KEY = "actionmesh-retry-after-s"
 STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # a stream's per-step deadline, from the robot
 # Sent by a caller (any value) that wants, in the trailing metadata under the same key, where a
 # unary step's time went in the coordinator: "handler_ms=..;load_ms=..;encode_ms=..;commit_ms=..".
 SERVER_TIMING_KEY = "actionmesh-server-timing"
-
-# Each error's status code and reason (the code alone is shared by several kinds).
-_STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
-    InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
-    SessionNotFound: (grpc.StatusCode.NOT_FOUND, "session_not_found"),
-    SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
-    NotEnoughReplicas: (grpc.StatusCode.FAILED_PRECONDITION, "not_enough_replicas"),
-    Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
-    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
-    Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
-    NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
-    PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "permission_denied"),
-    RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited"),
-    TooManySessions: (grpc.StatusCode.RESOURCE_EXHAUSTED, "session_limit"),
-}
-
-
-def _status(exc: ActionmeshError) -> tuple[grpc.StatusCode, str]:
-    """By the nearest class in `_STATUS` (a StageUnavailable is an Unavailable)."""
-    kind = next((k for k in type(exc).__mro__ if k in _STATUS), None)
-    return _STATUS[kind] if kind is not None else (grpc.StatusCode.INTERNAL, "internal")
-
-
-def status_of(exc: ActionmeshError) -> grpc.StatusCode:
-    return _status(exc)[0]
-
-
-def reason_of(exc: ActionmeshError) -> str:
-    return _status(exc)[1]
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
@@ -166,13 +129,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 answer = self._step(request, budget, caller, stream_trace)
             except ActionmeshError as exc:
                 _count_refusal(exc)
-                current = exc.current_seq if isinstance(exc, SeqConflict) else 0
+                message = _bounded(str(exc))
                 error = session_pb2.StepError(
                     code=status_of(exc).value[0],
-                    message=_bounded(str(exc)),
-                    current_seq=current,
+                    message=message,
+                    current_seq=current_seq_of(exc) or 0,
                     reason=reason_of(exc),
-                    retry_after_s=exc.retry_after_s if isinstance(exc, Overloaded) else 0.0,
+                    retry_after_s=retry_after_of(exc) or 0.0,
+                    status=rich_status(exc, message),
                 )
                 yield session_pb2.StreamStepsReply(seq=seq, error=error)
                 continue
@@ -280,12 +244,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if size > self.max_observation_bytes:
             raise InvalidInput(
                 f"observation is {size} bytes; the limit is {self.max_observation_bytes} "
-                "(coordinator setting max_observation_bytes)"
+                "(coordinator setting max_observation_bytes)",
+                "observation",
             )
         try:
             return tensor_codec.decode(request.observation)
         except tensor_codec.TensorDecodeError as exc:
-            raise InvalidInput(f"observation: {exc}") from exc
+            raise InvalidInput(f"observation: {exc}", "observation") from exc
 
 
 def _server_timing(answer: StepAnswer, started: float) -> str:
@@ -302,7 +267,7 @@ def _priority(value: int) -> Priority:
         return Priority(value or Priority.NORMAL)
     except ValueError as exc:
         known = ", ".join(f"{p.name}={p.value}" for p in Priority)
-        raise InvalidInput(f"priority {value} is not one of {known}") from exc
+        raise InvalidInput(f"priority {value} is not one of {known}", "priority") from exc
 
 
 # Refusals for who the caller is, counted in metrics.AUTH_REFUSALS by reason.
@@ -317,20 +282,18 @@ def _count_refusal(exc: ActionmeshError) -> None:
 
 def _abort(context: grpc.ServicerContext, exc: ActionmeshError) -> None:
     _count_refusal(exc)
-    metadata = [(ERROR_KEY, reason_of(exc))]
-    if isinstance(exc, SeqConflict):
-        metadata.append((CURRENT_SEQ_KEY, str(exc.current_seq)))
-    if isinstance(exc, Overloaded):
-        metadata.append((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"))
-    context.set_trailing_metadata(tuple(metadata))
-    context.abort(status_of(exc), _bounded(str(exc)))
+    message = _bounded(str(exc))
+    context.set_trailing_metadata(trailing_metadata(exc, message))
+    context.abort(status_of(exc), message)
 
 
 def _step_budget_s(request: session_pb2.StepRequest) -> float | None:
     """The step's own budget (budget_ms), if it set one."""
     budget_ms = request.budget_ms
     if not (math.isfinite(budget_ms) and budget_ms >= 0):
-        raise InvalidInput("budget_ms must be a finite number of ms >= 0 (0: no budget of its own)")
+        raise InvalidInput(
+            "budget_ms must be a finite number of ms >= 0 (0: no budget of its own)", "budget_ms"
+        )
     return budget_ms / 1e3 if budget_ms else None
 
 
@@ -362,7 +325,7 @@ def _checked(request: R | Malformed) -> R:
     for field in ("session_id", "client_id", "request_id"):
         value = getattr(request, field, "")
         if len(value) > MAX_ID_CHARS:
-            raise InvalidInput(f"{field} is {len(value)} characters; at most {MAX_ID_CHARS}")
+            raise InvalidInput(f"{field} is {len(value)} characters; at most {MAX_ID_CHARS}", field)
     return request
 
 

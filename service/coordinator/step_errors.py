@@ -10,7 +10,12 @@ class ActionmeshError(Exception):
 
 
 class InvalidInput(ActionmeshError):
-    """Your input is wrong: fix it, do not retry as is."""
+    """Your input is wrong: fix it, do not retry as is. `field` names the request field at
+    fault (the error's BadRequest field violation), when there is one."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SessionNotFound(ActionmeshError):

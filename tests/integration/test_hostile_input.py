@@ -160,9 +160,7 @@ def test_raw_bytes_on_a_stream_are_error_items_and_the_stream_goes_on(
         observation=tensor_codec.encode(torch.zeros(DIM)),
     )
     raw = channel.stream_stream("/actionmesh.v1.SessionService/StreamSteps")
-    replies = list(
-        raw(iter([b"\xff\xff\xff", good.SerializeToString()]), timeout=DEADLINE_S * 2)
-    )
+    replies = list(raw(iter([b"\xff\xff\xff", good.SerializeToString()]), timeout=DEADLINE_S * 2))
     items = [session_pb2.StreamStepsReply.FromString(r) for r in replies]  # type: ignore[arg-type]
     assert items[0].WhichOneof("result") == "error"
     assert items[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from chaos.reference import observations
-from service.coordinator.session_servicer import ERROR_KEY, RETRY_AFTER_KEY
+from service.coordinator.error_status import ERROR_KEY, RETRY_AFTER_KEY
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 from tests.conftest import SMALL_MODEL, cluster_settings

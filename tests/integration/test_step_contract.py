@@ -8,7 +8,9 @@ import time
 import grpc
 import pytest
 import torch
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from chaos.reference import observations, open_session, step, step_request
 from service.local.local_cluster import LocalCluster
@@ -38,6 +40,14 @@ def expect_error(
     with pytest.raises(grpc.RpcError) as caught:
         stub.Step(request, timeout=10)
     return caught.value
+
+
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    """The status's ErrorInfo (every coordinator error has one)."""
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in status.details if d.Is(info.DESCRIPTOR)), status
+    assert info.domain == "actionmesh.v1.SessionService"
+    return info
 
 
 def assert_healthy(cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub) -> None:
@@ -96,6 +106,11 @@ def test_seq_gap_and_replay_of_old_seq_are_refused_with_the_current_seq(
         assert "is at seq 2" in (error.details() or "")
         assert ("actionmesh-current-seq", "2") in (error.trailing_metadata() or ())
         assert ("actionmesh-error", "seq_conflict") in (error.trailing_metadata() or ())
+        # The same, as any gRPC stack reads it: google.rpc.Status with ErrorInfo.
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None and status.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        info = error_info(status)
+        assert info.reason == "SEQ_CONFLICT" and info.metadata["current_seq"] == "2"
     assert step(stub, sid, 3, obs).seq == 3
 
 
@@ -164,6 +179,11 @@ def test_bad_observations_are_invalid_argument_and_servers_stay_healthy(
     error = expect_error(stub, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert phrase in (error.details() or ""), error.details()
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None and error_info(status).reason == "INVALID_INPUT"
+    bad_request = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad_request) for d in status.details if d.Is(bad_request.DESCRIPTOR))
+    assert [v.field for v in bad_request.field_violations] == ["observation"]
     info = stub.GetSession(session_pb2.GetSessionRequest(session_id=sid), timeout=5)
     assert info.seq == 0, "a refused step advanced the session"
     assert_healthy(cluster, stub)
@@ -179,6 +199,10 @@ def test_stream_reports_errors_per_step_and_keeps_going(
     assert [r.WhichOneof("result") for r in replies] == ["reply", "error", "reply"]
     assert replies[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert replies[1].error.current_seq == 1
+    status = replies[1].error.status
+    assert status.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert error_info(status).reason == "SEQ_CONFLICT"
+    assert error_info(status).metadata["current_seq"] == "1"
     assert replies[2].reply.seq == 2
 
 

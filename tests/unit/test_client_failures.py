@@ -1,13 +1,20 @@
 """The client library's pure parts: which failures move it to the next coordinator, the typed
-errors status codes map to, and how it takes a stored reply (no server: a fake call)."""
+errors status codes and rich statuses map to, and how it takes a stored reply (no server: a fake call)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from google.rpc import status_pb2
 
-from actionmesh_client.client_errors import RetryableFailure, failure
+from actionmesh_client.client_errors import (
+    DETAILS_KEY,
+    ErrorDetails,
+    RetryableFailure,
+    details_of,
+    failure,
+)
 from actionmesh_client.session_client import should_move_on
 from service.client import (
     ActionMeshClientError,
@@ -20,35 +27,62 @@ from service.client import (
     SessionNotFound,
     StepShed,
 )
+from service.coordinator import error_status, step_errors
 from service.proto import session_pb2, tensor_codec, tensor_pb2
 
 
 def test_only_statuses_without_a_coordinator_reason_count_as_unreachable() -> None:
     refused = "failed to connect to all addresses; last error: Connection refused"
-    transport = failure("UNAVAILABLE", refused, reason="")
+    transport = failure("UNAVAILABLE", refused, ErrorDetails())
     assert isinstance(transport, RetryableFailure) and transport.unreachable
-    served = failure("UNAVAILABLE", "stage 1: no replica left to try", reason="unavailable")
+    served = failure("UNAVAILABLE", "stage 1: no replica left", ErrorDetails("unavailable"))
     assert isinstance(served, RetryableFailure) and not served.unreachable
-    late = failure("DEADLINE_EXCEEDED", "Deadline Exceeded", reason="")
+    late = failure("DEADLINE_EXCEEDED", "Deadline Exceeded", ErrorDetails())
     assert isinstance(late, RetryableFailure) and not late.unreachable
     assert should_move_on(True, 1) and should_move_on(False, 2) and not should_move_on(False, 1)
 
 
 def test_status_codes_map_to_typed_errors() -> None:
-    assert isinstance(failure("INVALID_ARGUMENT", "NaN", "invalid_input"), InvalidObservation)
-    assert isinstance(failure("NOT_FOUND", "gone", "session_not_found"), SessionNotFound)
-    conflict = failure("FAILED_PRECONDITION", "session=s is at seq 4", "seq_conflict", 4)
+    invalid = failure("INVALID_ARGUMENT", "NaN", ErrorDetails("invalid_input", fields=("x",)))
+    assert isinstance(invalid, InvalidObservation) and invalid.fields == ("x",)
+    gone = failure("NOT_FOUND", "gone", ErrorDetails("session_not_found"))
+    assert isinstance(gone, SessionNotFound)
+    conflict = failure("FAILED_PRECONDITION", "at seq 4", ErrorDetails("seq_conflict", 4))
     assert isinstance(conflict, SeqConflict) and conflict.current_seq == 4
-    shed = failure("RESOURCE_EXHAUSTED", "shed (queue_full)", "shed", retry_after_s=0.25)
+    shed = failure("RESOURCE_EXHAUSTED", "shed", ErrorDetails("shed", retry_after_s=0.25))
     assert isinstance(shed, StepShed) and shed.retry_after_s == 0.25
-    other = failure("FAILED_PRECONDITION", "a kind this client does not know", "new_kind", 4)
+    other = failure("FAILED_PRECONDITION", "a kind this client does not know", ErrorDetails("x"))
     assert type(other) is ActionMeshClientError and other.code == "FAILED_PRECONDITION"
     assert str(other) == "a kind this client does not know"
 
 
-def reply_to(
-    request: session_pb2.StepRequest, **fields: object
-) -> session_pb2.StepReply:
+@pytest.mark.parametrize(
+    ("error", "want"),
+    [
+        (step_errors.SeqConflict("s" * 24, 4, 9), ErrorDetails("seq_conflict", current_seq=4)),
+        (step_errors.Overloaded("queue full", 0.25), ErrorDetails("shed", retry_after_s=0.25)),
+        (
+            step_errors.InvalidInput("observation has NaN", "observation"),
+            ErrorDetails("invalid_input", fields=("observation",)),
+        ),
+        (step_errors.InvalidInput("bad"), ErrorDetails("invalid_input")),
+        (step_errors.SessionNotFound("gone"), ErrorDetails("session_not_found")),
+    ],
+)
+def test_the_client_reads_back_what_the_coordinators_rich_status_says(
+    error: step_errors.ActionmeshError, want: ErrorDetails
+) -> None:
+    """The rich status the coordinator builds (google.rpc.Status) parses to the same reason,
+    seq, retry hint and fields, and its code and reason are the older trailers' ones."""
+    status = error_status.rich_status(error, str(error))
+    assert status.code == error_status.status_of(error).value[0] and status.message == str(error)
+    assert details_of(status) == want
+    trailers = dict(error_status.trailing_metadata(error, str(error)))
+    assert trailers[error_status.ERROR_KEY] == want.reason
+    assert details_of(status_pb2.Status.FromString(trailers[DETAILS_KEY])) == want  # type: ignore[arg-type]
+
+
+def reply_to(request: session_pb2.StepRequest, **fields: object) -> session_pb2.StepReply:
     """What a coordinator answers: the request's observation_id and tick echoed."""
     defaults: dict[str, object] = {
         "seq": request.seq,

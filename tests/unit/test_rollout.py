@@ -58,4 +58,3 @@ def test_standby_reloads_at_once_and_nobody_moves_without_a_desired_version() ->
     assert next_move(standby, False, "v2", table, N) is Move.RELOAD
     assert next_move(standby, False, None, table, N) is Move.STAY
     assert next_move(leader(1, table), True, "v1", table, N) is Move.STAY
-

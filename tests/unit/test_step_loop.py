@@ -389,7 +389,9 @@ def test_two_engines_alternating_on_one_session_never_commit_on_a_stale_cached_r
         answer = engine.step(sid, seq, OBS[seq - 1], 0.0, time.monotonic() + 5)
         reply = session_pb2.StepReply.FromString(answer.reply)
         assert answer.recomputed and reply.serve_mode == FULL and reply.seq == seq
-        assert torch.allclose(tensor_codec.decode(reply.action), REFERENCE["v1"][seq - 1], atol=1e-5)
+        assert torch.allclose(
+            tensor_codec.decode(reply.action), REFERENCE["v1"][seq - 1], atol=1e-5
+        )
         if seq % 3 == 2:
             assert len(loads) == before, "A's step right after its own commit loads nothing"
         if engine is b:  # the robot never saw B's reply and resends it to A

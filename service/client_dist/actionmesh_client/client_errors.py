@@ -3,13 +3,18 @@ the client resends (the same seq, maybe to another coordinator)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 CURRENT_SEQ_KEY = "actionmesh-current-seq"
 ERROR_KEY = "actionmesh-error"  # set by the coordinator on every error it returns
 RETRY_AFTER_KEY = "actionmesh-retry-after-s"  # set on a shed step
 STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # sent when a stream opens: each step's deadline
+DETAILS_KEY = "grpc-status-details-bin"  # a google.rpc.Status: the error's ErrorInfo and the rest
 
 
 class ActionMeshClientError(Exception):
@@ -21,7 +26,12 @@ class ActionMeshClientError(Exception):
 
 
 class InvalidObservation(ActionMeshClientError):
-    """The observation was refused (shape, dtype, NaN/Inf, size): fix it, do not resend it."""
+    """The observation was refused (shape, dtype, NaN/Inf, size), or another field of the
+    request: fix it, do not resend it. `fields` names the request fields at fault."""
+
+    def __init__(self, message: str, code: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message, code)
+        self.fields = fields
 
 
 class SessionNotFound(ActionMeshClientError):
@@ -64,35 +74,64 @@ class RetryableFailure(Exception):
         self.code, self.unreachable = code, unreachable
 
 
-def failure(
-    code: str,
-    message: str,
-    reason: str,
-    current_seq: int | None = None,
-    retry_after_s: float = 0.0,
-) -> Exception:
-    """What a call that failed with status `code` raises: RetryableFailure, or the caller's typed error.
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What a coordinator says of an error beyond its code and message; empty when gRPC itself
+    failed to reach one."""
 
-    `reason` is the coordinator's error kind; empty when gRPC itself failed to reach one.
-    """
+    reason: str = ""  # lower_snake: seq_conflict, shed, invalid_input, ...
+    current_seq: int | None = None  # the session's seq, for seq_conflict
+    retry_after_s: float = 0.0  # for shed and rate_limited
+    fields: tuple[str, ...] = ()  # the request fields at fault, for invalid_input
+
+
+def details_of(status: status_pb2.Status) -> ErrorDetails:
+    """From a google.rpc.Status's ErrorInfo, RetryInfo and BadRequest."""
+    info = error_details_pb2.ErrorInfo()
+    retry = error_details_pb2.RetryInfo()
+    bad = error_details_pb2.BadRequest()
+    for detail in status.details:
+        for message in (info, retry, bad):
+            if detail.Is(message.DESCRIPTOR):
+                detail.Unpack(message)
+    seq = info.metadata.get("current_seq", "")
+    return ErrorDetails(
+        reason=info.reason.lower(),
+        current_seq=int(seq) if seq.isdigit() else None,
+        retry_after_s=retry.retry_delay.ToNanoseconds() / 1e9,
+        fields=tuple(v.field for v in bad.field_violations),
+    )
+
+
+def _details_of_trailers(metadata: Mapping[str, str | bytes]) -> ErrorDetails:
+    """From the rich status when it is there, else from the older actionmesh-* trailers."""
+    packed = metadata.get(DETAILS_KEY)
+    if isinstance(packed, bytes):
+        return details_of(status_pb2.Status.FromString(packed))
+    seq = str(metadata.get(CURRENT_SEQ_KEY, ""))
+    return ErrorDetails(
+        reason=str(metadata.get(ERROR_KEY, "")),
+        current_seq=int(seq) if seq.isdigit() else None,
+        retry_after_s=float(str(metadata.get(RETRY_AFTER_KEY, "0") or 0)),
+    )
+
+
+def failure(code: str, message: str, details: ErrorDetails) -> Exception:
+    """What a call that failed with status `code` raises: RetryableFailure, or the caller's typed error."""
     if code in RETRYABLE:
-        return RetryableFailure(code, message, unreachable=code == "UNAVAILABLE" and not reason)
+        unreachable = code == "UNAVAILABLE" and not details.reason
+        return RetryableFailure(code, message, unreachable=unreachable)
     if code == "INVALID_ARGUMENT":
-        return InvalidObservation(message, code)
+        return InvalidObservation(message, code, details.fields)
     if code == "NOT_FOUND":
         return SessionNotFound(message, code)
-    if reason == "seq_conflict" and current_seq is not None:
-        return SeqConflict(message, current_seq)
-    if reason == "shed":
-        return StepShed(message, retry_after_s)
+    if details.reason == "seq_conflict" and details.current_seq is not None:
+        return SeqConflict(message, details.current_seq)
+    if details.reason == "shed":
+        return StepShed(message, details.retry_after_s)
     return ActionMeshClientError(message, code)
 
 
 def rpc_failure(exc: grpc.RpcError) -> Exception:
     metadata = {m.key: m.value for m in exc.trailing_metadata() or ()}
-    seq = metadata.get(CURRENT_SEQ_KEY)
-    reason = str(metadata.get(ERROR_KEY, ""))
-    retry_after = float(str(metadata.get(RETRY_AFTER_KEY, "0") or 0))
-    return failure(
-        exc.code().name, exc.details() or "", reason, int(seq) if seq else None, retry_after
-    )
+    return failure(exc.code().name, exc.details() or "", _details_of_trailers(metadata))

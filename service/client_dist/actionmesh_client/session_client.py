@@ -37,12 +37,14 @@ from actionmesh_client.bearer import BearerToken
 from actionmesh_client.client_errors import (
     STEP_TIMEOUT_KEY,
     ActionMeshClientError,
+    ErrorDetails,
     InvalidObservation,
     RetryableFailure,
     SeqConflict,
     ServiceUnavailable,
     SessionNotFound,
     StepShed,
+    details_of,
     failure,
     rpc_failure,
 )
@@ -585,7 +587,10 @@ class StepStream(_Closing):
             return item.reply
         error = item.error  # the stream itself is fine
         code = next((c.name for c in grpc.StatusCode if c.value[0] == error.code), "UNKNOWN")
-        raise failure(code, error.message, error.reason, error.current_seq, error.retry_after_s)
+        if error.HasField("status"):
+            raise failure(code, error.message, details_of(error.status))
+        seq = error.current_seq if error.reason == "seq_conflict" else None
+        raise failure(code, error.message, ErrorDetails(error.reason, seq, error.retry_after_s))
 
     def close(self) -> None:
         if self._open is not None:

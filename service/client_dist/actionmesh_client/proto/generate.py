@@ -5,7 +5,7 @@ the server's (grpcio >= 1.85, protobuf 7.x): generated code refuses a runtime ol
 generator, and protobuf 7 runtimes accept 6.x gencode. So it is written by grpcio-tools
 GRPC_TOOLS (which bundles protoc for protobuf 6.31.0), in a virtualenv of its own:
 
-    python -m venv /tmp/gen && /tmp/gen/bin/pip install grpcio-tools==1.73.1
+    python -m venv /tmp/gen && /tmp/gen/bin/pip install grpcio-tools==1.73.1 googleapis-common-protos
     /tmp/gen/bin/python service/client_dist/actionmesh_client/proto/generate.py
 
 tests/integration/test_client_old_pins.py fails when the checked-in output differs.
@@ -27,6 +27,7 @@ def generate(out_dir: Path) -> None:
     (actionmesh_client/proto/...)."""
     from importlib.metadata import version
 
+    from google.rpc import status_pb2  # its google/rpc/status.proto, imported by session.proto
     from grpc_tools import protoc
 
     if (found := version("grpcio-tools")) != GRPC_TOOLS:
@@ -36,11 +37,13 @@ def generate(out_dir: Path) -> None:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
+    googleapis = str(Path(status_pb2.__file__).parents[2])
     sources = [f"actionmesh_client/proto/{name}" for name in PROTO_FILES]
     args = [
         "grpc_tools.protoc",
         f"-I{DIST_ROOT}",
         f"-I{include}",
+        f"-I{googleapis}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",

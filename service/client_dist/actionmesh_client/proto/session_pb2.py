@@ -23,45 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from actionmesh_client.proto import tensor_pb2 as actionmesh__client_dot_proto_dot_tensor__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%actionmesh_client/proto/session.proto\x12\ractionmesh.v1\x1a$actionmesh_client/proto/tensor.proto\"u\n\nActionSpec\x12\x17\n\x0fobservation_dim\x18\x01 \x01(\r\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x0e\n\x06joints\x18\x03 \x01(\r\x12\x18\n\x10\x61\x63tion_period_ms\x18\x04 \x01(\x01\x12\x13\n\x0bjoint_names\x18\x05 \x03(\t\"a\n\x12OpenSessionRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rwait_replicas\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x93\x01\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x04 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\x05 \x01(\r\"\xd3\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x0bobservation\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12)\n\x08priority\x18\x04 \x01(\x0e\x32\x17.actionmesh.v1.Priority\x12\x13\n\x0btimestamp_s\x18\x05 \x01(\x01\x12\x16\n\x0eobservation_id\x18\x06 \x01(\x04\x12\x0c\n\x04tick\x18\x07 \x01(\x04\x12\x11\n\tbudget_ms\x18\x08 \x01(\x01\"\x80\x01\n\nStepTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tstages_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\x12\x10\n\x08stage_ms\x18\x04 \x03(\x01\x12\x18\n\x10stage_compute_ms\x18\x05 \x03(\x01\x12\x0f\n\x07load_ms\x18\x06 \x01(\x01\"\x80\x03\n\tStepReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12,\n\nserve_mode\x18\x04 \x01(\x0e\x32\x18.actionmesh.v1.ServeMode\x12\x12\n\nexit_stage\x18\x05 \x01(\r\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12)\n\x06timing\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.StepTiming\x12\x1f\n\x17observation_timestamp_s\x18\t \x01(\x01\x12\x12\n\nbatch_size\x18\n \x01(\r\x12\x16\n\x0ereplayed_steps\x18\x0b \x01(\r\x12\x13\n\x0bstate_reset\x18\x0c \x01(\x08\x12\x16\n\x0eobservation_id\x18\r \x01(\x04\x12\x19\n\x11\x66irst_action_tick\x18\x0e \x01(\x04\"f\n\tStepError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63urrent_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rretry_after_s\x18\x05 \x01(\x01\"\x7f\n\x10StreamStepsReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.actionmesh.v1.StepReplyH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.actionmesh.v1.StepErrorH\x00\x42\x08\n\x06result\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\",\n\x0eStageStateInfo\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x87\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\nttl_left_s\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x33\n\x0cstage_states\x18\x05 \x03(\x0b\x32\x1d.actionmesh.v1.StageStateInfo\x12\x1d\n\x15observation_log_depth\x18\x06 \x01(\r\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\t \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x11\x43loseSessionReply\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08*O\n\tServeMode\x12\x1a\n\x16SERVE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46ULL\x10\x01\x12\x0e\n\nEARLY_EXIT\x10\x02\x12\x0c\n\x08\x46\x41LLBACK\x10\x03*M\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06SAFETY\x10\x01\x12\n\n\x06NORMAL\x10\x02\x12\x0f\n\x0b\x42\x45ST_EFFORT\x10\x03\x32\x93\x03\n\x0eSessionService\x12Q\n\x0bOpenSession\x12!.actionmesh.v1.OpenSessionRequest\x1a\x1f.actionmesh.v1.OpenSessionReply\x12<\n\x04Step\x12\x1a.actionmesh.v1.StepRequest\x1a\x18.actionmesh.v1.StepReply\x12N\n\x0bStreamSteps\x12\x1a.actionmesh.v1.StepRequest\x1a\x1f.actionmesh.v1.StreamStepsReply(\x01\x30\x01\x12J\n\nGetSession\x12 .actionmesh.v1.GetSessionRequest\x1a\x1a.actionmesh.v1.SessionInfo\x12T\n\x0c\x43loseSession\x12\".actionmesh.v1.CloseSessionRequest\x1a .actionmesh.v1.CloseSessionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%actionmesh_client/proto/session.proto\x12\ractionmesh.v1\x1a$actionmesh_client/proto/tensor.proto\x1a\x17google/rpc/status.proto\"u\n\nActionSpec\x12\x17\n\x0fobservation_dim\x18\x01 \x01(\r\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x0e\n\x06joints\x18\x03 \x01(\r\x12\x18\n\x10\x61\x63tion_period_ms\x18\x04 \x01(\x01\x12\x13\n\x0bjoint_names\x18\x05 \x03(\t\"a\n\x12OpenSessionRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rwait_replicas\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x93\x01\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x04 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\x05 \x01(\r\"\xd3\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x0bobservation\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12)\n\x08priority\x18\x04 \x01(\x0e\x32\x17.actionmesh.v1.Priority\x12\x13\n\x0btimestamp_s\x18\x05 \x01(\x01\x12\x16\n\x0eobservation_id\x18\x06 \x01(\x04\x12\x0c\n\x04tick\x18\x07 \x01(\x04\x12\x11\n\tbudget_ms\x18\x08 \x01(\x01\"\x80\x01\n\nStepTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tstages_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\x12\x10\n\x08stage_ms\x18\x04 \x03(\x01\x12\x18\n\x10stage_compute_ms\x18\x05 \x03(\x01\x12\x0f\n\x07load_ms\x18\x06 \x01(\x01\"\x80\x03\n\tStepReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Tensor\x12,\n\nserve_mode\x18\x04 \x01(\x0e\x32\x18.actionmesh.v1.ServeMode\x12\x12\n\nexit_stage\x18\x05 \x01(\r\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12)\n\x06timing\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.StepTiming\x12\x1f\n\x17observation_timestamp_s\x18\t \x01(\x01\x12\x12\n\nbatch_size\x18\n \x01(\r\x12\x16\n\x0ereplayed_steps\x18\x0b \x01(\r\x12\x13\n\x0bstate_reset\x18\x0c \x01(\x08\x12\x16\n\x0eobservation_id\x18\r \x01(\x04\x12\x19\n\x11\x66irst_action_tick\x18\x0e \x01(\x04\"\x8a\x01\n\tStepError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63urrent_seq\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rretry_after_s\x18\x05 \x01(\x01\x12\"\n\x06status\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"\x7f\n\x10StreamStepsReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.actionmesh.v1.StepReplyH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.actionmesh.v1.StepErrorH\x00\x42\x08\n\x06result\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\",\n\x0eStageStateInfo\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x87\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\nttl_left_s\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x33\n\x0cstage_states\x18\x05 \x03(\x0b\x32\x1d.actionmesh.v1.StageStateInfo\x12\x1d\n\x15observation_log_depth\x18\x06 \x01(\r\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12.\n\x0b\x61\x63tion_spec\x18\x08 \x01(\x0b\x32\x19.actionmesh.v1.ActionSpec\x12\x15\n\rwait_replicas\x18\t \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x11\x43loseSessionReply\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08*O\n\tServeMode\x12\x1a\n\x16SERVE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46ULL\x10\x01\x12\x0e\n\nEARLY_EXIT\x10\x02\x12\x0c\n\x08\x46\x41LLBACK\x10\x03*M\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06SAFETY\x10\x01\x12\n\n\x06NORMAL\x10\x02\x12\x0f\n\x0b\x42\x45ST_EFFORT\x10\x03\x32\x93\x03\n\x0eSessionService\x12Q\n\x0bOpenSession\x12!.actionmesh.v1.OpenSessionRequest\x1a\x1f.actionmesh.v1.OpenSessionReply\x12<\n\x04Step\x12\x1a.actionmesh.v1.StepRequest\x1a\x18.actionmesh.v1.StepReply\x12N\n\x0bStreamSteps\x12\x1a.actionmesh.v1.StepRequest\x1a\x1f.actionmesh.v1.StreamStepsReply(\x01\x30\x01\x12J\n\nGetSession\x12 .actionmesh.v1.GetSessionRequest\x1a\x1a.actionmesh.v1.SessionInfo\x12T\n\x0c\x43loseSession\x12\".actionmesh.v1.CloseSessionRequest\x1a .actionmesh.v1.CloseSessionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'actionmesh_client.proto.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVEMODE']._serialized_start=1860
-  _globals['_SERVEMODE']._serialized_end=1939
-  _globals['_PRIORITY']._serialized_start=1941
-  _globals['_PRIORITY']._serialized_end=2018
-  _globals['_ACTIONSPEC']._serialized_start=94
-  _globals['_ACTIONSPEC']._serialized_end=211
-  _globals['_OPENSESSIONREQUEST']._serialized_start=213
-  _globals['_OPENSESSIONREQUEST']._serialized_end=310
-  _globals['_OPENSESSIONREPLY']._serialized_start=313
-  _globals['_OPENSESSIONREPLY']._serialized_end=460
-  _globals['_STEPREQUEST']._serialized_start=463
-  _globals['_STEPREQUEST']._serialized_end=674
-  _globals['_STEPTIMING']._serialized_start=677
-  _globals['_STEPTIMING']._serialized_end=805
-  _globals['_STEPREPLY']._serialized_start=808
-  _globals['_STEPREPLY']._serialized_end=1192
-  _globals['_STEPERROR']._serialized_start=1194
-  _globals['_STEPERROR']._serialized_end=1296
-  _globals['_STREAMSTEPSREPLY']._serialized_start=1298
-  _globals['_STREAMSTEPSREPLY']._serialized_end=1425
-  _globals['_GETSESSIONREQUEST']._serialized_start=1427
-  _globals['_GETSESSIONREQUEST']._serialized_end=1466
-  _globals['_STAGESTATEINFO']._serialized_start=1468
-  _globals['_STAGESTATEINFO']._serialized_end=1512
-  _globals['_SESSIONINFO']._serialized_start=1515
-  _globals['_SESSIONINFO']._serialized_end=1778
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1780
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1821
-  _globals['_CLOSESESSIONREPLY']._serialized_start=1823
-  _globals['_CLOSESESSIONREPLY']._serialized_end=1858
-  _globals['_SESSIONSERVICE']._serialized_start=2021
-  _globals['_SESSIONSERVICE']._serialized_end=2424
+  _globals['_SERVEMODE']._serialized_start=1922
+  _globals['_SERVEMODE']._serialized_end=2001
+  _globals['_PRIORITY']._serialized_start=2003
+  _globals['_PRIORITY']._serialized_end=2080
+  _globals['_ACTIONSPEC']._serialized_start=119
+  _globals['_ACTIONSPEC']._serialized_end=236
+  _globals['_OPENSESSIONREQUEST']._serialized_start=238
+  _globals['_OPENSESSIONREQUEST']._serialized_end=335
+  _globals['_OPENSESSIONREPLY']._serialized_start=338
+  _globals['_OPENSESSIONREPLY']._serialized_end=485
+  _globals['_STEPREQUEST']._serialized_start=488
+  _globals['_STEPREQUEST']._serialized_end=699
+  _globals['_STEPTIMING']._serialized_start=702
+  _globals['_STEPTIMING']._serialized_end=830
+  _globals['_STEPREPLY']._serialized_start=833
+  _globals['_STEPREPLY']._serialized_end=1217
+  _globals['_STEPERROR']._serialized_start=1220
+  _globals['_STEPERROR']._serialized_end=1358
+  _globals['_STREAMSTEPSREPLY']._serialized_start=1360
+  _globals['_STREAMSTEPSREPLY']._serialized_end=1487
+  _globals['_GETSESSIONREQUEST']._serialized_start=1489
+  _globals['_GETSESSIONREQUEST']._serialized_end=1528
+  _globals['_STAGESTATEINFO']._serialized_start=1530
+  _globals['_STAGESTATEINFO']._serialized_end=1574
+  _globals['_SESSIONINFO']._serialized_start=1577
+  _globals['_SESSIONINFO']._serialized_end=1840
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1842
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1883
+  _globals['_CLOSESESSIONREPLY']._serialized_start=1885
+  _globals['_CLOSESESSIONREPLY']._serialized_end=1920
+  _globals['_SESSIONSERVICE']._serialized_start=2083
+  _globals['_SESSIONSERVICE']._serialized_end=2486
 # @@protoc_insertion_point(module_scope)

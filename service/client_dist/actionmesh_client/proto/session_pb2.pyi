@@ -1,4 +1,5 @@
 from actionmesh_client.proto import tensor_pb2 as _tensor_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -139,18 +140,20 @@ class StepReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., serve_mode: _Optional[_Union[ServeMode, str]] = ..., exit_stage: _Optional[int] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., observation_timestamp_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., replayed_steps: _Optional[int] = ..., state_reset: bool = ..., observation_id: _Optional[int] = ..., first_action_tick: _Optional[int] = ...) -> None: ...
 
 class StepError(_message.Message):
-    __slots__ = ("code", "message", "current_seq", "reason", "retry_after_s")
+    __slots__ = ("code", "message", "current_seq", "reason", "retry_after_s", "status")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     current_seq: int
     reason: str
     retry_after_s: float
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., current_seq: _Optional[int] = ..., reason: _Optional[str] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
+    status: _status_pb2.Status
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., current_seq: _Optional[int] = ..., reason: _Optional[str] = ..., retry_after_s: _Optional[float] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class StreamStepsReply(_message.Message):
     __slots__ = ("seq", "reply", "error")

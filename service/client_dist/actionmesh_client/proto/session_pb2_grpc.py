@@ -26,7 +26,23 @@ if _version_not_supported:
 
 
 class SessionServiceStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """Errors. Every error is a gRPC status code with a message for the robot engineer, and a
+    google.rpc.Status in the trailer `grpc-status-details-bin` (grpcio-status's
+    rpc_status.from_call, grpc-java's StatusProto.fromThrowable, grpc-go's status.FromError)
+    holding:
+    - google.rpc.ErrorInfo, always: domain "actionmesh.v1.SessionService", reason one of
+    INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
+    NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
+    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT;
+    - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
+    - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
+    budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
+    The same reason, lower_snake, and the same figures are also in the trailers
+    `actionmesh-error`, `actionmesh-current-seq` and `actionmesh-retry-after-s` (kept for one
+    release). A status without ErrorInfo did not come from a coordinator (gRPC itself could not
+    reach one). With auth on, any call may be UNAUTHENTICATED (no or an unknown token or
+    certificate) or PERMISSION_DENIED (a scope the caller lacks, or another identity's session).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,11 +78,32 @@ class SessionServiceStub(object):
 
 
 class SessionServiceServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """Errors. Every error is a gRPC status code with a message for the robot engineer, and a
+    google.rpc.Status in the trailer `grpc-status-details-bin` (grpcio-status's
+    rpc_status.from_call, grpc-java's StatusProto.fromThrowable, grpc-go's status.FromError)
+    holding:
+    - google.rpc.ErrorInfo, always: domain "actionmesh.v1.SessionService", reason one of
+    INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
+    NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
+    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT;
+    - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
+    - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
+    budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
+    The same reason, lower_snake, and the same figures are also in the trailers
+    `actionmesh-error`, `actionmesh-current-seq` and `actionmesh-retry-after-s` (kept for one
+    release). A status without ErrorInfo did not come from a coordinator (gRPC itself could not
+    reach one). With auth on, any call may be UNAUTHENTICATED (no or an unknown token or
+    certificate) or PERMISSION_DENIED (a scope the caller lacks, or another identity's session).
+    """
 
     def OpenSession(self, request, context):
         """A new session. With a request_id, a retried open (same client_id and request_id) returns
         the session the first attempt created instead of a second one.
+        Errors: INVALID_ARGUMENT (ttl_s not finite or < 0, wait_replicas above the coordinator's
+        max_wait_replicas, an id over 128 characters); FAILED_PRECONDITION NOT_ENOUGH_REPLICAS
+        (fewer Redis replicas connected than wait_replicas); UNAVAILABLE (no model version is
+        served by every stage); RESOURCE_EXHAUSTED SESSION_LIMIT (the identity's
+        sessions_per_identity).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,29 +111,41 @@ class SessionServiceServicer(object):
 
     def Step(self, request, context):
         """One control tick. seq == last + 1 computes; seq == last returns the stored reply.
+        Errors: INVALID_ARGUMENT (observation of the wrong dtype, shape or size, NaN/Inf or beyond
+        max_observation_abs; an unknown priority; a bad budget_ms); NOT_FOUND (unknown, closed or
+        expired session); FAILED_PRECONDITION SEQ_CONFLICT (seq neither last + 1 nor last);
+        RESOURCE_EXHAUSTED SHED or RATE_LIMITED (not advanced: resend after RetryInfo);
+        DEADLINE_EXCEEDED or UNAVAILABLE (not advanced: resend the same seq, maybe to another
+        coordinator). A degraded answer is not an error: it is a reply labelled by serve_mode.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamSteps(self, request_iterator, context):
-        """The same over one bidirectional stream; a failed step yields an error item, not a closed stream.
+        """The same over one bidirectional stream; a failed step yields an error item (StepError,
+        with the same codes as Step), not a closed stream.
         Each step's deadline: the shortest of its own budget_ms, the stream's metadata
         `actionmesh-step-timeout-s` (seconds, the robot's per-step deadline for the whole stream),
         what is left of the stream's own deadline, and the coordinator's step_timeout_s.
+        The stream itself ends with INVALID_ARGUMENT for a bad `actionmesh-step-timeout-s`, and
+        with RESOURCE_EXHAUSTED when the coordinator's max_concurrent_rpcs are in use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Where a session is. Errors: NOT_FOUND, INVALID_ARGUMENT (session_id over 128 characters).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Ends a session and deletes its state (closed = false if it was already gone).
+        Errors: INVALID_ARGUMENT (session_id over 128 characters).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -138,7 +187,23 @@ def add_SessionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SessionService(object):
-    """Missing associated documentation comment in .proto file."""
+    """Errors. Every error is a gRPC status code with a message for the robot engineer, and a
+    google.rpc.Status in the trailer `grpc-status-details-bin` (grpcio-status's
+    rpc_status.from_call, grpc-java's StatusProto.fromThrowable, grpc-go's status.FromError)
+    holding:
+    - google.rpc.ErrorInfo, always: domain "actionmesh.v1.SessionService", reason one of
+    INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
+    NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
+    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT;
+    - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
+    - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
+    budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
+    The same reason, lower_snake, and the same figures are also in the trailers
+    `actionmesh-error`, `actionmesh-current-seq` and `actionmesh-retry-after-s` (kept for one
+    release). A status without ErrorInfo did not come from a coordinator (gRPC itself could not
+    reach one). With auth on, any call may be UNAUTHENTICATED (no or an unknown token or
+    certificate) or PERMISSION_DENIED (a scope the caller lacks, or another identity's session).
+    """
 
     @staticmethod
     def OpenSession(request,
