@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from actionmesh_client.proto_names import serve_mode_value
 from actionmesh_client.session_client import STEP_TIMEOUT_S, Priority
 from service.client import (
     ActionMeshClient,
@@ -244,7 +245,7 @@ class ClientRobot(Robot):
             now,
             now - sent,
             "OK",
-            session_pb2.ServeMode.Value(result.serve_mode.value),
+            serve_mode_value(result.serve_mode.value),
             torch.from_numpy(result.action),
             result.model_version,
             result.state_reset,

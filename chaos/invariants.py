@@ -14,6 +14,7 @@ from typing import Protocol
 import grpc
 import torch
 
+from actionmesh_client.proto_names import serve_mode_name
 from chaos.fleet import RETRYABLE, ClientRobot, Robot, SteppingRobot
 from chaos.reference import observations, reference_with_exits
 from service.model import weights
@@ -125,9 +126,13 @@ def check_nothing_lost_or_doubled(
         if robot.error is None
     }
     modes = (
-        {session_pb2.FULL, session_pb2.EARLY_EXIT, session_pb2.FALLBACK}
+        {
+            session_pb2.SERVE_MODE_FULL,
+            session_pb2.SERVE_MODE_EARLY_EXIT,
+            session_pb2.SERVE_MODE_FALLBACK,
+        }
         if degraded
-        else {session_pb2.FULL}
+        else {session_pb2.SERVE_MODE_FULL}
     )
     for robot in robots:
         assert robot.error is None, robot.error
@@ -148,15 +153,15 @@ def check_nothing_lost_or_doubled(
                 if o.model_version != version:
                     continue
                 assert o.action is not None
-                if o.serve_mode == session_pb2.FULL:
+                if o.serve_mode == session_pb2.SERVE_MODE_FULL:
                     want = full[o.seq - 1]
-                elif o.serve_mode == session_pb2.EARLY_EXIT:
+                elif o.serve_mode == session_pb2.SERVE_MODE_EARLY_EXIT:
                     want = exits[o.seq - 1][o.exit_stage]
                 else:
                     assert list(o.action.shape) == [model.cfg.horizon, model.cfg.joints]
                     continue
                 assert torch.allclose(o.action, want, atol=1e-5), (
-                    f"seq {o.seq} ({session_pb2.ServeMode.Name(o.serve_mode)}) on {version}"
+                    f"seq {o.seq} ({serve_mode_name(o.serve_mode)}) on {version}"
                 )
 
 

@@ -82,9 +82,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _mode_name(outcome_mode: int, exit_stage: int) -> str:
-    if outcome_mode == session_pb2.EARLY_EXIT:
+    if outcome_mode == session_pb2.SERVE_MODE_EARLY_EXIT:
         return f"early_exit_{exit_stage}"
-    return "fallback" if outcome_mode == session_pb2.FALLBACK else "full"
+    return "fallback" if outcome_mode == session_pb2.SERVE_MODE_FALLBACK else "full"
 
 
 def _measure(robot: SteppingRobot, steps: int) -> list[tuple[str, float]]:

@@ -36,7 +36,7 @@ _MODES = (
     "FULL",
     "EARLY_EXIT",
     "FALLBACK",
-    "SERVE_MODE_UNSPECIFIED",
+    "UNSPECIFIED",
 )  # a step's outcome, not an error
 _HEADER = f"{'tick':>6} {'t_s':>6} {'source':<6} {'mode':<10} {'queued':>6} {'step_ms':>8}  model"
 

@@ -42,7 +42,7 @@ def _first_full_after(robots: list[SteppingRobot], t: float) -> float | None:
         o.at
         for r in robots
         for o in list(r.outcomes)
-        if o.code == "OK" and o.serve_mode == session_pb2.FULL and o.at - o.latency_s > t
+        if o.code == "OK" and o.serve_mode == session_pb2.SERVE_MODE_FULL and o.at - o.latency_s > t
     ]
     return min(times) - t if times else None
 

@@ -108,7 +108,7 @@ class _Robot:
                 observation=tensor_codec.encode(self._arm.observation()),
             )
             reply = self._stub.Step(request, timeout=10)
-            self.full += reply.serve_mode == session_pb2.FULL
+            self.full += reply.serve_mode == session_pb2.SERVE_MODE_FULL
             self._arm.apply(tensor_codec.decode(reply.action), 0.02)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from actionmesh_client.proto_names import serve_mode_name
 from fallback.plan import (
     CatchUp,
     NoPath,
@@ -564,7 +565,7 @@ class SessionEngine:
                     record.session_id, record.wait_replicas, self.durability.wait_timeout_s
                 )
         STORED_REPLIES.inc()
-        mode = session_pb2.ServeMode.Name(session_pb2.StepReply.FromString(reply).serve_mode)
+        mode = serve_mode_name(session_pb2.StepReply.FromString(reply).serve_mode)
         return StepAnswer(reply=reply, serve_mode=ServeMode(mode), recomputed=False)
 
     def _commit(self, record: SessionRecord, commit: StepCommit, mode: ServeMode) -> StepAnswer:

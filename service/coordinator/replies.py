@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from actionmesh_client.proto_names import serve_mode_value
 from fallback.serve_mode import ServeMode
 from service.proto import session_pb2, tensor_codec
 
@@ -38,7 +39,7 @@ def encode(outcome: StepOutcome) -> bytes:
         session_id=outcome.session_id,
         seq=outcome.seq,
         action=tensor_codec.encode(outcome.action),
-        serve_mode=outcome.serve_mode.value,
+        serve_mode=serve_mode_value(outcome.serve_mode.value),
         exit_stage=outcome.exit_stage,
         confidence=outcome.confidence,
         model_version=outcome.model_version,

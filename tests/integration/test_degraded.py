@@ -18,7 +18,11 @@ from service.proto import session_pb2, session_pb2_grpc
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.support.waiting import wait_for
 
-FULL, EARLY_EXIT, FALLBACK = session_pb2.FULL, session_pb2.EARLY_EXIT, session_pb2.FALLBACK
+FULL, EARLY_EXIT, FALLBACK = (
+    session_pb2.SERVE_MODE_FULL,
+    session_pb2.SERVE_MODE_EARLY_EXIT,
+    session_pb2.SERVE_MODE_FALLBACK,
+)
 # A log that reaches back to the outage's start, so that replay brings the lagging stages level.
 LONG_LOG = {"observation_log_depth": 2000}
 

@@ -173,7 +173,8 @@ def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
                 dead_at = time.monotonic()  # kill() returns once the process is reaped
                 wait_for(
                     lambda: all(
-                        r.outcomes[-1].serve_mode == session_pb2.EARLY_EXIT for r in robots
+                        r.outcomes[-1].serve_mode == session_pb2.SERVE_MODE_EARLY_EXIT
+                        for r in robots
                     ),
                     10,
                     "steps are answered from stage 0's exit head rather than mix versions",
@@ -194,7 +195,7 @@ def test_replicas_of_two_versions_are_never_mixed(tmp_path: Path) -> None:
                 for o in robot.outcomes
                 if o.code == "OK" and o.at - o.latency_s > dead_at
             }
-            assert after == {(session_pb2.EARLY_EXIT, 0)}, (
+            assert after == {(session_pb2.SERVE_MODE_EARLY_EXIT, 0)}, (
                 f"session {robot.session_id}: answers after the kill (mode, exit stage) {after}"
             )
         # No replica was ever asked for a version it does not serve (the v1 leader of stage 1

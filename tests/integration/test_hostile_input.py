@@ -176,7 +176,7 @@ def test_afterwards_the_server_serves_and_no_untold_session_is_left(
         session_id=session_id, seq=1, observation=tensor_codec.encode(torch.ones(DIM))
     )
     reply = stub.Step(request, timeout=DEADLINE_S)
-    assert reply.serve_mode == session_pb2.ServeMode.FULL
+    assert reply.serve_mode == session_pb2.SERVE_MODE_FULL
     client = redis.Redis.from_url(cluster.redis_url)
     try:
         stored = {

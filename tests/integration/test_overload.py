@@ -11,17 +11,26 @@ from pathlib import Path
 
 import grpc
 
+from actionmesh_client.proto_names import priority_name
 from chaos.reference import observations
 from service.coordinator.error_status import ERROR_KEY, RETRY_AFTER_KEY
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 from tests.conftest import SMALL_MODEL, cluster_settings
 
-PRIORITIES = (session_pb2.SAFETY, session_pb2.NORMAL, session_pb2.BEST_EFFORT)
+PRIORITIES = (
+    session_pb2.PRIORITY_SAFETY,
+    session_pb2.PRIORITY_NORMAL,
+    session_pb2.PRIORITY_BEST_EFFORT,
+)
 # 9 closed-loop clients against 2 slots + 2 queue places: ~2x. One SAFETY client: with as
 # many SAFETY clients as the others, SAFETY (exempt from the queue bound) takes nearly all
 # capacity and what NORMAL and BEST_EFFORT get is noise, not priority.
-CLIENTS = {session_pb2.SAFETY: 1, session_pb2.NORMAL: 4, session_pb2.BEST_EFFORT: 4}
+CLIENTS = {
+    session_pb2.PRIORITY_SAFETY: 1,
+    session_pb2.PRIORITY_NORMAL: 4,
+    session_pb2.PRIORITY_BEST_EFFORT: 4,
+}
 RUN_S = 6.0
 
 
@@ -83,7 +92,7 @@ def test_best_effort_is_shed_first_and_safety_never(tmp_path: Path) -> None:
     by_priority = {p: Counter[str]() for p in PRIORITIES}
     for client in clients:
         by_priority[client.priority].update(client.codes)
-    print({session_pb2.Priority.Name(p): dict(c) for p, c in by_priority.items()})
+    print({priority_name(p): dict(c) for p, c in by_priority.items()})
     safety, normal, best_effort = (by_priority[p] for p in PRIORITIES)
     assert safety["RESOURCE_EXHAUSTED"] == 0 and safety["OK"] > 0
     assert best_effort["RESOURCE_EXHAUSTED"] > 0, "no overload: the test did not test anything"

@@ -176,7 +176,7 @@ def test_a_local_cluster_steps_through_a_redis_cluster(
         for seq in range(1, STEPS + 1):
             for sid in sessions:
                 reply = step(stub, sid, seq, obs[sid][seq - 1])
-                assert (reply.seq, reply.serve_mode) == (seq, session_pb2.FULL)
+                assert (reply.seq, reply.serve_mode) == (seq, session_pb2.SERVE_MODE_FULL)
                 actions[sid].append(tensor_codec.decode(reply.action))
         model, _ = weights.load_model(local.weights_dir)
         store = RedisSessionStore(replicated.url, socket_timeout_s=SOCKET_TIMEOUT_S)
@@ -212,7 +212,7 @@ def test_up_starts_a_private_redis_cluster_with_the_durability_asked_for(tmp_pat
         obs = observations(0, 5, SMALL_MODEL.observation_dim)
         for seq in range(1, 6):
             reply = step(stub, opened.session_id, seq, obs[seq - 1])
-            assert (reply.seq, reply.serve_mode) == (seq, session_pb2.FULL)
+            assert (reply.seq, reply.serve_mode) == (seq, session_pb2.SERVE_MODE_FULL)
         with pytest.raises(grpc.RpcError) as refused:
             stub.OpenSession(
                 session_pb2.OpenSessionRequest(client_id="test", wait_replicas=2), timeout=10

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from actionmesh_client.proto_names import serve_mode_name
 from chaos.faults import run_ckpt as ckpt
 from chaos.fleet import ClientRobot, Robot
 from chaos.invariants import (
@@ -23,7 +24,6 @@ from chaos.invariants import (
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
-from service.proto import session_pb2
 from state.etcd_routing import EtcdRoutingTable
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.integration.test_failover import status_json
@@ -241,7 +241,7 @@ def test_robots_on_the_client_library_roll_forward_and_back_without_a_failed_ste
                 wait_for(lambda: pipeline_on(table, v1), 60, "every replica and leader on v1")
                 progress(robots, 40)
                 modes = Counter(
-                    session_pb2.ServeMode.Name(o.serve_mode)
+                    serve_mode_name(o.serve_mode)
                     for r in robots
                     for o in r.outcomes
                     if o.code == "OK"

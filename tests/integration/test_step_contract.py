@@ -217,6 +217,6 @@ def test_an_unknown_priority_is_invalid_argument(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "priority 7" in (error.details() or "")
     served = step_request(sid, 1, obs)
-    served.priority = session_pb2.SAFETY
+    served.priority = session_pb2.PRIORITY_SAFETY
     reply = stub.Step(served, timeout=10)
-    assert reply.seq == 1 and reply.serve_mode == session_pb2.FULL
+    assert reply.seq == 1 and reply.serve_mode == session_pb2.SERVE_MODE_FULL

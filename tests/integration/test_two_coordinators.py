@@ -41,7 +41,7 @@ def test_coordinators_taking_turns_answer_like_one_and_never_apply_a_seq_twice(
                 on_b = seq % 3 == 0
                 loads = session_loads(client)
                 reply = step(b if on_b else a, sid, seq, obs[seq - 1])
-                assert reply.seq == seq and reply.serve_mode == session_pb2.ServeMode.FULL
+                assert reply.seq == seq and reply.serve_mode == session_pb2.SERVE_MODE_FULL
                 if seq % 3 == 2:
                     assert session_loads(client) == loads, "A's next step after its own commit"
                 actions.append(tensor_codec.decode(reply.action))

@@ -13,8 +13,9 @@ import time
 
 import grpc
 
+from actionmesh_client.proto_names import serve_mode_name
 from chaos.reference import observations, open_session, step
-from service.proto import session_pb2, session_pb2_grpc, tensor_codec
+from service.proto import session_pb2_grpc, tensor_codec
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
                 reply = step(stub, session_id, seq, obs)
                 result["step_ms"].append((time.perf_counter() - start) * 1e3)
                 actions.append(tensor_codec.decode(reply.action).tolist())
-                modes.append(session_pb2.ServeMode.Name(reply.serve_mode))
+                modes.append(serve_mode_name(reply.serve_mode))
             result["sessions"].append({"seed": s, "actions": actions, "modes": modes})
     print(json.dumps(result))
 

@@ -87,7 +87,7 @@ def reply_to(request: session_pb2.StepRequest, **fields: object) -> session_pb2.
     defaults: dict[str, object] = {
         "seq": request.seq,
         "action": tensor_codec.encode(torch.zeros(2, 7)),
-        "serve_mode": session_pb2.FULL,
+        "serve_mode": session_pb2.SERVE_MODE_FULL,
         "observation_timestamp_s": request.timestamp_s,
         "observation_id": request.observation_id,
         "first_action_tick": request.tick,
@@ -179,6 +179,6 @@ def test_observations_are_sent_as_float32_and_priorities_are_checked() -> None:
 
     session._step_with(call, [0.5, 1.0, 2.0], Priority.SAFETY, 1.0, None, 0, None)
     assert got[0].observation.dtype == tensor_pb2.DTYPE_FLOAT32
-    assert got[0].priority == session_pb2.SAFETY
+    assert got[0].priority == session_pb2.PRIORITY_SAFETY
     with pytest.raises(ValueError, match="URGENT"):
         session._step_with(call, np.zeros(3), "URGENT", 1.0, None, 0, None)

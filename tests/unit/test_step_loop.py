@@ -42,9 +42,9 @@ V2 = ActionModel(CFG.model_copy(update={"seed": 1})).eval()
 OBS = observations(seed=3, steps=160, dim=CFG.observation_dim)
 REFERENCE = {"v1": reference_run(V1, OBS)[0], "v2": reference_run(V2, OBS)[0]}
 FULL, EARLY_EXIT, FALLBACK = (
-    session_pb2.ServeMode.FULL,
-    session_pb2.ServeMode.EARLY_EXIT,
-    session_pb2.ServeMode.FALLBACK,
+    session_pb2.SERVE_MODE_FULL,
+    session_pb2.SERVE_MODE_EARLY_EXIT,
+    session_pb2.SERVE_MODE_FALLBACK,
 )
 
 

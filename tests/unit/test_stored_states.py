@@ -68,7 +68,7 @@ def test_an_unreadable_stored_state_is_rebuilt_from_the_log_and_suspects_no_repl
         coordinator.step(sid, seq, OBS[seq - 1], timeout_s=5.0)
     corrupt(coordinator, sid, 1, data)
     answer = coordinator.step(sid, 4, OBS[3], timeout_s=5.0)
-    assert answer.reply.serve_mode == session_pb2.FULL
+    assert answer.reply.serve_mode == session_pb2.SERVE_MODE_FULL
     assert answer.reply.replayed_steps == 3 and not answer.reply.state_reset
     assert torch.allclose(answer.action, REFERENCE[3], atol=1e-5), "not the never-corrupted answer"
     assert coordinator.router.healthy("v1", CFG.n_stages) == [True] * CFG.n_stages

@@ -51,6 +51,7 @@ from actionmesh_client.client_errors import (
 from actionmesh_client.client_tls import ClientTls, open_channel
 from actionmesh_client.metrics import counter
 from actionmesh_client.proto import session_pb2, session_pb2_grpc
+from actionmesh_client.proto_names import priority_value, serve_mode_name
 
 __all__ = [
     "ActionMeshClient",
@@ -85,7 +86,7 @@ SWITCH_AFTER_FAILURES = 2  # retryable failures in a row before leaving even a r
 
 
 class Priority(str, enum.Enum):
-    """A step's priority under overload (the proto's names; plain strings are accepted too)."""
+    """A step's priority under overload (short names; plain strings are accepted too)."""
 
     SAFETY = "SAFETY"
     NORMAL = "NORMAL"
@@ -93,12 +94,12 @@ class Priority(str, enum.Enum):
 
 
 class ServeMode(str, enum.Enum):
-    """How a reply was computed; compares equal to the proto's name ("FULL", ...)."""
+    """How a reply was computed; compares equal to its short name ("FULL", ...)."""
 
     FULL = "FULL"
     EARLY_EXIT = "EARLY_EXIT"  # from a stage's exit head: later stages were down
     FALLBACK = "FALLBACK"  # from the distilled student model in the coordinator
-    UNSPECIFIED = "SERVE_MODE_UNSPECIFIED"
+    UNSPECIFIED = "UNSPECIFIED"  # not set, or a mode newer than this client
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def _as_observation(observation: npt.ArrayLike) -> npt.NDArray[np.generic]:
 
 def _priority(priority: Priority | str) -> int:
     try:
-        return int(session_pb2.Priority.Value(Priority(priority).value))
+        return priority_value(Priority(priority).value)
     except ValueError:
         known = ", ".join(p.value for p in Priority)
         raise ValueError(f"priority {priority!r} is not one of {known}") from None
@@ -529,10 +530,8 @@ def _answers(reply: session_pb2.StepReply, request: session_pb2.StepRequest) -> 
 
 
 def _serve_mode(value: int) -> ServeMode:
-    try:
-        return ServeMode(session_pb2.ServeMode.Name(value))
-    except ValueError:  # a mode added after this client was built
-        return ServeMode.UNSPECIFIED
+    """UNSPECIFIED for 0 and for a mode added after this client was built."""
+    return ServeMode(serve_mode_name(value))
 
 
 class StepStream(_Closing):

@@ -12,24 +12,24 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class ServeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SERVE_MODE_UNSPECIFIED: _ClassVar[ServeMode]
-    FULL: _ClassVar[ServeMode]
-    EARLY_EXIT: _ClassVar[ServeMode]
-    FALLBACK: _ClassVar[ServeMode]
+    SERVE_MODE_FULL: _ClassVar[ServeMode]
+    SERVE_MODE_EARLY_EXIT: _ClassVar[ServeMode]
+    SERVE_MODE_FALLBACK: _ClassVar[ServeMode]
 
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRIORITY_UNSPECIFIED: _ClassVar[Priority]
-    SAFETY: _ClassVar[Priority]
-    NORMAL: _ClassVar[Priority]
-    BEST_EFFORT: _ClassVar[Priority]
+    PRIORITY_SAFETY: _ClassVar[Priority]
+    PRIORITY_NORMAL: _ClassVar[Priority]
+    PRIORITY_BEST_EFFORT: _ClassVar[Priority]
 SERVE_MODE_UNSPECIFIED: ServeMode
-FULL: ServeMode
-EARLY_EXIT: ServeMode
-FALLBACK: ServeMode
+SERVE_MODE_FULL: ServeMode
+SERVE_MODE_EARLY_EXIT: ServeMode
+SERVE_MODE_FALLBACK: ServeMode
 PRIORITY_UNSPECIFIED: Priority
-SAFETY: Priority
-NORMAL: Priority
-BEST_EFFORT: Priority
+PRIORITY_SAFETY: Priority
+PRIORITY_NORMAL: Priority
+PRIORITY_BEST_EFFORT: Priority
 
 class ActionSpec(_message.Message):
     __slots__ = ("observation_dim", "horizon", "joints", "action_period_ms", "joint_names")
