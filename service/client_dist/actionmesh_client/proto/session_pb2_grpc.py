@@ -37,6 +37,7 @@ class SessionServiceStub(object):
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
+
     The same reason, lower_snake, and the same figures are also in the trailers
     `actionmesh-error`, `actionmesh-current-seq` and `actionmesh-retry-after-s` (kept for one
     release). A status without ErrorInfo did not come from a coordinator (gRPC itself could not
@@ -89,6 +90,7 @@ class SessionServiceServicer(object):
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
+
     The same reason, lower_snake, and the same figures are also in the trailers
     `actionmesh-error`, `actionmesh-current-seq` and `actionmesh-retry-after-s` (kept for one
     release). A status without ErrorInfo did not come from a coordinator (gRPC itself could not
@@ -198,6 +200,7 @@ class SessionService(object):
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
+
     The same reason, lower_snake, and the same figures are also in the trailers
     `actionmesh-error`, `actionmesh-current-seq` and `actionmesh-retry-after-s` (kept for one
     release). A status without ErrorInfo did not come from a coordinator (gRPC itself could not
