@@ -18,7 +18,16 @@ from pathlib import Path
 
 # `apt-get -s install` prints one line per package it would unpack: "Inst NAME (VERSION ...".
 _INST = re.compile(r"^Inst (\S+) (?:\[\S+\] )?\((\S+)", re.MULTILINE)
-# `apt-cache depends` lines naming a shared-library package: "  Depends: libfoo1".
+# `apt-cache depends` without the other relations, and its lines naming a shared-library
+# package: "  Depends: libfoo1".
+_DEPENDS_ONLY = [
+    "--no-recommends",
+    "--no-suggests",
+    "--no-conflicts",
+    "--no-breaks",
+    "--no-replaces",
+    "--no-enhances",
+]
 _DEPENDS = re.compile(r"^\s+Depends: (lib[^\s<>]+)$", re.MULTILINE)
 
 
@@ -56,8 +65,7 @@ def missing(packages: Sequence[str]) -> list[str]:
     wanted = dict(_INST.findall(plan.stdout))
     dev = [name for name in wanted if name.endswith("-dev")]
     if dev:
-        depends = _run("apt-cache", "depends", "--no-recommends", "--no-suggests",
-                       "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *dev)
+        depends = _run("apt-cache", "depends", *_DEPENDS_ONLY, *dev)
         for name in _DEPENDS.findall(depends):
             if name not in wanted and not name.endswith("-dev"):
                 installed = _run("dpkg-query", "-W", "-f", "${Version}", name)
