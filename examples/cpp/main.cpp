@@ -1,7 +1,11 @@
 // A C++ client of actionmesh's public session API (actionmesh.v1.SessionService): opens a
 // session, runs a number of control steps and closes the session again.
 //
-//   actionmesh_cpp_client --target 127.0.0.1:50050 [--steps 100] [--deadline-ms 1000]
+//   [ACTIONMESH_TOKEN=...] actionmesh_cpp_client --target 127.0.0.1:50050 [--steps 100]
+//       [--deadline-ms 1000] [--client-id ID]
+//
+// ACTIONMESH_TOKEN, when set, is sent as `authorization: Bearer <token>` on every call (a
+// coordinator with --auth token); an environment variable keeps it out of `ps`.
 //
 // Every call has its own deadline; every status is checked and a failure prints its code,
 // message and the coordinator's reason (trailing metadata `actionmesh-error`). Each reply is
@@ -41,6 +45,7 @@ struct Options {
   int steps = 100;
   int deadline_ms = 1000;  // per call: a robot's control loop cannot wait longer than this
   std::string client_id = "cpp-example";
+  std::string token;  // from ACTIONMESH_TOKEN; empty: no authorization metadata
 };
 
 // A failed check or call; main() prints it and exits non-zero (after closing the session).
@@ -50,6 +55,7 @@ struct Failure : std::runtime_error {
 
 Options parse(int argc, char** argv) {
   Options options;
+  if (const char* token = std::getenv("ACTIONMESH_TOKEN")) options.token = token;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (i + 1 >= argc) throw Failure("missing value after " + flag);
@@ -75,6 +81,7 @@ std::unique_ptr<grpc::ClientContext> context_for(const Options& options) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::milliseconds(options.deadline_ms));
+  if (!options.token.empty()) context->AddMetadata("authorization", "Bearer " + options.token);
   return context;
 }
 
