@@ -62,15 +62,24 @@ def missing(packages: Sequence[str]) -> list[str]:
     runtime libraries those -dev packages depend on: a -dev package's `libX.so` symlink and
     its CMake config name the library beside them, so it must be unpacked there too."""
     plan = _with_lists("-s", "install", "--no-install-recommends", *packages)
-    wanted = dict(_INST.findall(plan.stdout))
+    wanted = planned(plan.stdout)
     dev = [name for name in wanted if name.endswith("-dev")]
     if dev:
         depends = _run("apt-cache", "depends", *_DEPENDS_ONLY, *dev)
-        for name in _DEPENDS.findall(depends):
-            if name not in wanted and not name.endswith("-dev"):
-                installed = _run("dpkg-query", "-W", "-f", "${Version}", name)
-                wanted[name] = installed
+        for name in libraries(depends):
+            if name not in wanted:
+                wanted[name] = _run("dpkg-query", "-W", "-f", "${Version}", name)
     return [f"{name}={version}" for name, version in wanted.items()]
+
+
+def planned(simulated: str) -> dict[str, str]:
+    """NAME: VERSION of every package an `apt-get -s install` output would unpack."""
+    return dict(_INST.findall(simulated))
+
+
+def libraries(depends: str) -> list[str]:
+    """The shared-library packages (lib*, not -dev) an `apt-cache depends` output names."""
+    return [name for name in _DEPENDS.findall(depends) if not name.endswith("-dev")]
 
 
 def _run(*command: str) -> str:
