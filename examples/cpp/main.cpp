@@ -199,7 +199,7 @@ void run(const Options& options) {
     request.set_seq(seq);
     request.set_tick(seq);
     request.set_observation_id(seq);
-    request.set_priority(v1::NORMAL);
+    request.set_priority(v1::PRIORITY_NORMAL);
     *request.mutable_observation() = float_tensor(observation);
     v1::StepReply reply;
     auto context = context_for(options);
@@ -221,7 +221,7 @@ void run(const Options& options) {
   std::printf("SUMMARY steps=%zu p50_ms=%.3f p99_ms=%.3f full=%d early_exit=%d fallback=%d "
               "session=%s\n",
               latencies_ms.size(), percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.99),
-              modes[v1::FULL], modes[v1::EARLY_EXIT], modes[v1::FALLBACK],
+              modes[v1::SERVE_MODE_FULL], modes[v1::SERVE_MODE_EARLY_EXIT], modes[v1::SERVE_MODE_FALLBACK],
               session.opened().session_id().c_str());
 }
 
