@@ -144,9 +144,11 @@ METHODS = ["OpenSession", "Step", "GetSession", "CloseSession"]
 
 @given(method=st.sampled_from(METHODS), data=st.binary(min_size=1, max_size=512))
 @CASES
-def test_raw_bytes_on_the_wire(channel: grpc.Channel, method: str, data: bytes) -> None:
+def test_raw_bytes_on_the_wire(channel: grpc.Channel, method: str, data: bytes, told: Told) -> None:
     raw = channel.unary_unary(f"/actionmesh.v1.SessionService/{method}")
-    call(f"{method} (raw)", raw, data)
+    reply = call(f"{method} (raw)", raw, data)
+    if method == "OpenSession" and isinstance(reply, bytes):  # the bytes parsed as a request
+        told.ids.add(session_pb2.OpenSessionReply.FromString(reply).session_id)
 
 
 def test_raw_bytes_on_a_stream_are_error_items_and_the_stream_goes_on(
