@@ -70,6 +70,7 @@ class EtcdReplicaMembership:
         self._info_gen = 0  # bumped by announce()
         self._published_gen = 0  # the generation last written to etcd
         self._campaigning = True
+        self._retired = False  # retire(): never campaign again
         self._resign = False
         self._leader_value: bytes | None = None  # what we last wrote to the leader key
         self._next_keepalive = 0.0
@@ -113,7 +114,15 @@ class EtcdReplicaMembership:
         with self._lock:
             self._info = dataclasses.replace(info, lease_id=0)
             self._info_gen += 1
-            self._campaigning, self._leader_dirty = True, True
+            self._campaigning, self._leader_dirty = not self._retired, True
+        self._wake.set()
+
+    def retire(self) -> None:
+        """Never campaign again, announce() or not: the process is stopping. A leader keeps
+        the key until stop(); a standby never takes it, not even when the leader (stopping
+        too, say) releases it first."""
+        with self._lock:
+            self._retired, self._campaigning = True, False
         self._wake.set()
 
     def start(self) -> None:
@@ -226,6 +235,14 @@ class EtcdReplicaMembership:
         current = self._etcd.get(self._leader_key)
         if current is None and self._campaigning:
             _, current = self._etcd.create(self._leader_key, self._announced(), self._lease_id)
+        if (
+            current is not None
+            and current.lease_id == self._lease_id
+            and self._retired
+            and self._role is not Role.LEADER
+        ):  # won while retire() came: hand the key straight back rather than lead while stopping
+            self._etcd.replace_if_value(self._leader_key, current.value, None, self._lease_id)
+            current = None
         self._next_check = time.monotonic() + self._granted_ttl_s
         if current is not None and current.lease_id == self._lease_id:
             self._leader_value = current.value

@@ -74,6 +74,10 @@ class ReplicaMembership(Protocol):
     def announce(self, info: ReplicaInfo) -> None:
         """Advertise new details (a new model version) and campaign again."""
 
+    def retire(self) -> None:
+        """Stop campaigning for good (the process is stopping): keep leadership if held until
+        stop(), never take it up."""
+
     def stop(self) -> None:
         """Revoke the lease so that a standby takes over at once."""
 

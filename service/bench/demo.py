@@ -31,6 +31,7 @@ from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.runtime.settings import DemoSettings
 from state.backends import open_routing_table
+from state.session import short_id
 
 _MODES = (
     "FULL",
@@ -120,7 +121,7 @@ def _drive(session: Session, settings: DemoSettings, cluster: LocalCluster | Non
     total = max(1, round(settings.duration_s * settings.rate_hz))
     run = DemoRun(period_s)
     print(
-        f"session {session.session_id} model {session.model_version}: {total} ticks at "
+        f"session {short_id(session.session_id)} model {session.model_version}: {total} ticks at "
         f"{settings.rate_hz:g} Hz, chunks of {spec.horizon} actions every "
         f"{spec.action_period_ms:g} ms, through the action buffer"
     )

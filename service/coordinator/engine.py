@@ -368,9 +368,8 @@ class SessionEngine:
     ) -> SessionRecord | StepAnswer:
         """The session, when `seq` is its next step; the stored reply when it is a retry.
         A session this coordinator committed last needs no load (see session_cache)."""
-        cached = self.cache.take(SessionId(session_id), seq)
+        cached = self.cache.take(SessionId(session_id), seq, lambda r: check_owner(r, caller))
         if cached is not None:
-            check_owner(cached, caller)
             return cached
         with store_errors():
             record = self.store.load(SessionId(session_id))

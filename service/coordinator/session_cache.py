@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from state.session import SessionId, SessionRecord
 
@@ -22,13 +23,22 @@ class SessionCache:
         self._entries: OrderedDict[SessionId, tuple[SessionRecord, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, session_id: SessionId, seq: int) -> SessionRecord | None:
+    def take(
+        self,
+        session_id: SessionId,
+        seq: int,
+        vet: Callable[[SessionRecord], None] = lambda _: None,
+    ) -> SessionRecord | None:
         """The cached record when `seq` is its next step (and it cannot have expired since);
-        the entry is removed either way."""
+        the entry is removed either way, unless `vet` raises: then it is left in place and
+        the error propagates, so that a caller refused the session (not its owner) cannot
+        evict the owner's entry and make its next step reload from the store."""
         with self._lock:
-            entry = self._entries.pop(session_id, None)
-        if entry is None:
-            return None
+            entry = self._entries.get(session_id)
+            if entry is None:
+                return None
+            vet(entry[0])
+            del self._entries[session_id]
         record, expires = entry
         if seq != record.seq + 1 or time.monotonic() >= expires:
             return None

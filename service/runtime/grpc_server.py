@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -23,6 +26,34 @@ from service.runtime.readiness import Readiness
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# How often the main thread looks for a stop signal (see run_until_signal).
+SIGNAL_POLL_S = 0.2
+# A stop may take this long beyond drain_delay_s + grace_s (giving up leadership, the ops
+# endpoint) before the process exits regardless, with STOP_OVERRAN_EXIT_CODE.
+STOP_MARGIN_S = 3.0
+STOP_OVERRAN_EXIT_CODE = 70
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush what is logged and printed, then end the process without the interpreter's
+    teardown: its final garbage collection of a model's heap takes seconds, and exit joins
+    every gRPC worker thread without a timeout."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _exit_after(limit_s: float, name: str) -> None:
+    """In the background: end the process if it is still here limit_s from now."""
+
+    def overrun() -> None:
+        time.sleep(limit_s)
+        log.error("%s still stopping %.1fs after the stop signal: exiting now", name, limit_s)
+        exit_now(STOP_OVERRAN_EXIT_CODE)
+
+    threading.Thread(target=overrun, name=f"{name}-stop-limit", daemon=True).start()
 
 
 class GrpcProcess:
@@ -98,12 +129,22 @@ class GrpcProcess:
         grace_s: float = 2.0,
         before_stop: Callable[[], None] | None = None,
         drain_delay_s: float = 0.0,
+        on_signal: Callable[[], None] | None = None,
     ) -> None:
-        """Serve until SIGTERM/SIGINT; then report NOT_SERVING (gRPC health, /ready 503) and
-        keep serving drain_delay_s so that balancers and clients move away, run `before_stop`
-        (e.g. give up leadership), then stop accepting calls and let those in flight finish
-        within grace_s."""
-        self._stopped.wait()
+        """Serve until SIGTERM/SIGINT; then run `on_signal` (e.g. stop campaigning for
+        leadership), report NOT_SERVING (gRPC health, /ready 503) and keep serving
+        drain_delay_s so that balancers and clients move away, run `before_stop` (e.g. give up
+        leadership), then stop accepting calls and let those in flight finish within grace_s.
+        The process exits STOP_MARGIN_S after that at the latest, whatever still runs."""
+        # The kernel may hand the signal to any thread; Python then only flags it for the main
+        # thread, which runs the handler when it next runs Python code. Waiting without a
+        # timeout, a main thread would sleep through it (docs/chaos.md: shards still up 10 s
+        # after SIGTERM).
+        while not self._stopped.wait(SIGNAL_POLL_S):
+            pass
+        _exit_after(drain_delay_s + grace_s + STOP_MARGIN_S, self.name)
+        if on_signal is not None:
+            on_signal()
         self.readiness.drain()
         sd_notify.notify("STOPPING=1")
         time.sleep(drain_delay_s)
@@ -112,5 +153,6 @@ class GrpcProcess:
         log.info("%s stopping (grace %.1fs)", self.name, grace_s)
         self.readiness.stop()
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace_s).wait()
+        if not self.server.stop(grace_s).wait(grace_s + STOP_MARGIN_S / 2):
+            log.warning("%s calls still running %.1fs after the grace", self.name, grace_s)
         self.ops.stop()

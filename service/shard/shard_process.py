@@ -25,7 +25,7 @@ from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.runtime import metrics, tls, tracing
 from service.runtime.advertise import advertise_address, host_addresses
-from service.runtime.grpc_server import GrpcProcess
+from service.runtime.grpc_server import GrpcProcess, exit_now
 from service.runtime.malloc_arenas import limit_malloc_arenas
 from service.runtime.settings import ShardSettings
 from service.shard.cluster_only import ClusterOnly
@@ -211,6 +211,7 @@ def run(settings: ShardSettings) -> None:
         _serve(settings)
     finally:
         tracing.shutdown()
+    exit_now(0)  # stopped cleanly: nothing is left for the interpreter's teardown to do
 
 
 def _serve(settings: ShardSettings) -> None:
@@ -281,11 +282,14 @@ def _serve(settings: ShardSettings) -> None:
         _in_background(_reconcile, settings, servicer, membership, follower)
 
     def step_down() -> None:
+        membership.stop()  # first: a standby takes over at once, whatever the follower does
         if follower is not None:
             follower.stop()
-        membership.stop()
         time.sleep(DRAIN_S)
 
     process.run_until_signal(
-        settings.shutdown_grace_s, before_stop=step_down, drain_delay_s=settings.drain_delay_s
+        settings.shutdown_grace_s,
+        before_stop=step_down,
+        drain_delay_s=settings.drain_delay_s,
+        on_signal=membership.retire,  # a stopping replica must not take over leadership
     )

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from state.session import SHORT_ID_CHARS
+
 
 def processes_mentioning(text: str) -> list[int]:
     found = []
@@ -43,6 +45,9 @@ def test_demo_runs_and_stops_everything(tmp_path: Path) -> None:
         env={**os.environ, "ACTIONMESH_PORT": "0"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    shown = re.search(r"^session (\S+) model ", result.stdout, re.MULTILINE)
+    assert shown, result.stdout
+    assert len(shown[1]) == SHORT_ID_CHARS, "the session id is a credential: print it short"
     assert re.search(r"summary: [1-9]\d* steps ok, 0 failed", result.stdout), result.stdout
     ticks = re.search(
         r"ticks: 100 played, CHUNK (\d+), HOLD \d+, STOP 0, IDLE (\d+)", result.stdout

@@ -242,6 +242,29 @@ def test_one_leader_and_handover_on_stop(
     assert metric("actionmesh_leadership_changes_total", stage="1") == changes_before + 2
 
 
+def test_a_retired_standby_never_takes_over_and_a_retired_leader_leads_until_stop(
+    etcd: EmbeddedEtcd, closing: ExitStack, cluster: str
+) -> None:
+    """Both replicas of a stage stopping at once (a cluster's end): the one that stops second
+    must not become leader when the first releases the key."""
+    table = routing_table(closing, etcd.url, cluster)
+    members = [membership(closing, etcd.url, cluster, 1, name) for name in ("a", "b")]
+    wait_for(lambda: the_leader(members), 5, "exactly one leader, one standby")
+    leader = the_leader(members)
+    assert leader is not None
+    (standby,) = [m for m in members if m is not leader]
+    for member in members:
+        member.retire()
+    standby.announce(standby.info)  # a version follower's announce does not undo it
+    time.sleep(0.5)
+    assert (leader.role, standby.role) == (Role.LEADER, Role.STANDBY), "a leader keeps leading"
+    leader.stop()
+    wait_for(lambda: leader_of(table, 1) is None, 5, "the leader key released")
+    time.sleep(TTL_S)  # the standby's watch fires at once, and it rechecks every TTL
+    assert standby.role is Role.STANDBY
+    assert leader_of(table, 1) is None, "the retired standby took the leader key"
+
+
 def test_standby_leads_when_leader_process_is_killed(
     etcd: EmbeddedEtcd, closing: ExitStack, cluster: str, tmp_path: Path
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from service.coordinator.session_cache import SessionCache
 from state.session import SessionId, SessionRecord
 
@@ -42,3 +44,15 @@ def test_capacity_drops_the_least_recently_committed_and_zero_turns_it_off() -> 
     off = SessionCache(0)
     off.put(record("a", 1))
     assert len(off) == 0 and off.take(SessionId("a"), 2) is None
+
+
+def test_an_entry_a_caller_is_refused_stays_for_the_next_caller() -> None:
+    cache = SessionCache(8)
+    cache.put(record("a", 5))
+
+    def refuse(_: SessionRecord) -> None:
+        raise PermissionError("not yours")
+
+    with pytest.raises(PermissionError):
+        cache.take(SessionId("a"), 6, refuse)
+    assert cache.take(SessionId("a"), 6) == record("a", 5)

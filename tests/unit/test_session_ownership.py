@@ -25,7 +25,7 @@ from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from service.runtime.identity import Identity, Scope
 from service.runtime.rate_limit import RateLimiter
-from state.session import SessionId
+from state.session import SessionId, SessionRecord
 from tests.support.in_process import InProcessCoordinator
 from tests.unit.test_identity import DIRECTORY, OPS_TOKEN, ROBOT_TOKEN, FakeContext
 
@@ -69,6 +69,27 @@ def test_the_opener_owns_the_session_and_another_identity_is_denied_everything(
         assert sid not in str(denied.value)
     assert engine.get(sid, ALICE).record.seq == 1  # bob's close closed nothing
     step(coordinator, sid, 2, ALICE)  # nor did bob's tries disturb alice's next step
+
+
+def test_a_strangers_denied_step_leaves_the_owners_cached_session_in_place(
+    coordinator: InProcessCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else any identity could make every step of another robot reload from the store."""
+    sid = coordinator.engine.open(0.0, "", 0, ALICE).session_id
+    step(coordinator, sid, 1, ALICE)  # committed here: cached for alice's next step
+    for seq in (2, 1, 7):  # her next step, a retry, a skipped seq
+        with pytest.raises(PermissionDenied):
+            step(coordinator, sid, seq, BOB)
+    loads: list[SessionId] = []
+    load = coordinator.store.load
+
+    def counted(session_id: SessionId) -> SessionRecord | None:
+        loads.append(session_id)
+        return load(session_id)
+
+    monkeypatch.setattr(coordinator.store, "load", counted)
+    step(coordinator, sid, 2, ALICE)
+    assert loads == [], "alice's step reloaded her session: bob's denied steps evicted it"
 
 
 def test_an_admin_may_use_and_close_any_session(coordinator: InProcessCoordinator) -> None:
