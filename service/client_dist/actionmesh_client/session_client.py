@@ -307,7 +307,7 @@ class ActionMeshClient(_Closing):
 
     def session_info(self, session_id: str) -> SessionInfo:
         request = session_pb2.GetSessionRequest(session_id=session_id)
-        got = self._call(f"session={session_id} info", "GetSession", request)
+        got = self._call(f"session={session_id[:LOGGED_ID_CHARS]} info", "GetSession", request)
         spec = got.action_spec
         return SessionInfo(
             got.session_id,
@@ -414,7 +414,7 @@ class Session:
         """
 
         def call(request: session_pb2.StepRequest, deadline: float | None) -> session_pb2.StepReply:
-            what = f"session={self.session_id} seq={request.seq}"
+            what = f"session={self.session_id[:LOGGED_ID_CHARS]} seq={request.seq}"
             reply: session_pb2.StepReply = self.client._call(
                 what, "Step", request, self.client.step_timeout_s, deadline
             )
@@ -459,7 +459,7 @@ class Session:
                 request.seq + 1,
             )
         raise ActionMeshClientError(
-            f"session={self.session_id}: two stale replies in a row", "INTERNAL"
+            f"session={self.session_id[:LOGGED_ID_CHARS]}: two stale replies in a row", "INTERNAL"
         )
 
     def stream(self) -> StepStream:
@@ -472,7 +472,9 @@ class Session:
         """Ends the session on the server; False if it was already gone."""
         request = session_pb2.CloseSessionRequest(session_id=self.session_id)
         return bool(
-            self.client._call(f"session={self.session_id} close", "CloseSession", request).closed
+            self.client._call(
+                f"session={self.session_id[:LOGGED_ID_CHARS]} close", "CloseSession", request
+            ).closed
         )
 
     def _request(
@@ -555,7 +557,7 @@ class StepStream(_Closing):
         """As Session.step, over the stream."""
 
         def call(request: session_pb2.StepRequest, deadline: float | None) -> session_pb2.StepReply:
-            what = f"session={self.session.session_id} seq={request.seq} (stream)"
+            what = f"session={self.session.session_id[:LOGGED_ID_CHARS]} seq={request.seq} (stream)"
             return self.session.client._retrying(
                 what, lambda address: self._attempt(address, request, deadline), deadline
             )
