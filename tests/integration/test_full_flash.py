@@ -2,13 +2,15 @@
 their flash on a small tmpfs of their own, filled up once they serve v1; then the operator
 promotes v2 under load. Real shards, coordinator, etcd, Redis and a file:// checkpoint store.
 
-Needs root (mount -t tmpfs); skipped with the reason when mounting is not permitted."""
+And a shard with nothing good on a full flash exits with one line saying so. Needs root
+(mount -t tmpfs); skipped with the reason when mounting is not permitted."""
 
 from __future__ import annotations
 
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from chaos.faults import run_ckpt as ckpt
 from chaos.fleet import Robot
 from chaos.invariants import failed, progress, robots_stepping
 from checkpoint.local_flash import INCOMING_PREFIX, LocalFlash
+from service.local.local_checkpoints import LocalCheckpoints
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
@@ -203,3 +206,37 @@ def test_a_full_flash_keeps_the_old_version_cleans_up_and_loads_the_new_once_fre
             assert metric(port, "actionmesh_shard_reloads_total", stage=stage, outcome="loaded")
             assert on_flash(flash_dirs[replica]) == ([v1, v2], v2, [])
     assert failed(robots) == []
+
+
+def test_a_shard_with_nothing_on_a_full_flash_exits_saying_no_space(tmp_path: Path) -> None:
+    """Nothing good on flash and no room to pull the remote CURRENT: the shard exits with one
+    line naming its flash (before the fix: an OSError traceback)."""
+    weights.save(ActionModel(SMALL_MODEL), tmp_path / "weights")
+    checkpoints = LocalCheckpoints(tmp_path / "checkpoints")
+    checkpoints.publish(tmp_path / "weights", promote=True)
+    with tmpfs(tmp_path / "flash", 16 * PAGE) as flash_dir:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "shard",
+                "--stage",
+                "0",
+                "--port",
+                "0",
+                "--flash-dir",
+                str(flash_dir),
+                "--remote",
+                checkpoints.remote_url,
+                "--trusted-keys",
+                str(checkpoints.public_key),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode != 0
+        assert f"no space on local flash {flash_dir}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        assert on_flash(flash_dir) == ([], None, [])
