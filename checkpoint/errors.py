@@ -42,5 +42,10 @@ class StoreNotFound(NotFound):
     """The blob store itself (an S3 bucket) does not exist: not the same as a missing key."""
 
 
+class NoSpace(CheckpointError):
+    """Local flash has no room for a version (nothing of it is left behind): free space there
+    (`ckpt gc`, or whatever filled the disk); a shard tries again by itself."""
+
+
 class StoreUnavailable(CheckpointError):
     """The blob store could not be reached after bounded retries; try again later."""

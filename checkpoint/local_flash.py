@@ -12,12 +12,13 @@ name it (temp file + fsync + rename + fsync). A reader never sees half a version
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from checkpoint.durable import atomic_write, fsync_dir, fsync_file
-from checkpoint.errors import NotFound, VerificationFailed, VersionConflict, shown
+from checkpoint.errors import NoSpace, NotFound, VerificationFailed, VersionConflict, shown
 from checkpoint.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -45,6 +46,19 @@ log = logging.getLogger(__name__)
 
 CURRENT_NAME = "CURRENT"
 INCOMING_PREFIX = ".incoming-"
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def no_space_is_checkpoint_error(root: Path, doing: str) -> Iterator[None]:
+    """A full disk (or quota) while writing to flash raises NoSpace naming the flash, so every
+    caller that handles checkpoint errors (keep serving, retry later) handles it too."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        raise NoSpace(f"no space left on local flash {root} {doing}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -281,14 +295,29 @@ class LocalFlash:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def check_room(self, version: str, sizes: Iterable[int]) -> None:
+        """NoSpace unless flash has room for files of `sizes` (each rounded up to the file
+        system's block) and a manifest: refused before anything is downloaded or written."""
+        stat = os.statvfs(self.versions_dir)
+        block = stat.f_frsize or 4096
+        needed = sum(-(-size // block) * block for size in sizes) + block
+        free = stat.f_bavail * stat.f_frsize
+        if needed > free:
+            raise NoSpace(
+                f"no space on local flash {self.root} for version={version}: "
+                f"it needs {needed} bytes, {free} free"
+            )
+
     @contextmanager
     def incoming(self, version: str) -> Iterator[Path]:
         """A temp dir beside versions/<id> to write a version's files into; removed if the
-        block raises. Pass it to commit() before the block ends."""
+        block raises (a full disk then raises NoSpace). Pass it to commit() before the block
+        ends."""
         staged = self.versions_dir / f"{INCOMING_PREFIX}{check_id(version)}-{uuid.uuid4().hex}"
-        staged.mkdir()
         try:
-            yield staged
+            with no_space_is_checkpoint_error(self.root, f"writing version={version}"):
+                staged.mkdir()
+                yield staged
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
@@ -349,7 +378,8 @@ class LocalFlash:
         """Point CURRENT at a complete version (temp file + fsync + rename + fsync dir)."""
         if not (self.path(version) / MANIFEST_NAME).is_file():
             raise NotFound(f"version={version} is not on local flash {self.root}")
-        atomic_write(self.root / CURRENT_NAME, f"{version}\n".encode())
+        with no_space_is_checkpoint_error(self.root, f"pointing CURRENT at version={version}"):
+            atomic_write(self.root / CURRENT_NAME, f"{version}\n".encode())
 
     def remove(self, version: str) -> None:
         """Delete a version (gc). Renamed aside first so it vanishes from readers at once."""

@@ -239,13 +239,15 @@ class Remote:
     def pull(self, flash: LocalFlash, version: str, progress: Progress | None = None) -> PullResult:
         """Download a version into local flash; signature, sizes and checksums are verified
         before it becomes visible there. Parts that another local version already holds (same
-        sha256) are copied locally instead of downloaded. A good local copy is kept as is."""
+        sha256) are copied locally instead of downloaded. A good local copy is kept as is.
+        NoSpace, before any download, when flash has no room for the version."""
         manifest = self.manifest(version)
         refused = check_signature(manifest, flash.trusted_keys, flash.insecure)
         if refused:
             raise VerificationFailed(f"version={version} not pulled: {refused}")
         if flash.path(version).is_dir() and flash.verify(version).ok:
             return PullResult(version, manifest, (), ())
+        flash.check_room(version, (entry.size for entry in manifest.files.values()))
         local = flash.blob_index()
         downloaded, reused = [], []
         with flash.incoming(version) as staged:

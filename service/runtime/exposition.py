@@ -58,6 +58,7 @@ BY_ROLE: dict[Role, frozenset[str]] = {
             "actionmesh_shard_forward_items",
             "actionmesh_shard_version_refusals",
             "actionmesh_shard_reloads",
+            "actionmesh_shard_reload_retries",
             "actionmesh_leadership_changes",
         }
     ),

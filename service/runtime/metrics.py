@@ -80,6 +80,12 @@ SHARD_RELOADS = Counter(
     "Model version changes of this shard, by outcome (loaded, failed).",
     ["stage", "outcome"],
 )
+SHARD_RELOAD_RETRIES = Counter(
+    "actionmesh_shard_reload_retries_total",
+    "Attempts to load the desired model version again after it failed to load (each after a "
+    "backoff: 10 s doubling up to 2 min).",
+    ["stage"],
+)
 VERSION_SWITCHES = Counter(
     "actionmesh_session_version_switches_total",
     "Sessions moved to another model version (their state rebuilt by replay, or reset).",

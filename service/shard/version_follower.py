@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +22,18 @@ log = logging.getLogger(__name__)
 LoadVersion = Callable[[str], StageRuntime]
 
 CHECK_EVERY_S = 1.0  # also re-decide without a watch event (e.g. after a failed load)
-RETRY_FAILED_S = 10.0  # before trying again to load a version that failed to load
+RETRY_FAILED_S = 10.0  # before trying again to load a version that failed to load once
+RETRY_MAX_S = 120.0  # the wait doubles with each failure in a row, up to this
+RETRY_JITTER = 0.2  # each wait is drawn within +-20 %: replicas that failed together spread out
 HANDOVER_WAIT_S = 5.0  # how long to wait for our leadership to go after stepping aside
 RETIRE_AFTER_S = 3.0  # the old version keeps answering steps already routed to it
+
+
+def retry_after_s(failures: int) -> float:
+    """How long to wait before loading a version again after `failures` failed loads in a row:
+    a full flash or a missing blob is not fixed in seconds, and each attempt may download."""
+    wait = min(RETRY_MAX_S, RETRY_FAILED_S * 2.0 ** (failures - 1))
+    return wait * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
 
 
 class VersionFollower:
@@ -37,7 +47,8 @@ class VersionFollower:
     ) -> None:
         self.table, self.membership, self.servicer = table, membership, servicer
         self.load, self.n_stages = load, n_stages
-        self._failed: dict[str, float] = {}  # version -> when it may be tried again
+        # version -> (failed loads in a row, when it may be tried again)
+        self._failed: dict[str, tuple[int, float]] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,7 +82,7 @@ class VersionFollower:
         move = next_move(me, leading, desired, self.table.snapshot(), self.n_stages)
         if move is Move.STAY or desired is None:
             return
-        if time.monotonic() < self._failed.get(desired, 0.0):
+        if desired in self._failed and time.monotonic() < self._failed[desired][1]:
             return
         if move is Move.HAND_OVER:
             log.info("stage=%d handing leadership over before loading %s", me.stage, desired)
@@ -84,21 +95,29 @@ class VersionFollower:
     def _reload(self, version: str) -> None:
         me = self.membership.info
         started = time.monotonic()
+        failures = self._failed.get(version, (0, 0.0))[0]
+        if failures:
+            metrics.SHARD_RELOAD_RETRIES.labels(str(me.stage)).inc()
         try:
             stage = self.load(version)
-        except Exception as exc:  # SystemExit from the loader too: the shard keeps serving
-            self._failed[version] = time.monotonic() + RETRY_FAILED_S
+        except Exception as exc:  # the shard keeps serving what it serves
+            failures += 1
+            wait_s = retry_after_s(failures)
+            self._failed[version] = (failures, time.monotonic() + wait_s)
             metrics.SHARD_RELOADS.labels(str(me.stage), "failed").inc()
             log.error(
-                "stage=%d could not load desired version %s (still serving %s; retry in %.0fs): %s",
+                "stage=%d could not load desired version %s (still serving %s; failure %d in a "
+                "row, retry in %.0fs): %s",
                 me.stage,
                 version,
                 me.model_version,
-                RETRY_FAILED_S,
+                failures,
+                wait_s,
                 exc,
             )
             self.membership.announce(me)  # campaign again if we stepped aside
             return
+        self._failed.pop(version, None)
         self.servicer.swap(stage, version, RETIRE_AFTER_S)
         self.membership.announce(dataclasses.replace(me, model_version=version))
         metrics.SHARD_RELOADS.labels(str(me.stage), "loaded").inc()

@@ -3,6 +3,7 @@ quarantine, atomic pointers, conditional writes and gc. Real files, real fsync."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -14,7 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from checkpoint import gc
 from checkpoint.blobstore import BlobStore, S3Options, attempt_timeouts, open_blobstore
-from checkpoint.errors import InvalidInput, NotFound, PreconditionFailed, VerificationFailed
+from checkpoint.errors import (
+    InvalidInput,
+    NoSpace,
+    NotFound,
+    PreconditionFailed,
+    VerificationFailed,
+)
 from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import (
     MANIFEST_NAME,
@@ -419,3 +426,53 @@ def test_stray_names_on_flash_or_remote_do_not_break_readers(
     remote.store.put_bytes("versions/not a version/manifest.json", b"{}")
     assert remote.versions() == ["v1"]
     assert gc.collect_remote(remote, keep_newest=1, dry_run=True).keep == ("v1",)
+
+
+def statvfs_with_free(free_bytes: int, block: int = 4096) -> os.statvfs_result:
+    """A file system of 4 KiB blocks with `free_bytes` (rounded down) available."""
+    free = free_bytes // block
+    return os.statvfs_result((block, block, 10**6, free, free, 10**6, 10**6, 10**6, 0, 255))
+
+
+def test_a_flash_without_room_refuses_a_pull_before_downloading_anything(
+    flash: LocalFlash, tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_blobstore(f"file://{tmp_path / 'remote'}")
+    remote = Remote(store)
+    create(flash, tmp_path, key, "v1", 1)
+    remote.push(flash, "v1")
+    node = LocalFlash(tmp_path / "node", [key.public_key()])
+    downloads: list[str] = []
+    monkeypatch.setattr(store, "get_file", lambda k, p: downloads.append(k))
+    # Three 4 KiB parts and the manifest need four blocks: three are free.
+    monkeypatch.setattr(os, "statvfs", lambda path: statvfs_with_free(3 * 4096))
+    with pytest.raises(NoSpace, match=f"no space on local flash {node.root} for version=v1"):
+        ensure_local(node, remote, "v1")
+    assert (downloads, node.versions(), node.current()) == ([], [], None)
+    assert list(node.versions_dir.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_during_a_pull_leaves_nothing_and_raises_no_space(
+    flash: LocalFlash, tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_blobstore(f"file://{tmp_path / 'remote'}")
+    remote = Remote(store)
+    create(flash, tmp_path, key, "v1", 1)
+    remote.push(flash, "v1")
+    node = LocalFlash(tmp_path / "node", [key.public_key()])
+
+    def fills_up(_key: str, path: Path) -> None:
+        path.write_bytes(b"half a part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(store, "get_file", fills_up)
+    with pytest.raises(NoSpace, match=f"no space left on local flash {node.root}") as caught:
+        remote.pull(node, "v1")
+    assert isinstance(caught.value.__cause__, OSError)
+    assert list(node.versions_dir.iterdir()) == []  # the temp dir and its half part are gone
+
+
+def test_other_write_errors_stay_what_they_are(flash: LocalFlash) -> None:
+    with pytest.raises(PermissionError), flash.incoming("v1"):
+        raise PermissionError(errno.EACCES, "denied")
+    assert list(flash.versions_dir.iterdir()) == []
