@@ -10,16 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
+from actionmesh_client.session_client import STEP_TIMEOUT_S
 from chaos.faults import run_ckpt as ckpt
-from chaos.fleet import ClientRobot, Robot
+from chaos.fleet import ClientRobot, Outcome, Robot
 from chaos.invariants import (
     MAX_STEPS,
     failed,
     progress,
     robots_stepping,
+    step_latencies,
     worst_step_latency_after,
 )
+from chaos.reference import reference_with_exits
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
@@ -254,3 +258,139 @@ def test_robots_on_the_client_library_roll_forward_and_back_without_a_failed_ste
         versions = [o.model_version for o in robot.outcomes if o.code == "OK"]
         phases = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
         assert phases == [v1, v2, v1], f"session {robot.session_id} moved {phases}"
+
+
+ROBOT_RATE_PERIOD_S = 0.02  # 50 Hz: a session is far beyond the default 64-deep log
+LABELLED = {session_pb2.FULL, session_pb2.EARLY_EXIT, session_pb2.FALLBACK}
+
+
+def reset_segments(robot: Robot) -> list[list[Outcome]]:
+    """The robot's answers split where one announced `state_reset`: each part ran from fresh
+    states at its first step (the first part from the session's start)."""
+    parts: list[list[Outcome]] = []
+    for o in robot.outcomes:
+        if o.code != "OK":
+            continue
+        if not parts or o.state_reset:
+            parts.append([])
+        parts[-1].append(o)
+    return parts
+
+
+def check_every_reset_is_announced(robot: Robot, models: dict[str, ActionModel]) -> None:
+    """Every part between announced resets runs on one version and its FULL and EARLY_EXIT
+    answers equal that version's reference run from fresh states at the part's first step:
+    a state rebuilt without its history and not announced shows up as a mismatch."""
+    for part in reset_segments(robot):
+        versions = {o.model_version for o in part}
+        assert len(versions) == 1, (
+            f"session {robot.session_id} moved {sorted(versions)} from seq {part[0].seq} "
+            "without announcing a state reset"
+        )
+        model = models[part[0].model_version]
+        full, exits = reference_with_exits(model, robot.obs[part[0].seq - 1 : part[-1].seq])
+        for o in part:
+            assert o.action is not None
+            i = o.seq - part[0].seq
+            if o.serve_mode == session_pb2.FULL:
+                want = full[i]
+            elif o.serve_mode == session_pb2.EARLY_EXIT:
+                want = exits[i][o.exit_stage]
+            else:
+                continue
+            assert torch.allclose(o.action, want, atol=1e-5), (
+                f"session {robot.session_id} seq {o.seq} "
+                f"({session_pb2.ServeMode.Name(o.serve_mode)}) on {o.model_version}"
+            )
+
+
+def degraded_answers(robots: list[Robot], after: float, until: float) -> str:
+    """The degraded answers between two times: how many, how slow, over how long."""
+    seen = [
+        o
+        for r in robots
+        for o in r.outcomes
+        if o.code == "OK" and o.serve_mode != session_pb2.FULL and after < o.at <= until
+    ]
+    if not seen:
+        return "no degraded answer"
+    modes = Counter(session_pb2.ServeMode.Name(o.serve_mode) for o in seen)
+    return (
+        f"{dict(modes)}, slowest {max(o.latency_s for o in seen) * 1e3:.0f} ms, from "
+        f"{min(o.at for o in seen) - after:.2f} s to {max(o.at for o in seen) - after:.2f} s"
+    )
+
+
+def test_robots_at_50_hz_with_the_default_log_switch_versions_at_once_without_a_late_step(
+    tmp_path: Path,
+) -> None:
+    """Four robots at 50 Hz on the client library (its default 0.5 s step timeout, every other
+    one streaming), the coordinator's default observation log (64 steps, 1.3 s: far shorter
+    than the sessions' history), two replicas per stage; the operator promotes a new version
+    with the CLI, later rolls back. No step fails, none waits longer than its deadline, every
+    answer is labelled, each robot is answered on the new version within SWITCH_WITHIN_S of
+    every stage offering it, and the move, whose history the log cannot replay, is announced
+    as a state reset and runs from fresh states from there (checked against the reference).
+
+    Regression test: at 50 Hz each switch cost every robot one or two DEADLINE_EXCEEDED
+    attempts, then 1-2.5 s of FALLBACK answers taking 250-350 ms each (docs/chaos.md,
+    rolling-update): the test above, at 20 Hz with the whole history in the log, saw none."""
+    new = ActionModel(SMALL_MODEL.model_copy(update={"seed": 1}))
+    weights.save(new, tmp_path / "weights-v2")
+    with LocalCluster(cluster_settings(tmp_path / "cluster", replicas=2), SMALL_MODEL) as cluster:
+        assert cluster.checkpoints is not None
+        old_model, old = weights.load_model(cluster.weights_dir)
+        v1 = old.version
+        v2 = cluster.checkpoints.publish(tmp_path / "weights-v2", promote=False)
+        models = {v1: old_model, v2: new}
+        table = EtcdRoutingTable(cluster.etcd_url, cluster.settings.cluster)
+        table.start()
+        try:
+            assert pipeline_on(table, v1)
+            with robots_stepping(
+                cluster, period_s=ROBOT_RATE_PERIOD_S, client_library=True, check=False
+            ) as robots:
+                progress(robots, 100)  # more history than the log keeps
+
+                def promote() -> None:
+                    promoted = ckpt(cluster, "promote", v2)
+                    assert (promoted["current"], promoted["cluster"]) == (v2, True)
+
+                operations = {"promote": switch_to(table, robots, v2, promote)}
+                wait_for(lambda: pipeline_on(table, v2), 60, "every replica and leader on v2")
+                progress(robots, 100)
+
+                def rollback() -> None:
+                    rolled = ckpt(cluster, "rollback")
+                    assert (rolled["current"], rolled["previous"], rolled["cluster"]) == (
+                        v1,
+                        v2,
+                        True,
+                    )
+
+                operations["rollback"] = switch_to(table, robots, v1, rollback)
+                wait_for(lambda: pipeline_on(table, v1), 60, "every replica and leader on v1")
+                progress(robots, 100)
+        finally:
+            table.stop()
+    ends = [*operations.values(), time.monotonic()][1:]
+    for (op, began), end in zip(operations.items(), ends, strict=True):
+        failures_in = [
+            o for r in robots for o in r.outcomes if o.code != "OK" and began < o.at <= end
+        ]
+        print(
+            f"{op}: {len(failures_in)} failed attempts, worst step "
+            f"{worst_step_latency_after(robots, began) * 1e3:.0f} ms, "
+            f"degraded: {degraded_answers(robots, began, end)}"
+        )
+    assert failed(robots) == [], "steps failed:\n" + "\n".join(failures(robots, operations))
+    worst = max(latency for r in robots for _, latency in step_latencies(r))
+    assert worst < STEP_TIMEOUT_S, f"a robot waited {worst:.3f} s for an action"
+    for robot in robots:
+        ok = [o for o in robot.outcomes if o.code == "OK"]
+        assert [o.seq for o in ok] == list(range(1, len(ok) + 1)), "a step skipped or repeated"
+        unlabelled = [o.seq for o in ok if o.serve_mode not in LABELLED]
+        assert not unlabelled, f"answers without a serve mode: seqs {unlabelled}"
+        check_every_reset_is_announced(robot, models)
+        versions = [part[0].model_version for part in reset_segments(robot)]
+        assert versions == [v1, v2, v1], f"session {robot.session_id} moved {versions}"
