@@ -17,9 +17,9 @@ The rules, in order:
 3. A switch not ready yet, the new version whole: `CatchUp` on the new version within the
    replay budget (its progress is committed with this step's answer, tagged with the
    version); when the session's own version is no longer whole (its replicas are reloading)
-   and the rest of the rebuild is estimated to fit, the finishing catch-up of rule 6 at once,
-   since only a degraded answer is left otherwise. One estimated not to fit is not tried: it
-   would spend half the step and still answer degraded.
+   and `FINISH_MARGIN` times the rest of the rebuild's estimate fits, a finishing catch-up of
+   that budget at once, since only a degraded answer is left otherwise. One estimated not to
+   fit is not tried: it would spend half the step and still answer degraded, late.
 4. Stages of the session's version lag (steps were answered without them), some of them in
    the healthy prefix, replay budget left: `CatchUp` of that prefix.
 5. The answer from the stages that are healthy *and* level: the degrade policy
@@ -50,6 +50,9 @@ from fallback.serve_mode import ServeMode
 # (and its progress committed) after it.
 CATCH_UP_RESERVE = 0.5
 SHED_RETRY_AFTER_S = 0.5  # a shed step's retry hint when nothing can serve it now
+# A switch's finishing catch-up while a degraded answer waits gets this many times its
+# estimated replay (a busy machine replays slower than usual), and is tried only if that fits.
+FINISH_MARGIN = 2.0
 
 
 class NoPathReason(StrEnum):
@@ -165,8 +168,9 @@ def plan_step(view: StepView) -> Plan:
             return Full(version=switch.version)
         if not switch.exact:
             return Full(version=switch.version, fresh=True)
-        if not all(view.healthy) and _finish_fits(view, switch):  # the old version is going: hurry
-            return _finish(view, switch.version)
+        hurry = _hurry(view, switch) if not all(view.healthy) else None
+        if hurry is not None:  # the old version is going
+            return hurry
         if view.catch_up_budget_s > 0:
             return CatchUp(version=switch.version, depth=view.n_stages, budget_s=_budget(view))
     prefix = _healthy_prefix(view.healthy)
@@ -240,6 +244,20 @@ def _finish(view: StepView, version: str) -> CatchUp:
     """The once-per-step catch-up that tries to reach the present."""
     budget = view.time_left_s * (1 - CATCH_UP_RESERVE)
     return CatchUp(version=version, depth=view.n_stages, budget_s=budget, finish=True)
+
+
+def _hurry(view: StepView, switch: SwitchView) -> CatchUp | None:
+    """Rule 3's finishing catch-up, when `FINISH_MARGIN` times its estimate fits: given no
+    more than that, since an answer degraded on the old version must still come quickly if
+    the estimate was wrong. Unknown estimate (0): half the time left, as rule 6."""
+    if not view.finish_allowed:
+        return None
+    if not switch.replay_s:
+        return _finish(view, switch.version)
+    budget = FINISH_MARGIN * switch.replay_s
+    if budget > view.time_left_s * (1 - CATCH_UP_RESERVE):
+        return None
+    return CatchUp(version=switch.version, depth=view.n_stages, budget_s=budget, finish=True)
 
 
 def _finish_fits(view: StepView, switch: SwitchView) -> bool:

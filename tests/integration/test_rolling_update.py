@@ -265,6 +265,8 @@ def test_robots_on_the_client_library_roll_forward_and_back_without_a_failed_ste
                     if o.code == "OK"
                 )
                 print(f"answers by mode {dict(modes)}; failed steps {failed(robots)}")
+                for op, t in operations.items():
+                    print(f"{op}: degraded answers {degraded_answers(robots, t.whole, t.moved)}")
         finally:
             table.stop()
     assert failed(robots) == [], "steps failed:\n" + "\n".join(failures(robots, operations))
