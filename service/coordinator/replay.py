@@ -30,8 +30,8 @@ StepFn = Callable[[int, torch.Tensor, list[bytes]], list[bytes]]
 
 
 class ReplayOutOfTime(Exception):
-    """A replayed step was not computed before the replay's time ran out (a slow or cold
-    replica, a queue): the replay stops with what it reached, its step goes on being served."""
+    """A replayed step was not computed within the time a replay may hold its step (a slow or
+    cold replica, a queue): the replay stops with what it reached, the step goes on."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def rebuild_states(
     at the session's start while the log keeps all of it. When it does not, the states are
     fresh at the session's last step, not exact (the switching reply says `state_reset`):
     replaying the part of the history the log keeps would not be exact either.
-    Stops at `replay_until` (time.monotonic())."""
+    Stops at `replay_until` (time.monotonic()) after one step or more, or when a step runs out
+    of time (`ReplayOutOfTime`)."""
     start = _resume_point(record, store, log_depth, target, progress)
     if start is None:
         log.warning(
@@ -135,9 +136,10 @@ def _replay(
     first_seq: int, logged: list[bytes], states: list[bytes], step: StepFn, until: float
 ) -> tuple[list[bytes], int]:
     """The logged observations of seq first_seq onward replayed from `states` until `until`
-    (time.monotonic()): the states reached and how many steps that was."""
+    (time.monotonic()), at least one unless it runs out of time (`ReplayOutOfTime`): the
+    states reached and how many steps that was."""
     for done, observation in enumerate(logged):
-        if time.monotonic() >= until:
+        if done and time.monotonic() >= until:
             return states, done
         try:
             states = step(first_seq + done, tensor_codec.from_bytes(observation), states)

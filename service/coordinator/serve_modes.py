@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fallback.plan import CatchUp, EarlyExit, Fallback, Full
+from fallback.plan import CATCH_UP_RESERVE, CatchUp, EarlyExit, Fallback, Full
 from fallback.serve_mode import ServeMode
 from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
@@ -144,8 +144,11 @@ class ServeModes:
 
     def catch_up(self, step: StepInput, plan: CatchUp, work: StepWork) -> bool | StageFailed:
         """Replay toward the session's last step within the plan's budget; True once level."""
-        until = time.monotonic() + plan.budget_s
-        replay = self._replay_fn(step, plan.version, plan.depth, until)
+        started = time.monotonic()
+        until = started + plan.budget_s
+        # Replay stops at `until` after a step or more; no replayed step may run past this.
+        held = max(until, started + (step.deadline - started) * (1 - CATCH_UP_RESERVE))
+        replay = self._replay_fn(step, plan.version, plan.depth, held)
         try:
             if plan.version != step.version:
                 return self._switch_chunk(step, plan.version, replay, until, work)
@@ -244,17 +247,17 @@ class ServeModes:
                 "deadline; the session was not advanced, retry the same seq"
             ) from exc
 
-    def _replay_fn(self, step: StepInput, version: str, depth: int, until: float) -> StepFn:
-        """One replayed step, given no longer than the replay's budget (`until`), its stage
-        calls included: a pass that takes longer (a cold replica, a long queue) ends the
-        replay where it got to, rather than eating the step's deadline."""
-        deadline = min(until, step.deadline)
+    def _replay_fn(self, step: StepInput, version: str, depth: int, held: float) -> StepFn:
+        """One replayed step, its stage calls included, given until `held` at most (the
+        step's reserve stays for its answer): a pass that takes longer (a cold replica, a long
+        queue) ends the replay where it got to, rather than eating the step's deadline."""
+        deadline = min(held, step.deadline)
 
         def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
             item = PipelineInput(step.record.session_id, s, obs, states, deadline, version, depth)
             try:
                 output = self.compute(item, deadline).value
-            except DeadlineExceeded as exc:  # still queued or in a batch at `until`
+            except DeadlineExceeded as exc:  # still queued or in a batch at `held`
                 raise ReplayOutOfTime(f"replaying seq {s} on {version}") from exc
             except StageUnavailable as exc:
                 if time.monotonic() < deadline:
