@@ -10,11 +10,16 @@ The rules, in order:
 
 1. No time left: `NoPath(DEADLINE)`.
 2. A version switch whose new states are ready, with every stage of the new version healthy:
-   `Full` on the new version (the session moves with this step).
+   `Full` on the new version (the session moves with this step). One whose history the
+   observation log cannot replay (it does not reach back to where the rebuild would start):
+   `Full(fresh=True)` on the new version at once, flagged `state_reset`; waiting cannot
+   bring the history back, and replaying the part the log holds would still not be exact.
 3. A switch not ready yet, the new version whole: `CatchUp` on the new version within the
    replay budget (its progress is committed with this step's answer, tagged with the
-   version); when the session's own version is no longer whole (its replicas are reloading),
-   the finishing catch-up of rule 6 at once, since only a degraded answer is left otherwise.
+   version); when the session's own version is no longer whole (its replicas are reloading)
+   and `FINISH_MARGIN` times the rest of the rebuild's estimate fits, a finishing catch-up of
+   that budget at once, since only a degraded answer is left otherwise. One estimated not to
+   fit is not tried: it would spend half the step and still answer degraded, late.
 4. Stages of the session's version lag (steps were answered without them), some of them in
    the healthy prefix, replay budget left: `CatchUp` of that prefix.
 5. The answer from the stages that are healthy *and* level: the degrade policy
@@ -22,10 +27,11 @@ The rules, in order:
    (FULL when whole, else the deepest exit head, else the student, confidence 0: unmeasured).
    FALLBACK needs the student loaded.
 6. Nothing can answer from those stages, but the catch-up could finish within this step
-   (once per step, up to `1 - CATCH_UP_RESERVE` of the time left): `CatchUp(finish=True)`,
-   the switch first. A finishing catch-up that did not finish: `Full(fresh=True)`, FULL from
-   fresh states, flagged `state_reset` (its progress cannot be committed without an answer,
-   so a retry would replay as far and fall short again: the session would never move).
+   (once per step, up to `1 - CATCH_UP_RESERVE` of the time left; for a switch, only when
+   its estimate fits): `CatchUp(finish=True)`, the switch first. A finishing catch-up that
+   did not finish, or a switch estimated not to: `Full(fresh=True)`, FULL from fresh states,
+   flagged `state_reset` (its progress cannot be committed without an answer, so a retry
+   would replay as far and fall short again: the session would never move).
 7. Something could answer with more time: `Shed` with a retry hint; nothing could at all:
    `NoPath(NOTHING_SERVES)`.
 """
@@ -44,6 +50,9 @@ from fallback.serve_mode import ServeMode
 # (and its progress committed) after it.
 CATCH_UP_RESERVE = 0.5
 SHED_RETRY_AFTER_S = 0.5  # a shed step's retry hint when nothing can serve it now
+# A switch's finishing catch-up while a degraded answer waits gets this many times its
+# estimated replay (a busy machine replays slower than usual), and is tried only if that fits.
+FINISH_MARGIN = 2.0
 
 
 class NoPathReason(StrEnum):
@@ -58,6 +67,8 @@ class SwitchView:
     version: str
     healthy: tuple[bool, ...]  # per stage: a usable replica of `version`
     ready: bool  # the new version's states reflect the session's last step
+    exact: bool = True  # the log reaches back to where the rebuild resumes (else rule 2)
+    replay_s: float = 0.0  # the rebuild's estimated replay time left (0: unknown)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,8 +166,11 @@ def plan_step(view: StepView) -> Plan:
     if switch is not None and all(switch.healthy):
         if switch.ready:
             return Full(version=switch.version)
-        if not all(view.healthy) and view.finish_allowed:  # the old version is going: hurry
-            return _finish(view, switch.version)
+        if not switch.exact:
+            return Full(version=switch.version, fresh=True)
+        hurry = _hurry(view, switch) if not all(view.healthy) else None
+        if hurry is not None:  # the old version is going
+            return hurry
         if view.catch_up_budget_s > 0:
             return CatchUp(version=switch.version, depth=view.n_stages, budget_s=_budget(view))
     prefix = _healthy_prefix(view.healthy)
@@ -212,14 +226,14 @@ def _unmeasured(view: StepView, usable: tuple[bool, ...]) -> tuple[Answer | None
 def _when_nothing_answers(view: StepView, usable: tuple[bool, ...], why_not: str) -> Plan:
     """Rules 6 and 7."""
     switch = view.switch
-    switch_waits = switch is not None and all(switch.healthy) and not switch.ready
-    lag_waits = all(view.healthy) and not all(view.level)
-    if (switch_waits or lag_waits) and view.finish_allowed:
-        return _finish(
-            view, switch.version if switch is not None and switch_waits else view.version
-        )
-    if switch_waits or lag_waits:  # replaying again at the retry would fall short again
-        return Full(version=switch.version if switch and switch_waits else view.version, fresh=True)
+    if switch is not None and all(switch.healthy) and not switch.ready:
+        if _finish_fits(view, switch):
+            return _finish(view, switch.version)
+        return Full(version=switch.version, fresh=True)
+    if all(view.healthy) and not all(view.level):
+        if view.finish_allowed:
+            return _finish(view, view.version)
+        return Full(version=view.version, fresh=True)  # a retry would replay as far again
     unlimited, _ = _answer(view, usable, math.inf)
     if unlimited is None:
         return NoPath(reason=NoPathReason.NOTHING_SERVES, detail=why_not)
@@ -230,6 +244,25 @@ def _finish(view: StepView, version: str) -> CatchUp:
     """The once-per-step catch-up that tries to reach the present."""
     budget = view.time_left_s * (1 - CATCH_UP_RESERVE)
     return CatchUp(version=version, depth=view.n_stages, budget_s=budget, finish=True)
+
+
+def _hurry(view: StepView, switch: SwitchView) -> CatchUp | None:
+    """Rule 3's finishing catch-up, when `FINISH_MARGIN` times its estimate fits: given no
+    more than that, since an answer degraded on the old version must still come quickly if
+    the estimate was wrong. Unknown estimate (0): half the time left, as rule 6."""
+    if not view.finish_allowed:
+        return None
+    if not switch.replay_s:
+        return _finish(view, switch.version)
+    budget = FINISH_MARGIN * switch.replay_s
+    if budget > view.time_left_s * (1 - CATCH_UP_RESERVE):
+        return None
+    return CatchUp(version=switch.version, depth=view.n_stages, budget_s=budget, finish=True)
+
+
+def _finish_fits(view: StepView, switch: SwitchView) -> bool:
+    """The finishing catch-up of `switch` was not tried yet and its estimate fits."""
+    return view.finish_allowed and switch.replay_s <= view.time_left_s * (1 - CATCH_UP_RESERVE)
 
 
 def _budget(view: StepView) -> float:

@@ -36,6 +36,7 @@ from fallback.serve_mode import ServeMode
 from service.coordinator import replies
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets, VersionAssets
+from service.coordinator.replay import rebuild_start
 from service.coordinator.routing.version_choice import NoPipeline, Stay, Switch, choose_version
 from service.coordinator.routing.versions import VersionCatalog
 from service.coordinator.serve_modes import (
@@ -419,7 +420,7 @@ class SessionEngine:
         )
         while True:
             with tracing.span("actionmesh.plan"):
-                plan = plan_step(dataclasses.replace(view, time_left_s=step.time_left_s()))
+                plan = plan_step(self._as_of_now(view, step, work))
                 tracing.annotate({"actionmesh.plan": type(plan).__name__})
             if isinstance(plan, Shed | NoPath):
                 raise _refusal(step, plan, priority, work)
@@ -440,6 +441,21 @@ class SessionEngine:
                 view = self._failed(step, view, computed, work)
                 continue
             return self._answer(step, computed, work, priority)
+
+    def _as_of_now(self, view: StepView, step: StepInput, work: StepWork) -> StepView:
+        """The view with the time left now and, while a switch waits for its rebuild, whether
+        the log can make it exact and how long its replay is estimated to take (a chunk of
+        this step may have advanced it)."""
+        now = dataclasses.replace(view, time_left_s=step.time_left_s())
+        switch = view.switch
+        if switch is None or switch.ready:
+            return now
+        start = rebuild_start(step.record, self.limits.log_depth, switch.version, work.switch)
+        steps = step.record.seq - start.seq if start is not None else 0
+        rebuild = dataclasses.replace(
+            switch, exact=start is not None, replay_s=steps * self.modes.pass_s()
+        )
+        return dataclasses.replace(now, switch=rebuild)
 
     @staticmethod
     def _failed(step: StepInput, view: StepView, failed: StageFailed, work: StepWork) -> StepView:

@@ -25,7 +25,13 @@ from state.store import SessionStore
 log = logging.getLogger(__name__)
 
 # Computes one step of one session from the given per-stage states; returns the new states.
+# Raises ReplayOutOfTime when the step does not come back before the replay's time is up.
 StepFn = Callable[[int, torch.Tensor, list[bytes]], list[bytes]]
+
+
+class ReplayOutOfTime(Exception):
+    """A replayed step was not computed within the time a replay may hold its step (a slow or
+    cold replica, a queue): the replay stops with what it reached, the step goes on."""
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,16 @@ def rebuild_states(
 ) -> Rebuilt:
     """A chunk of a session's move to model version `target`: the logged observations replayed
     on it, resumed from `progress` if the log still reaches back to it, else from fresh states
-    over the whole log (exact if that reaches back to seq 1, else the older history is lost).
-    Stops at `replay_until` (time.monotonic()) after one step or more: every chunk progresses."""
+    at the session's start while the log keeps all of it. When it does not, the states are
+    fresh at the session's last step, not exact (the switching reply says `state_reset`):
+    replaying the part of the history the log keeps would not be exact either.
+    Stops at `replay_until` (time.monotonic()) after one step or more, or when a step runs out
+    of time (`ReplayOutOfTime`)."""
     start = _resume_point(record, store, log_depth, target, progress)
     if start is None:
         log.warning(
-            "session moves to model %s without its observation log: state reset",
+            "session moves to model %s without its history (the observation log does not "
+            "reach back): state reset",
             target,
             extra=logs.fields(session=record.session_id, seq=record.seq),
         )
@@ -126,12 +136,34 @@ def _replay(
     first_seq: int, logged: list[bytes], states: list[bytes], step: StepFn, until: float
 ) -> tuple[list[bytes], int]:
     """The logged observations of seq first_seq onward replayed from `states` until `until`
-    (time.monotonic()), at least one: the states reached and how many steps that was."""
+    (time.monotonic()), at least one unless it runs out of time (`ReplayOutOfTime`): the
+    states reached and how many steps that was."""
     for done, observation in enumerate(logged):
         if done and time.monotonic() >= until:
             return states, done
-        states = step(first_seq + done, tensor_codec.from_bytes(observation), states)
+        try:
+            states = step(first_seq + done, tensor_codec.from_bytes(observation), states)
+        except ReplayOutOfTime:
+            return states, done
     return states, len(logged)
+
+
+def rebuild_start(
+    record: SessionRecord, log_depth: int, target: str, progress: SwitchProgress | None
+) -> SwitchProgress | None:
+    """Where an exact rebuild on `target` resumes, with a log of the last `log_depth`
+    observations: from `progress` while the log reaches back to it, else from fresh states
+    at the session's start while the log keeps all of it; None when neither (the history
+    before the log is lost). No I/O: the planner's view is built from it too."""
+    if (
+        progress is not None
+        and (progress.version, progress.exact) == (target, True)
+        and record.seq - log_depth <= progress.seq <= record.seq
+    ):
+        return progress
+    if record.seq > log_depth:
+        return None
+    return SwitchProgress(target, 0, {}, exact=True)
 
 
 def _resume_point(
@@ -141,13 +173,10 @@ def _resume_point(
     target: str,
     progress: SwitchProgress | None,
 ) -> tuple[SwitchProgress, list[bytes]] | None:
-    """Where a rebuild on `target` starts, and the observations it replays from there."""
-    if progress is not None and progress.version == target and progress.seq <= record.seq:
-        logged = store.observations(record.session_id, progress.seq + 1, record.seq)
-        if progress.seq == record.seq or logged is not None:
-            return progress, logged or []
-    first = max(1, record.seq - log_depth + 1)
-    logged = store.observations(record.session_id, first, record.seq) if log_depth else None
-    if logged is None:
+    """Where an exact rebuild on `target` starts, and the observations it replays from
+    there; None when the log does not reach back far enough."""
+    start = rebuild_start(record, log_depth, target, progress)
+    if start is None:
         return None
-    return SwitchProgress(target, first - 1, {}, exact=first == 1), logged
+    logged = store.observations(record.session_id, start.seq + 1, record.seq)  # [] at seq
+    return None if logged is None else (start, logged)

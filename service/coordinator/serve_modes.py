@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fallback.plan import CatchUp, EarlyExit, Fallback, Full
+from fallback.plan import CATCH_UP_RESERVE, CatchUp, EarlyExit, Fallback, Full
 from fallback.serve_mode import ServeMode
 from service.coordinator.batcher import Batched, DynamicBatcher
 from service.coordinator.pipeline import PipelineInput, PipelineOutput
-from service.coordinator.replay import StepFn, level_states, rebuild_states
+from service.coordinator.replay import ReplayOutOfTime, StepFn, level_states, rebuild_states
+from service.coordinator.routing.call_patience import UsualLatency
 from service.coordinator.routing.stage_router import StageUnavailable
 from service.coordinator.step_errors import DeadlineExceeded
 from service.model.config import ModelConfig
@@ -103,6 +104,12 @@ class ServeModes:
         log_depth: int,
     ) -> None:
         self.store, self.batcher, self.model, self.log_depth = store, batcher, model, log_depth
+        self._passes = UsualLatency()  # per depth: one step through the pipeline, queue included
+
+    def pass_s(self) -> float:
+        """The usual time of one step through every stage (what one replayed step costs),
+        0 until one was measured."""
+        return self._passes.of(self.model.n_stages) or 0.0
 
     def answer(
         self,
@@ -137,8 +144,11 @@ class ServeModes:
 
     def catch_up(self, step: StepInput, plan: CatchUp, work: StepWork) -> bool | StageFailed:
         """Replay toward the session's last step within the plan's budget; True once level."""
-        until = time.monotonic() + plan.budget_s
-        replay = self._replay_fn(step, plan.version, plan.depth)
+        started = time.monotonic()
+        until = started + plan.budget_s
+        # Replay stops at `until` after a step or more; no replayed step may run past this.
+        held = max(until, started + (step.deadline - started) * (1 - CATCH_UP_RESERVE))
+        replay = self._replay_fn(step, plan.version, plan.depth, held)
         try:
             if plan.version != step.version:
                 return self._switch_chunk(step, plan.version, replay, until, work)
@@ -223,9 +233,13 @@ class ServeModes:
         return done, advanced
 
     def compute(self, item: PipelineInput, deadline: float) -> Batched[PipelineOutput]:
+        """`item` through its stages, waited for until `deadline` (time.monotonic())."""
+        submitted = time.monotonic()
         future = self.batcher.submit(item)
         try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            done = future.result(timeout=max(0.0, deadline - submitted))
+            self._passes.observe(item.depth or self.model.n_stages, time.monotonic() - submitted)
+            return done
         except FutureTimeout as exc:
             future.cancel()  # still queued: keep it out of a batch (it no longer counts)
             raise DeadlineExceeded(
@@ -233,12 +247,22 @@ class ServeModes:
                 "deadline; the session was not advanced, retry the same seq"
             ) from exc
 
-    def _replay_fn(self, step: StepInput, version: str, depth: int) -> StepFn:
+    def _replay_fn(self, step: StepInput, version: str, depth: int, held: float) -> StepFn:
+        """One replayed step, its stage calls included, given until `held` at most (the
+        step's reserve stays for its answer): a pass that takes longer (a cold replica, a long
+        queue) ends the replay where it got to, rather than eating the step's deadline."""
+        deadline = min(held, step.deadline)
+
         def replay_step(s: int, obs: torch.Tensor, states: list[bytes]) -> list[bytes]:
-            item = PipelineInput(
-                step.record.session_id, s, obs, states, step.deadline, version, depth
-            )
-            output = self.compute(item, step.deadline).value
+            item = PipelineInput(step.record.session_id, s, obs, states, deadline, version, depth)
+            try:
+                output = self.compute(item, deadline).value
+            except DeadlineExceeded as exc:  # still queued or in a batch at `held`
+                raise ReplayOutOfTime(f"replaying seq {s} on {version}") from exc
+            except StageUnavailable as exc:
+                if time.monotonic() < deadline:
+                    raise
+                raise ReplayOutOfTime(f"replaying seq {s} on {version}: {exc}") from exc
             bad = _first_nonfinite(output)
             if bad is not None:
                 raise StageUnavailable(bad, f"stage {bad}: non-finite output replaying seq {s}")

@@ -89,7 +89,9 @@ def on_flash(directory: Path) -> tuple[list[str], str | None, list[str]]:
 def answered_full_on(robots: list[Robot], version: str) -> bool:
     """Every attempt so far was answered, FULL, on `version`."""
     return all(
-        o.code == "OK" and o.model_version == version and o.serve_mode == session_pb2.FULL
+        o.code == "OK"
+        and o.model_version == version
+        and o.serve_mode == session_pb2.SERVE_MODE_FULL
         for robot in robots
         for o in robot.outcomes
     )

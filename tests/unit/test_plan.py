@@ -9,6 +9,7 @@ import pytest
 
 from fallback.plan import (
     CATCH_UP_RESERVE,
+    FINISH_MARGIN,
     CatchUp,
     EarlyExit,
     Fallback,
@@ -46,8 +47,10 @@ def view(**changes: object) -> StepView:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def switch(ready: bool, healthy: tuple[bool, ...] = ALL) -> SwitchView:
-    return SwitchView(version="v2", healthy=healthy, ready=ready)
+def switch(
+    ready: bool, healthy: tuple[bool, ...] = ALL, exact: bool = True, replay_s: float = 0.0
+) -> SwitchView:
+    return SwitchView(version="v2", healthy=healthy, ready=ready, exact=exact, replay_s=replay_s)
 
 
 @pytest.mark.parametrize(
@@ -248,3 +251,36 @@ def test_a_switch_hurries_when_the_old_version_is_no_longer_whole() -> None:
     assert plan_step(going.with_catch_up(finish, complete=True, time_left_s=0.5)) == Full(
         version="v2"
     )
+
+
+def test_a_switch_the_log_cannot_replay_moves_at_once_from_fresh_states() -> None:
+    """Waiting would not bring the history back: no catch-up, no degraded answer meanwhile;
+    a new stage failing under the step leaves it on the old version."""
+    beyond = switch(ready=False, exact=False)
+    assert plan_step(view(switch=beyond)) == Full(version="v2", fresh=True)
+    going = view(healthy=(DOWN, UP, UP), switch=beyond)
+    assert plan_step(going) == Full(version="v2", fresh=True)
+    assert plan_step(view(switch=beyond).with_stage_failed("v2", 1)) == Full(version="v1")
+
+
+def test_a_switch_whose_rebuild_would_not_fit_does_not_gamble_half_the_step() -> None:
+    """The old version is going: a finishing catch-up only when FINISH_MARGIN times the
+    rebuild's estimate fits in half the time left, and with that budget; otherwise a budgeted
+    chunk, then the old version's degraded answer. With no degraded answer at all, the move
+    from fresh states at once rather than a finishing catch-up bound to fall short."""
+    assert FINISH_MARGIN * 0.2 <= 0.5 < FINISH_MARGIN * 0.3  # half of view()'s 1 s left
+    hurried = view(healthy=(UP, UP, DOWN), switch=switch(ready=False, replay_s=0.2))
+    assert plan_step(hurried) == CatchUp(
+        version="v2", depth=3, budget_s=FINISH_MARGIN * 0.2, finish=True
+    )
+    going = view(healthy=(UP, UP, DOWN), switch=switch(ready=False, replay_s=0.3))
+    chunk = plan_step(going)
+    assert chunk == CatchUp(version="v2", depth=3, budget_s=0.1)
+    assert isinstance(chunk, CatchUp)
+    short = going.with_catch_up(chunk, complete=False, time_left_s=0.9)
+    assert plan_step(short) == EarlyExit(stage=1, confidence=1 / 1.1)
+    gone = view(healthy=(DOWN, DOWN, DOWN), student_loaded=False, catch_up_budget_s=0.0)
+    long = switch(ready=False, replay_s=0.6)
+    assert plan_step(dataclasses.replace(gone, switch=long)) == Full(version="v2", fresh=True)
+    fits = dataclasses.replace(gone, switch=switch(ready=False, replay_s=0.4))
+    assert plan_step(fits) == CatchUp(version="v2", depth=3, budget_s=0.5, finish=True)

@@ -400,3 +400,54 @@ def test_two_engines_alternating_on_one_session_never_commit_on_a_stale_cached_r
     record = load(SessionId(sid))
     assert record is not None and record.seq == 12
     assert coordinator.store.log_depth(SessionId(sid)) == 12, "no seq applied twice"
+
+
+def test_a_move_beyond_the_log_is_answered_at_once_from_fresh_states_and_says_so() -> None:
+    """The log keeps 4 steps of a 10-step history: no replay can make the new version's state
+    exact, so the first step after the promotion moves, from fresh states, flagged."""
+    coordinator = build(serving=["v1"], log_depth=4)
+    try:
+        sid = coordinator.open()
+        for seq in range(1, 11):
+            coordinator.step(sid, seq, OBS[seq - 1])
+        coordinator.add_version("v2")
+        coordinator.promote("v2")
+        fresh, _ = reference_run(V2, OBS[10:14])
+        for seq in range(11, 15):
+            answer = coordinator.step(sid, seq, OBS[seq - 1])
+            assert (answer.reply.model_version, answer.reply.serve_mode) == ("v2", FULL)
+            assert answer.reply.state_reset is (seq == 11), "the moving answer says it, once"
+            assert answer.reply.replayed_steps == 0
+            assert same(answer.action, fresh[seq - 11])
+    finally:
+        coordinator.close()
+
+
+def test_a_replayed_step_slower_than_the_catch_up_budget_ends_the_chunk_not_the_step() -> None:
+    """A pass on the new version takes 0.6 s (a cold replica), longer than the step's 0.5 s:
+    the switch's chunk stops at its budget and the old version answers in time; once the new
+    version is quick again (and its slow replica's ban has run out) the session moves,
+    exactly."""
+    coordinator = build(serving=["v1"], stage_timeout_s=0.4)
+    try:
+        sid = coordinator.open()
+        for seq in range(1, 6):
+            coordinator.step(sid, seq, OBS[seq - 1])
+        coordinator.add_version("v2")
+        for k in range(CFG.n_stages):
+            coordinator.fault("v2", k, Fault.SLOW, delay_s=0.2)
+        coordinator.promote("v2")
+        answer = coordinator.step(sid, 6, OBS[5])
+        assert (answer.reply.model_version, answer.reply.serve_mode) == ("v1", FULL)
+        assert same(answer.action, REFERENCE["v1"][5])
+        for k in range(CFG.n_stages):
+            coordinator.fault("v2", k, Fault.NONE)
+        seq = 6
+        while answer.reply.model_version != "v2":
+            seq += 1
+            assert seq < 40, "never moved to v2"
+            time.sleep(0.05)  # a robot's period: the ban (0.5 s) runs out meanwhile
+            answer = coordinator.step(sid, seq, OBS[seq - 1])
+        assert not answer.reply.state_reset and same(answer.action, REFERENCE["v2"][seq - 1])
+    finally:
+        coordinator.close()

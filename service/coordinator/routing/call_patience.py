@@ -45,7 +45,8 @@ class Patience:
 
 
 class UsualLatency:
-    """Per stage, a smoothed latency of the calls that succeeded (thread-safe)."""
+    """Per stage (or other key: serve_modes keys whole pipeline passes by depth), a smoothed
+    latency of the calls that succeeded (thread-safe)."""
 
     def __init__(self) -> None:
         self._by_stage: dict[int, float] = {}
