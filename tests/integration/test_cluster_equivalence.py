@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import torch
 
 from chaos.reference import observations, open_session, reference_run, step
 from service.local.local_cluster import LocalCluster
 from service.model import weights
-from service.proto import session_pb2_grpc, tensor_codec, tensor_pb2
+from service.proto import session_pb2, session_pb2_grpc, tensor_codec, tensor_pb2
 from state.redis_store import RedisSessionStore
 from state.session import SessionId, StageIndex
 from tests.conftest import SMALL_MODEL, cluster_settings
@@ -60,6 +61,26 @@ def check_against_reference(
         assert torch.allclose(got, want, atol=ATOL), f"session={session_id} stage {k} state differs"
 
 
+def step_retrying_late(
+    stub: session_pb2_grpc.SessionServiceStub,
+    session_id: str,
+    seq: int,
+    obs: torch.Tensor,
+    retried: list[int],
+) -> session_pb2.StepReply:
+    """A step, resent with the same seq after DEADLINE_EXCEEDED (at most twice), as the step
+    contract tells a robot: a stall of this shared machine past the coordinator's 2 s is not
+    what the equivalence is about, and the retry must still give the same answer."""
+    for _ in range(2):
+        try:
+            return step(stub, session_id, seq, obs)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            retried.append(seq)
+    return step(stub, session_id, seq, obs)
+
+
 def test_interleaved_sessions_match_in_process(
     cluster: LocalCluster, stub: session_pb2_grpc.SessionServiceStub
 ) -> None:
@@ -87,10 +108,12 @@ def test_concurrent_sessions_batched_match_in_process(
     batch_sizes: list[int] = []
     errors: list[BaseException] = []
 
+    retried: list[int] = []
+
     def robot(sid: str) -> None:
         try:
             for seq in range(1, STEPS + 1):
-                reply = step(stub, sid, seq, obs[sid][seq - 1])
+                reply = step_retrying_late(stub, sid, seq, obs[sid][seq - 1], retried)
                 actions[sid].append(tensor_codec.decode(reply.action))
                 batch_sizes.append(reply.batch_size)
         except BaseException as exc:  # surfaced by the assert below
@@ -102,6 +125,7 @@ def test_concurrent_sessions_batched_match_in_process(
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
+    print(f"steps resent after DEADLINE_EXCEEDED: {len(retried)}")
     if max(batch_sizes) < 2:
         pytest.fail(f"no step was batched with another; batch sizes {sorted(set(batch_sizes))}")
     for sid in sessions:
