@@ -8,15 +8,23 @@ No preexec_fn (e.g. PR_SET_PDEATHSIG): it makes CPython run at-fork hooks in the
 exec, and with gRPC threads alive in this process that child can crash (seen as etcd exiting
 with -11). Own session unless new_session=False: a terminal's Ctrl-C reaches only us, and we
 stop our children in order.
+
+Every process is spawned by one long-lived thread (`_SPAWNER`): the kernel's parent of a
+child that asks for PR_SET_PDEATHSIG (ours with --die-with-parent, foreign binaries through
+orphan_guard) is the *thread* that forked it, so a child started from a short-lived thread (a
+fault injector restarting a shard) would be sent SIGTERM the moment that thread returned.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 _log = logging.getLogger(__name__)
+# Lives as long as this process (never shut down before interpreter exit): see the docstring.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
 
 class Supervised:
@@ -33,13 +41,14 @@ class Supervised:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self.log_offset = log.tell()  # where this run's output begins
-            self._popen = subprocess.Popen(
+            self._popen = _SPAWNER.submit(
+                subprocess.Popen,
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=new_session,
-            )
+            ).result()
         _log.info("%s started pid=%d log=%s", name, self.pid, log_path)
 
     @property

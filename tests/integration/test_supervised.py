@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
+from service.local.orphan_guard import guarded
 from service.local.supervised import Supervised
 
 
@@ -76,3 +78,32 @@ def test_own_session_unless_asked_otherwise(tmp_path: Path) -> None:
     finally:
         own.kill()
         shared.kill()
+
+
+def wait_exec(proc: Supervised, program: bytes) -> None:
+    """Until the process runs `program` (a guard has set PR_SET_PDEATHSIG, then exec'd it)."""
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes().startswith(program + b"\0"):
+        assert proc.running and time.monotonic() < deadline, proc.log_tail(10)
+        time.sleep(0.01)
+
+
+def test_a_child_started_from_a_thread_outlives_that_thread(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG follows the thread that forked: a shard a fault injector restarted
+    must not be stopped when the injector thread returns (the chaos runner's were)."""
+    started: list[Supervised] = []
+
+    def inject() -> None:
+        started.append(Supervised("guarded", guarded(["sleep", "30"]), tmp_path / "g.log"))
+        wait_exec(started[0], b"sleep")
+
+    injector = threading.Thread(target=inject)
+    injector.start()
+    injector.join()
+    (child,) = started
+    try:
+        time.sleep(0.3)  # a SIGTERM sent as the thread exited has arrived by now
+        assert child.running, child.log_tail(10)
+    finally:
+        child.stop(timeout_s=5)
