@@ -11,7 +11,14 @@ done
 if [ -z "$PRIMARY" ] && [ "$(hostname)" != "redis-0" ]; then
   PRIMARY=redis-0.redis
 fi
-set -- --appendonly yes --appendfsync everysec --dir /data --replica-announce-ip "$ME"
+# With AUTH (the mtls component mounts the password): in a config file, never on the command line.
+CONF=/tmp/redis-auth.conf
+: > "$CONF"
+if [ -s /etc/redis-auth/redis-password ]; then
+  PASSWORD=$(head -n 1 /etc/redis-auth/redis-password)
+  printf 'requirepass "%s"\nmasterauth "%s"\n' "$PASSWORD" "$PASSWORD" > "$CONF"
+fi
+set -- "$CONF" --appendonly yes --appendfsync everysec --dir /data --replica-announce-ip "$ME"
 if [ -n "$PRIMARY" ] && [ "$PRIMARY" != "$ME" ]; then
   exec redis-server "$@" --replicaof "$PRIMARY" 6379
 fi

@@ -19,4 +19,7 @@ sentinel down-after-milliseconds actionmesh 2000
 sentinel failover-timeout actionmesh 10000
 sentinel parallel-syncs actionmesh 1
 EOF
+if [ -s /etc/redis-auth/redis-password ]; then
+  printf 'sentinel auth-pass actionmesh "%s"\n' "$(head -n 1 /etc/redis-auth/redis-password)" >> /tmp/sentinel.conf
+fi
 exec redis-server /tmp/sentinel.conf --sentinel

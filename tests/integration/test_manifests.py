@@ -6,6 +6,7 @@ Redis with Sentinel, a 3-member etcd, the planner's placement on k3s-edge."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import tomllib
@@ -18,9 +19,11 @@ import yaml
 
 from service.cli import plan as plan_cli
 from service.runtime import settings as am_settings
+from service.runtime.tls import TlsFiles
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 OVERLAYS = ("k3s-edge", "dev")
+MTLS_OVERLAYS = {"k3s-edge"}  # those that use deploy/components/mtls
 K8S_VERSION = "1.32"  # the kubectl on our machines; K3s releases track upstream
 KUBECTL = shutil.which("kubectl")
 # Custom resources whose schema kubernetes-validate does not ship (checked by hand below).
@@ -86,19 +89,31 @@ def test_coordinators_sit_behind_a_headless_service(
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
-def test_each_stage_is_a_statefulset_that_advertises_its_pod_ip(
+def test_each_stage_is_a_statefulset_that_advertises_its_downward_api_address(
     rendered: tuple[str, list[dict[str, Any]]], stage: int
 ) -> None:
-    _, objects = rendered
+    """Plaintext (dev): the pod IP, and a gRPC startup probe. With the mtls component
+    (k3s-edge): the pod's stable DNS name, which the shard certificate can name, and /ready
+    (a gRPC probe cannot present a client certificate)."""
+    overlay, objects = rendered
     shard = find(objects, "StatefulSet", f"shard-{stage}")
     pod = shard["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = container["args"]
     assert args[:3] == ["shard", "--stage", str(stage)]
-    assert args[args.index("--advertise-address") + 1] == "$(POD_IP):50051"
+    advertised = args[args.index("--advertise-address") + 1]
     env = {e["name"]: e for e in container["env"]}
-    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert container["startupProbe"]["grpc"]["port"] == 50051
+    if overlay in MTLS_OVERLAYS:
+        assert advertised == f"$(POD_NAME).shard-{stage}.$(POD_NAMESPACE).svc.cluster.local:50051"
+        assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        assert find(objects, "Service", f"shard-{stage}")["spec"]["publishNotReadyAddresses"]
+        assert container["startupProbe"]["httpGet"]["path"] == "/ready"
+        assert "grpc" not in container["startupProbe"]
+    else:
+        assert advertised == "$(POD_IP):50051"
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert container["startupProbe"]["grpc"]["port"] == 50051
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/live"
     (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -120,7 +135,9 @@ def test_redis_runs_with_sentinel_and_etcd_has_three_members(
     etcd = find(objects, "StatefulSet", "etcd")
     assert etcd["spec"]["replicas"] == 3
     command = " ".join(etcd["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert "etcd-2=http://etcd-2.etcd:2380" in command
+    assert (
+        "etcd-2=http://etcd-2.etcd:2380" in command or "etcd-2=https://etcd-2.etcd:2380" in command
+    )
 
 
 def test_the_podmonitor_scrapes_every_actionmesh_pod(
@@ -173,3 +190,95 @@ def test_k3s_edge_places_stages_as_the_planner_says() -> None:
         assert shard["spec"]["replicas"] == patch["spec"]["replicas"]
         claim = shard["spec"]["volumeClaimTemplates"][0]["spec"]
         assert claim["storageClassName"] == "local-path"
+
+
+def mounted_secret(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The Secret volume `container` mounts at `path`."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return dict(volume["secret"])
+
+
+def secret_files(objects: list[dict[str, Any]], volume: dict[str, Any]) -> set[str]:
+    """The file names a Secret volume shows (its `items`, else every key)."""
+    if "items" in volume:
+        return {item["path"] for item in volume["items"]}
+    return set(find(objects, "Secret", volume["secretName"])["stringData"])
+
+
+def pod_settings(
+    objects: list[dict[str, Any]],
+    container: dict[str, Any],
+    cls: type[am_settings.S],
+    section: str,
+    scratch: Path,
+) -> am_settings.S:
+    """The settings the process in `container` starts with: the ConfigMap's TOML, then the
+    pod's plain env values, merged as the CLI merges them."""
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("actionmesh-settings")
+    ]
+    toml = scratch / "actionmesh.toml"
+    toml.write_text(config_map["data"]["actionmesh.toml"])
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    environ[am_settings.CONFIG_ENV] = str(toml)
+    return am_settings.load(cls, section, argparse.Namespace(), environ)
+
+
+@pytest.mark.parametrize("overlay", sorted(MTLS_OVERLAYS))
+def test_with_mtls_every_process_reads_its_roles_tls_folder(overlay: str, tmp_path: Path) -> None:
+    """Coordinators and shards start with --tls-dir on a Secret holding ca.pem and their
+    roles' certificate and key (tls.TlsFiles' layout); etcd requires client and peer
+    certificates; Redis and its Sentinels take the password the coordinators read."""
+    objects = render(overlay)
+    roles = {"coordinator": ("coordinator", "shard", "admin"), "shard": ("shard",)}
+    workloads = [find(objects, "Deployment", "coordinator")] + [
+        find(objects, "StatefulSet", f"shard-{k}") for k in range(3)
+    ]
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        command = container["args"][0]
+        cls = (
+            am_settings.CoordinatorSettings
+            if command == "coordinator"
+            else am_settings.ShardSettings
+        )
+        settings = pod_settings(objects, container, cls, command, tmp_path)
+        assert settings.tls_dir is not None, workload["metadata"]["name"]
+        files = secret_files(objects, mounted_secret(pod, container, str(settings.tls_dir)))
+        for role in roles[command]:
+            wanted = TlsFiles.of_role(settings.tls_dir, role)
+            assert {wanted.ca.name, wanted.cert.name, wanted.key.name} <= files, role
+
+    coordinator = workloads[0]["spec"]["template"]["spec"]
+    settings = pod_settings(
+        objects,
+        coordinator["containers"][0],
+        am_settings.CoordinatorSettings,
+        "coordinator",
+        tmp_path,
+    )
+    assert settings.auth != "off" and settings.secrets_dir is not None
+    secrets = mounted_secret(coordinator, coordinator["containers"][0], str(settings.secrets_dir))
+    assert "redis-password" in secret_files(objects, secrets)
+
+    redis = find(objects, "StatefulSet", "redis")["spec"]["template"]["spec"]
+    for container in redis["containers"]:  # the start scripts read it from there
+        auth = mounted_secret(redis, container, "/etc/redis-auth")
+        assert auth["secretName"] == secrets["secretName"]
+        assert secret_files(objects, auth) == {"redis-password"}
+
+    etcd = find(objects, "StatefulSet", "etcd")["spec"]["template"]["spec"]
+    (member,) = etcd["containers"]
+    flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in member["command"][1:])
+    assert flags["listen-client-urls"].startswith("https://")
+    assert flags["initial-cluster"].count("https://") == 3
+    assert "client-cert-auth" in flags and "peer-client-cert-auth" in flags
+    tls_dir = str(Path(flags["cert-file"]).parent)
+    files = secret_files(objects, mounted_secret(etcd, member, tls_dir))
+    for flag in ("trusted-ca-file", "cert-file", "key-file", "peer-cert-file", "peer-key-file"):
+        assert Path(flags[flag]).parent == Path(tls_dir) and Path(flags[flag]).name in files
+    assert member["readinessProbe"]["httpGet"]["port"] == "metrics"
