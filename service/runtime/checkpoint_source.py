@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from checkpoint import gc
 from checkpoint.blobstore import open_blobstore
 from checkpoint.errors import CheckpointError, NotFound, VerificationFailed
 from checkpoint.local_flash import LoadResult, LocalFlash
@@ -55,7 +56,7 @@ def reconcile(settings: CheckpointSourceSettings, flash_dir: Path, serving: str)
         if target is None or target == serving:
             log.info("version=%s is the remote CURRENT (%s): in step", serving, target or "unset")
             return None
-        version_weights(settings, flash_dir, target)
+        version_weights(settings, flash_dir, target, serving)
     except CheckpointError as exc:
         log.warning(
             "could not reconcile with the remote %s, still serving version=%s from local flash: %s",
@@ -79,12 +80,22 @@ def _remote(settings: CheckpointSourceSettings) -> Remote:
 
 
 def version_weights(
-    settings: CheckpointSourceSettings, flash_dir: Path, version: str | None
+    settings: CheckpointSourceSettings,
+    flash_dir: Path,
+    version: str | None,
+    serving: str | None = None,
 ) -> Path:
     """The verified local directory of `version` (default: the remote CURRENT, else the local
-    one), pulled from the remote when missing or bad on flash."""
+    one), pulled from the remote when missing or bad on flash. Before a pull, the flash keeps
+    only `flash_keep_versions` newest versions besides `serving`, `version` and CURRENT."""
+    flash = _flash(settings, flash_dir)
     remote = _remote(settings) if settings.remote else None
-    return _checked(ensure_local(_flash(settings, flash_dir), remote, version))
+    if remote is not None and version is not None and not flash.path(version).is_dir():
+        # collect_local logs each version it removes.
+        gc.collect_local(
+            flash, settings.flash_keep_versions, in_use=[version, *filter(None, [serving])]
+        )
+    return _checked(ensure_local(flash, remote, version))
 
 
 def _checked(loaded: LoadResult) -> Path:

@@ -252,6 +252,13 @@ class CheckpointSourceSettings(Settings):
     )
     trusted_keys: list[Path] = _trusted_keys()
     insecure: bool = Field(False, description="Accept unsigned checkpoint versions.")
+    flash_keep_versions: int = Field(
+        3,
+        ge=1,
+        description="Before pulling a version onto --flash-dir, remove all but this many newest "
+        "versions from it (the version served, the one pulled and CURRENT are always kept): "
+        "every promote would otherwise add a whole model copy until the disk is full.",
+    )
 
     @model_validator(mode="after")
     def _remote_needs_flash(self) -> typing.Self:

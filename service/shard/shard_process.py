@@ -83,11 +83,11 @@ def load_stage(settings: ShardSettings) -> tuple[StageRuntime, str, bool]:
 
 
 def _load_version(
-    settings: ShardSettings, flash_dir: Path, version: str, n_stages: int
+    settings: ShardSettings, flash_dir: Path, version: str, n_stages: int, serving: str
 ) -> StageRuntime:
     from service.runtime.checkpoint_source import version_weights
 
-    directory = version_weights(settings, flash_dir, version)
+    directory = version_weights(settings, flash_dir, version, serving)
     config = read_info(directory).config
     if config.n_stages != n_stages:
         raise ValueError(
@@ -116,7 +116,9 @@ def _reconcile(
         log.info("version=%s not loaded: the cluster's desired version decides", target)
         return
     try:
-        stage = _load_version(settings, settings.flash_dir, target, servicer.stage.cfg.n_stages)
+        stage = _load_version(
+            settings, settings.flash_dir, target, servicer.stage.cfg.n_stages, serving
+        )
     except Exception as exc:  # keep serving what is here
         log.error(
             "version=%s (remote CURRENT) could not be loaded, serving %s: %s", target, serving, exc
@@ -159,7 +161,7 @@ def _follower(
         return None
 
     def load(version: str) -> StageRuntime:
-        return _load_version(settings, flash_dir, version, n_stages)
+        return _load_version(settings, flash_dir, version, n_stages, servicer.version)
 
     table = open_routing_table(
         settings.etcd, settings.cluster, tls.etcd_tls(settings.tls_dir, "shard")
