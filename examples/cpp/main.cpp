@@ -12,7 +12,7 @@
 // checked (seq echoed, serve mode set, action float32 [horizon, joints], all finite). After the
 // steps it prints one summary line:
 //
-//   SUMMARY steps=100 p50_ms=2.31 p99_ms=4.02 full=100 early_exit=0 fallback=0 session=<id>
+//   SUMMARY steps=100 p50_ms=2.31 p99_ms=4.02 full=100 early_exit=0 fallback=0 session=<first 8 characters>
 
 #include <grpcpp/grpcpp.h>
 
@@ -75,6 +75,9 @@ Options parse(int argc, char** argv) {
   }
   return options;
 }
+
+// A session id is a credential: what the example prints shows its first characters only.
+std::string logged_id(const std::string& session_id) { return session_id.substr(0, 8); }
 
 // A fresh context per call (a ClientContext must not be reused) with its own deadline.
 std::unique_ptr<grpc::ClientContext> context_for(const Options& options) {
@@ -165,7 +168,7 @@ class Session {
     auto context = context_for(options_);
     try {
       check(stub_.CloseSession(context.get(), request, &reply), *context, "CloseSession");
-      std::printf("closed session %s\n", opened_.session_id().c_str());
+      std::printf("closed session %s\n", logged_id(opened_.session_id()).c_str());
     } catch (const Failure& failure) {  // the session's TTL ends it anyway
       std::fprintf(stderr, "%s\n", failure.what());
     }
@@ -222,7 +225,7 @@ void run(const Options& options) {
               "session=%s\n",
               latencies_ms.size(), percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.99),
               modes[v1::SERVE_MODE_FULL], modes[v1::SERVE_MODE_EARLY_EXIT], modes[v1::SERVE_MODE_FALLBACK],
-              session.opened().session_id().c_str());
+              logged_id(session.opened().session_id()).c_str());
 }
 
 }  // namespace
