@@ -3,6 +3,7 @@ etcd, Redis and a checkpoint store; the operator uses the CLI as a script would.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -187,6 +188,34 @@ def switch_to(
     return Switched(began, whole.at, last)
 
 
+def roll_forward_and_back(
+    cluster: LocalCluster,
+    table: EtcdRoutingTable,
+    robots: list[Robot],
+    versions: tuple[str, str],
+    steps: int,
+) -> dict[str, Switched]:
+    """`ckpt promote` the second version, then `ckpt rollback` to the first, through the CLI
+    as a script would; each time every replica moves and every robot steps `steps` more."""
+    v1, v2 = versions
+
+    def promote() -> None:
+        promoted = ckpt(cluster, "promote", v2)
+        assert (promoted["current"], promoted["cluster"]) == (v2, True)
+
+    def rollback() -> None:
+        rolled = ckpt(cluster, "rollback")
+        assert (rolled["current"], rolled["previous"], rolled["cluster"]) == (v1, v2, True)
+
+    operations: dict[str, Switched] = {}
+    for name, version, operate in (("promote", v2, promote), ("rollback", v1, rollback)):
+        operations[name] = switch_to(table, robots, version, operate)
+        on_it = functools.partial(pipeline_on, table, version)
+        wait_for(on_it, 60, f"every replica and leader on {version}")
+        progress(robots, steps)
+    return operations
+
+
 def failures(robots: list[Robot], operations: dict[str, Switched]) -> list[str]:
     """Every failed attempt: robot, seq, code, and when it was sent after each operation."""
     out = []
@@ -245,25 +274,7 @@ def test_robots_on_the_client_library_roll_forward_and_back_without_a_failed_ste
                 print(f"robots on the client library, step timeout {timeouts} s")
                 progress(robots, 40)
 
-                def promote() -> None:
-                    promoted = ckpt(cluster, "promote", v2)
-                    assert (promoted["current"], promoted["cluster"]) == (v2, True)
-
-                operations = {"promote": switch_to(table, robots, v2, promote)}
-                wait_for(lambda: pipeline_on(table, v2), 60, "every replica and leader on v2")
-                progress(robots, 40)
-
-                def rollback() -> None:
-                    rolled = ckpt(cluster, "rollback")
-                    assert (rolled["current"], rolled["previous"], rolled["cluster"]) == (
-                        v1,
-                        v2,
-                        True,
-                    )
-
-                operations["rollback"] = switch_to(table, robots, v1, rollback)
-                wait_for(lambda: pipeline_on(table, v1), 60, "every replica and leader on v1")
-                progress(robots, 40)
+                operations = roll_forward_and_back(cluster, table, robots, (v1, v2), 40)
                 modes = Counter(
                     serve_mode_name(o.serve_mode)
                     for r in robots
@@ -401,25 +412,7 @@ def test_robots_at_50_hz_with_the_default_log_switch_versions_at_once_without_a_
             ) as robots:
                 progress(robots, 100)  # more history than the log keeps
 
-                def promote() -> None:
-                    promoted = ckpt(cluster, "promote", v2)
-                    assert (promoted["current"], promoted["cluster"]) == (v2, True)
-
-                operations = {"promote": switch_to(table, robots, v2, promote)}
-                wait_for(lambda: pipeline_on(table, v2), 60, "every replica and leader on v2")
-                progress(robots, 100)
-
-                def rollback() -> None:
-                    rolled = ckpt(cluster, "rollback")
-                    assert (rolled["current"], rolled["previous"], rolled["cluster"]) == (
-                        v1,
-                        v2,
-                        True,
-                    )
-
-                operations["rollback"] = switch_to(table, robots, v1, rollback)
-                wait_for(lambda: pipeline_on(table, v1), 60, "every replica and leader on v1")
-                progress(robots, 100)
+                operations = roll_forward_and_back(cluster, table, robots, (v1, v2), 100)
         finally:
             table.stop()
     windows = {op: (t.whole, t.moved + SETTLE_S) for op, t in operations.items()}
