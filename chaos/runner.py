@@ -19,6 +19,7 @@ from chaos.chaos_cluster import ChaosCluster, alive
 from chaos.delay_proxy import DelayProxy
 from chaos.faults import FaultContext, inject
 from chaos.fleet import ClientRobot
+from chaos.leaders import LeaderWatch
 from chaos.record import MODES, RobotEnd, RunRecord, StepRecord
 from chaos.reference import observations, reference_with_exits_batch
 from chaos.schedule import PROXIED, FaultEvent, schedule
@@ -153,6 +154,8 @@ def _drive(
     injector = threading.Thread(
         target=_inject_all, args=(ctx, events, record, cluster, seen), daemon=True
     )
+    watch = LeaderWatch(cluster.cluster.etcd_url, cluster.cluster.settings.cluster, clock)
+    watch.start()
     for robot in fleet:
         robot.start()
     injector.start()
@@ -170,6 +173,10 @@ def _drive(
         robot.stop()
     for robot in fleet:
         robot.join(timeout=30)
+    watch.stop()
+    watch.join(timeout=10)
+    record.leaders, record.leader_polls = watch.samples, watch.polls
+    log.info("leader watch: %d polls, %d samples kept", watch.polls, len(watch.samples))
     for index, robot in enumerate(fleet):
         for o in robot.outcomes:
             record.steps.append(
