@@ -266,22 +266,11 @@ def _partition(ctx: FaultContext, host: str, drop: list[str], hold_s: float) -> 
     if hosts is None:
         raise FaultFailed("a partition needs the cluster on hosts (network namespaces)")
     way_in = [rule.replace("daddr", "saddr").replace("dport", "sport") for rule in drop]
-    nft.apply(hosts, host, _drop_table(drop, way_in))
+    nft.apply(hosts, host, nft.drop_table(PARTITION_TABLE, drop, way_in))
     try:
         time.sleep(hold_s)
     finally:
         nft.apply(hosts, host, f"delete table inet {PARTITION_TABLE}\n")
-
-
-def _drop_table(way_out: list[str], way_in: list[str]) -> str:
-    """The partition's table: the packets matching `way_out` dropped on output, those
-    matching `way_in` on input."""
-    lines = [f"table inet {PARTITION_TABLE} {{"]
-    for chain, rules in (("output", way_out), ("input", way_in)):
-        lines.append(f"    chain {chain} {{ type filter hook {chain} priority 0; policy accept;")
-        lines += [f"        {rule} drop" for rule in rules]
-        lines.append("    }")
-    return "\n".join([*lines, "}", ""])
 
 
 def partition_shard(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:

@@ -39,6 +39,17 @@ def command() -> list[str]:
     return ["env", f"LD_LIBRARY_PATH={':'.join(libraries)}", str(binary)]
 
 
+def drop_table(name: str, way_out: list[str], way_in: list[str]) -> str:
+    """An nft ruleset: table inet `name` dropping the packets that match any of `way_out` (nft
+    match expressions) on output and any of `way_in` on input; everything else passes."""
+    lines = [f"table inet {name} {{"]
+    for chain, rules in (("output", way_out), ("input", way_in)):
+        lines.append(f"    chain {chain} {{ type filter hook {chain} priority 0; policy accept;")
+        lines += [f"        {rule} drop" for rule in rules]
+        lines.append("    }")
+    return "\n".join([*lines, "}", ""])
+
+
 def apply(hosts: netns.HostMap, host: str, ruleset: str) -> None:
     """Load `ruleset` (nft -f syntax, applied atomically) in host `host`'s namespace."""
     try:
