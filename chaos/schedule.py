@@ -60,7 +60,10 @@ def scenario_names() -> list[str]:
 
 def describe(name: str) -> str:
     if name == MIXED:
-        return "one fault every --every-s seconds, each drawn from all the others by the seed"
+        return (
+            "one fault every --every-s seconds, each drawn by the seed from all the others but "
+            "the partitions"
+        )
     return FAULTS[name]
 
 
