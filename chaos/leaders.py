@@ -1,6 +1,11 @@
 """Who leads each stage over a chaos run, as etcd and the replicas themselves say: a thread
 that polls the stage keys and every registered replica's Info, and asks etcd whether each
-claimant's lease is still live. The verdict one-leader-per-stage is checked on its samples."""
+claimant's lease is still live. The verdict one-leader-per-stage is checked on its samples.
+
+The probes of one poll are not one instant, so a claim counts only where it spans the poll:
+a replica leads by its own word if it says so both before and after etcd's leader keys are
+read (a replica that hands over between two probes then claims in one poll only), and etcd's
+key holder is read between them. Two claimants in one poll therefore led at one instant."""
 
 from __future__ import annotations
 
@@ -70,13 +75,21 @@ class LeaderWatch(threading.Thread):
     def _poll(self, etcd: EtcdConnection) -> list[LeaderSample]:
         at = round(self._clock(), 4)
         _, entries = etcd.list_prefix(self._prefix)
-        claims: list[Claim] = []
-        for stage, view in stage_views(self._prefix, entries).items():
-            if view.leader is not None:
-                claims.append((stage, view.leader.replica_id, view.leader.lease_id, "etcd"))
-            for replica in view.replicas.values():
-                if self._role(replica.address) == "leader":
-                    claims.append((stage, replica.replica_id, replica.lease_id, "self"))
+        replicas = [
+            r for v in stage_views(self._prefix, entries).values() for r in v.replicas.values()
+        ]
+        before = [r for r in replicas if self._role(r.address) == "leader"]
+        _, entries = etcd.list_prefix(self._prefix)  # the key holders, between the two probes
+        claims: list[Claim] = [
+            (stage, view.leader.replica_id, view.leader.lease_id, "etcd")
+            for stage, view in stage_views(self._prefix, entries).items()
+            if view.leader is not None
+        ]
+        claims += [
+            (r.stage, r.replica_id, r.lease_id, "self")
+            for r in before
+            if self._role(r.address) == "leader"
+        ]
         # Asked after the claims were seen: a lease live now was live when they were made.
         live = {lease: self._live(etcd, lease) for lease in {c[2] for c in claims}}
         return [

@@ -67,7 +67,8 @@ class RobotEnd:
 @dataclass(frozen=True)
 class LeaderSample:
     """One replica seen leading `stage` at `at_s`: by etcd (`source` "etcd": the stage's leader
-    key names it) or by itself (`source` "self": its Info answers role leader). `lease_id` is
+    key names it) or by itself (`source` "self": its Info answered role leader both before and
+    after the poll read the leader keys, chaos/leaders.py). `lease_id` is
     the lease it registered with; `lease_live` whether etcd still held that lease when asked,
     after the claim was seen (a lease never comes back, so True means live at `at_s` too)."""
 
