@@ -276,9 +276,10 @@ def _partition(ctx: FaultContext, host: str, drop: list[str], hold_s: float) -> 
 def partition_shard(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
     """Cut a stage leader's host off from every coordinator's host; it still reaches etcd
     (it keeps its lease) and S3."""
-    replica_id, process = _leader_process(ctx, event)
     hosts = ctx.cluster.hosts
-    assert hosts is not None
+    if hosts is None:
+        raise FaultFailed("a partition needs the cluster on hosts (network namespaces)")
+    replica_id, process = _leader_process(ctx, event)
     coordinators = sorted(hosts.address[host_of(c.name)] for c in ctx.cluster.cluster.coordinators)
     host = host_of(process.name)
     _partition(ctx, host, [f"ip daddr {{ {', '.join(coordinators)} }}"], event.hold_s)
