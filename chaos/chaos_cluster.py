@@ -1,7 +1,10 @@
 """The cluster a chaos run breaks: a Redis primary with a replica (and a standby chained off the
 replica, so that WAIT 1 still has a replica after a promotion) behind three Sentinels, a
 3-member etcd, an S3 endpoint (moto) holding the checkpoints, and a LocalCluster of shards
-(two replicas per stage) and coordinators on top of them. Every process is on 127.0.0.1."""
+(two replicas per stage) and coordinators on top of them. Every process is on 127.0.0.1;
+or, given hosts (network namespaces, service/local/netns.py, see chaos/hosts.py), each shard and
+each coordinator on a host of its own and the rest on host MAIN, with the caller, each at its
+host's address."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
+from chaos.hosts import MAIN, host_of
 from chaos.moto_s3 import CREDENTIALS, MotoS3
 from service.local.embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster
 from service.local.embedded_redis import EmbeddedRedis
 from service.local.embedded_sentinel import EmbeddedSentinels
-from service.local.local_cluster import LocalCluster
+from service.local.local_cluster import LocalCluster, Placement
+from service.local.netns import HostMap
 from service.model.config import ModelConfig
 from service.runtime.settings import ClusterSettings
 
@@ -40,8 +45,12 @@ class ChaosCluster:
         redis_durability: str = "everysec",
         start_timeout_s: float = 120.0,
         coordinator_overrides: dict[str, object] | None = None,
+        hosts: HostMap | None = None,
     ) -> None:
+        """hosts: the hosts of host_names (made by the caller, who runs in MAIN)."""
         self.work_dir, self.model = work_dir, model
+        self.hosts = hosts
+        self.host = "127.0.0.1" if hosts is None else hosts.address[MAIN]
         self._replicas, self._coordinators, self._lease_ttl_s = replicas, coordinators, lease_ttl_s
         self._durability = redis_durability
         self._start_timeout_s = start_timeout_s
@@ -76,20 +85,23 @@ class ChaosCluster:
 
     def _start(self) -> None:
         stack, work = self._stack, self.work_dir
-        self.s3 = stack.enter_context(MotoS3(work / "logs"))
+        self.s3 = stack.enter_context(MotoS3(work / "logs", host=self.host))
         self.s3.create_bucket(BUCKET)
         os.environ.update(CREDENTIALS)  # what the children's boto3 (shards, coordinators) find
         fsync = None if self._durability == "none" else self._durability
-        primary = EmbeddedRedis(work / "redis-0", appendfsync=fsync)  # type: ignore[arg-type]
-        replica = EmbeddedRedis(work / "redis-1", appendfsync=fsync, replica_of=primary)  # type: ignore[arg-type]
-        standby = EmbeddedRedis(work / "redis-2", appendfsync=fsync, replica_of=replica)  # type: ignore[arg-type]
+        on = {"appendfsync": fsync, "host": self.host}
+        primary = EmbeddedRedis(work / "redis-0", **on)  # type: ignore[arg-type]
+        replica = EmbeddedRedis(work / "redis-1", replica_of=primary, **on)  # type: ignore[arg-type]
+        standby = EmbeddedRedis(work / "redis-2", replica_of=replica, **on)  # type: ignore[arg-type]
         self.redis = [stack.enter_context(r) for r in (primary, replica, standby)]
         self.sentinels = stack.enter_context(
-            EmbeddedSentinels(SENTINELS, work / "sentinels", primary.port)
+            EmbeddedSentinels(SENTINELS, work / "sentinels", primary.port, host=self.host)
         )
         self.sentinels.wait_converged(replicas=1, timeout_s=30.0)
         self.etcd = stack.enter_context(
-            EmbeddedEtcdCluster(ETCD_MEMBERS, work / "etcd", start_timeout_s=self._start_timeout_s)
+            EmbeddedEtcdCluster(
+                ETCD_MEMBERS, work / "etcd", start_timeout_s=self._start_timeout_s, host=self.host
+            )
         )
         settings = ClusterSettings.model_validate(
             {
@@ -110,8 +122,14 @@ class ChaosCluster:
                 self.model,
                 checkpoint_remote=self.s3.url(BUCKET, "checkpoints"),
                 coordinator_overrides=self._coordinator_overrides,
+                place=None if self.hosts is None else self._place,
             )
         )
+
+    def _place(self, child: str) -> Placement:
+        assert self.hosts is not None
+        host = host_of(child)
+        return self.hosts.run_in(host, []), self.hosts.address[host]
 
     def redis_primary(self) -> EmbeddedRedis | None:
         """The Redis the Sentinels name primary now."""

@@ -16,8 +16,10 @@ from typing import Any
 
 from chaos.chaos_cluster import ChaosCluster
 from chaos.delay_proxy import DelayProxy
+from chaos.hosts import MAIN, host_of
 from chaos.record import FaultWindow
 from chaos.schedule import FaultEvent
+from service.local import nft
 from service.local.child_process import ChildProcess
 from service.local.local_cluster import LocalCluster
 from state.backends import open_routing_table
@@ -252,6 +254,65 @@ def slow_link(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
     )
 
 
+# The table a partition adds to a host's namespace, and deletes to heal it.
+PARTITION_TABLE = "actionmesh_partition"
+
+
+def _partition(ctx: FaultContext, host: str, drop: list[str], hold_s: float) -> None:
+    """Drop, in host `host`'s namespace, the packets that match any of `drop` (nft match
+    expressions, each given once for the way out and once, mirrored, for the way in) for
+    `hold_s`, then delete the table: the link is whole again."""
+    hosts = ctx.cluster.hosts
+    if hosts is None:
+        raise FaultFailed("a partition needs the cluster on hosts (network namespaces)")
+    way_in = [rule.replace("daddr", "saddr").replace("dport", "sport") for rule in drop]
+    nft.apply(hosts, host, nft.drop_table(PARTITION_TABLE, drop, way_in))
+    try:
+        time.sleep(hold_s)
+    finally:
+        nft.apply(hosts, host, f"delete table inet {PARTITION_TABLE}\n")
+
+
+def partition_shard(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
+    """Cut a stage leader's host off from every coordinator's host; it still reaches etcd
+    (it keeps its lease) and S3."""
+    hosts = ctx.cluster.hosts
+    if hosts is None:
+        raise FaultFailed("a partition needs the cluster on hosts (network namespaces)")
+    replica_id, process = _leader_process(ctx, event)
+    coordinators = sorted(hosts.address[host_of(c.name)] for c in ctx.cluster.cluster.coordinators)
+    host = host_of(process.name)
+    _partition(ctx, host, [f"ip daddr {{ {', '.join(coordinators)} }}"], event.hold_s)
+    return (
+        f"{replica_id} ({hosts.address[host]})",
+        f"dropped every packet to and from the coordinators {', '.join(coordinators)} for "
+        f"{event.hold_s:.1f}s",
+    )
+
+
+def partition_redis(ctx: FaultContext, event: FaultEvent) -> tuple[str, str]:
+    """Cut the coordinator most robots use off from every Redis server and Sentinel (their
+    ports on host MAIN); it still reaches etcd, the shards and the robots."""
+    cluster, hosts = ctx.cluster, ctx.cluster.hosts
+    if hosts is None or cluster.sentinels is None:
+        raise FaultFailed("a partition needs the cluster on hosts, with its Sentinels")
+    address = ctx.robots_coordinator()
+    child = next(
+        (c for c in cluster.cluster.coordinators if cluster.cluster.address_of(c) == address), None
+    )
+    if child is None:
+        raise FaultFailed(f"no coordinator of this cluster listens on {address}")
+    ports = sorted([r.port for r in cluster.redis] + cluster.sentinels.ports)
+    main = hosts.address[MAIN]
+    rule = f"ip daddr {main} tcp dport {{ {', '.join(map(str, ports))} }}"
+    _partition(ctx, host_of(child.name), [rule], event.hold_s)
+    return (
+        f"{child.name} ({address})",
+        f"dropped every packet between it and Redis/Sentinel ports {ports} on {main} for "
+        f"{event.hold_s:.1f}s",
+    )
+
+
 _INJECTORS: dict[str, Callable[[FaultContext, FaultEvent], tuple[str, str]]] = {
     "kill-leader": kill_leader,
     "pause-leader": pause_leader,
@@ -263,4 +324,6 @@ _INJECTORS: dict[str, Callable[[FaultContext, FaultEvent], tuple[str, str]]] = {
     "corrupt-checkpoint": corrupt_checkpoint,
     "rolling-update": rolling_update,
     "slow-link": slow_link,
+    "partition-shard": partition_shard,
+    "partition-redis": partition_redis,
 }

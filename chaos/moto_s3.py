@@ -1,5 +1,5 @@
-"""A private S3 endpoint (the moto server) on 127.0.0.1: the chaos cluster's checkpoint store
-and the S3 tests' endpoint. Real HTTP and real boto3 calls; nothing leaves the machine."""
+"""A private S3 endpoint (the moto server) on 127.0.0.1 (or the caller's `host`): the chaos
+cluster's checkpoint store and the S3 tests' endpoint. Real HTTP and real boto3 calls; nothing leaves the machine."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class MotoS3:
     """`with MotoS3(log_dir) as s3:` starts the server (its log in log_dir) and stops it at the
     end; `s3.endpoint` is its http:// URL."""
 
-    def __init__(self, log_dir: Path, start_timeout_s: float = 30.0):
+    def __init__(self, log_dir: Path, start_timeout_s: float = 30.0, host: str = "127.0.0.1"):
+        self.host = host
         self.log_path = log_dir / "moto-s3.log"
         self._start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -47,11 +48,11 @@ class MotoS3:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.endpoint = f"http://{self.host}:{port}"
         try:
             self._wait_ready()
         except BaseException:

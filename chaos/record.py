@@ -64,6 +64,22 @@ class RobotEnd:
     priority: str = "NORMAL"
 
 
+@dataclass(frozen=True)
+class LeaderSample:
+    """One replica seen leading `stage` at `at_s`: by etcd (`source` "etcd": the stage's leader
+    key names it) or by itself (`source` "self": its Info answered role leader both before and
+    after the poll read the leader keys, chaos/leaders.py). `lease_id` is
+    the lease it registered with; `lease_live` whether etcd still held that lease when asked,
+    after the claim was seen (a lease never comes back, so True means live at `at_s` too)."""
+
+    at_s: float
+    stage: int
+    replica_id: str
+    lease_id: int
+    source: str
+    lease_live: bool
+
+
 @dataclass
 class RunRecord:
     scenario: str
@@ -77,6 +93,8 @@ class RunRecord:
     faults: list[FaultWindow] = field(default_factory=list)
     ends: list[RobotEnd] = field(default_factory=list)
     leftover_processes: list[str] = field(default_factory=list)
+    leaders: list[LeaderSample] = field(default_factory=list)  # polled through the run
+    leader_polls: int = 0  # polls of the leader watch that reached etcd (most kept no sample)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +105,7 @@ class RunRecord:
         record.steps = [StepRecord(**s) for s in data.get("steps", [])]
         record.faults = [FaultWindow(**f) for f in data.get("faults", [])]
         record.ends = [RobotEnd(**e) for e in data.get("ends", [])]
+        record.leaders = [LeaderSample(**x) for x in data.get("leaders", [])]
         return record
 
     def save(self, path: Path) -> None:
@@ -97,4 +116,4 @@ class RunRecord:
         return RunRecord.from_json(json.loads(path.read_text()))
 
 
-_NESTED = ("steps", "faults", "ends")
+_NESTED = ("steps", "faults", "ends", "leaders")

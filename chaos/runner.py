@@ -19,10 +19,13 @@ from chaos.chaos_cluster import ChaosCluster, alive
 from chaos.delay_proxy import DelayProxy
 from chaos.faults import FaultContext, inject
 from chaos.fleet import ClientRobot
+from chaos.hosts import SMALL_MODEL
+from chaos.leaders import LeaderWatch
 from chaos.record import MODES, RobotEnd, RunRecord, StepRecord
 from chaos.reference import observations, reference_with_exits_batch
-from chaos.schedule import PROXIED, FaultEvent, schedule
+from chaos.schedule import PARTITIONS, PROXIED, FaultEvent, schedule
 from service.client import ActionMeshClient
+from service.local.netns import HostMap
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
@@ -33,8 +36,6 @@ log = logging.getLogger(__name__)
 SETTLE_S = 3.0
 # robot -> seq -> the action it was answered
 Actions = dict[int, dict[int, torch.Tensor]]
-
-SMALL_MODEL = ModelConfig(d_model=64, n_heads=4, n_layers=3, tokens=8, memory_tokens=2, n_stages=3)
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,15 @@ class RunOptions:
     work_dir: Path | None = None
     start_timeout_s: float = 120.0
     progress: bool = True
+    # The hosts of chaos_cluster.host_names, this process running in MAIN (the partitions).
+    hosts: HostMap | None = None
 
 
 def run(options: RunOptions) -> RunRecord:
     """The record of one run (the verdicts are computed from it by chaos.verdicts)."""
     events = schedule(options.scenario, options.duration_s, options.seed, options.every_s)
+    if options.hosts is None and {e.fault for e in events} & set(PARTITIONS):
+        raise ValueError(f"{options.scenario} needs the cluster on hosts (network namespaces)")
     with tempfile.TemporaryDirectory(prefix="actionmesh-chaos-") as tmp:
         work = options.work_dir or Path(tmp)
         update_dir = work / "weights-update"
@@ -76,6 +81,7 @@ def run(options: RunOptions) -> RunRecord:
             lease_ttl_s=options.lease_ttl_s,
             redis_durability=options.redis_durability,
             start_timeout_s=options.start_timeout_s,
+            hosts=options.hosts,
         )
         log.info("starting the chaos cluster in %s", work)
         with cluster:
@@ -153,6 +159,8 @@ def _drive(
     injector = threading.Thread(
         target=_inject_all, args=(ctx, events, record, cluster, seen), daemon=True
     )
+    watch = LeaderWatch(cluster.cluster.etcd_url, cluster.cluster.settings.cluster, clock)
+    watch.start()
     for robot in fleet:
         robot.start()
     injector.start()
@@ -170,6 +178,10 @@ def _drive(
         robot.stop()
     for robot in fleet:
         robot.join(timeout=30)
+    watch.stop()
+    watch.join(timeout=10)
+    record.leaders, record.leader_polls = watch.samples, watch.polls
+    log.info("leader watch: %d polls, %d samples kept", watch.polls, len(watch.samples))
     for index, robot in enumerate(fleet):
         for o in robot.outcomes:
             record.steps.append(

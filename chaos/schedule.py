@@ -23,13 +23,21 @@ FAULTS: dict[str, str] = {
     "rolling-update": "promote a second model version under load, roll back after the hold",
     "slow-link": "delay every chunk between the robots and their coordinator by 150-450 ms (a "
     "proxy of the suite's own) for the hold",
+    "partition-shard": "drop every packet between a stage leader's host and the coordinators' "
+    "hosts (nftables, network namespaces) for the hold",
+    "partition-redis": "drop every packet between the robots' coordinator's host and Redis and "
+    "its Sentinels (nftables, network namespaces) for the hold",
 }
 
 MIXED = "mixed"
 # Scenarios whose robots reach the coordinators through delay proxies (chaos/delay_proxy.py).
 PROXIED = ("slow-link", MIXED)
-# Faults `mixed` draws from (all of them).
-MIXED_FAULTS = tuple(FAULTS)
+# Scenarios whose every shard, coordinator and the rest each run on a host of their own (a
+# network namespace: chaos/hosts.py), so that nftables can cut the links between them.
+PARTITIONS = ("partition-shard", "partition-redis")
+# Faults `mixed` draws from: all but the partitions (mixed runs on loopback, where the
+# machine need not allow namespaces).
+MIXED_FAULTS = tuple(f for f in FAULTS if f not in PARTITIONS)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,10 @@ def scenario_names() -> list[str]:
 
 def describe(name: str) -> str:
     if name == MIXED:
-        return "one fault every --every-s seconds, each drawn from all the others by the seed"
+        return (
+            "one fault every --every-s seconds, each drawn by the seed from all the others but "
+            "the partitions"
+        )
     return FAULTS[name]
 
 
@@ -68,6 +79,8 @@ HOLD_S: dict[str, tuple[float, float]] = {
     "corrupt-checkpoint": (0.0, 0.0),
     "rolling-update": (3.0, 5.0),
     "slow-link": (2.0, 4.0),
+    "partition-shard": (3.0, 5.0),
+    "partition-redis": (3.0, 5.0),
 }
 
 

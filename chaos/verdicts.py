@@ -47,6 +47,9 @@ INVARIANTS: dict[str, str] = {
     "reference replayed offline from the record, unless a state reset was announced before it",
     "durable": "no acknowledged step lost by a robot that asked for wait_replicas >= 1",
     "safety-never-shed": "no attempt of a SAFETY robot was shed (RESOURCE_EXHAUSTED)",
+    "one-leader-per-stage": "no two replicas lead the same stage under simultaneously live "
+    "leases (as etcd's leader key and the replicas' own Info say), and no lease is claimed by two "
+    "replicas",
     "faults-injected": "every scheduled fault was injected and its recovery action completed",
     "processes-gone": "every process the suite started is gone at the end",
 }
@@ -153,6 +156,29 @@ def safety_never_shed(record: RunRecord) -> Verdict:
     return _verdict("safety-never-shed", len(steps), bad)
 
 
+def one_leader_per_stage(record: RunRecord) -> Verdict:
+    """Per poll of the leader watch (chaos/leaders.py): at most one replica per stage claims
+    leadership (by etcd's key or its own word) under a live lease; and over the run every
+    lease is claimed by one replica only. A run without a single poll fails: nothing was
+    checked."""
+    bad: list[str] = []
+    polls: dict[tuple[float, int], set[str]] = {}
+    holders: dict[int, set[str]] = {}
+    for s in record.leaders:
+        holders.setdefault(s.lease_id, set()).add(s.replica_id)
+        if s.lease_live:
+            polls.setdefault((s.at_s, s.stage), set()).add(f"{s.replica_id} (lease {s.lease_id:x})")
+    for (at, stage), leaders in sorted(polls.items()):
+        if len(leaders) > 1:
+            bad.append(f"stage {stage} at {at:.2f}s: {', '.join(sorted(leaders))} lead at once")
+    for lease, replicas in sorted(holders.items()):
+        if len(replicas) > 1:
+            bad.append(f"lease {lease:x} claimed by {', '.join(sorted(replicas))}")
+    if not record.leaders:
+        bad.append("no leader observed: the leader watch recorded nothing")
+    return _verdict("one-leader-per-stage", record.leader_polls, bad)
+
+
 def faults_injected(record: RunRecord) -> Verdict:
     bad = [
         f"{f.fault} on {f.target} at {f.start_s:.2f}s: {f.detail}"
@@ -177,6 +203,7 @@ def check(record: RunRecord) -> list[Verdict]:
         state_equals_reference(record),
         durable(record),
         safety_never_shed(record),
+        one_leader_per_stage(record),
         faults_injected(record),
         processes_gone(record),
     ]

@@ -126,6 +126,11 @@ class EtcdConnection:
             raise EtcdUnavailable("keepalive stream closed without a reply")
         return int(replies[0].TTL)
 
+    def lease_ttl(self, lease_id: int) -> int:
+        """The lease's remaining TTL in s; -1 once it expired or was revoked."""
+        with _translated("lease time to live"):
+            return int(self._client.get_lease_info(lease_id).TTL)
+
     def revoke(self, lease_id: int) -> None:
         try:
             with _translated("revoke lease"):

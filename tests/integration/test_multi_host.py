@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from chaos.reference import observations, reference_run
+from service.local import netns
 from service.local.child_process import ChildProcess
 from service.local.embedded_etcd import etcd_binary
 from service.local.embedded_redis import redis_server_binary
@@ -28,7 +29,6 @@ from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from tests.conftest import cluster_settings
-from tests.support import netns
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ["db", "stage0", "stage1", "robot"]

@@ -2,7 +2,7 @@
 development packages (headers, libraries, CMake config, `protoc`, `grpc_cpp_plugin`).
 
 A machine that has them installed uses its own. Otherwise they come through the ordinary apt
-client without changing the system (tests/support/apt_cache.py): the packages and whatever
+client without changing the system (service/local/apt_cache.py): the packages and whatever
 dependencies the machine lacks are `apt-get download`ed and unpacked into
 `~/.cache/actionmesh/cxx` (`ACTIONMESH_CXX_CACHE` to move it; ~85 MB, delete it to fetch again).
 CMake finds them through CMAKE_PREFIX_PATH; the linker and the built programs (`protoc`
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import google.rpc.status_pb2
 
-from tests.support import apt_cache
+from service.local import apt_cache
 
 CACHE = Path(os.environ.get("ACTIONMESH_CXX_CACHE", Path.home() / ".cache" / "actionmesh" / "cxx"))
 PACKAGES = ("libgrpc++-dev", "protobuf-compiler-grpc", "libprotobuf-dev", "protobuf-compiler")

@@ -3,7 +3,7 @@ rules) and a real `prometheus` server.
 
 No PyPI or npm package ships them, so they come from Debian's `prometheus` package through
 the ordinary apt client: `apt-get download` (no install: nothing runs as a service) into a
-cache folder, unpacked with `dpkg-deb -x` (tests/support/apt_cache.py). Binaries already on
+cache folder, unpacked with `dpkg-deb -x` (service/local/apt_cache.py). Binaries already on
 PATH are used instead. The cache is kept between runs (~100 MB unpacked); delete it to fetch
 again.
 """
@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support import apt_cache
+from service.local import apt_cache
 
 CACHE = Path(
     os.environ.get(

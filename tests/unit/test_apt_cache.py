@@ -1,10 +1,10 @@
-"""Reading apt's output for tests/support/apt_cache.py: which packages a simulated install
+"""Reading apt's output for service/local/apt_cache.py: which packages a simulated install
 would unpack (new ones and upgrades, with their versions), and which runtime libraries the -dev
 packages name (not other -dev packages, tools or virtual packages)."""
 
 from __future__ import annotations
 
-from tests.support.apt_cache import libraries, planned
+from service.local.apt_cache import libraries, planned
 
 SIMULATED = """\
 NOTE: This is only a simulation!

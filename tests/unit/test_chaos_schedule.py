@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.schedule import FAULTS, HOLD_S, MIXED, scenario_names, schedule
+from chaos.schedule import (
+    FAULTS,
+    HOLD_S,
+    MIXED,
+    MIXED_FAULTS,
+    PARTITIONS,
+    scenario_names,
+    schedule,
+)
 
 
 @pytest.mark.parametrize("name", scenario_names())
@@ -27,12 +35,12 @@ def test_a_single_fault_scenario_injects_its_fault_once_after_the_robots_settle(
         assert low <= event.hold_s <= high
 
 
-def test_mixed_draws_one_fault_every_period_from_all_faults() -> None:
+def test_mixed_draws_one_fault_every_period_from_all_faults_but_the_partitions() -> None:
     events = schedule(MIXED, 100, seed=3, every_s=10)
     assert [e.at_s for e in events] == [10, 20, 30, 40, 50, 60, 70]
     assert {e.fault for e in events} <= set(FAULTS)
     drawn = {e.fault for s in range(30) for e in schedule(MIXED, 100, seed=s, every_s=10)}
-    assert drawn == set(FAULTS)
+    assert drawn == set(MIXED_FAULTS) == set(FAULTS) - set(PARTITIONS)
 
 
 def test_an_unknown_scenario_or_a_bad_duration_is_refused() -> None:

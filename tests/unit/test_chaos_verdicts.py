@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.record import FaultWindow, RobotEnd, RunRecord, StepRecord
+from chaos.record import FaultWindow, LeaderSample, RobotEnd, RunRecord, StepRecord
 from chaos.verdicts import INVARIANTS, check, recovery_s, step_waits, summary
 
 
@@ -31,7 +31,19 @@ def clean_record() -> RunRecord:
             record.steps.append(ok(robot, seq, at + (0.5 if robot == 1 and seq >= 5 else 0.0)))
     record.faults = [FaultWindow("kill-leader", "stage-1-r0", 0.35, 0.6, "kill -9")]
     record.ends = [RobotEnd(0, "s0", 1, 10, 10), RobotEnd(1, "s1", 0, 10, 10)]
+    # Stage 1's leader killed at 0.35 s: its key goes with its lease, r1 takes over at 0.5 s.
+    record.leaders = [
+        *leading(0.25, 1, "stage-1-r0", 0xA),
+        LeaderSample(0.5, 1, "stage-1-r0", 0xA, "self", False),  # stale claim, lease gone
+        *leading(0.5, 1, "stage-1-r1", 0xB),
+    ]
+    record.leader_polls = 4
     return record
+
+
+def leading(at: float, stage: int, replica: str, lease: int) -> list[LeaderSample]:
+    """A replica leading by etcd's key and by its own word, under its live lease."""
+    return [LeaderSample(at, stage, replica, lease, source, True) for source in ("etcd", "self")]
 
 
 def verdicts(record: RunRecord) -> dict[str, tuple[bool, list[str]]]:
@@ -146,3 +158,26 @@ def test_a_record_survives_its_json_file(tmp_path: Path) -> None:
     record = clean_record()
     record.save(tmp_path / "record.json")
     assert RunRecord.load(tmp_path / "record.json") == record
+
+
+def test_two_replicas_leading_a_stage_under_live_leases_break_one_leader_per_stage() -> None:
+    record = clean_record()
+    # r0 (paused, say) still says it leads, and its lease is still live, while r1 holds the key.
+    record.leaders.append(LeaderSample(0.5, 1, "stage-1-r0", 0xA, "self", True))
+    bad = failing(record)
+    assert list(bad) == ["one-leader-per-stage"]
+    assert bad["one-leader-per-stage"] == [
+        "stage 1 at 0.50s: stage-1-r0 (lease a), stage-1-r1 (lease b) lead at once"
+    ]
+
+
+def test_one_lease_claimed_by_two_replicas_or_no_leader_seen_breaks_one_leader_per_stage() -> None:
+    record = clean_record()
+    record.leaders.append(LeaderSample(0.75, 2, "stage-2-r0", 0xB, "etcd", True))
+    assert failing(record) == {
+        "one-leader-per-stage": ["lease b claimed by stage-1-r1, stage-2-r0"]
+    }
+    record.leaders = []
+    assert failing(record) == {
+        "one-leader-per-stage": ["no leader observed: the leader watch recorded nothing"]
+    }

@@ -2,14 +2,20 @@
 
 Each host is a namespace with its own loopback and one veth into a switch namespace that
 holds the bridge, with an address on a private /24; nothing is added to the machine's own
-namespace. Needs root (or CAP_NET_ADMIN) and iproute2; `unavailable()` says why not.
+namespace, and no namespace has a route beyond the /24, so no traffic can leave them. Needs
+root (or CAP_NET_ADMIN) and iproute2; `unavailable()` says why not.
+
+`Hosts` makes and deletes them; `HostMap` names them, and travels in an environment variable
+to a process started inside one of them (the chaos suite runs its cluster that way).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -34,6 +40,26 @@ def unavailable() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class HostMap:
+    """Each host's namespace (as `ip netns` names it) and address."""
+
+    namespaces: dict[str, str]
+    address: dict[str, str]
+
+    def run_in(self, name: str, argv: list[str]) -> list[str]:
+        """`argv` as run on host `name` (ip netns exec execs it: the pid is argv's own)."""
+        return ["ip", "netns", "exec", self.namespaces[name], *argv]
+
+    def to_json(self) -> str:
+        return json.dumps({"namespaces": self.namespaces, "address": self.address})
+
+    @staticmethod
+    def from_json(text: str) -> HostMap:
+        data = json.loads(text)
+        return HostMap(dict(data["namespaces"]), dict(data["address"]))
+
+
 class Hosts:
     """Hosts named by the caller, addresses SUBNET.1, .2, ... in the order given."""
 
@@ -42,6 +68,7 @@ class Hosts:
         self._switch = f"{tag}-sw"
         self._namespaces = {name: f"{tag}-{name}" for name in names}
         self.address = {name: f"{SUBNET}.{i}" for i, name in enumerate(names, start=1)}
+        self.map = HostMap(self._namespaces, self.address)
 
     def __enter__(self) -> Self:
         try:
@@ -89,4 +116,4 @@ class Hosts:
 
     def run_in(self, name: str, argv: list[str]) -> list[str]:
         """`argv` as run on host `name` (ip netns exec execs it: the pid is argv's own)."""
-        return ["ip", "netns", "exec", self._namespaces[name], *argv]
+        return self.map.run_in(name, argv)

@@ -1,10 +1,12 @@
-"""Debian packages for the tests without changing the system: `apt-get download` the .debs
-into a cache folder and unpack them there with `dpkg-deb -x` (no maintainer scripts run,
-nothing is installed). The ordinary apt client does the resolving and downloading; only a
-fresh machine without package lists needs `apt-get update` (and so root) first.
+"""Debian packages for tools the machine lacks, without changing the system: `apt-get
+download` the .debs into a cache folder and unpack them there with `dpkg-deb -x` (no
+maintainer scripts run, nothing is installed). The ordinary apt client does the resolving and
+downloading; only a fresh machine without package lists needs `apt-get update` (and so root)
+first.
 
-Used by tests/support/prometheus.py (one static package) and tests/support/cxx_toolchain.py
-(the gRPC C++ toolchain and the libraries it needs that the machine lacks).
+Used by the chaos suite's partitions (service/local/nft.py: nftables), and by the tests:
+tests/support/prometheus.py (one static package) and tests/support/cxx_toolchain.py (the gRPC
+C++ toolchain and the libraries it needs that the machine lacks).
 """
 
 from __future__ import annotations
