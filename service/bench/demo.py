@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +40,6 @@ from state.session import short_id
 
 # The demo's checkpoint, shipped as package data: `actionmesh train` with DEMO_TRAINING_FLAGS.
 DEMO_WEIGHTS = Path(__file__).with_name("demo_weights")
-SESSION_TTL_MARGIN_S = 60.0  # beyond --duration-s, for the sessions opened up front
 _MODES = (
     "FULL",
     "EARLY_EXIT",
@@ -79,6 +76,7 @@ class EpisodeRecord:
     success: bool
     final_error: float  # RMS joint error to the target after the last tick
     modes: dict[str, int]  # ticks by the serve mode of the chunk their command came from
+    fresh: bool = True  # on a new session; False: the previous episode's, memory carried over
 
     @property
     def all_full(self) -> bool:
@@ -135,46 +133,73 @@ def drive_robot(
     cluster: LocalCluster | None = None,
     tls: ClientTls | None = None,
 ) -> DemoRun:
-    """Play reach-task episodes through the action buffer, a fresh session each (the task's
-    policy starts every episode from fresh memory); with `cluster` and a fault to inject, kill
-    and restart a stage leader meanwhile."""
+    """Play reach-task episodes through the action buffer, each on a session of its own (the
+    task's policy starts every episode from fresh memory); with `cluster` and a fault to
+    inject, kill and restart a stage leader meanwhile."""
     run = DemoRun(1.0 / settings.rate_hz)
-    with (
-        ActionMeshClient([address], client_id="demo-robot", tls=tls) as client,
-        _sessions(client, settings) as sessions,
-    ):
-        _print_plan(sessions[0], settings)
-        started = time.monotonic()
-        run_over = threading.Event()
-        fault_thread = _start_fault(settings, cluster, run, started, run_over)
-        try:
-            _episodes(sessions, settings, run, started)
-        finally:
-            run_over.set()
-            if fault_thread is not None:
-                fault_thread.join(timeout=120)
+    started = time.monotonic()
+    run_over = threading.Event()
+    fault_thread = _start_fault(settings, cluster, run, started, run_over)
+    try:
+        with ActionMeshClient([address], client_id="demo-robot", tls=tls) as client:
+            _episodes(client, settings, run, started)
+    finally:
+        run_over.set()
+        if fault_thread is not None:
+            fault_thread.join(timeout=120)
     return run
 
 
-@contextmanager
-def _sessions(client: ActionMeshClient, settings: DemoSettings) -> Iterator[list[Session]]:
-    """A session per episode, opened up front: while a stage is down no session can be opened
-    (the coordinator picks a new session's model version among those every stage serves), and
-    the episodes that start during the fault must start all the same. Each lives through the
-    run (`run` has the coordinator allow that TTL); those left are closed here."""
-    ttl_s = session_ttl_s(settings)
-    opened: list[Session] = []
+def _episodes(
+    client: ActionMeshClient, settings: DemoSettings, run: DemoRun, started: float
+) -> None:
+    """A new session per episode. While a stage is wholly down none can be opened (a session's
+    first step needs a model version every stage serves); the episode then goes on in the
+    previous session, its memory carried over, and says so."""
+    session: Session | None = None
     try:
-        for _ in range(episode_count(settings)):
-            opened.append(client.open_session(ttl_s))
-        yield opened
+        for index in range(episode_count(settings)):
+            try:
+                session, fresh = _next_session(client, session, index)
+                if index == 0:
+                    _print_plan(session, settings)
+                record = _episode(session, settings, run, started, index, fresh)
+            except ActionMeshClientError as exc:  # the session cannot go on (gone, refused)
+                run.fatal = f"{exc.code}: {exc}"
+                print(f"the session cannot go on: {run.fatal}")
+                return
+            run.episodes.append(record)
+            print(
+                f"episode {index + 1}: "
+                + ("reached the target" if record.success else "missed the target")
+                + f" (error {record.final_error:.3f})"
+            )
     finally:
-        for session in opened:
+        if session is not None:
             _close(session)
 
 
-def session_ttl_s(settings: DemoSettings) -> float:
-    return settings.duration_s + SESSION_TTL_MARGIN_S
+def _next_session(
+    client: ActionMeshClient, current: Session | None, index: int
+) -> tuple[Session, bool]:
+    """A new session for episode `index` (the current one closed), or, when none can be opened
+    now, the current one; and whether it is new."""
+    try:
+        opened = client.open_session()
+    except ActionMeshClientError as exc:
+        if current is None or exc.code != "UNAVAILABLE":
+            raise
+        print(
+            f"episode {index + 1}: session {short_id(current.session_id)} goes on, its memory "
+            f"carried over: no session can be opened now ({exc.code}; the log says why)"
+        )
+        return current, False
+    if current is not None:
+        _close(current)
+    print(
+        f"episode {index + 1}: session {short_id(opened.session_id)} model {opened.model_version}"
+    )
+    return opened, True
 
 
 def _close(session: Session) -> None:
@@ -182,34 +207,6 @@ def _close(session: Session) -> None:
         session.close()
     except ActionMeshClientError as exc:  # it ends with its TTL anyway
         print(f"session {short_id(session.session_id)} not closed: {exc}")
-
-
-def _episodes(
-    sessions: list[Session], settings: DemoSettings, run: DemoRun, started: float
-) -> None:
-    """Plays each session's episode, closing it after (taken off `sessions`)."""
-    index = 0
-    while sessions:
-        session = sessions.pop(0)
-        print(
-            f"episode {index + 1}: session {short_id(session.session_id)} model "
-            f"{session.model_version}"
-        )
-        try:
-            record = _episode(session, settings, run, started, index)
-        except ActionMeshClientError as exc:  # the session cannot go on (gone, refused)
-            run.fatal = f"{exc.code}: {exc}"
-            print(f"the session cannot go on: {run.fatal}")
-            return
-        finally:
-            _close(session)
-        run.episodes.append(record)
-        print(
-            f"episode {index + 1}: "
-            + ("reached the target" if record.success else "missed the target")
-            + f" (error {record.final_error:.3f})"
-        )
-        index += 1
 
 
 def episode_count(settings: DemoSettings) -> int:
@@ -229,7 +226,12 @@ def _print_plan(session: Session, settings: DemoSettings) -> None:
 
 
 def _episode(
-    session: Session, settings: DemoSettings, run: DemoRun, started: float, index: int
+    session: Session,
+    settings: DemoSettings,
+    run: DemoRun,
+    started: float,
+    index: int,
+    fresh: bool,
 ) -> EpisodeRecord:
     """One episode: every tick sends the arm's observation unless a step is in flight (the
     policy was trained on every step) and plays the buffer's command for it."""
@@ -265,6 +267,7 @@ def _episode(
         success=arm.success(),
         final_error=arm.final_error(),
         modes=dict(modes),
+        fresh=fresh,
     )
 
 
@@ -379,11 +382,13 @@ def _task_line(episodes: list[EpisodeRecord]) -> str:
     won = sum(e.success for e in episodes)
     full = [e for e in episodes if e.all_full]
     degraded = [e for e in episodes if not e.all_full]
+    carried = sum(not e.fresh for e in episodes)
     return (
         f"task: {won} of {len(episodes)} episodes reached the target (the reach task's rule: "
         f"on it at each of its last ticks); {sum(e.success for e in full)} of {len(full)} "
         f"played only FULL answers, {sum(e.success for e in degraded)} of {len(degraded)} "
         "played degraded ones"
+        + (f"; {carried} went on in the previous episode's session" if carried else "")
     )
 
 
@@ -413,9 +418,7 @@ def run(settings: DemoSettings) -> int:
     torch.set_num_threads(1)
     weights_dir = settings.weights_dir or DEMO_WEIGHTS
     settings = _for_weights(settings, weights_dir)
-    # The sessions opened up front live through the run: the coordinator must allow that TTL.
-    allow_ttl = {"max_session_ttl_s": max(session_ttl_s(settings), settings.session_ttl_s)}
-    with LocalCluster(settings, trained=weights_dir, coordinator_overrides=allow_ttl) as cluster:
+    with LocalCluster(settings, trained=weights_dir) as cluster:
         print(
             f"cluster up: coordinator {cluster.address}, redis {cluster.redis_url}, logs {cluster.log_dir}"
         )
