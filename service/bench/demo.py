@@ -417,7 +417,7 @@ def _fault_line(run: DemoRun) -> str:
 def run(settings: DemoSettings) -> int:
     torch.set_num_threads(1)
     weights_dir = settings.weights_dir or DEMO_WEIGHTS
-    settings = _for_weights(settings, weights_dir)
+    settings = settings_for_weights(settings, weights_dir)
     with LocalCluster(settings, trained=weights_dir) as cluster:
         print(
             f"cluster up: coordinator {cluster.address}, redis {cluster.redis_url}, logs {cluster.log_dir}"
@@ -438,7 +438,7 @@ def run(settings: DemoSettings) -> int:
     return 1 if result.fatal or unexpected else 0
 
 
-def _for_weights(settings: DemoSettings, weights_dir: Path) -> DemoSettings:
+def settings_for_weights(settings: DemoSettings, weights_dir: Path) -> DemoSettings:
     """The settings with the weights' own stage count: a --stages that differs is refused, not
     served by a model it does not fit."""
     stages = read_info(weights_dir).config.n_stages

@@ -8,10 +8,12 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 
-from service.bench.demo import DEMO_WEIGHTS
+from service.bench.demo import DEMO_WEIGHTS, settings_for_weights
 from service.model import weights
+from service.runtime.settings import DemoSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,3 +38,10 @@ def test_the_package_data_holds_every_file_of_the_shipped_checkpoint() -> None:
     for file in DEMO_WEIGHTS.iterdir():
         relative = file.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+
+
+def test_the_demo_takes_its_stages_from_the_weights_and_refuses_others() -> None:
+    stages = weights.read_info(DEMO_WEIGHTS).config.n_stages
+    assert settings_for_weights(DemoSettings(), DEMO_WEIGHTS).stages == stages
+    with pytest.raises(SystemExit, match=f"has {stages}"):
+        settings_for_weights(DemoSettings(stages=stages + 1), DEMO_WEIGHTS)
