@@ -1,8 +1,9 @@
 """`actionmesh demo`: a local cluster serving the trained reach-task policy (a small checkpoint
 shipped with the package), and a simulated arm playing reach-task episodes one after another,
-its action chunks played at control rate through the client's action buffer. Midway a stage
-leader is killed and restarted (not with --no-faults): the summary shows the answers degrade,
-labelled, and come back, the robot kept playing actions meanwhile, and what it cost on the task.
+its action chunks played at control rate through the client's action buffer. A third of the
+way in a stage leader is killed and restarted (not with --no-faults): the summary shows the
+answers degrade, labelled, and come back, the robot kept playing actions meanwhile, and what it
+cost on the task.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class TickRecord:
 
 @dataclass(frozen=True)
 class EpisodeRecord:
-    """One reach-task episode (a session of its own): judged by the task's success rule."""
+    """One reach-task episode (on a session of its own unless none could be opened), judged
+    by the task's success rule."""
 
     started_s: float
     ended_s: float
