@@ -1,6 +1,6 @@
 """`actionmesh demo`: a local cluster serving the trained reach-task policy (a small checkpoint
 shipped with the package), and a simulated arm playing reach-task episodes one after another,
-its action chunks played at control rate through the client's action buffer. A third of the
+its action chunks played at control rate through the client's action buffer. A quarter of the
 way in a stage leader is killed and restarted (not with --no-faults): the summary shows the
 answers degrade, labelled, and come back, the robot kept playing actions meanwhile, and what it
 cost on the task.

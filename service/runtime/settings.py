@@ -663,8 +663,8 @@ class DemoSettings(ClusterSettings):
     kill_stage_at_s: float | None = Field(
         None,
         gt=0,
-        description="When the fault strikes, in seconds into the run; default a third of "
-        "--duration-s (the stage is back, and FULL again, well before the end).",
+        description="When the fault strikes, in seconds into the run; default a quarter of "
+        "--duration-s (the stage is back, and FULL again, before the end unless the machine is busy).",
     )
     kill_stage: int | None = Field(
         None,
@@ -706,7 +706,7 @@ class DemoSettings(ClusterSettings):
         """When the fault strikes; None with --no-faults."""
         if not self.faults:
             return None
-        return self.kill_stage_at_s if self.kill_stage_at_s is not None else self.duration_s / 3
+        return self.kill_stage_at_s if self.kill_stage_at_s is not None else self.duration_s / 4
 
 
 class BenchSettings(JsonOutputSettings, ClusterSettings):

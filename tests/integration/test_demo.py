@@ -76,7 +76,7 @@ def test_demo_runs_and_stops_everything(tmp_path: Path) -> None:
 def test_demo_kills_a_stage_by_default_keeps_the_robot_playing_and_draws_the_timeline(
     tmp_path: Path,
 ) -> None:
-    """By default the last stage's only replica is killed a third into the run and restarted:
+    """By default the last stage's only replica is killed a quarter into the run and restarted:
     the answers turn EARLY_EXIT (labelled), the robot keeps playing chunks (held between them
     when one is late), episodes that played degraded answers are judged apart, and the PNG is
     written."""

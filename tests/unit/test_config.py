@@ -227,8 +227,8 @@ def test_invalid_value_exits_with_a_message_naming_the_flag(
     assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message), message
 
 
-def test_the_demo_faults_a_third_in_by_default_when_told_or_not_at_all() -> None:
-    assert DemoSettings(duration_s=30).fault_at_s == 10.0
+def test_the_demo_faults_a_quarter_in_by_default_when_told_or_not_at_all() -> None:
+    assert DemoSettings(duration_s=30).fault_at_s == 7.5
     assert DemoSettings(duration_s=30, kill_stage_at_s=4).fault_at_s == 4.0
     assert DemoSettings(duration_s=30, faults=False).fault_at_s is None
 
