@@ -8,6 +8,7 @@ cost on the task.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -157,10 +158,18 @@ def _episodes(
 ) -> None:
     """A new session per episode. While a stage is wholly down none can be opened (a session's
     first step needs a model version every stage serves); the episode then goes on in the
-    previous session, its memory carried over, and says so."""
+    previous session, its memory carried over, and says so. Past --duration-s, episodes go on
+    while the killed stage is not FULL again (a shard restarts slowly on a busy machine), for
+    at most --start-timeout-s."""
     session: Session | None = None
+    planned = episode_count(settings)
+    overtime_until = started + settings.duration_s + settings.start_timeout_s
     try:
-        for index in range(episode_count(settings)):
+        for index in itertools.count():
+            if index >= planned and not stage_recovering(run, overtime_until):
+                return
+            if index == planned:
+                print("the stage is not FULL again yet: the run goes on until it is")
             try:
                 session, fresh = _next_session(client, session, index)
                 if index == 0:
@@ -179,6 +188,15 @@ def _episodes(
     finally:
         if session is not None:
             _close(session)
+
+
+def stage_recovering(run: DemoRun, until: float) -> bool:
+    """The fault's stage was killed and not FULL again yet (and `until` is not past)."""
+    fault = run.fault
+    if fault is None or fault.killed_s is None or fault.error or time.monotonic() > until:
+        return False
+    back = fault.back_s
+    return back is None or not any(s.sent_s >= back and s.outcome == "FULL" for s in run.steps)
 
 
 def _next_session(

@@ -650,7 +650,8 @@ class DemoSettings(ClusterSettings):
         20.0,
         gt=0,
         description="How long the simulated robot runs: as many whole reach-task episodes "
-        "(48 ticks each, a fresh session each) as fit, at least one.",
+        "(48 ticks each, a fresh session each) as fit, at least one; with a fault, more until "
+        "the killed stage answers FULL again (at most --start-timeout-s more).",
     )
     rate_hz: float = Field(50.0, gt=0, description="Control rate of the simulated robot.")
     print_every: int = Field(10, ge=1, description="Print one table row every N ticks.")

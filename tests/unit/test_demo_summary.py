@@ -1,11 +1,22 @@
 """The demo's summary from recorded ticks, steps and episodes: counts by command source and
 serve mode, failed steps apart, success on the task (apart for episodes that played degraded
-answers), and what the robot played while the killed stage was down."""
+answers), and what the robot played while the killed stage was down; and when the run may
+end."""
 
 from __future__ import annotations
 
+import time
+
 from actionmesh_client import Source
-from service.bench.demo import DemoRun, EpisodeRecord, Fault, StepRecord, TickRecord, summarize
+from service.bench.demo import (
+    DemoRun,
+    EpisodeRecord,
+    Fault,
+    StepRecord,
+    TickRecord,
+    stage_recovering,
+    summarize,
+)
 
 
 def test_the_summary_counts_ticks_steps_episodes_and_the_fault() -> None:
@@ -54,3 +65,18 @@ def test_a_plain_run_has_no_fault_line() -> None:
         "task: 0 of 0 episodes reached the target (the reach task's rule: on it at each of its "
         "last ticks); 0 of 0 played only FULL answers, 0 of 0 played degraded ones"
     )
+
+
+def test_the_run_goes_on_until_the_killed_stage_answers_full_again() -> None:
+    run = DemoRun(period_s=0.02)
+    later = time.monotonic() + 60
+    assert not stage_recovering(run, later), "no fault"
+    run.fault = Fault(stage=2, at_s=1.0, killed_s=1.0)
+    assert stage_recovering(run, later), "killed, not back"
+    assert not stage_recovering(run, time.monotonic() - 1), "overtime is bounded"
+    run.fault.back_s = 4.0
+    run.steps = [StepRecord(3.9, 10.0, "FULL"), StepRecord(4.1, 10.0, "EARLY_EXIT")]
+    assert stage_recovering(run, later), "back, but no FULL answer since"
+    run.steps.append(StepRecord(4.2, 10.0, "FULL"))
+    assert not stage_recovering(run, later)
+    assert not stage_recovering(DemoRun(0.02, fault=Fault(2, 1.0, error="no leader")), later)
