@@ -1,5 +1,6 @@
 """The demo's timeline PNG: step latency coloured by serve mode (failed steps marked), each
-tick's command source below it, the fault's kill and restart as vertical lines."""
+tick's command source below it with each episode's outcome on the task, the fault's kill and
+restart as vertical lines."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from service.bench.demo import DemoRun
 
 _MODE_COLOURS = {"FULL": "tab:green", "EARLY_EXIT": "tab:orange", "FALLBACK": "tab:red"}
 _SOURCE_ROWS = {Source.CHUNK: 3, Source.HOLD: 2, Source.STOP: 1, Source.IDLE: 0}
+_EPISODE_ROW = 4
 _SOURCE_COLOURS = {
     Source.CHUNK: "tab:green",
     Source.HOLD: "tab:orange",
@@ -46,8 +48,19 @@ def write_timeline(run: DemoRun, path: Path) -> None:
     for source, row in _SOURCE_ROWS.items():
         at = [t.at_s for t in run.ticks if t.source is source]
         ticks_ax.scatter(at, [row] * len(at), s=4, c=_SOURCE_COLOURS[source], marker="|")
-    ticks_ax.set_yticks(list(_SOURCE_ROWS.values()), [s.name for s in _SOURCE_ROWS])
-    ticks_ax.set_ylim(-0.5, 3.5)
+    for episode in run.episodes:
+        ticks_ax.plot([episode.started_s, episode.ended_s], [_EPISODE_ROW] * 2, c="lightgray", lw=1)
+    for success, colour, marker, label in (
+        (True, "tab:green", "o", "episode reached the target"),
+        (False, "tab:red", "x", "episode missed it"),
+    ):
+        ends = [e.ended_s for e in run.episodes if e.success is success]
+        ticks_ax.scatter(
+            ends, [_EPISODE_ROW] * len(ends), s=20, c=colour, marker=marker, label=label
+        )
+    rows = {**{s.name: row for s, row in _SOURCE_ROWS.items()}, "EPISODE": _EPISODE_ROW}
+    ticks_ax.set_yticks(list(rows.values()), list(rows))
+    ticks_ax.set_ylim(-0.5, _EPISODE_ROW + 0.5)
     ticks_ax.set_xlabel("time since the robot started (s)")
     end_s = run.ticks[-1].at_s if run.ticks else 0.0
     ticks_ax.set_xlim(0.0, end_s + 0.2)
@@ -62,6 +75,8 @@ def write_timeline(run: DemoRun, path: Path) -> None:
         restarted = "restarted" if back is not None else "restarted: after the run"
         steps_ax.plot([], [], color="blue", label=restarted)
     steps_ax.legend(loc="upper right", fontsize=8)
+    if run.episodes:
+        ticks_ax.legend(loc="lower right", fontsize=7, ncols=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

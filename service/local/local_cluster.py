@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,7 +66,9 @@ class LocalCluster:
     process may use, round robin). checkpoint_remote: the checkpoint store's remote (an s3://
     URL, say); default a file:// folder in the work dir. place: where each shard and
     coordinator runs, by its name (shard-K-rR, coordinator, coordinator-N); default this host,
-    at settings.host."""
+    at settings.host. trained: a weights directory (say from `actionmesh train`) the cluster
+    serves, copied into the work dir and published like fresh weights; `model` is then its
+    config."""
 
     def __init__(
         self,
@@ -77,9 +80,13 @@ class LocalCluster:
         pin_shards: bool = False,
         checkpoint_remote: str | None = None,
         place: Callable[[str], Placement] | None = None,
+        trained: Path | None = None,
     ) -> None:
         self.settings = settings
         self._place = place
+        self._trained = trained
+        if trained is not None:
+            model = weights.read_info(trained).config
         self.model = model or ModelConfig(
             n_stages=settings.stages,
             seed=settings.seed,
@@ -163,7 +170,9 @@ class LocalCluster:
             self._tmp = tempfile.TemporaryDirectory(prefix="actionmesh-")
             self.work_dir = Path(self._tmp.name)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.weights_dir / weights.MANIFEST).exists():
+        if self._trained is not None:
+            self._copy_trained(self._trained)
+        elif not (self.weights_dir / weights.MANIFEST).exists():
             weights.save(ActionModel(self.model), self.weights_dir)
         if self.settings.runtime != "torch":
             self._export_onnx()
@@ -201,6 +210,20 @@ class LocalCluster:
             self.redis_url,
             self.log_dir,
         )
+
+    def _copy_trained(self, source: Path) -> None:
+        """The trained weights into the work dir, unless a previous run in the same --work-dir
+        left that very version there (other weights there are replaced). File contents only:
+        an installed package's read-only modes would stop the ONNX export writing beside them."""
+        wanted = weights.read_info(source).version
+        if (self.weights_dir / weights.MANIFEST).exists():
+            if weights.read_info(self.weights_dir).version == wanted:
+                return
+            shutil.rmtree(self.weights_dir)
+        self.weights_dir.mkdir(parents=True)
+        for file in sorted(source.iterdir()):
+            if file.is_file():
+                shutil.copyfile(file, self.weights_dir / file.name)
 
     def _certificates(self) -> Path:
         """--tls-dir, or a throwaway CA and per-role certificates made in the work dir (kept

@@ -638,23 +638,47 @@ class ClusterSettings(TlsSettings, ShardRuntimeSettings, SessionServingSettings,
         return self
 
 
+# `actionmesh train` flags of the checkpoint the demo ships (service/bench/demo_weights/): a
+# test retrains with them and checks that the version is the same.
+DEMO_TRAINING_FLAGS = ("--quick", "--seed", "0", "--memory-iterations", "200")
+
+
 class DemoSettings(ClusterSettings):
     port: int = _grpc_port(0, "Coordinator ")
-    duration_s: float = Field(20.0, gt=0, description="How long the simulated robot runs.")
+    weights_dir: Path | None = Field(
+        None,
+        description="Trained weights to serve (model.json + *.safetensors, as `actionmesh "
+        "train` writes them); default the small checkpoint shipped with actionmesh, trained "
+        f"on the reach task by `actionmesh train {' '.join(DEMO_TRAINING_FLAGS)}`. "
+        "Their model has its own stages: --stages must match or be left out.",
+    )
+    seed: int = Field(0, description="Seed of the reach-task episodes the robot plays.")
+    duration_s: float = Field(
+        20.0,
+        gt=0,
+        description="How long the simulated robot runs: as many whole reach-task episodes "
+        "(48 ticks each, a fresh session each) as fit, at least one; with a fault, more until "
+        "the killed stage answers FULL again (at most --start-timeout-s more).",
+    )
     rate_hz: float = Field(50.0, gt=0, description="Control rate of the simulated robot.")
     print_every: int = Field(10, ge=1, description="Print one table row every N ticks.")
+    faults: bool = Field(
+        True,
+        description="kill -9 the leader of --kill-stage at --kill-stage-at-s and restart it "
+        "--restart-after-s later: the answers turn EARLY_EXIT or FALLBACK, then FULL again. "
+        "--no-faults for a plain run.",
+    )
     kill_stage_at_s: float | None = Field(
         None,
         gt=0,
-        description="kill -9 the leader of --kill-stage this many seconds into the run and "
-        "restart it --restart-after-s later: the summary shows the robot kept playing actions. "
-        "Default: no fault.",
+        description="When the fault strikes, in seconds into the run; default a quarter of "
+        "--duration-s (the stage is back, and FULL again, before the end unless the machine is busy).",
     )
     kill_stage: int | None = Field(
         None,
         ge=0,
-        description="The stage --kill-stage-at-s kills the leader of; default the last stage "
-        "(answers turn EARLY_EXIT, or FALLBACK with one stage).",
+        description="The stage whose leader the fault kills; default the last stage (answers "
+        "turn EARLY_EXIT, or FALLBACK with one stage).",
     )
     restart_after_s: float = Field(
         3.0, gt=0, description="How long the killed stage leader stays down."
@@ -662,16 +686,20 @@ class DemoSettings(ClusterSettings):
     when_dry: Literal["hold", "stop"] = Field(
         "hold",
         description="What the robot plays when its action buffer runs dry: hold the last "
-        "command, or ramp it down to a stop.",
+        "command (the reach task's set-points are positions), or ramp it down to a stop.",
     )
-    timeline: Path | None = Field(
-        None,
-        description="Write a PNG here: step latency and serve mode, each tick's command source, "
-        "the fault marked.",
+    timeline: Path = Field(
+        Path("actionmesh-demo-timeline.png"),
+        description="The PNG written at the end: step latency and serve mode, each tick's "
+        "command source, each episode's outcome, the fault marked.",
     )
 
     @model_validator(mode="after")
     def _fault_within_the_run(self) -> typing.Self:
+        if not self.faults and (self.kill_stage_at_s is not None or self.kill_stage is not None):
+            raise ValueError(
+                "--kill-stage-at-s and --kill-stage set the fault: not with --no-faults"
+            )
         if self.kill_stage is not None and self.kill_stage >= self.stages:
             raise ValueError(f"--kill-stage {self.kill_stage}: stages are 0..{self.stages - 1}")
         if self.kill_stage_at_s is not None and self.kill_stage_at_s >= self.duration_s:
@@ -680,6 +708,13 @@ class DemoSettings(ClusterSettings):
                 f"{self.duration_s}"
             )
         return self
+
+    @property
+    def fault_at_s(self) -> float | None:
+        """When the fault strikes; None with --no-faults."""
+        if not self.faults:
+            return None
+        return self.kill_stage_at_s if self.kill_stage_at_s is not None else self.duration_s / 4
 
 
 class BenchSettings(JsonOutputSettings, ClusterSettings):

@@ -154,6 +154,17 @@ def advance(cfg: TaskConfig, q: torch.Tensor, setpoint: torch.Tensor) -> torch.T
     return (q + move).clamp(-1.0, 1.0)
 
 
+def tracking_error(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B]: RMS joint error of the arm at `q` to `target` ([B, J] each)."""
+    return (q - target).pow(2).mean(dim=1).sqrt()
+
+
+def settled(cfg: TaskConfig, errors: torch.Tensor) -> torch.Tensor:
+    """[B] bool, the task's success rule on whole episodes' tracking errors [B, T]: within
+    tolerance at each of the last settle_steps steps."""
+    return (errors[:, -cfg.settle_steps :] < cfg.tolerance).all(dim=1)
+
+
 @dataclass(frozen=True)
 class Rollout:
     observations: torch.Tensor  # [B, T, D]
@@ -163,7 +174,7 @@ class Rollout:
 
     def success(self, cfg: TaskConfig) -> torch.Tensor:
         """[B] bool: within tolerance at each of the last settle_steps steps."""
-        return (self.tracking_error[:, -cfg.settle_steps :] < cfg.tolerance).all(dim=1)
+        return settled(cfg, self.tracking_error)
 
     def action_error(self) -> float:
         return float((self.chunks - self.expert_chunks).pow(2).mean())
@@ -190,10 +201,48 @@ def rollout(
         observations.append(obs)
         experts.append(wanted)
         chunks.append(chunk)
-        errors.append((q - ep.target(t + 1)).pow(2).mean(dim=1).sqrt())
+        errors.append(tracking_error(q, ep.target(t + 1)))
     return Rollout(
         observations=torch.stack(observations, dim=1),
         expert_chunks=torch.stack(experts, dim=1),
         chunks=torch.stack(chunks, dim=1),
         tracking_error=torch.stack(errors, dim=1),
     )
+
+
+class ReachArm:
+    """One episode of the task played one step at a time, as a robot plays it: the set-point
+    of each tick comes from outside (say an action buffer fed by a served policy), not from a
+    policy called in lockstep as in `rollout`. The same dynamics, observations and success rule.
+    """
+
+    def __init__(self, cfg: TaskConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.episode = make_episodes(cfg, 1, seed)
+        self.q = self.episode.start
+        self.t = 0  # steps taken
+        self.errors: list[torch.Tensor] = []  # [1] each: after each step
+
+    @property
+    def done(self) -> bool:
+        return self.t >= self.cfg.steps
+
+    def observation(self) -> torch.Tensor:
+        """[observation_dim]: what the robot sends for this step."""
+        return observe(self.cfg, self.episode, self.q, self.t)[0]
+
+    def apply(self, setpoint: torch.Tensor | None) -> None:
+        """One step toward `setpoint` [J]; None keeps the arm where it is (no command yet)."""
+        if self.done:
+            raise RuntimeError(f"the episode is over ({self.cfg.steps} steps)")
+        if setpoint is not None:
+            self.q = advance(self.cfg, self.q, setpoint.reshape(1, -1))
+        self.t += 1
+        self.errors.append(tracking_error(self.q, self.episode.target(self.t)))
+
+    def final_error(self) -> float:
+        return float(self.errors[-1][0]) if self.errors else float("nan")
+
+    def success(self) -> bool:
+        """The task's rule, once the episode is over."""
+        return self.done and bool(settled(self.cfg, torch.stack(self.errors, dim=1))[0])

@@ -214,6 +214,8 @@ def test_bool_from_renamed_flag_and_env() -> None:
             "--redis-cluster-primaries",
         ),
         (["demo", "--rate-hz", "0"], NO_ENV, "--rate-hz"),
+        (["demo", "--no-faults", "--kill-stage-at-s", "5"], NO_ENV, "--kill-stage-at-s"),
+        (["demo", "--kill-stage-at-s", "30"], NO_ENV, "--duration-s"),
     ],
 )
 def test_invalid_value_exits_with_a_message_naming_the_flag(
@@ -223,6 +225,12 @@ def test_invalid_value_exits_with_a_message_naming_the_flag(
     message = load_error(COMMANDS[command], command, parse(*argv), environ)
     assert message.startswith(f"actionmesh {command}: invalid settings")
     assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message), message
+
+
+def test_the_demo_faults_a_quarter_in_by_default_when_told_or_not_at_all() -> None:
+    assert DemoSettings(duration_s=30).fault_at_s == 7.5
+    assert DemoSettings(duration_s=30, kill_stage_at_s=4).fault_at_s == 4.0
+    assert DemoSettings(duration_s=30, faults=False).fault_at_s is None
 
 
 def test_every_invalid_field_is_named() -> None:

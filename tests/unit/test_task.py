@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from service.training.task import (
     Episodes,
+    ReachArm,
     TaskConfig,
     camera_view,
     derive_seed,
@@ -90,3 +92,27 @@ def test_camera_view_turns_with_the_arm_and_keeps_distances() -> None:
     turned = camera_view(turning, moved, offset)
     assert not torch.allclose(turned[:, :2], view[:, :2], atol=1e-3)
     assert torch.allclose(turned[:, 2:], view[:, 2:])
+
+
+def test_a_reach_arm_played_step_by_step_is_the_rollout_of_its_episode() -> None:
+    """The demo's robot: driven by the expert's first set-point each step, it visits the same
+    states as the batch rollout of the same episode, and the same rule judges its success."""
+    seed = derive_seed("demo", 0, 3)
+    reference = rollout(TASK, make_episodes(TASK, 1, seed), None)
+    arm = ReachArm(TASK, seed)
+    while not arm.done:
+        assert torch.equal(arm.observation(), reference.observations[0, arm.t])
+        arm.apply(expert(TASK, arm.episode, arm.q, arm.t)[0, 0])
+    assert torch.equal(torch.cat(arm.errors), reference.tracking_error[0])
+    assert arm.success() and arm.success() == bool(reference.success(TASK)[0])
+
+
+def test_a_reach_arm_without_commands_stays_put_and_fails() -> None:
+    arm = ReachArm(TASK, derive_seed("demo", 0, 0))
+    start = arm.q.clone()
+    assert not arm.success(), "no verdict before the episode is over"
+    for _ in range(TASK.steps):
+        arm.apply(None)
+    assert torch.equal(arm.q, start) and not arm.success()
+    with pytest.raises(RuntimeError, match="over"):
+        arm.apply(None)
