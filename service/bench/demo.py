@@ -335,11 +335,7 @@ def _kill_and_restart(
     run_over: threading.Event,
 ) -> None:
     """In the background: kill -9 the stage's leader at its time, restart it later (neither
-    once the run is over: a short run is not kept waiting for a shard to start).
-
-    Stays alive until the run is over: a child is told to stop when the *thread* that started
-    it exits (PR_SET_PDEATHSIG follows the thread), so the restarted shard would stop at once.
-    """
+    once the run is over: a short run is not kept waiting for a shard to start)."""
     table = open_routing_table(cluster.etcd_url, settings.cluster)
     table.start()
     try:
@@ -364,7 +360,6 @@ def _kill_and_restart(
         fault.error = f"{type(exc).__name__}: {exc}"
     finally:
         table.stop()
-        run_over.wait()
 
 
 def summarize(run: DemoRun) -> list[str]:
