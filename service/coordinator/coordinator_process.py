@@ -14,6 +14,7 @@ from service.coordinator import session_handlers
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
+from service.coordinator.drain import Drain
 from service.coordinator.engine import Durability, SessionEngine, SessionLimits
 from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
 from service.coordinator.routing.call_patience import Patience
@@ -214,6 +215,7 @@ def run(settings: CoordinatorSettings) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)  # a setting that does not fit the model: a usage error
+    drain = Drain(settings.drain_grace_s)
     servicer = SessionServicer(
         path.engine,
         settings.step_timeout_s,
@@ -221,6 +223,7 @@ def run(settings: CoordinatorSettings) -> None:
         access,
         action_period_ms=settings.action_period_ms,
         joint_names=settings.joint_names,
+        drain=drain,
     )
 
     def register(server: grpc.Server) -> list[str]:
@@ -243,6 +246,7 @@ def run(settings: CoordinatorSettings) -> None:
         health_interval_s=settings.health_interval_s,
         metrics_role="coordinator",
     )
+    drain.listen(process.readiness.drain)  # an admin's Drain: NOT_SERVING, /ready 503
     metrics.publish_build_info("coordinator")
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",
@@ -253,7 +257,12 @@ def run(settings: CoordinatorSettings) -> None:
     )
     process.start(settings.ready_file)
     try:
-        process.run_until_signal(settings.shutdown_grace_s, drain_delay_s=settings.drain_delay_s)
+        process.run_until_signal(
+            settings.shutdown_grace_s,
+            drain_delay_s=settings.drain_delay_s,
+            # no new sessions here from the signal on; steps served until the server stops
+            on_signal=lambda: drain.begin(settings.drain_delay_s + settings.shutdown_grace_s),
+        )
     finally:
         path.close()
         table.stop()

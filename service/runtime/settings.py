@@ -405,6 +405,13 @@ class CoordinatorSettings(
         gt=0,
         description="Step deadline when the client sets none, and the cap on one it sets.",
     )
+    drain_grace_s: float = Field(
+        10.0,
+        gt=0,
+        description="After an admin's Drain (`actionmesh drain`) that names no grace: how long "
+        "the steps of open sessions are still served (each answer telling the robot to move) "
+        "before they are refused too.",
+    )
     action_period_ms: float = Field(
         20.0,
         gt=0,

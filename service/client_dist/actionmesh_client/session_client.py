@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 from actionmesh_client import array_codec
 from actionmesh_client.bearer import BearerToken
 from actionmesh_client.client_errors import (
+    DRAINING_KEY,
     STEP_TIMEOUT_KEY,
     ActionMeshClientError,
     ErrorDetails,
@@ -209,6 +210,15 @@ class _Coordinators:
                 FAILOVERS.inc()
                 log.warning("coordinator=%s failed; client moves to %s", address, self.current)
 
+    def leave(self, address: str) -> None:
+        """`address` is draining: the next call goes to the next coordinator (if any)."""
+        with self._lock:
+            if address != self.current or len(self.addresses) == 1:
+                return
+            self._index, self._failures = (self._index + 1) % len(self.addresses), 0
+            FAILOVERS.inc()
+            log.info("coordinator=%s is draining; client moves to %s", address, self.current)
+
     def succeeded(self, address: str) -> None:
         with self._lock:
             self._failures = 0 if address == self.current else self._failures
@@ -335,9 +345,12 @@ class ActionMeshClient(_Closing):
             timeout = timeout_s if deadline is None else min(timeout_s, _left_s(deadline))
             try:
                 stub = self.coordinators.stub(address)
-                return getattr(stub, method)(request, timeout=timeout)
+                reply, call = getattr(stub, method).with_call(request, timeout=timeout)
             except grpc.RpcError as exc:
                 raise rpc_failure(exc) from exc
+            if any(key == DRAINING_KEY for key, _ in call.trailing_metadata() or ()):
+                self.coordinators.leave(address)
+            return reply
 
         return self._retrying(what, attempt, deadline)
 
