@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from actionmesh_client.client_tls import ClientTls
 from fallback.admission import AdmissionConfig, AdmissionController
 from service.coordinator import session_handlers
 from service.coordinator.admission_gate import AdmissionGate
@@ -41,9 +42,10 @@ from state.store import SessionStore
 log = logging.getLogger(__name__)
 
 
-def shard_credentials(settings: CoordinatorSettings) -> grpc.ChannelCredentials | None:
-    """Mutual TLS to shards with the cluster's own identity (`shard`), or None: plaintext."""
-    return None if settings.tls_dir is None else tls.channel_credentials(settings.tls_dir, "shard")
+def shard_tls(settings: CoordinatorSettings) -> ClientTls | None:
+    """Mutual TLS to shards with the cluster's own identity (`shard`), re-read from disk when
+    rotated; None: plaintext."""
+    return None if settings.tls_dir is None else tls.client_tls(settings.tls_dir, "shard")
 
 
 def session_access(settings: CoordinatorSettings) -> SessionAccess:
@@ -87,7 +89,7 @@ def routing_table(settings: CoordinatorSettings) -> RoutingTable:
             "there) or --stage-addresses host:port,... (one shard per stage)"
         )
     return static_table(
-        settings.stage_addresses, settings.stage_connect_timeout_s, shard_credentials(settings)
+        settings.stage_addresses, settings.stage_connect_timeout_s, shard_tls(settings)
     )
 
 
@@ -109,7 +111,7 @@ class StepPath:
 def build_step_path(
     settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
 ) -> StepPath:
-    connect = grpc_transports(shard_credentials(settings))
+    connect = grpc_transports(shard_tls(settings))
     router = StageRouter(
         table,
         settings.stage_timeout_s,
@@ -204,9 +206,7 @@ def run(settings: CoordinatorSettings) -> None:
             f"coordinator: session store {redacted(settings.redis_url)} does not answer"
         )
     table = routing_table(settings)
-    model, version = discover_model(
-        table, settings.stage_connect_timeout_s, shard_credentials(settings)
-    )
+    model, version = discover_model(table, settings.stage_connect_timeout_s, shard_tls(settings))
     path = build_step_path(settings, store, table, model)
     if settings.joint_names and len(settings.joint_names) != model.joints:
         print(
