@@ -85,7 +85,12 @@ class _Connection:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.ever_ready = self.lost = False
+        self._channel = channel
         channel.subscribe(self._on_state, try_to_connect=False)
+
+    def stop(self) -> None:
+        """No more callbacks (gRPC's polling thread for the channel ends)."""
+        self._channel.unsubscribe(self._on_state)
 
     def _on_state(self, state: grpc.ChannelConnectivity) -> None:
         if state == grpc.ChannelConnectivity.READY:
@@ -137,6 +142,8 @@ class ReloadingChannel:
         except (OSError, ValueError) as exc:  # mid-replacement: keep the current channel
             log.warning("TLS to %s: cannot re-read the client certificate: %s", self.address, exc)
             return
+        if self._connection is not None:
+            self._connection.stop()
         self._retired.append(self._channel)
         self._stamp = stamp
         self._channel = open_channel(self.address, credentials, self._options)
