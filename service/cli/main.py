@@ -24,6 +24,7 @@ from service.runtime.settings import (
     ClusterSettings,
     CoordinatorSettings,
     DemoSettings,
+    DrainSettings,
     ExportSettings,
     InvalidSettings,
     PlanSettings,
@@ -131,6 +132,12 @@ def _status(settings: StatusSettings, args: argparse.Namespace) -> int:
     return status.main(settings)
 
 
+def _drain(settings: DrainSettings, args: argparse.Namespace) -> int:
+    from service.cli import drain
+
+    return drain.main(settings)
+
+
 def _train(settings: TrainSettings, args: argparse.Namespace) -> int:
     from service.cli import train
 
@@ -210,6 +217,12 @@ _COMMANDS: list[tuple[str, type[Settings], Handler, str]] = [
         StatusSettings,
         _status,
         "Show who leads each stage and who stands by, live from etcd, with health.",
+    ),
+    (
+        "drain",
+        DrainSettings,
+        _drain,
+        "Drain a coordinator (admin): no new sessions there, its robots moved to the others.",
     ),
     (
         "train",

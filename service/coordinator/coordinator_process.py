@@ -9,11 +9,13 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from actionmesh_client.client_tls import ClientTls
 from fallback.admission import AdmissionConfig, AdmissionController
 from service.coordinator import session_handlers
 from service.coordinator.admission_gate import AdmissionGate
 from service.coordinator.assets import ModelAssets
 from service.coordinator.batcher import DynamicBatcher
+from service.coordinator.drain import Drain
 from service.coordinator.engine import Durability, SessionEngine, SessionLimits
 from service.coordinator.pipeline import Pipeline, PipelineInput, PipelineOutput
 from service.coordinator.routing.call_patience import Patience
@@ -40,9 +42,10 @@ from state.store import SessionStore
 log = logging.getLogger(__name__)
 
 
-def shard_credentials(settings: CoordinatorSettings) -> grpc.ChannelCredentials | None:
-    """Mutual TLS to shards with the cluster's own identity (`shard`), or None: plaintext."""
-    return None if settings.tls_dir is None else tls.channel_credentials(settings.tls_dir, "shard")
+def shard_tls(settings: CoordinatorSettings) -> ClientTls | None:
+    """Mutual TLS to shards with the cluster's own identity (`shard`), re-read from disk when
+    rotated; None: plaintext."""
+    return None if settings.tls_dir is None else tls.client_tls(settings.tls_dir, "shard")
 
 
 def session_access(settings: CoordinatorSettings) -> SessionAccess:
@@ -86,7 +89,7 @@ def routing_table(settings: CoordinatorSettings) -> RoutingTable:
             "there) or --stage-addresses host:port,... (one shard per stage)"
         )
     return static_table(
-        settings.stage_addresses, settings.stage_connect_timeout_s, shard_credentials(settings)
+        settings.stage_addresses, settings.stage_connect_timeout_s, shard_tls(settings)
     )
 
 
@@ -108,7 +111,7 @@ class StepPath:
 def build_step_path(
     settings: CoordinatorSettings, store: SessionStore, table: RoutingTable, model: ModelConfig
 ) -> StepPath:
-    connect = grpc_transports(shard_credentials(settings))
+    connect = grpc_transports(shard_tls(settings))
     router = StageRouter(
         table,
         settings.stage_timeout_s,
@@ -203,9 +206,7 @@ def run(settings: CoordinatorSettings) -> None:
             f"coordinator: session store {redacted(settings.redis_url)} does not answer"
         )
     table = routing_table(settings)
-    model, version = discover_model(
-        table, settings.stage_connect_timeout_s, shard_credentials(settings)
-    )
+    model, version = discover_model(table, settings.stage_connect_timeout_s, shard_tls(settings))
     path = build_step_path(settings, store, table, model)
     if settings.joint_names and len(settings.joint_names) != model.joints:
         print(
@@ -214,6 +215,7 @@ def run(settings: CoordinatorSettings) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)  # a setting that does not fit the model: a usage error
+    drain = Drain(settings.drain_grace_s)
     servicer = SessionServicer(
         path.engine,
         settings.step_timeout_s,
@@ -221,6 +223,7 @@ def run(settings: CoordinatorSettings) -> None:
         access,
         action_period_ms=settings.action_period_ms,
         joint_names=settings.joint_names,
+        drain=drain,
     )
 
     def register(server: grpc.Server) -> list[str]:
@@ -243,6 +246,7 @@ def run(settings: CoordinatorSettings) -> None:
         health_interval_s=settings.health_interval_s,
         metrics_role="coordinator",
     )
+    drain.listen(process.readiness.drain)  # an admin's Drain: NOT_SERVING, /ready 503
     metrics.publish_build_info("coordinator")
     log.info(
         "coordinator model=%s stages=%d routing=%s redis=%s",
@@ -253,7 +257,12 @@ def run(settings: CoordinatorSettings) -> None:
     )
     process.start(settings.ready_file)
     try:
-        process.run_until_signal(settings.shutdown_grace_s, drain_delay_s=settings.drain_delay_s)
+        process.run_until_signal(
+            settings.shutdown_grace_s,
+            drain_delay_s=settings.drain_delay_s,
+            # no new sessions here from the signal on; steps served until the server stops
+            on_signal=lambda: drain.begin(settings.drain_delay_s + settings.shutdown_grace_s),
+        )
     finally:
         path.close()
         table.stop()

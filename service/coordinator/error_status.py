@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from service.coordinator.step_errors import (
     ActionmeshError,
     DeadlineExceeded,
+    Draining,
     InvalidInput,
     NotAuthenticated,
     NotEnoughReplicas,
@@ -43,6 +44,7 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
     SeqConflict: (grpc.StatusCode.FAILED_PRECONDITION, "seq_conflict"),
     NotEnoughReplicas: (grpc.StatusCode.FAILED_PRECONDITION, "not_enough_replicas"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
+    Draining: (grpc.StatusCode.UNAVAILABLE, "draining"),
     DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
     NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),

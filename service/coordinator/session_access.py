@@ -47,6 +47,20 @@ class SessionAccess:
             )
         return identity
 
+    def admin(self, context: CallContext) -> Identity | None:
+        """The caller, allowed an admin call (drain); None with auth off, where anyone who
+        reaches the port may. Raises NotAuthenticated or PermissionDenied (no admin scope)."""
+        try:
+            identity = caller_identity(context, self.mode, self.directory)
+        except Unauthenticated as exc:
+            raise NotAuthenticated(str(exc)) from exc
+        if identity is not None and not identity.has(Scope.ADMIN):
+            held = ", ".join(sorted(s.value for s in identity.scopes))
+            raise PermissionDenied(
+                f"identity {identity.name!r} has scopes [{held}]; this needs admin"
+            )
+        return identity
+
     def step_allowed(self, caller: Identity | None) -> None:
         """RateLimited when the caller is over its steps per second."""
         if caller is None or self.step_rate is None:

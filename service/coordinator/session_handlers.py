@@ -73,6 +73,11 @@ def add_to_server(servicer: Any, server: grpc.Server) -> None:
             request_deserializer=lenient(pb.CloseSessionRequest),
             response_serializer=pb.CloseSessionReply.SerializeToString,
         ),
+        "Drain": unary(
+            servicer.Drain,
+            request_deserializer=lenient(pb.DrainRequest),
+            response_serializer=pb.DrainReply.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import torch
 from google.protobuf.message import Message
 
 from fallback.priority import Priority
+from service.coordinator.drain import DEFAULT_GRACE_S, Drain
 from service.coordinator.engine import SessionEngine, StepAnswer
 from service.coordinator.error_status import (
     current_seq_of,
@@ -24,7 +25,7 @@ from service.coordinator.error_status import (
 )
 from service.coordinator.session_access import SessionAccess
 from service.coordinator.session_handlers import Malformed
-from service.coordinator.step_errors import ActionmeshError, InvalidInput
+from service.coordinator.step_errors import ActionmeshError, Draining, InvalidInput
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 from service.runtime import logs, metrics, tracing
 from service.runtime.identity import Identity
@@ -43,6 +44,9 @@ STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # a stream's per-step deadline, 
 # Sent by a caller (any value) that wants, in the trailing metadata under the same key, where a
 # unary step's time went in the coordinator: "handler_ms=..;load_ms=..;encode_ms=..;commit_ms=..".
 SERVER_TIMING_KEY = "actionmesh-server-timing"
+# On a step answered by a draining coordinator: seconds until its steps are refused. The robot
+# sends its next step to another coordinator.
+DRAINING_KEY = "actionmesh-draining"
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
@@ -55,9 +59,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         *,
         action_period_ms: float = 20.0,
         joint_names: Sequence[str] = (),
+        drain: Drain | None = None,
     ):
         """joint_names: one per joint, or () for joint_0, joint_1, ..."""
         self.engine, self.step_timeout_s = engine, step_timeout_s
+        self.drain = drain or Drain(DEFAULT_GRACE_S)
         self.max_observation_bytes = max_observation_bytes
         self.access = access or SessionAccess.open_door()
         cfg = engine.model
@@ -78,6 +84,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.OpenSessionReply:
         try:
             caller = self.access.caller(context)
+            if self.drain.draining():
+                raise Draining("this coordinator is draining: open the session on another one")
             request = _checked(request)
             opened = self.engine.open(
                 request.ttl_s,
@@ -103,11 +111,17 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         started = time.perf_counter()
         try:
             caller = self.access.caller(context)
+            self._refuse_if_drained()
             answer = self._step(request, context.time_remaining(), caller)
         except ActionmeshError as exc:
             _abort(context, exc)
+        trailers: list[tuple[str, str]] = []
         if any(key == SERVER_TIMING_KEY for key, _ in context.invocation_metadata() or ()):
-            context.set_trailing_metadata(((SERVER_TIMING_KEY, _server_timing(answer, started)),))
+            trailers.append((SERVER_TIMING_KEY, _server_timing(answer, started)))
+        if (left_s := self.drain.grace_left_s()) is not None:
+            trailers.append((DRAINING_KEY, f"{left_s:.3f}"))
+        if trailers:
+            context.set_trailing_metadata(tuple(trailers))
         return answer.reply
 
     def StreamSteps(  # noqa: N802
@@ -125,6 +139,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:  # each step within its own budget and within what is left of the stream's
+                self._refuse_if_drained()
                 budget = _shortest(budget_s, context.time_remaining())
                 answer = self._step(request, budget, caller, stream_trace)
             except ActionmeshError as exc:
@@ -142,6 +157,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 continue
             reply = session_pb2.StepReply.FromString(answer.reply)
             yield session_pb2.StreamStepsReply(seq=seq, reply=reply)
+            if self.drain.draining():  # the robot's next stream goes to another coordinator
+                _abort(context, Draining("this coordinator is draining: step on another one"))
 
     def GetSession(  # noqa: N802
         self, request: session_pb2.GetSessionRequest | Malformed, context: grpc.ServicerContext
@@ -178,6 +195,32 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         except ActionmeshError as exc:
             _abort(context, exc)
         return session_pb2.CloseSessionReply(closed=closed)
+
+    def Drain(  # noqa: N802
+        self, request: session_pb2.DrainRequest | Malformed, context: grpc.ServicerContext
+    ) -> session_pb2.DrainReply:
+        try:
+            caller = self.access.admin(context)
+            request = _checked(request)
+            try:
+                state = self.drain.begin(request.grace_s)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), "grace_s") from exc
+        except ActionmeshError as exc:
+            _abort(context, exc)
+        log.warning(
+            "drain asked by %s: steps served %.1fs more%s",
+            "a caller (auth off)" if caller is None else f"identity {caller.name!r}",
+            state.grace_left_s,
+            " (already draining)" if state.already_draining else "",
+        )
+        return session_pb2.DrainReply(
+            grace_left_s=state.grace_left_s, already_draining=state.already_draining
+        )
+
+    def _refuse_if_drained(self) -> None:
+        if self.drain.steps_refused():
+            raise Draining("this coordinator has drained: step on another one (same seq)")
 
     def _step(
         self,

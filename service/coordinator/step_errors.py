@@ -42,6 +42,11 @@ class Unavailable(ActionmeshError):
     """Nothing could serve this step now; the session was not advanced: retry the same seq."""
 
 
+class Draining(Unavailable):
+    """This coordinator is draining (an admin's Drain, or SIGTERM): go to another one at once;
+    the session was not advanced."""
+
+
 class DeadlineExceeded(ActionmeshError):
     """The step could not finish before its deadline; the session was not advanced."""
 

@@ -211,6 +211,8 @@ class EmbeddedRedis(Lifecycle):
             if self._replica_of._password is not None:
                 lines.append(f"masterauth {conf_quote(self._replica_of._password)}")
         if self._cluster_node_timeout_ms is not None:
+            if self._password is not None:  # any node may come to replicate any primary
+                lines.append(f"masterauth {conf_quote(self._password)}")
             lines += [
                 "cluster-enabled yes",
                 "cluster-config-file nodes.conf",  # in dir: the node's id and view, its own

@@ -42,13 +42,17 @@ class EmbeddedRedisCluster(Lifecycle):
         node_timeout_ms: int = NODE_TIMEOUT_MS,
         start_timeout_s: float = 20.0,
         stop_timeout_s: float = 5.0,
+        password: str | None = None,
     ) -> None:
+        """password: every node requires AUTH with it (and replicas give it to their primary);
+        the store URL does not carry it."""
         if primaries < 1 or replicas < 0:
             raise ValueError(f"need primaries >= 1 and replicas >= 0, got {primaries}, {replicas}")
         self._base_dir = base_dir
         self._primaries = primaries
         self._replicas = replicas
         self._start_timeout_s = start_timeout_s
+        self._password = password
         self.nodes = [
             EmbeddedRedis(
                 base_dir / f"node-{i}",
@@ -56,6 +60,7 @@ class EmbeddedRedisCluster(Lifecycle):
                 cluster_node_timeout_ms=node_timeout_ms,
                 start_timeout_s=start_timeout_s,
                 stop_timeout_s=stop_timeout_s,
+                password=password,
             )
             for i in range(primaries * (1 + replicas))
         ]
@@ -102,37 +107,37 @@ class EmbeddedRedisCluster(Lifecycle):
         self._wait("the cluster is ok on every node", self._all_ok)
 
     def _form(self) -> None:
-        ids = [_command(node.port, "CLUSTER", "MYID") for node in self.nodes]
+        ids = [self._command(node.port, "CLUSTER", "MYID") for node in self.nodes]
         # Distinct epochs from the start, as redis-cli --cluster create gives them: nodes that
         # share one settle it by bumping, and a failover meanwhile can lose its election.
         for epoch, node in enumerate(self.nodes, start=1):
-            _command(node.port, "CLUSTER", "SET-CONFIG-EPOCH", epoch)
+            self._command(node.port, "CLUSTER", "SET-CONFIG-EPOCH", epoch)
         per_primary = -(-SLOTS // self._primaries)
         for i, node in enumerate(self.primary_nodes):
             slots = range(i * per_primary, min(SLOTS, (i + 1) * per_primary))
-            _command(node.port, "CLUSTER", "ADDSLOTS", *slots)
+            self._command(node.port, "CLUSTER", "ADDSLOTS", *slots)
         first = self.nodes[0]
         for node in self.nodes[1:]:
-            _command(node.port, "CLUSTER", "MEET", "127.0.0.1", first.port)
+            self._command(node.port, "CLUSTER", "MEET", "127.0.0.1", first.port)
         self._wait("every node knows every other", self._all_known)
         replicas = self.nodes[self._primaries :]
         for j, replica in enumerate(replicas):
-            _command(replica.port, "CLUSTER", "REPLICATE", ids[j % self._primaries])
+            self._command(replica.port, "CLUSTER", "REPLICATE", ids[j % self._primaries])
         self._wait("the cluster is ok on every node", self._all_ok)
 
     def _all_known(self) -> bool:
         return all(
-            int(_cluster_info(node.port).get("cluster_known_nodes", 0)) == len(self.nodes)
+            int(self._cluster_info(node.port).get("cluster_known_nodes", 0)) == len(self.nodes)
             for node in self.nodes
         )
 
     def _all_ok(self) -> bool:
         for node in self.nodes:
-            info = _cluster_info(node.port)
+            info = self._cluster_info(node.port)
             if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != str(SLOTS):
                 return False
         for node in self.primary_nodes:
-            with probe_client(node.port) as client:
+            with probe_client(node.port, self._password) as client:
                 linked = int(client.info("replication").get("connected_slaves", 0))
             if linked < self._replicas:
                 return False
@@ -142,23 +147,21 @@ class EmbeddedRedisCluster(Lifecycle):
         deadline = time.monotonic() + self._start_timeout_s
         while not done():
             if time.monotonic() > deadline:
-                views = {node.port: _cluster_info(node.port) for node in self.nodes}
+                views = {node.port: self._cluster_info(node.port) for node in self.nodes}
                 raise EmbeddedRedisError(
                     f"redis cluster: not within {self._start_timeout_s}s: {what}: {views}"
                 )
             time.sleep(POLL_INTERVAL_S * 5)
 
+    def _command(self, port: int, *args: object) -> str:
+        with probe_client(port, self._password) as client:
+            return str(client.execute_command(*args))
 
-def _command(port: int, *args: object) -> str:
-    with probe_client(port) as client:
-        return str(client.execute_command(*args))
-
-
-def _cluster_info(port: int) -> dict[str, str]:
-    """CLUSTER INFO of the node on port as text fields; {} while it does not answer."""
-    try:
-        text = _command(port, "CLUSTER", "INFO")
-    except (OSError, redis.RedisError):
-        return {}
-    fields = (line.partition(":") for line in text.splitlines() if ":" in line)
-    return {name: value.strip() for name, _, value in fields}
+    def _cluster_info(self, port: int) -> dict[str, str]:
+        """CLUSTER INFO of the node on port as text fields; {} while it does not answer."""
+        try:
+            text = self._command(port, "CLUSTER", "INFO")
+        except (OSError, redis.RedisError):
+            return {}
+        fields = (line.partition(":") for line in text.splitlines() if ":" in line)
+        return {name: value.strip() for name, _, value in fields}

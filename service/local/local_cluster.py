@@ -182,7 +182,7 @@ class LocalCluster:
         self.checkpoints.publish(self.weights_dir, promote=True)
         if self.settings.tls:
             self.tls_dir = self._certificates()
-            if not self.redis_url and not self.settings.redis_cluster_primaries:
+            if not self.redis_url:  # the private Redis (or Redis Cluster) wants AUTH
                 self.redis_password_file = self._redis_password()
         if not self.redis_url:
             self.redis_url = self._start_redis()
@@ -268,6 +268,9 @@ class LocalCluster:
         """The private Redis primary (or Cluster), with the persistence and replicas settings
         ask for."""
         durability = self.settings.redis_durability
+        password = None
+        if self.redis_password_file is not None:
+            password = read_secret(self.redis_password_file)
         if self.settings.redis_cluster_primaries:
             self.redis_cluster = EmbeddedRedisCluster(
                 self.work_dir / "redis-cluster",
@@ -275,11 +278,9 @@ class LocalCluster:
                 replicas=self.settings.redis_replicas,
                 appendfsync=None if durability == "none" else durability,
                 start_timeout_s=self.settings.start_timeout_s,
+                password=password,
             ).start()
             return self.redis_cluster.url
-        password = None
-        if self.redis_password_file is not None:
-            password = read_secret(self.redis_password_file)
         primary = self.redis = EmbeddedRedis(
             self.work_dir / "redis",
             appendfsync=None if durability == "none" else durability,

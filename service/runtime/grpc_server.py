@@ -129,7 +129,7 @@ class GrpcProcess:
         grace_s: float = 2.0,
         before_stop: Callable[[], None] | None = None,
         drain_delay_s: float = 0.0,
-        on_signal: Callable[[], None] | None = None,
+        on_signal: Callable[[], object] | None = None,
     ) -> None:
         """Serve until SIGTERM/SIGINT; then run `on_signal` (e.g. stop campaigning for
         leadership), report NOT_SERVING (gRPC health, /ready 503) and keep serving

@@ -74,8 +74,10 @@ class Readiness:
         return ok
 
     def drain(self) -> None:
-        """NOT_SERVING from now on, whatever the check says."""
+        """NOT_SERVING from now on, whatever the check says (a second call changes nothing)."""
         with self._lock:
+            if self._draining:
+                return
             self._draining = True
             self._publish(_NOT_SERVING)
         log.info("%s draining: health NOT_SERVING, /ready 503", self._name)

@@ -412,6 +412,13 @@ class CoordinatorSettings(
         gt=0,
         description="Step deadline when the client sets none, and the cap on one it sets.",
     )
+    drain_grace_s: float = Field(
+        10.0,
+        gt=0,
+        description="After an admin's Drain (`actionmesh drain`) that names no grace: how long "
+        "the steps of open sessions are still served (each answer telling the robot to move) "
+        "before they are refused too.",
+    )
     action_period_ms: float = Field(
         20.0,
         gt=0,
@@ -909,6 +916,27 @@ class ChaosSettings(JsonOutputSettings):
 class StatusSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     etcd: str | None = _etcd_url("the cluster's (`actionmesh up` prints it).")
     probe_timeout_s: float = Field(1.0, gt=0, description="Health check deadline per replica.")
+
+
+class DrainSettings(TlsSettings, JsonOutputSettings):
+    coordinator: str = Field("", description="host:port of the coordinator to drain.")
+    identity: str = Field(
+        "admin",
+        description="With --tls-dir: whose certificate to present (<identity>.pem/.key); with "
+        "--auth mtls or any on the coordinator, an identity with the admin scope.",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="A file whose first line is a bearer token with the admin scope, for a "
+        "coordinator with --auth token or any (never the token itself on the command line).",
+    )
+    grace_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long the coordinator still serves open sessions' steps (0: its "
+        "drain_grace_s).",
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Deadline of the Drain call.")
 
 
 class PlanSettings(JsonOutputSettings):

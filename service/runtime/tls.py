@@ -20,7 +20,7 @@ from typing import cast
 
 import grpc
 
-from actionmesh_client.client_tls import client_credentials
+from actionmesh_client.client_tls import ClientTls, client_credentials
 from state.etcd_url import EtcdTls
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,14 @@ def channel_credentials(tls_dir: Path, role: str) -> grpc.ChannelCredentials:
     return client_credentials(
         files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes()
     )
+
+
+def client_tls(tls_dir: Path, role: str) -> ClientTls:
+    """What a long-lived client channel presents (ReloadingChannel): the role's files, re-read
+    when they change, for the channel's next connection."""
+    files = TlsFiles.of_role(tls_dir, role)
+    files.check()
+    return ClientTls(files.ca, files.cert, files.key)
 
 
 def etcd_tls(tls_dir: Path | None, role: str) -> EtcdTls | None:

@@ -1,7 +1,8 @@
 """Hostile input with the doors locked: generated calls over the public protos against a live
 coordinator with auth = token, over plaintext and over TLS (--tls: the robot presents a client
 certificate, Redis wants AUTH), as nobody, as a stranger with a made-up or malformed token, as
-an identity without the step scope, as another robot, as the owner and as an admin.
+an identity without the step scope, as another robot, as the owner and as an admin; and
+Drain, which only the admin may call (here always with a bad grace: never answered).
 
 Each call's status must be the right one for who made it: UNAUTHENTICATED for no or a wrong
 token, PERMISSION_DENIED for a checkpoint-only identity and for another identity's session
@@ -56,7 +57,7 @@ CLEAN = {
     grpc.StatusCode.PERMISSION_DENIED,
 }
 SESSION_METHODS = ("Step", "GetSession", "CloseSession", "StreamSteps")  # name a session
-METHODS = ["OpenSession", *SESSION_METHODS, "raw"]
+METHODS = ["OpenSession", *SESSION_METHODS, "Drain", "raw"]
 UNKNOWN_CALLERS = ["nobody", "made-up token", "malformed header"]
 CALLERS = [*UNKNOWN_CALLERS, "ci", "alice", "bob", "ops"]
 
@@ -295,6 +296,16 @@ def test_locked_doors_hold_against_generated_calls(
             caller.call("CloseSession", stub.CloseSession, request, allowed)
         elif case.method == "StreamSteps":
             stream_case(stub, caller, step, case.stream_length, allowed, on_victim)
+        elif case.method == "Drain":
+            # Only an admin may drain; the admin's drain here has a bad grace (a good one
+            # would end the run), so nobody's drain is ever answered.
+            grace_s = -1.0 - abs(case.ttl_s) if case.who == "ops" else case.ttl_s
+            wanted = {"ops": grpc.StatusCode.INVALID_ARGUMENT}.get(
+                case.who, grpc.StatusCode.PERMISSION_DENIED
+            )
+            drain = session_pb2.DrainRequest(grace_s=grace_s)
+            drained = caller.call("Drain", stub.Drain, drain, forced or {wanted})
+            assert drained is None, f"{case.who} drained the coordinator"
         else:
             raw = channel.unary_unary("/actionmesh.v1.SessionService/GetSession")
             info = caller.call("GetSession (raw)", raw, case.raw, allowed)
@@ -367,6 +378,8 @@ def test_afterwards_the_victim_is_untouched_and_no_session_leaked(
     assert info.seq == 1, "someone stepped the victim"
     retry = stub.Step(good_step(victim.session_id, 1), metadata=alice, timeout=10)
     assert retry.SerializeToString() == victim.reply
+    fresh = stub.OpenSession(session_pb2.OpenSessionRequest(), metadata=alice, timeout=10)
+    close(stub, fresh.session_id, alice)  # not drained: it still opens sessions
     left = sessions_now(cluster) - victim.sessions_before
     assert left == {victim.session_id}, f"{len(left - {victim.session_id})} sessions leaked"
     assert left <= tally.told

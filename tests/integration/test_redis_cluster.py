@@ -22,6 +22,7 @@ from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec, tensor_pb2
 from state.redis_store import CLUSTER_RETRY, RedisSessionStore
+from state.redis_url import read_secret
 from state.session import CommitStatus, SessionId, StageIndex, StepCommit
 from state.store import NotReplicated
 from tests.conftest import SMALL_MODEL, cluster_settings
@@ -218,3 +219,32 @@ def test_up_starts_a_private_redis_cluster_with_the_durability_asked_for(tmp_pat
                 session_pb2.OpenSessionRequest(client_id="test", wait_replicas=2), timeout=10
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_up_tls_gives_its_private_redis_cluster_a_password_the_coordinator_sends(
+    tmp_path: Path,
+) -> None:
+    """Like the single Redis of `up --tls`: every node wants AUTH (replicas give it to their
+    primary: a step that waits for one replica is acknowledged), and the coordinator reads the
+    password from the file up wrote."""
+    settings = cluster_settings(tmp_path, tls=True, redis_cluster_primaries=3, redis_replicas=1)
+    with LocalCluster(settings, model=SMALL_MODEL) as local, local.channel("robot-a") as channel:
+        assert local.redis_cluster is not None and local.redis_password_file is not None
+        password = read_secret(local.redis_password_file)
+        assert password not in local.redis_url
+        for node in local.redis_cluster.nodes:
+            with (
+                redis.Redis(host="127.0.0.1", port=node.port) as stranger,
+                pytest.raises(redis.AuthenticationError),
+            ):
+                stranger.ping()
+            with redis.Redis(host="127.0.0.1", port=node.port, password=password) as client:
+                assert client.ping()
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        opened = stub.OpenSession(
+            session_pb2.OpenSessionRequest(client_id="test", wait_replicas=1), timeout=10
+        )
+        obs = observations(0, 3, SMALL_MODEL.observation_dim)
+        for seq in range(1, 4):
+            reply = step(stub, opened.session_id, seq, obs[seq - 1])
+            assert (reply.seq, reply.serve_mode) == (seq, session_pb2.SERVE_MODE_FULL)

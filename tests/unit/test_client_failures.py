@@ -31,10 +31,12 @@ from service.coordinator import error_status, step_errors
 from service.proto import session_pb2, tensor_codec, tensor_pb2
 
 
-def test_only_statuses_without_a_coordinator_reason_count_as_unreachable() -> None:
+def test_unreachable_or_draining_coordinators_are_left_at_once_others_after_failures() -> None:
     refused = "failed to connect to all addresses; last error: Connection refused"
     transport = failure("UNAVAILABLE", refused, ErrorDetails())
     assert isinstance(transport, RetryableFailure) and transport.unreachable
+    draining = failure("UNAVAILABLE", "draining", ErrorDetails("draining"))
+    assert isinstance(draining, RetryableFailure) and draining.unreachable
     served = failure("UNAVAILABLE", "stage 1: no replica left", ErrorDetails("unavailable"))
     assert isinstance(served, RetryableFailure) and not served.unreachable
     late = failure("DEADLINE_EXCEEDED", "Deadline Exceeded", ErrorDetails())
@@ -67,6 +69,7 @@ def test_status_codes_map_to_typed_errors() -> None:
         ),
         (step_errors.InvalidInput("bad"), ErrorDetails("invalid_input")),
         (step_errors.SessionNotFound("gone"), ErrorDetails("session_not_found")),
+        (step_errors.Draining("go elsewhere"), ErrorDetails("draining")),
     ],
 )
 def test_the_client_reads_back_what_the_coordinators_rich_status_says(

@@ -15,6 +15,8 @@ ERROR_KEY = "actionmesh-error"  # set by the coordinator on every error it retur
 RETRY_AFTER_KEY = "actionmesh-retry-after-s"  # set on a shed step
 STEP_TIMEOUT_KEY = "actionmesh-step-timeout-s"  # sent when a stream opens: each step's deadline
 DETAILS_KEY = "grpc-status-details-bin"  # a google.rpc.Status: the error's ErrorInfo and the rest
+# On a step a draining coordinator answered: send the next call to another coordinator.
+DRAINING_KEY = "actionmesh-draining"
 
 
 class ActionMeshClientError(Exception):
@@ -67,7 +69,9 @@ class StepShed(ActionMeshClientError):
 
 
 class RetryableFailure(Exception):
-    """One attempt failed in a way worth resending the same request (maybe elsewhere)."""
+    """One attempt failed in a way worth resending the same request (maybe elsewhere);
+    `unreachable`: resend it elsewhere at once (gRPC could not reach the coordinator, or it is
+    draining)."""
 
     def __init__(self, code: str, message: str, unreachable: bool) -> None:
         super().__init__(f"{code}: {message}")
@@ -119,7 +123,7 @@ def _details_of_trailers(metadata: Mapping[str, str | bytes]) -> ErrorDetails:
 def failure(code: str, message: str, details: ErrorDetails) -> Exception:
     """What a call that failed with status `code` raises: RetryableFailure, or the caller's typed error."""
     if code in RETRYABLE:
-        unreachable = code == "UNAVAILABLE" and not details.reason
+        unreachable = code == "UNAVAILABLE" and details.reason in ("", "draining")
         return RetryableFailure(code, message, unreachable=unreachable)
     if code == "INVALID_ARGUMENT":
         return InvalidObservation(message, code, details.fields)

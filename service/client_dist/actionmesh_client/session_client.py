@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 from actionmesh_client import array_codec
 from actionmesh_client.bearer import BearerToken
 from actionmesh_client.client_errors import (
+    DRAINING_KEY,
     STEP_TIMEOUT_KEY,
     ActionMeshClientError,
     ErrorDetails,
@@ -48,7 +49,7 @@ from actionmesh_client.client_errors import (
     failure,
     rpc_failure,
 )
-from actionmesh_client.client_tls import ClientTls, open_channel
+from actionmesh_client.client_tls import ClientTls, ReloadingChannel
 from actionmesh_client.metrics import counter
 from actionmesh_client.proto import session_pb2, session_pb2_grpc
 from actionmesh_client.proto_names import priority_value, serve_mode_name
@@ -170,18 +171,20 @@ class _Closing:
 
 
 class _Coordinators:
-    """The addresses, the current one, and one long-lived channel per address (made lazily)."""
+    """The addresses, the current one, and one long-lived channel per address (made lazily,
+    remade with a client certificate rotated on disk when it reconnects)."""
 
     def __init__(
         self,
         addresses: list[str],
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: ClientTls | None = None,
         token: str | None = None,
     ) -> None:
         self.addresses, self._index, self._failures = list(addresses), 0, 0
-        self._credentials = credentials
+        self._tls = tls
         self._bearer = BearerToken(token) if token else None
-        self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
+        # address -> (its channel, the grpc.Channel the stub was made on, the stub)
+        self._channels: dict[str, tuple[ReloadingChannel, grpc.Channel, Any]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -191,13 +194,20 @@ class _Coordinators:
     def stub(self, address: str) -> Any:
         with self._lock:
             if address not in self._channels:
-                channel = open_channel(
-                    address, self._credentials, [("grpc.max_reconnect_backoff_ms", 1000)]
-                )
-                if self._bearer is not None:
-                    channel = grpc.intercept_channel(channel, self._bearer)
-                self._channels[address] = (channel, session_pb2_grpc.SessionServiceStub(channel))
-            return self._channels[address][1]
+                options = [("grpc.max_reconnect_backoff_ms", 1000)]
+                reloading = ReloadingChannel(address, self._tls, options)
+                self._channels[address] = (reloading, *self._stub_on(reloading.current()))
+            reloading, made_on, _ = self._channels[address]
+            channel = reloading.current()
+            if channel is not made_on:  # remade with a rotated certificate
+                self._channels[address] = (reloading, *self._stub_on(channel))
+            return self._channels[address][2]
+
+    def _stub_on(self, channel: grpc.Channel) -> tuple[grpc.Channel, Any]:
+        intercepted = (
+            channel if self._bearer is None else grpc.intercept_channel(channel, self._bearer)
+        )
+        return channel, session_pb2_grpc.SessionServiceStub(intercepted)
 
     def failed(self, address: str, unreachable: bool) -> None:
         with self._lock:
@@ -209,14 +219,23 @@ class _Coordinators:
                 FAILOVERS.inc()
                 log.warning("coordinator=%s failed; client moves to %s", address, self.current)
 
+    def leave(self, address: str) -> None:
+        """`address` is draining: the next call goes to the next coordinator (if any)."""
+        with self._lock:
+            if address != self.current or len(self.addresses) == 1:
+                return
+            self._index, self._failures = (self._index + 1) % len(self.addresses), 0
+            FAILOVERS.inc()
+            log.info("coordinator=%s is draining; client moves to %s", address, self.current)
+
     def succeeded(self, address: str) -> None:
         with self._lock:
             self._failures = 0 if address == self.current else self._failures
 
     def close(self) -> None:
         with self._lock:
-            for channel, _ in self._channels.values():
-                channel.close()
+            for reloading, _, _ in self._channels.values():
+                reloading.close()
             self._channels.clear()
 
 
@@ -262,9 +281,9 @@ class ActionMeshClient(_Closing):
         bearer token (`actionmesh token add`), for coordinators with auth on."""
         if not addresses or max_attempts < 1 or step_timeout_s <= 0:
             raise ValueError("need an address, max_attempts >= 1 and step_timeout_s > 0")
-        self.coordinators = _Coordinators(
-            addresses, None if tls is None else tls.credentials(), token
-        )
+        if tls is not None:
+            tls.credentials()  # a file that cannot be read is the caller's error, now
+        self.coordinators = _Coordinators(addresses, tls, token)
         self.step_timeout_s, self.max_attempts = step_timeout_s, max_attempts
         self.client_id = client_id
 
@@ -335,9 +354,12 @@ class ActionMeshClient(_Closing):
             timeout = timeout_s if deadline is None else min(timeout_s, _left_s(deadline))
             try:
                 stub = self.coordinators.stub(address)
-                return getattr(stub, method)(request, timeout=timeout)
+                reply, call = getattr(stub, method).with_call(request, timeout=timeout)
             except grpc.RpcError as exc:
                 raise rpc_failure(exc) from exc
+            if any(key == DRAINING_KEY for key, _ in call.trailing_metadata() or ()):
+                self.coordinators.leave(address)
+            return reply
 
         return self._retrying(what, attempt, deadline)
 

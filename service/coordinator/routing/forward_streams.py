@@ -122,6 +122,7 @@ class StreamPool:
     def __init__(self, stub: object) -> None:
         self._stub, self._idle = stub, queue.SimpleQueue[ForwardStream]()
         self._open, self._lock = 0, threading.Lock()
+        self._closed = False  # a stream given back after close is closed instead
 
     def take(self) -> ForwardStream | None:
         """An idle stream, a new one, or None when MAX_STREAMS are busy (call unary then)."""
@@ -136,7 +137,10 @@ class StreamPool:
         return ForwardStream(self._stub)
 
     def give_back(self, stream: ForwardStream) -> None:
-        self._idle.put(stream)
+        if self._closed:
+            self.discard(stream)
+        else:
+            self._idle.put(stream)
 
     def discard(self, stream: ForwardStream) -> None:
         stream.close()
@@ -144,6 +148,7 @@ class StreamPool:
             self._open -= 1
 
     def close(self) -> None:
+        self._closed = True
         while True:
             try:
                 self.discard(self._idle.get_nowait())

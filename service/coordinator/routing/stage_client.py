@@ -5,11 +5,12 @@ routing/in_process_stage.py."""
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
+from typing import Any, Protocol
 
 import grpc
 
-from actionmesh_client.client_tls import open_channel
+from actionmesh_client.client_tls import ClientTls, ReloadingChannel
 from service.coordinator.routing.forward_streams import ForwardStream, StreamFailed, StreamPool
 from service.coordinator.step_errors import Unavailable
 from service.proto import stage_pb2, stage_pb2_grpc
@@ -60,27 +61,42 @@ def unavailable_kind(code: grpc.StatusCode) -> type[Unavailable]:
 class StageClient:
     """StageTransport over gRPC."""
 
-    def __init__(
-        self, stage: int, address: str, credentials: grpc.ChannelCredentials | None = None
-    ) -> None:
-        """credentials: mutual TLS to the shard (tls.channel_credentials), None: plaintext."""
+    def __init__(self, stage: int, address: str, tls: ClientTls | None = None) -> None:
+        """tls: mutual TLS to the shard (tls.client_tls), None: plaintext. A client
+        certificate rotated on disk is presented from the next reconnection on."""
         self.stage, self.address = stage, address
-        self._channel = open_channel(
+        self._channel = ReloadingChannel(
             address,
-            credentials,
+            tls,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        # Client spans of unary calls when tracing is on (ForwardStream messages carry theirs).
-        self._stub = stage_pb2_grpc.StageServiceStub(tracing.traced_channel(self._channel))
-        self._streams = StreamPool(self._stub)
+        self._lock = threading.Lock()
+        self._made_on, self._stub, self._streams = self._on(self._channel.current())
         self._unary_only = False
 
+    @staticmethod
+    def _on(channel: grpc.Channel) -> tuple[grpc.Channel, Any, StreamPool]:
+        # Client spans of unary calls when tracing is on (ForwardStream messages carry theirs).
+        stub = stage_pb2_grpc.StageServiceStub(tracing.traced_channel(channel))
+        return channel, stub, StreamPool(stub)
+
+    def _current(self) -> tuple[Any, StreamPool]:
+        """The stub and stream pool on the current channel (new ones after a certificate
+        rotation: the old pool's idle streams are closed)."""
+        channel = self._channel.current()
+        with self._lock:
+            if channel is not self._made_on:
+                self._streams.close()
+                self._made_on, self._stub, self._streams = self._on(channel)
+            return self._stub, self._streams
+
     def info(self, timeout_s: float) -> stage_pb2.InfoReply:
+        stub, _ = self._current()
         try:
-            reply: stage_pb2.InfoReply = self._stub.Info(
+            reply: stage_pb2.InfoReply = stub.Info(
                 stage_pb2.InfoRequest(), timeout=timeout_s, wait_for_ready=True
             )
         except grpc.RpcError as exc:
@@ -91,11 +107,12 @@ class StageClient:
         self, request: stage_pb2.ForwardRequest, timeout_s: float
     ) -> stage_pb2.ForwardReply:
         """Raises Unavailable (never a raw gRPC error) when the call fails or times out."""
-        stream = None if self._unary_only else self._streams.take()
+        stub, streams = self._current()
+        stream = None if self._unary_only else streams.take()
         if stream is None:
-            reply = self._forward_unary(request, timeout_s)
+            reply = self._forward_unary(stub, request, timeout_s)
         else:
-            reply = self._forward_on(stream, request, timeout_s)
+            reply = self._forward_on(stub, streams, stream, request, timeout_s)
         if len(reply.results) != len(request.items):
             raise Unavailable(
                 f"stage {self.stage} at {self.address}: {len(reply.results)} results for "
@@ -104,23 +121,28 @@ class StageClient:
         return reply
 
     def _forward_on(
-        self, stream: ForwardStream, request: stage_pb2.ForwardRequest, timeout_s: float
+        self,
+        stub: Any,
+        streams: StreamPool,
+        stream: ForwardStream,
+        request: stage_pb2.ForwardRequest,
+        timeout_s: float,
     ) -> stage_pb2.ForwardReply:
         try:
             answer = stream.exchange(request, timeout_s)
         except StreamFailed as exc:
-            self._streams.discard(stream)
+            streams.discard(stream)
             cause = exc.cause
             if isinstance(cause, grpc.Call) and cause.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._unary_only = True  # a shard from before ForwardStream
-                return self._forward_unary(request, timeout_s)
+                return self._forward_unary(stub, request, timeout_s)
             kind = StageTimeout if exc.timed_out else Unavailable
             what = "no reply in time" if exc.timed_out else _what(cause) if cause else str(exc)
             raise kind(f"stage {self.stage} at {self.address}: {what}") from exc
         if stream.cancelled:
-            self._streams.discard(stream)
+            streams.discard(stream)
         else:
-            self._streams.give_back(stream)
+            streams.give_back(stream)
         if answer.HasField("error"):
             code = grpc.StatusCode.UNKNOWN
             for status in grpc.StatusCode:
@@ -134,17 +156,18 @@ class StageClient:
         return reply
 
     def _forward_unary(
-        self, request: stage_pb2.ForwardRequest, timeout_s: float
+        self, stub: Any, request: stage_pb2.ForwardRequest, timeout_s: float
     ) -> stage_pb2.ForwardReply:
         try:
-            reply: stage_pb2.ForwardReply = self._stub.Forward(request, timeout=timeout_s)
+            reply: stage_pb2.ForwardReply = stub.Forward(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             kind = unavailable_kind(exc.code()) if isinstance(exc, grpc.Call) else Unavailable
             raise kind(f"stage {self.stage} at {self.address}: {_what(exc)}") from exc
         return reply
 
     def close(self) -> None:
-        self._streams.close()
+        with self._lock:
+            self._streams.close()
         self._channel.close()
 
 

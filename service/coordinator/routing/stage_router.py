@@ -7,8 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-import grpc
-
+from actionmesh_client.client_tls import ClientTls
 from service.coordinator.routing.call_patience import Patience, UsualLatency
 from service.coordinator.routing.replica_choice import Ban, BanPolicy, candidates, is_banned
 from service.coordinator.routing.stage_client import (
@@ -38,13 +37,11 @@ def grpc_transport(replica: ReplicaInfo) -> StageTransport:
     return StageClient(replica.stage, replica.address)
 
 
-def grpc_transports(
-    credentials: grpc.ChannelCredentials | None,
-) -> Callable[[ReplicaInfo], StageTransport]:
-    """What connects to a replica over gRPC: with mutual TLS when credentials are given."""
-    if credentials is None:
+def grpc_transports(tls: ClientTls | None) -> Callable[[ReplicaInfo], StageTransport]:
+    """What connects to a replica over gRPC: with mutual TLS when tls is given."""
+    if tls is None:
         return grpc_transport
-    return lambda replica: StageClient(replica.stage, replica.address, credentials)
+    return lambda replica: StageClient(replica.stage, replica.address, tls)
 
 
 class StageRouter:

@@ -212,3 +212,17 @@ class CloseSessionReply(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     closed: bool
     def __init__(self, closed: bool = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("grace_s",)
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    grace_s: float
+    def __init__(self, grace_s: _Optional[float] = ...) -> None: ...
+
+class DrainReply(_message.Message):
+    __slots__ = ("grace_left_s", "already_draining")
+    GRACE_LEFT_S_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_DRAINING_FIELD_NUMBER: _ClassVar[int]
+    grace_left_s: float
+    already_draining: bool
+    def __init__(self, grace_left_s: _Optional[float] = ..., already_draining: bool = ...) -> None: ...

@@ -33,7 +33,8 @@ class SessionServiceStub(object):
     - google.rpc.ErrorInfo, always: domain "actionmesh.v1.SessionService", reason one of
     INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
     NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
-    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT;
+    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT, DRAINING (UNAVAILABLE: this coordinator
+    is draining, go to another at once);
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
@@ -76,6 +77,11 @@ class SessionServiceStub(object):
                 request_serializer=actionmesh__client_dot_proto_dot_session__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=actionmesh__client_dot_proto_dot_session__pb2.CloseSessionReply.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/actionmesh.v1.SessionService/Drain',
+                request_serializer=actionmesh__client_dot_proto_dot_session__pb2.DrainRequest.SerializeToString,
+                response_deserializer=actionmesh__client_dot_proto_dot_session__pb2.DrainReply.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer(object):
@@ -86,7 +92,8 @@ class SessionServiceServicer(object):
     - google.rpc.ErrorInfo, always: domain "actionmesh.v1.SessionService", reason one of
     INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
     NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
-    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT;
+    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT, DRAINING (UNAVAILABLE: this coordinator
+    is draining, go to another at once);
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
@@ -105,7 +112,8 @@ class SessionServiceServicer(object):
         max_wait_replicas, an id over 128 characters); FAILED_PRECONDITION NOT_ENOUGH_REPLICAS
         (fewer Redis replicas connected than wait_replicas); UNAVAILABLE (no model version is
         served by every stage); RESOURCE_EXHAUSTED SESSION_LIMIT (the identity's
-        sessions_per_identity).
+        sessions_per_identity); UNAVAILABLE DRAINING (this coordinator is draining: open the
+        session on another).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +127,9 @@ class SessionServiceServicer(object):
         RESOURCE_EXHAUSTED SHED or RATE_LIMITED (not advanced: resend after RetryInfo);
         DEADLINE_EXCEEDED or UNAVAILABLE (not advanced: resend the same seq, maybe to another
         coordinator). A degraded answer is not an error: it is a reply labelled by serve_mode.
+        On a draining coordinator a reply carries the trailer `actionmesh-draining` (seconds until
+        its steps are refused): send the next step to another coordinator. After that grace:
+        UNAVAILABLE DRAINING (not advanced: resend the same seq to another coordinator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,7 +142,9 @@ class SessionServiceServicer(object):
         `actionmesh-step-timeout-s` (seconds, the robot's per-step deadline for the whole stream),
         what is left of the stream's own deadline, and the coordinator's step_timeout_s.
         The stream itself ends with INVALID_ARGUMENT for a bad `actionmesh-step-timeout-s`, and
-        with RESOURCE_EXHAUSTED when the coordinator's max_concurrent_rpcs are in use.
+        with RESOURCE_EXHAUSTED when the coordinator's max_concurrent_rpcs are in use. On a
+        draining coordinator it ends with UNAVAILABLE DRAINING after answering one more step:
+        open the next stream on another coordinator.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +160,20 @@ class SessionServiceServicer(object):
     def CloseSession(self, request, context):
         """Ends a session and deletes its state (closed = false if it was already gone).
         Errors: INVALID_ARGUMENT (session_id over 128 characters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Admin: drain this coordinator, for good (stop or restart it afterwards), so that its
+        robots move to the others without a failed step. At once gRPC health (every service) and
+        the ops endpoint's /ready turn NOT_SERVING, and OpenSession is refused with UNAVAILABLE
+        DRAINING; open sessions' steps are served for the grace (telling the robot to move: see
+        Step and StreamSteps), then refused with UNAVAILABLE DRAINING. A second Drain may shorten
+        the grace, never lengthen it. SIGTERM drains the same way until the process stops.
+        Errors: UNAUTHENTICATED; PERMISSION_DENIED (the caller lacks the admin scope; with auth
+        off, anyone who reaches the port may drain); INVALID_ARGUMENT (grace_s not finite or < 0).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +207,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=actionmesh__client_dot_proto_dot_session__pb2.CloseSessionRequest.FromString,
                     response_serializer=actionmesh__client_dot_proto_dot_session__pb2.CloseSessionReply.SerializeToString,
             ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=actionmesh__client_dot_proto_dot_session__pb2.DrainRequest.FromString,
+                    response_serializer=actionmesh__client_dot_proto_dot_session__pb2.DrainReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'actionmesh.v1.SessionService', rpc_method_handlers)
@@ -196,7 +228,8 @@ class SessionService(object):
     - google.rpc.ErrorInfo, always: domain "actionmesh.v1.SessionService", reason one of
     INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
     NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
-    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT;
+    PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT, DRAINING (UNAVAILABLE: this coordinator
+    is draining, go to another at once);
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
@@ -333,6 +366,33 @@ class SessionService(object):
             '/actionmesh.v1.SessionService/CloseSession',
             actionmesh__client_dot_proto_dot_session__pb2.CloseSessionRequest.SerializeToString,
             actionmesh__client_dot_proto_dot_session__pb2.CloseSessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/actionmesh.v1.SessionService/Drain',
+            actionmesh__client_dot_proto_dot_session__pb2.DrainRequest.SerializeToString,
+            actionmesh__client_dot_proto_dot_session__pb2.DrainReply.FromString,
             options,
             channel_credentials,
             insecure,
