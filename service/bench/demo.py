@@ -156,9 +156,9 @@ def drive_robot(
 def _episodes(
     client: ActionMeshClient, settings: DemoSettings, run: DemoRun, started: float
 ) -> None:
-    """A new session per episode. While a stage is wholly down none can be opened (a session's
-    first step needs a model version every stage serves); the episode then goes on in the
-    previous session, its memory carried over, and says so. Past --duration-s, episodes go on
+    """A new session per episode. When none can be opened (the coordinator cannot serve a new
+    session in any mode), the episode goes on in the previous session, its memory carried
+    over, and says so. Past --duration-s, episodes go on
     while the killed stage is not FULL again (a shard restarts slowly on a busy machine), for
     at most --start-timeout-s."""
     session: Session | None = None

@@ -9,12 +9,22 @@ from pathlib import Path
 import grpc
 import pytest
 
-from chaos.fleet import Robot
-from chaos.invariants import check_nothing_lost_or_doubled, failed, progress, robots_stepping
+from chaos.fleet import Robot, SteppingRobot
+from chaos.invariants import (
+    MAX_STEPS,
+    PERIOD_S,
+    check_nothing_lost_or_doubled,
+    failed,
+    progress,
+    robots_stepping,
+)
+from chaos.reference import observations
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.proto import session_pb2, session_pb2_grpc
+from state.backends import open_routing_table
+from state.leadership import RoutingTable
 from tests.conftest import SMALL_MODEL, cluster_settings
 from tests.support.waiting import wait_for
 
@@ -53,17 +63,40 @@ def check_answers(
         assert [s.seq for s in info.stage_states] == [info.seq] * model.cfg.n_stages
 
 
+def stage_gone(table: RoutingTable, stage: int) -> bool:
+    """Its only replica's lease expired: no version is offered by every stage."""
+    view = table.snapshot().get(stage)
+    return view is None or not view.replicas
+
+
 def through_an_outage(cluster: LocalCluster, replica_id: str, degraded_mode: int) -> list[Robot]:
     """Robots step while `replica_id` (the only replica of its stage) is killed and later
-    restarted: answered `degraded_mode` meanwhile, FULL again after, no step failed."""
-    with robots_stepping(cluster, check=False) as robots:
+    restarted: answered `degraded_mode` meanwhile, FULL again after, no step failed. One more
+    robot opens its session mid-outage (no version is whole then) and is served the same way."""
+    stage = int(replica_id.split("-")[1])  # stage-K-rR
+    table = open_routing_table(cluster.etcd_url, cluster.settings.cluster)
+    table.start()
+    with (
+        grpc.insecure_channel(cluster.address) as channel,
+        robots_stepping(cluster, check=False) as robots,
+    ):
         progress(robots, 10)
         cluster.replica_process(replica_id).kill()
-        progress(robots, 30)
+        wait_for(lambda: stage_gone(table, stage), 30, f"stage {stage} gone from etcd")
+        progress(robots, 10)
+        late = SteppingRobot(
+            session_pb2_grpc.SessionServiceStub(channel),
+            observations(len(robots), MAX_STEPS, cluster.model.observation_dim),
+            PERIOD_S,
+        )
+        robots.append(late)  # stopped with the others
+        late.start()
+        progress(robots, 10)
         assert latest_mode(robots) == {degraded_mode}
         cluster.restart_replica(replica_id)
         wait_for(lambda: latest_mode(robots) == {FULL}, 30, "every session back to FULL")
         progress(robots, 10)
+    table.stop()
     assert failed(robots) == []
     modes = {o.serve_mode for r in robots for o in r.outcomes}
     assert modes == {FULL, degraded_mode}, "every answer labelled, and only these two ways"

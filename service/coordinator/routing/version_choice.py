@@ -7,6 +7,7 @@ vetted (its interface checked against this coordinator's model). A step only rea
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ class VersionSnapshot:
     desired: str | None  # the operator's choice (`ckpt promote`), if any
     desired_revision: int = 0  # the etcd revision `desired` was seen at
     serving: str | None  # the whole version to start new sessions on when none is desired
+    # The version new sessions last started on. While no version is whole (every replica of a
+    # stage down), new sessions start on it if some stage still offers it, served degraded and
+    # labelled: a robot that opens a session mid-outage gets actions, not UNAVAILABLE.
+    last_start: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +57,8 @@ def choose_version(
     """The version for a step of a session on `current` (None: no step served yet), last
     moved by a desired version seen at etcd revision `moved_at_revision`.
 
-    - A new session starts on the desired version when it is whole, else on the serving one.
+    - A new session starts on the desired version when it is whole, else on the serving one;
+      while none is whole, on the version sessions last started on (served degraded).
     - A session whose version is not the desired one switches to it once it is whole, unless
       the session was moved by a newer desired version than this one (a coordinator whose view
       lags must not move it back: two coordinators would move it back and forth).
@@ -65,12 +71,20 @@ def choose_version(
         desired = None  # older than what moved the session: not ours to follow
     start = desired or (snapshot.serving if snapshot.serving in snapshot.whole else None)
     if current is None:
+        if start is None and snapshot.last_start in snapshot.offered:
+            start = snapshot.last_start
         return Stay(version=start) if start is not None else NoPipeline()
     if desired is not None and desired != current:
         return Switch(current=current, target=desired)
     if current not in snapshot.offered and start is not None and start != current:
         return Switch(current=current, target=start)
     return Stay(version=current)
+
+
+def start_version(snapshot: VersionSnapshot) -> str | None:
+    """The whole version a new session starts on now (None: none is whole)."""
+    choice = choose_version(dataclasses.replace(snapshot, last_start=None), None)
+    return choice.version if isinstance(choice, Stay) else None
 
 
 def serving_version(views: Mapping[int, StageView], n_stages: int) -> str | None:

@@ -8,6 +8,7 @@ latest snapshot; a version not vetted yet is simply not whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from service.coordinator.routing.version_choice import (
     VersionSnapshot,
     offered_by_every_stage,
     serving_version,
+    start_version,
 )
 from service.coordinator.step_errors import Unavailable
 from service.model.config import ModelConfig
@@ -73,13 +75,17 @@ class VersionCatalog:
                 self._vet(version, views)
         whole = frozenset(v for v in common if self._vetted.get(v))
         metrics.publish_model_versions(whole)
-        self._snapshot = VersionSnapshot(
+        snapshot = VersionSnapshot(
             whole=whole,
             offered=frozenset(r.model_version for v in views.values() for r in v.replicas.values()),
             desired=self.table.desired_version(),
             desired_revision=self.table.desired_revision(),
             serving=serving_version(views, n),
+            last_start=self._snapshot.last_start,
         )
+        if (start := start_version(snapshot)) is not None:
+            snapshot = dataclasses.replace(snapshot, last_start=start)
+        self._snapshot = snapshot
 
     def _run(self) -> None:
         while not self._stopping.is_set():
