@@ -1,19 +1,24 @@
 """The session store contract, run against every backend: the in-memory store (what the
-coordinator's in-process tests use), RedisSessionStore on a real redis-server, and
-RedisSessionStore on a real 3-primary Redis Cluster (`redis+cluster://`: every script must
-touch one slot, or the Cluster refuses it). Whatever one does, the others must do too."""
+coordinator's in-process tests use), RedisSessionStore on a real redis-server, on a real
+3-primary Redis Cluster (`redis+cluster://`: every script must touch one slot, or the Cluster
+refuses it), and on a real redis-server that serves mutual TLS only (`rediss://`). Whatever
+one does, the others must do too."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from service.local.dev_certs import write_dev_certs
 from service.local.embedded_redis import EmbeddedRedis
 from service.local.embedded_redis_cluster import EmbeddedRedisCluster
+from service.runtime.tls import TlsFiles
 from state.memory_store import MemorySessionStore
 from state.redis_store import RedisSessionStore
+from state.redis_url import RedisCredentials
 from state.session import (
     Anchor,
     CommitStatus,
@@ -26,6 +31,7 @@ from state.session import (
 )
 from state.store import NotReplicated, SessionStore
 from tests.support.session_records import fresh_record, logged, new_id, stages_at, step
+from tests.support.tls_redis import TlsRedis
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,16 +50,38 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
         yield cluster
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(scope="module")
+def tls_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tls")
+    write_dev_certs(folder, ("redis", "coordinator"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tls_redis_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_folder: Path
+) -> Iterator[TlsRedis]:
+    with TlsRedis(
+        tmp_path_factory.mktemp("redis-tls"), TlsFiles.of_role(tls_folder, "redis")
+    ) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis", "cluster", "redis-tls"])
 def store(request: pytest.FixtureRequest) -> Iterator[SessionStore]:
     if request.param == "memory":
         yield MemorySessionStore()
         return
+    credentials = None
     if request.param == "redis":
         url = request.getfixturevalue("redis_server").url
-    else:
+    elif request.param == "cluster":
         url = request.getfixturevalue("redis_cluster").url
-    redis_store = RedisSessionStore(url, socket_timeout_s=1.0)
+    else:  # over TLS, presenting the coordinator's certificate (tls_dir set)
+        url = request.getfixturevalue("tls_redis_server").url
+        files = TlsFiles.of_role(request.getfixturevalue("tls_folder"), "coordinator")
+        credentials = RedisCredentials(None, files.ca, files.cert, files.key)
+    redis_store = RedisSessionStore(url, socket_timeout_s=1.0, credentials=credentials)
     yield redis_store
     redis_store.close()
 
