@@ -87,6 +87,10 @@ class GrpcProcess:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Coordinators ping their shards every second (stage_client.KEEPALIVE_MS), with
+                # or without a step under way: no GOAWAY for "too many pings".
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs or workers,
         )

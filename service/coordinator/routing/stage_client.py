@@ -58,6 +58,9 @@ def unavailable_kind(code: grpc.StatusCode) -> type[Unavailable]:
     }.get(code, Unavailable)
 
 
+KEEPALIVE_MS = 1000
+
+
 class StageClient:
     """StageTransport over gRPC."""
 
@@ -71,6 +74,17 @@ class StageClient:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # Reach a replica again within a second once its host is back (a restart, a
+                # healed partition), not after gRPC's default backoff and 20 s connect timeout.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                # A connection whose packets are dropped (a partition) is given up within
+                # about 2 s, not after TCP's retransmissions: its streams would time out on
+                # it long after the link is back. Servers allow these pings (grpc_server.py).
+                ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_MS),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         self._lock = threading.Lock()
