@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,10 +86,25 @@ class MemberStatus:
 
 
 class EtcdConnection:
-    """pyetcd's multi-endpoint client, typed, failing over, every error one of ours."""
+    """pyetcd's multi-endpoint client, typed, failing over, every error one of ours.
+
+    With TLS, the client certificate follows its files on disk without a restart: when a call
+    fails as EtcdUnavailable (a refused handshake included) and the files changed since the
+    client was made, the next calls go through a new client made from the new files. Healthy
+    calls do no more than before. A replaced client is closed with this object, so that a
+    watch still delivering on it goes on until its owner restarts it."""
 
     def __init__(self, url: str, request_timeout_s: float, tls: EtcdTls | None = None) -> None:
         """tls: mutual TLS to every endpoint (None: plaintext)."""
+        self._url, self._timeout_s, self._tls = url, request_timeout_s, tls
+        self._lock = threading.Lock()
+        self._retired: list[pyetcd.MultiEndpointEtcd3Client] = []
+        self._stamp = () if tls is None else tls.stamp()
+        self._client = self._connect()
+
+    def _connect(self) -> pyetcd.MultiEndpointEtcd3Client:
+        """A client reading the TLS files now."""
+        tls = self._tls
         creds = None
         if tls is not None:
             creds = grpc.ssl_channel_credentials(
@@ -105,53 +121,82 @@ class EtcdConnection:
                 time_retry=ENDPOINT_RETRY_S,
                 opts=_CHANNEL_OPTIONS,
             )
-            for host, port in parse_etcd_url(url)
+            for host, port in parse_etcd_url(self._url)
         ]
-        self._timeout_s = request_timeout_s
-        self._client = pyetcd.MultiEndpointEtcd3Client(
-            endpoints=endpoints, timeout=request_timeout_s, failover=True
+        return pyetcd.MultiEndpointEtcd3Client(
+            endpoints=endpoints, timeout=self._timeout_s, failover=True
         )
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[pyetcd.MultiEndpointEtcd3Client]:
+        """The client to call, errors translated; after an EtcdUnavailable, a new client if
+        the TLS files were rotated."""
+        client = self._client
+        try:
+            with _translated(what):
+                yield client
+        except EtcdUnavailable:
+            if self._tls is not None:
+                self._renew_if_rotated(client)
+            raise
+
+    def _renew_if_rotated(self, failed: pyetcd.MultiEndpointEtcd3Client) -> None:
+        assert self._tls is not None
+        with self._lock:
+            if failed is not self._client:  # another thread's failure renewed it already
+                return
+            try:
+                stamp = self._tls.stamp()
+                if stamp == self._stamp:
+                    return
+                client = self._connect()
+            except OSError as exc:  # mid-replacement: keep the current client
+                _log.warning("etcd TLS: cannot re-read %s: %s", self._tls.cert, exc)
+                return
+            self._retired.append(self._client)
+            self._client, self._stamp = client, stamp
+        _log.info("etcd TLS: certificate files changed; reconnecting with %s", self._tls.cert)
 
     def grant(self, ttl_s: int) -> tuple[int, int]:
         """A new lease: (id, granted TTL in s, which etcd may raise to its minimum)."""
-        with _translated("grant lease"):
-            lease = self._client.lease(ttl_s)
+        with self._call("grant lease") as client:
+            lease = client.lease(ttl_s)
             return int(lease.id), int(lease.ttl)
 
     def keepalive(self, lease_id: int) -> int:
         """Refresh the lease; its TTL in s, 0 when it no longer exists."""
-        with _translated("keep lease alive"):
-            replies = list(self._client.refresh_lease(lease_id))
+        with self._call("keep lease alive") as client:
+            replies = list(client.refresh_lease(lease_id))
         if not replies:
             raise EtcdUnavailable("keepalive stream closed without a reply")
         return int(replies[0].TTL)
 
     def lease_ttl(self, lease_id: int) -> int:
         """The lease's remaining TTL in s; -1 once it expired or was revoked."""
-        with _translated("lease time to live"):
-            return int(self._client.get_lease_info(lease_id).TTL)
+        with self._call("lease time to live") as client:
+            return int(client.get_lease_info(lease_id).TTL)
 
     def revoke(self, lease_id: int) -> None:
         try:
-            with _translated("revoke lease"):
-                self._client.revoke_lease(lease_id)
+            with self._call("revoke lease") as client:
+                client.revoke_lease(lease_id)
         except LeaseNotFound:
             pass
 
     def put(self, key: str, value: bytes, lease_id: int) -> None:
-        with _translated(f"put {key}"):
-            self._client.put(key, value, lease=lease_id)
+        with self._call(f"put {key}") as client:
+            client.put(key, value, lease=lease_id)
 
     def get(self, key: str) -> KeyValue | None:
-        with _translated(f"get {key}"):
-            value, meta = self._client.get(key)
+        with self._call(f"get {key}") as client:
+            value, meta = client.get(key)
         return None if meta is None else KeyValue(bytes(value), int(meta.lease_id))
 
     def create(self, key: str, value: bytes, lease_id: int) -> tuple[bool, KeyValue | None]:
         """Put key only if it does not exist; (created, what the key holds now)."""
-        tx = self._client.transactions
-        with _translated(f"create {key}"):
-            created, replies = self._client.transaction(
+        with self._call(f"create {key}") as client:
+            tx = client.transactions
+            created, replies = client.transaction(
                 compare=[tx.create(key) == 0],
                 success=[tx.put(key, value, lease=lease_id)],
                 failure=[tx.get(key)],
@@ -165,18 +210,18 @@ class EtcdConnection:
         self, key: str, expected: bytes, value: bytes | None, lease_id: int
     ) -> bool:
         """Put `value` (delete the key when None) only if the key still holds `expected`."""
-        tx = self._client.transactions
-        action = tx.delete(key) if value is None else tx.put(key, value, lease=lease_id)
-        with _translated(f"replace {key}"):
-            done, _ = self._client.transaction(
+        with self._call(f"replace {key}") as client:
+            tx = client.transactions
+            action = tx.delete(key) if value is None else tx.put(key, value, lease=lease_id)
+            done, _ = client.transaction(
                 compare=[tx.value(key) == expected], success=[action], failure=[]
             )
         return bool(done)
 
     def list_prefix(self, prefix: str) -> tuple[int, dict[str, bytes]]:
         """Every key under prefix and the store revision they were read at."""
-        with _translated(f"list {prefix}"):
-            reply = self._client.get_prefix_response(prefix)
+        with self._call(f"list {prefix}") as client:
+            reply = client.get_prefix_response(prefix)
         return int(reply.header.revision), {kv.key.decode(): bytes(kv.value) for kv in reply.kvs}
 
     def watch(
@@ -192,13 +237,13 @@ class EtcdConnection:
         def deliver(response: object) -> None:
             on_item(_watch_item(response))
 
-        add = self._client.add_watch_prefix_callback if prefix else self._client.add_watch_callback
-        with _translated(f"watch {key}"):
+        with self._call(f"watch {key}") as client:
+            add = client.add_watch_prefix_callback if prefix else client.add_watch_callback
             return int(add(key, deliver, start_revision=start_revision))
 
     def member_status(self) -> MemberStatus:
-        with _translated("status"):
-            reply = self._client.maintenancestub.Status(etcdrpc.StatusRequest(), self._timeout_s)
+        with self._call("status") as client:
+            reply = client.maintenancestub.Status(etcdrpc.StatusRequest(), self._timeout_s)
         return MemberStatus(
             int(reply.header.member_id),
             int(reply.leader),
@@ -208,19 +253,20 @@ class EtcdConnection:
 
     def members(self) -> tuple[int, list[tuple[int, str]]]:
         """(the id of the member that answered, every member's (id, name))."""
-        with _translated("list members"):
-            reply = self._client.clusterstub.MemberList(
-                etcdrpc.MemberListRequest(), self._timeout_s
-            )
+        with self._call("list members") as client:
+            reply = client.clusterstub.MemberList(etcdrpc.MemberListRequest(), self._timeout_s)
         return int(reply.header.member_id), [(int(m.ID), str(m.name)) for m in reply.members]
 
     def compact(self, revision: int) -> None:
         """Drop the history before `revision`, waiting until it is gone from the database."""
-        with _translated(f"compact to revision {revision}"):
-            self._client.compact(revision, physical=True)
+        with self._call(f"compact to revision {revision}") as client:
+            client.compact(revision, physical=True)
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            for client in (*self._retired, self._client):
+                client.close()
+            self._retired.clear()
 
 
 @contextmanager

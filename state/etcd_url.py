@@ -9,6 +9,17 @@ from pathlib import Path
 DEFAULT_PORT = 2379
 
 
+def files_stamp(*paths: Path) -> tuple[int, ...]:
+    """Changes whenever one of the files is replaced or rewritten (OSError while one is
+    missing). Here rather than in service/runtime/tls.py, which uses it too, because state/
+    imports nothing from service/."""
+    stamps: list[int] = []
+    for path in paths:
+        st = path.stat()
+        stamps += [st.st_mtime_ns, st.st_ino, st.st_size]
+    return tuple(stamps)
+
+
 @dataclass(frozen=True)
 class EtcdTls:
     """Mutual TLS to etcd (PEM files): the CA etcd's certificate is signed by, and the
@@ -17,6 +28,9 @@ class EtcdTls:
     ca: Path
     cert: Path
     key: Path
+
+    def stamp(self) -> tuple[int, ...]:
+        return files_stamp(self.ca, self.cert, self.key)
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:

@@ -21,7 +21,7 @@ from typing import cast
 import grpc
 
 from actionmesh_client.client_tls import ClientTls, client_credentials
-from state.etcd_url import EtcdTls
+from state.etcd_url import EtcdTls, files_stamp
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,7 @@ class TlsFiles:
 
     def stamp(self) -> tuple[int, ...]:
         """Changes whenever one of the files is replaced or rewritten."""
-        stamps: list[int] = []
-        for path in (self.ca, self.cert, self.key):
-            st = path.stat()
-            stamps += [st.st_mtime_ns, st.st_ino, st.st_size]
-        return tuple(stamps)
+        return files_stamp(self.ca, self.cert, self.key)
 
 
 class _ReloadingConfig:
