@@ -88,8 +88,10 @@ log = logging.getLogger(__name__)
 
 # A step's store calls give up this long before the step's deadline (which is the robot's): the
 # UNAVAILABLE must reach the robot before its own deadline does, or it sees DEADLINE_EXCEEDED
-# and stays on this coordinator for another attempt instead of failing over at once.
+# and stays on this coordinator for another attempt instead of failing over at once. At most
+# this share of the step's time, so that a short step keeps most of its time for the store.
 STORE_ANSWER_RESERVE_S = 0.05
+STORE_ANSWER_RESERVE_SHARE = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,8 +333,7 @@ class SessionEngine:
         first action is for `tick`)."""
         received = time.perf_counter()
         self.check_observation(observation)
-        # Every store call of the step answers by then (see STORE_ANSWER_RESERVE_S).
-        with answer_by(deadline - STORE_ANSWER_RESERVE_S):
+        with answer_by(store_deadline(deadline)):
             loading = time.perf_counter()
             record = self._next_step_of(session_id, seq, caller)
             if isinstance(record, StepAnswer):
@@ -651,6 +652,13 @@ def _new_session_id(owner: str, client_id: str, request_id: str) -> SessionId:
         return SessionId(secrets.token_urlsafe(18))
     digest = hashlib.sha256(f"{owner}\0{client_id}\0{request_id}".encode()).digest()[:18]
     return SessionId(base64.urlsafe_b64encode(digest).decode())
+
+
+def store_deadline(deadline: float) -> float:
+    """When a step's store calls must have answered (time.monotonic()), for a step that must
+    be answered by `deadline`: early enough for an UNAVAILABLE to reach the robot in time."""
+    left_s = deadline - time.monotonic()
+    return deadline - min(STORE_ANSWER_RESERVE_S, STORE_ANSWER_RESERVE_SHARE * max(0.0, left_s))
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from service.coordinator import error_status
-from service.coordinator.engine import STORE_ANSWER_RESERVE_S
+from service.coordinator.engine import STORE_ANSWER_RESERVE_S, store_deadline
 from service.coordinator.step_errors import StoreUnreachable
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
@@ -131,7 +131,7 @@ def test_every_store_call_of_a_step_carries_the_steps_deadline_less_the_reserve(
     sid = coordinator.open()
     monkeypatch.setattr(store, "load", loading)
     monkeypatch.setattr(store, "commit", committing)
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + 1.0  # long enough for the whole reserve
     coordinator.engine.step(sid, 1, OBS, 0.0, deadline)
     assert seen == [
         ("load", deadline - STORE_ANSWER_RESERVE_S),
@@ -140,6 +140,12 @@ def test_every_store_call_of_a_step_carries_the_steps_deadline_less_the_reserve(
     assert answer_deadline() is None  # not beyond the step
     coordinator.engine.get(sid)  # nor for a caller that is no step
     assert seen[-1] == ("load", None)
+
+
+def test_a_short_step_reserves_a_share_of_its_time_not_the_whole_reserve() -> None:
+    now = time.monotonic()
+    assert now + 0.015 < store_deadline(now + 0.02) < now + 0.02  # 20 ms: most for the store
+    assert store_deadline(now - 1.0) == now - 1.0  # past: nothing to reserve
 
 
 def test_a_commit_given_up_is_unavailable_for_the_robot_and_its_retry_is_not_doubled(
