@@ -23,12 +23,15 @@ primary) or get NotReplicated.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -54,6 +57,7 @@ from tenacity import (
     stop_before_delay,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from state.redis_scripts import COMMIT_LUA, CREATE_LUA, RESERVE_LUA, TOUCH_LUA
 from state.redis_url import (
@@ -77,8 +81,8 @@ from state.session import (
     SwitchProgress,
     short_id,
 )
-from state.store import NotReplicated, StoreUnavailable
-from state.store_metrics import REDIS_COMMIT_SECONDS, STATE_RETRIES
+from state.store import NotReplicated, StoreUnavailable, answer_deadline
+from state.store_metrics import REDIS_COMMIT_SECONDS, STATE_DEADLINE_GIVE_UPS, STATE_RETRIES
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -118,6 +122,10 @@ CLUSTER_RETRY = SENTINEL_RETRY
 RETRY_ATTEMPTS = DIRECT_RETRY.attempts
 
 _SEQ_BYTES = 8
+# Threads for the store calls of steps (see _call): each call is sub-millisecond while Redis
+# answers; while it does not, the calls that hang hold these threads (for one attempt at most)
+# and the ones queued behind them are given up at their deadline, never started.
+STEP_CALL_THREADS = 16
 # WAIT blocks the connection: its timeout must leave the socket timeout room to spare.
 WAIT_SHARE_OF_SOCKET_TIMEOUT = 0.5
 
@@ -147,6 +155,7 @@ class RedisSessionStore:
         # a bad URL fails here
         self._open = _client_factory(url, socket_timeout_s, credentials or RedisCredentials())
         self._open_lock = threading.Lock()
+        self._step_calls = ThreadPoolExecutor(STEP_CALL_THREADS, thread_name_prefix="store-step")
         # A RedisCluster client reads the slot map as it is made, so it is made on first use
         # (inside a retried call): a store that does not answer yet is not a crash at start-up.
         # The others connect on first use by themselves.
@@ -304,6 +313,7 @@ class RedisSessionStore:
             return False
 
     def close(self) -> None:
+        self._step_calls.shutdown(wait=False, cancel_futures=True)
         if self._clients is None:
             return
         self._clients.client.close()
@@ -362,11 +372,41 @@ class RedisSessionStore:
         )
 
     def _call(self, operation: str, fn: Callable[[], _T], *, retry: bool = True) -> _T:
+        """fn under the retry policy; inside `answer_by` (a step's calls) on a thread of
+        `_step_calls`, waited for until the deadline only: a socket timeout (redis_timeout_s)
+        longer than the time left must not hold the step, and redis-py has no per-command
+        timeout. A call given up that way ends in the background within one more attempt."""
+        deadline = answer_deadline()
+        if deadline is None:
+            return self._retried(operation, fn, retry, None)
+        left_s = deadline - time.monotonic()
+        if left_s > 0:
+            call = self._step_calls.submit(
+                contextvars.copy_context().run, self._retried, operation, fn, retry, deadline
+            )
+            try:
+                return call.result(timeout=left_s)
+            except FutureTimeout:
+                call.cancel()  # still queued: it never starts
+        STATE_DEADLINE_GIVE_UPS.labels(operation=operation).inc()
+        raise StoreUnavailable(
+            f"store={self._url} operation={operation}: no answer by the step's deadline "
+            f"({max(0.0, left_s) * 1e3:.0f} ms were left when called); given up, a write may "
+            "still land"
+        )
+
+    def _retried(
+        self, operation: str, fn: Callable[[], _T], retry: bool, deadline: float | None
+    ) -> _T:
+        """fn, retried after transient errors by the policy and, given a deadline
+        (time.monotonic()), never started again after it."""
         policy = self._retry
+        stop = stop_after_attempt(policy.attempts if retry else 1) | stop_before_delay(
+            policy.budget_s
+        )
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
-            stop=stop_after_attempt(policy.attempts if retry else 1)
-            | stop_before_delay(policy.budget_s),
+            stop=stop if deadline is None else stop | _StopAt(deadline),
             wait=wait_exponential_jitter(
                 multiplier=policy.first_wait_s, max=policy.max_wait_s, jitter=policy.first_wait_s
             ),
@@ -460,6 +500,16 @@ class RedisSessionStore:
             state.attempt_number,
             error,
         )
+
+
+class _StopAt(stop_base):
+    """Stop when the next attempt would start at or after `deadline` (time.monotonic())."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
 
 
 @dataclass(frozen=True)

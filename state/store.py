@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol
 
 from state.session import CommitOutcome, SessionId, SessionRecord, StepCommit
+
+# When the store calls made in this context must have answered (time.monotonic()); None: by the
+# backend's own retry policy only. A context variable rather than an argument on every method:
+# a step sets it once, and every store call the step makes (load, replay, commit, confirm)
+# inherits it.
+_ANSWER_BY: ContextVar[float | None] = ContextVar("actionmesh_store_answer_by", default=None)
 
 
 class StoreUnavailable(Exception):
@@ -17,7 +26,28 @@ class NotReplicated(StoreUnavailable):
     stored reply and confirms its replication (confirm_replicated) before answering."""
 
 
+@contextmanager
+def answer_by(deadline: float) -> Iterator[None]:
+    """Store calls made inside (on this thread) answer by `deadline` (time.monotonic()) or raise
+    StoreUnavailable then: a step's calls must not hold its worker after the robot gave up, and
+    an early StoreUnavailable lets the robot fail over while it still has time."""
+    token = _ANSWER_BY.set(deadline)
+    try:
+        yield
+    finally:
+        _ANSWER_BY.reset(token)
+
+
+def answer_deadline() -> float | None:
+    """The deadline `answer_by` set around this call, if any."""
+    return _ANSWER_BY.get()
+
+
 class SessionStore(Protocol):
+    """Inside `answer_by(deadline)` every call answers or raises StoreUnavailable by the
+    deadline; a commit given up that way may still land (its outcome is unknown: the caller
+    must not acknowledge it, and a retry of the same seq finds the stored reply)."""
+
     def create(self, record: SessionRecord) -> None:
         """Store a new session (seq 0). Raises ValueError if the id already exists."""
 

@@ -10,6 +10,13 @@ STATE_RETRIES = Counter(
     ["operation"],
 )
 
+STATE_DEADLINE_GIVE_UPS = Counter(
+    "actionmesh_state_deadline_give_ups_total",
+    "Store calls of a step given up at the step's deadline because the store had not answered "
+    "(the step is answered UNAVAILABLE; a commit may still land), by operation.",
+    ["operation"],
+)
+
 # A commit is one Lua call on a nearby server: sub-millisecond normally, so the buckets start low.
 REDIS_COMMIT_SECONDS = Histogram(
     "actionmesh_redis_commit_seconds",

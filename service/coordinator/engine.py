@@ -57,6 +57,7 @@ from service.coordinator.step_errors import (
     PermissionDenied,
     SeqConflict,
     SessionNotFound,
+    StoreUnreachable,
     TooManySessions,
     Unavailable,
 )
@@ -81,9 +82,16 @@ from state.session import (
     committed,
     short_id,
 )
-from state.store import SessionStore, StoreUnavailable
+from state.store import SessionStore, StoreUnavailable, answer_by
 
 log = logging.getLogger(__name__)
+
+# A step's store calls give up this long before the step's deadline (which is the robot's): the
+# UNAVAILABLE must reach the robot before its own deadline does, or it sees DEADLINE_EXCEEDED
+# and stays on this coordinator for another attempt instead of failing over at once. At most
+# this share of the step's time, so that a short step keeps most of its time for the store.
+STORE_ANSWER_RESERVE_S = 0.05
+STORE_ANSWER_RESERVE_SHARE = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -325,30 +333,32 @@ class SessionEngine:
         first action is for `tick`)."""
         received = time.perf_counter()
         self.check_observation(observation)
-        loading = time.perf_counter()
-        record = self._next_step_of(session_id, seq, caller)
-        if isinstance(record, StepAnswer):
-            return record
-        loaded = time.perf_counter()
-        choice, version = self._version_for(record)
-        step = StepInput(
-            record=record,
-            seq=seq,
-            observation=observation,
-            timestamp_s=timestamp_s,
-            deadline=deadline,
-            version=version,
-            received=received,
-            load_s=loaded - loading,
-            observation_id=observation_id,
-            tick=tick,
-        )
-        view, assets = self._view(step, choice, priority)
-        what, best_s = f"session={short_id(session_id)} seq={seq}", admission_latency_s(view)
-        share = caller.name if caller is not None else record.client_id
-        admitted = self.admission.admitted(what, priority, share, deadline, best_s)
-        with admitted, store_errors():
-            return self._serve(step, view, assets, priority)
+        with answer_by(store_deadline(deadline)):
+            loading = time.perf_counter()
+            record = self._next_step_of(session_id, seq, caller)
+            if isinstance(record, StepAnswer):
+                return record
+            loaded = time.perf_counter()
+            choice, version = self._version_for(record)
+            step = StepInput(
+                record=record,
+                seq=seq,
+                observation=observation,
+                timestamp_s=timestamp_s,
+                deadline=deadline,
+                version=version,
+                received=received,
+                load_s=loaded - loading,
+                observation_id=observation_id,
+                tick=tick,
+            )
+            view, assets = self._view(step, choice, priority)
+            what = f"session={short_id(session_id)} seq={seq}"
+            best_s = admission_latency_s(view)
+            share = caller.name if caller is not None else record.client_id
+            admitted = self.admission.admitted(what, priority, share, deadline, best_s)
+            with admitted, store_errors():
+                return self._serve(step, view, assets, priority)
 
     def _version_for(self, record: SessionRecord) -> tuple[Stay | Switch, str]:
         """The step's version from the latest snapshot (no I/O: vetting is done off the path)."""
@@ -644,13 +654,21 @@ def _new_session_id(owner: str, client_id: str, request_id: str) -> SessionId:
     return SessionId(base64.urlsafe_b64encode(digest).decode())
 
 
+def store_deadline(deadline: float) -> float:
+    """When a step's store calls must have answered (time.monotonic()), for a step that must
+    be answered by `deadline`: early enough for an UNAVAILABLE to reach the robot in time."""
+    left_s = deadline - time.monotonic()
+    return deadline - min(STORE_ANSWER_RESERVE_S, STORE_ANSWER_RESERVE_SHARE * max(0.0, left_s))
+
+
 @contextmanager
 def store_errors() -> Iterator[None]:
-    """Turns an unreachable store into Unavailable: the step was not advanced."""
+    """Turns an unreachable store into StoreUnreachable: the step was not advanced, or its
+    commit's outcome is unknown; either way a retry of the same seq gets the right answer."""
     try:
         yield
     except StoreUnavailable as exc:
-        raise Unavailable(f"session store unavailable: {exc}; retry the same seq") from exc
+        raise StoreUnreachable(f"session store unavailable: {exc}; retry the same seq") from exc
 
 
 def _not_found(session_id: str) -> SessionNotFound:

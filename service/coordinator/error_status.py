@@ -25,6 +25,7 @@ from service.coordinator.step_errors import (
     RateLimited,
     SeqConflict,
     SessionNotFound,
+    StoreUnreachable,
     TooManySessions,
     Unavailable,
 )
@@ -45,6 +46,7 @@ _STATUS: dict[type[ActionmeshError], tuple[grpc.StatusCode, str]] = {
     NotEnoughReplicas: (grpc.StatusCode.FAILED_PRECONDITION, "not_enough_replicas"),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, "unavailable"),
     Draining: (grpc.StatusCode.UNAVAILABLE, "draining"),
+    StoreUnreachable: (grpc.StatusCode.UNAVAILABLE, "store_unavailable"),
     DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "shed"),
     NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),

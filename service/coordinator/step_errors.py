@@ -47,6 +47,12 @@ class Draining(Unavailable):
     the session was not advanced."""
 
 
+class StoreUnreachable(Unavailable):
+    """This coordinator could not reach the session store in time (or at all); the session was
+    not advanced, or a commit's outcome is unknown: retry the same seq, on another coordinator
+    at once (it may still reach the store)."""
+
+
 class DeadlineExceeded(ActionmeshError):
     """The step could not finish before its deadline; the session was not advanced."""
 

@@ -48,6 +48,7 @@ BY_ROLE: dict[Role, frozenset[str]] = {
             "actionmesh_degraded_seconds",
             "actionmesh_redis_connected",
             "actionmesh_state_retries",
+            "actionmesh_state_deadline_give_ups",
             "actionmesh_redis_commit_seconds",
             "actionmesh_auth_refusals",
         }

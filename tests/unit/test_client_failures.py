@@ -37,6 +37,9 @@ def test_unreachable_or_draining_coordinators_are_left_at_once_others_after_fail
     assert isinstance(transport, RetryableFailure) and transport.unreachable
     draining = failure("UNAVAILABLE", "draining", ErrorDetails("draining"))
     assert isinstance(draining, RetryableFailure) and draining.unreachable
+    # it cannot reach the session store in time: another coordinator may
+    no_store = failure("UNAVAILABLE", "store unavailable", ErrorDetails("store_unavailable"))
+    assert isinstance(no_store, RetryableFailure) and no_store.unreachable
     served = failure("UNAVAILABLE", "stage 1: no replica left", ErrorDetails("unavailable"))
     assert isinstance(served, RetryableFailure) and not served.unreachable
     late = failure("DEADLINE_EXCEEDED", "Deadline Exceeded", ErrorDetails())
@@ -70,6 +73,7 @@ def test_status_codes_map_to_typed_errors() -> None:
         (step_errors.InvalidInput("bad"), ErrorDetails("invalid_input")),
         (step_errors.SessionNotFound("gone"), ErrorDetails("session_not_found")),
         (step_errors.Draining("go elsewhere"), ErrorDetails("draining")),
+        (step_errors.StoreUnreachable("no store"), ErrorDetails("store_unavailable")),
     ],
 )
 def test_the_client_reads_back_what_the_coordinators_rich_status_says(

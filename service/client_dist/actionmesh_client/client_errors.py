@@ -68,10 +68,15 @@ class StepShed(ActionMeshClientError):
         self.retry_after_s = retry_after_s
 
 
+# The UNAVAILABLE reasons that say "this coordinator cannot serve you now, another may": none
+# (gRPC itself could not reach it), draining, or it could not reach the session store in time.
+LEAVE_AT_ONCE = ("", "draining", "store_unavailable")
+
+
 class RetryableFailure(Exception):
     """One attempt failed in a way worth resending the same request (maybe elsewhere);
-    `unreachable`: resend it elsewhere at once (gRPC could not reach the coordinator, or it is
-    draining)."""
+    `unreachable`: resend it elsewhere at once (gRPC could not reach the coordinator, it is
+    draining, or it cannot reach the session store)."""
 
     def __init__(self, code: str, message: str, unreachable: bool) -> None:
         super().__init__(f"{code}: {message}")
@@ -123,7 +128,7 @@ def _details_of_trailers(metadata: Mapping[str, str | bytes]) -> ErrorDetails:
 def failure(code: str, message: str, details: ErrorDetails) -> Exception:
     """What a call that failed with status `code` raises: RetryableFailure, or the caller's typed error."""
     if code in RETRYABLE:
-        unreachable = code == "UNAVAILABLE" and details.reason in ("", "draining")
+        unreachable = code == "UNAVAILABLE" and details.reason in LEAVE_AT_ONCE
         return RetryableFailure(code, message, unreachable=unreachable)
     if code == "INVALID_ARGUMENT":
         return InvalidObservation(message, code, details.fields)
