@@ -16,8 +16,9 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
+
+from service.local.lifecycle import Lifecycle
 
 SUBNET = "10.200.0"  # private, and only inside these namespaces
 
@@ -60,7 +61,7 @@ class HostMap:
         return HostMap(dict(data["namespaces"]), dict(data["address"]))
 
 
-class Hosts:
+class Hosts(Lifecycle):
     """Hosts named by the caller, addresses SUBNET.1, .2, ... in the order given."""
 
     def __init__(self, names: list[str]) -> None:
@@ -70,7 +71,7 @@ class Hosts:
         self.address = {name: f"{SUBNET}.{i}" for i, name in enumerate(names, start=1)}
         self.map = HostMap(self._namespaces, self.address)
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         try:
             _ip("netns", "add", self._switch)
             _ip("-n", self._switch, "link", "add", "br0", "type", "bridge")
@@ -97,19 +98,11 @@ class Hosts:
                 _ip("-n", ns, "addr", "add", f"{self.address[name]}/24", "dev", "eth0")
                 _ip("-n", ns, "link", "set", "eth0", "up")
         except BaseException:
-            self.close()
+            self.stop()
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
+    def stop(self) -> None:
         """Delete every namespace (their veths go with them)."""
         for ns in [*self._namespaces.values(), self._switch]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
