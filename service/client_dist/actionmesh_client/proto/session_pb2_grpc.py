@@ -34,7 +34,9 @@ class SessionServiceStub(object):
     INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
     NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
     PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT, DRAINING (UNAVAILABLE: this coordinator
-    is draining, go to another at once);
+    is draining, go to another at once), STORE_UNAVAILABLE (UNAVAILABLE: this coordinator
+    could not reach the session store before the step's deadline, or at all; go to another
+    at once, with the same seq);
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
@@ -93,7 +95,9 @@ class SessionServiceServicer(object):
     INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
     NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
     PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT, DRAINING (UNAVAILABLE: this coordinator
-    is draining, go to another at once);
+    is draining, go to another at once), STORE_UNAVAILABLE (UNAVAILABLE: this coordinator
+    could not reach the session store before the step's deadline, or at all; go to another
+    at once, with the same seq);
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
@@ -110,8 +114,9 @@ class SessionServiceServicer(object):
         the session the first attempt created instead of a second one.
         Errors: INVALID_ARGUMENT (ttl_s not finite or < 0, wait_replicas above the coordinator's
         max_wait_replicas, an id over 128 characters); FAILED_PRECONDITION NOT_ENOUGH_REPLICAS
-        (fewer Redis replicas connected than wait_replicas); UNAVAILABLE (no model version is
-        served by every stage); RESOURCE_EXHAUSTED SESSION_LIMIT (the identity's
+        (fewer Redis replicas connected than wait_replicas); UNAVAILABLE (no model version to
+        start on: none served by every stage, and none that sessions started on before still
+        served by some stage); RESOURCE_EXHAUSTED SESSION_LIMIT (the identity's
         sessions_per_identity); UNAVAILABLE DRAINING (this coordinator is draining: open the
         session on another).
         """
@@ -125,8 +130,9 @@ class SessionServiceServicer(object):
         max_observation_abs; an unknown priority; a bad budget_ms); NOT_FOUND (unknown, closed or
         expired session); FAILED_PRECONDITION SEQ_CONFLICT (seq neither last + 1 nor last);
         RESOURCE_EXHAUSTED SHED or RATE_LIMITED (not advanced: resend after RetryInfo);
-        DEADLINE_EXCEEDED or UNAVAILABLE (not advanced: resend the same seq, maybe to another
-        coordinator). A degraded answer is not an error: it is a reply labelled by serve_mode.
+        DEADLINE_EXCEEDED or UNAVAILABLE (not advanced, or for UNAVAILABLE STORE_UNAVAILABLE
+        maybe committed: resend the same seq, maybe to another coordinator; a committed one
+        comes back as its stored reply). A degraded answer is not an error: it is a reply labelled by serve_mode.
         On a draining coordinator a reply carries the trailer `actionmesh-draining` (seconds until
         its steps are refused): send the next step to another coordinator. After that grace:
         UNAVAILABLE DRAINING (not advanced: resend the same seq to another coordinator).
@@ -229,7 +235,9 @@ class SessionService(object):
     INVALID_INPUT, SESSION_NOT_FOUND, SEQ_CONFLICT (metadata current_seq: the session's seq),
     NOT_ENOUGH_REPLICAS, UNAVAILABLE, DEADLINE_EXCEEDED, SHED, UNAUTHENTICATED,
     PERMISSION_DENIED, RATE_LIMITED, SESSION_LIMIT, DRAINING (UNAVAILABLE: this coordinator
-    is draining, go to another at once);
+    is draining, go to another at once), STORE_UNAVAILABLE (UNAVAILABLE: this coordinator
+    could not reach the session store before the step's deadline, or at all; go to another
+    at once, with the same seq);
     - google.rpc.RetryInfo for SHED and RATE_LIMITED: retry no sooner than retry_delay;
     - google.rpc.BadRequest for INVALID_INPUT at a named field (observation, priority,
     budget_ms, ttl_s, wait_replicas, session_id, client_id, request_id).
