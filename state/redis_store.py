@@ -81,7 +81,7 @@ from state.session import (
     SwitchProgress,
     short_id,
 )
-from state.store import NotReplicated, StoreUnavailable, answer_deadline
+from state.store import DeadlineSpent, NotReplicated, StoreUnavailable, answer_deadline
 from state.store_metrics import REDIS_COMMIT_SECONDS, STATE_DEADLINE_GIVE_UPS, STATE_RETRIES
 
 _log = logging.getLogger(__name__)
@@ -380,19 +380,23 @@ class RedisSessionStore:
         if deadline is None:
             return self._retried(operation, fn, retry, None)
         left_s = deadline - time.monotonic()
-        if left_s > 0:
-            call = self._step_calls.submit(
-                contextvars.copy_context().run, self._retried, operation, fn, retry, deadline
+        if left_s <= 0:
+            STATE_DEADLINE_GIVE_UPS.labels(operation=operation).inc()
+            raise DeadlineSpent(
+                f"store={self._url} operation={operation}: not sent, the step's deadline had "
+                f"passed {-left_s * 1e3:.0f} ms before"
             )
-            try:
-                return call.result(timeout=left_s)
-            except FutureTimeout:
-                call.cancel()  # still queued: it never starts
+        call = self._step_calls.submit(
+            contextvars.copy_context().run, self._retried, operation, fn, retry, deadline
+        )
+        try:
+            return call.result(timeout=left_s)
+        except FutureTimeout:
+            call.cancel()  # still queued: it never starts
         STATE_DEADLINE_GIVE_UPS.labels(operation=operation).inc()
         raise StoreUnavailable(
             f"store={self._url} operation={operation}: no answer by the step's deadline "
-            f"({max(0.0, left_s) * 1e3:.0f} ms were left when called); given up, a write may "
-            "still land"
+            f"({left_s * 1e3:.0f} ms were left when called); given up, a write may still land"
         )
 
     def _retried(

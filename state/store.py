@@ -20,6 +20,11 @@ class StoreUnavailable(Exception):
     """The store could not be reached after bounded retries; the caller may retry later."""
 
 
+class DeadlineSpent(StoreUnavailable):
+    """The call's `answer_by` deadline had passed before it was made: nothing was sent, so
+    nothing about the store is known (the step ran out of time, the store did not fail)."""
+
+
 class NotReplicated(StoreUnavailable):
     """The primary holds the write but fewer replicas than asked acknowledged it in time, so a
     failover could still lose it: do not acknowledge the step; a retry of the same seq finds the

@@ -82,7 +82,7 @@ from state.session import (
     committed,
     short_id,
 )
-from state.store import SessionStore, StoreUnavailable, answer_by
+from state.store import DeadlineSpent, SessionStore, StoreUnavailable, answer_by
 
 log = logging.getLogger(__name__)
 
@@ -667,6 +667,11 @@ def store_errors() -> Iterator[None]:
     commit's outcome is unknown; either way a retry of the same seq gets the right answer."""
     try:
         yield
+    except DeadlineSpent as exc:  # out of time before the store was even asked
+        raise DeadlineExceeded(
+            f"the step's deadline passed before the session store was reached ({exc}); the "
+            "session was not advanced, retry the same seq"
+        ) from exc
     except StoreUnavailable as exc:
         raise StoreUnreachable(f"session store unavailable: {exc}; retry the same seq") from exc
 
