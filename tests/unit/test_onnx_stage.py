@@ -1,6 +1,7 @@
 """The ONNX runtime of a stage computes what the torch `Stage` computes (hidden, recurrent
-memory carried across steps, the exit action), at any batch size; its int8 copy stays close;
-a graph that is missing, broken or exported from other weights is refused in one line.
+memory carried across steps, the exit action), at any batch size (one run or several); its
+int8 copy stays close; a graph that is missing, broken or exported from other weights is
+refused in one line.
 
 ONNX Runtime sessions run in this process (no process, no socket); exporting a small model
 takes about a second."""
@@ -24,7 +25,7 @@ from service.model.weights_files import (
     onnx_stage_file,
     torchscript_stage_file,
 )
-from service.shard.onnx_stage import OnnxStage, StageLoadError
+from service.shard.onnx_stage import ROWS_PER_RUN, OnnxStage, StageLoadError
 from service.shard.torch_stage import TorchStage
 
 CFG = ModelConfig(d_model=32, n_heads=4, n_layers=3, tokens=4, memory_tokens=2, n_stages=3)
@@ -41,7 +42,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ActionModel, Pat
     return model.eval(), directory
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+# The largest batch is run in several pieces (ROWS_PER_RUN items each), the last one partial.
+@pytest.mark.parametrize("batch", [1, 3, 2 * ROWS_PER_RUN + 1])
 def test_onnx_stages_equal_torch_stages_step_after_step(
     exported: tuple[ActionModel, Path], batch: int
 ) -> None:
