@@ -111,7 +111,6 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         started = time.perf_counter()
         try:
             caller = self.access.caller(context)
-            self._refuse_if_drained()
             answer = self._step(request, context.time_remaining(), caller)
         except ActionmeshError as exc:
             _abort(context, exc)
@@ -139,7 +138,6 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         for request in request_iterator:
             seq = 0 if isinstance(request, Malformed) else request.seq
             try:  # each step within its own budget and within what is left of the stream's
-                self._refuse_if_drained()
                 budget = _shortest(budget_s, context.time_remaining())
                 answer = self._step(request, budget, caller, stream_trace)
             except ActionmeshError as exc:
@@ -218,10 +216,6 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             grace_left_s=state.grace_left_s, already_draining=state.already_draining
         )
 
-    def _refuse_if_drained(self) -> None:
-        if self.drain.steps_refused():
-            raise Draining("this coordinator has drained: step on another one (same seq)")
-
     def _step(
         self,
         request: session_pb2.StepRequest | Malformed,
@@ -241,7 +235,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         time_remaining: float | None,
         caller: Identity | None,
     ) -> StepAnswer:
-        """One step with its metrics and log event."""
+        """One step with its metrics and log event (a refusal, drained ones included, too)."""
         started = time.perf_counter()
         what = "malformed request" if isinstance(request, Malformed) else "step"
         event: dict[str, object] = {}
@@ -254,6 +248,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     "actionmesh.seq": request.seq,
                 }
             )
+            if self.drain.steps_refused():
+                raise Draining("this coordinator has drained: step on another one (same seq)")
             self.access.step_allowed(caller)
             observation = self._observation(request)
             # A call without a deadline reports a huge time_remaining; step_timeout_s caps it.

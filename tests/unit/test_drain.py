@@ -11,6 +11,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from actionmesh_client.client_errors import DRAINING_KEY, ERROR_KEY
 from chaos.reference import observations, step_request
@@ -29,6 +30,10 @@ pytestmark = pytest.mark.timeout(60)
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=3, tokens=4, memory_tokens=1, n_stages=3)
 ROBOT = (("authorization", f"Bearer {ROBOT_TOKEN}"),)
 OPS = (("authorization", f"Bearer {OPS_TOKEN}"),)
+
+
+def unavailable_steps() -> float:
+    return REGISTRY.get_sample_value("actionmesh_step_errors_total", {"code": "UNAVAILABLE"}) or 0.0
 
 
 class Clock:
@@ -149,9 +154,11 @@ def test_a_draining_coordinator_opens_nothing_serves_steps_for_the_grace_then_re
     assert code_and_reason(ended.value) == (grpc.StatusCode.UNAVAILABLE, "draining")
 
     clock.now += 5.0  # the grace is over: steps are refused too, the session not advanced
+    refused_before = unavailable_steps()
     with pytest.raises(grpc.RpcError) as late:
         stub.Step(step_request(session_id, 4, obs[3]), metadata=ROBOT, timeout=5)
     assert code_and_reason(late.value) == (grpc.StatusCode.UNAVAILABLE, "draining")
+    assert unavailable_steps() == refused_before + 1, "a refused step counts as a step error"
     info = stub.GetSession(
         session_pb2.GetSessionRequest(session_id=session_id), metadata=ROBOT, timeout=5
     )
