@@ -56,7 +56,7 @@ class TlsRedis(Lifecycle):
 
     def start(self) -> Self:
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps its port
         conf = self._data_dir / "redis.conf"
         conf.write_text(
             "\n".join(
@@ -106,3 +106,9 @@ class TlsRedis(Lifecycle):
         if self._proc is not None:
             self._proc.stop(timeout_s=5)
             self._proc = None
+
+    def restart(self) -> None:
+        """Stop, then start on the same port reading the certificate files again (no data is
+        kept: the server does not persist)."""
+        self.stop()
+        self.start()
