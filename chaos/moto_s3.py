@@ -3,29 +3,33 @@ cluster's checkpoint store and the S3 tests' endpoint. Real HTTP and real boto3 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from service.local.embedded_redis import free_port
+from service.local.lifecycle import Lifecycle
+from service.local.orphan_guard import guarded
+from service.local.supervised import Supervised
 
 REGION = "us-east-1"
 # moto accepts any credentials; these are what the children's boto3 finds in the environment.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+STOP_TIMEOUT_S = 10.0
 
 
-class MotoS3:
+class MotoS3(Lifecycle):
     """`with MotoS3(log_dir) as s3:` starts the server (its log in log_dir) and stops it at the
-    end; `s3.endpoint` is its http:// URL."""
+    end; `s3.endpoint` is its http:// URL. Started through the orphan guard, as redis-server
+    and etcd are: a run killed with -9 takes it along."""
 
     def __init__(self, log_dir: Path, start_timeout_s: float = 30.0, host: str = "127.0.0.1"):
         self.host = host
         self.log_path = log_dir / "moto-s3.log"
         self._start_timeout_s = start_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Supervised | None = None
         self.endpoint = ""
 
     @property
@@ -37,7 +41,7 @@ class MotoS3:
         """The s3:// URL of a store under `prefix` in `bucket` here (see create_bucket)."""
         return f"s3://{bucket}/{prefix}?endpoint_url={self.endpoint}&region={REGION}"
 
-    def __enter__(self) -> MotoS3:
+    def start(self) -> Self:
         try:
             import moto.server  # noqa: F401
         except ImportError:
@@ -45,13 +49,8 @@ class MotoS3:
                 "the chaos suite's S3 endpoint needs moto: pip install 'actionmesh[chaos]'"
             ) from None
         port = free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)]
+        self._proc = Supervised("moto-s3", guarded(argv), self.log_path)
         self.endpoint = f"http://{self.host}:{port}"
         try:
             self._wait_ready()
@@ -60,30 +59,18 @@ class MotoS3:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        if self._proc is not None:
+            self._proc.stop(STOP_TIMEOUT_S)
+            self._proc = None
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self._start_timeout_s
         while True:
-            if self._proc.poll() is not None:
+            if not self._proc.running:
                 raise RuntimeError(
-                    f"moto server exited with {self._proc.returncode}, see {self.log_path}"
+                    f"moto server exited with {self._proc.returncode()}, see {self.log_path}"
                 )
             try:
                 urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).close()

@@ -1,5 +1,6 @@
 """`actionmesh up` killed with -9 takes every process it started with it: shards and
-coordinator (--die-with-parent), and redis-server and etcd (service/local/orphan_guard.py)."""
+coordinator (--die-with-parent), and redis-server and etcd (service/local/orphan_guard.py); so
+does a process running the chaos suite's S3 endpoint (the moto server)."""
 
 from __future__ import annotations
 
@@ -73,5 +74,44 @@ def test_kill_9_of_up_leaves_no_process_behind(tmp_path: Path) -> None:
     finally:
         up.kill()
         for pid in children:  # none left, normally: leak nothing into other tests
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+OWNS_AN_S3_ENDPOINT = """
+import sys, time
+from pathlib import Path
+from chaos.moto_s3 import MotoS3
+with MotoS3(Path(sys.argv[1])):
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_kill_9_of_the_owner_of_an_s3_endpoint_takes_the_moto_server_along(
+    tmp_path: Path,
+) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNS_AN_S3_ENDPOINT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    children: dict[int, str] = {}
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "ready"
+        children = descendants(owner.pid)
+        assert "moto.server" in " ".join(children.values()), children
+        owner.kill()
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in children):
+            time.sleep(0.1)
+        left = {pid: cmd for pid, cmd in children.items() if alive(pid)}
+        assert left == {}, f"still running after its owner was killed with -9: {left}"
+    finally:
+        owner.kill()
+        for pid in children:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
