@@ -119,22 +119,7 @@ def _drive(
     # Every other robot asks for wait_replicas (the durability level) and streams: a run
     # shows what each level and each way of stepping costs.
     wait_replicas = [options.wait_replicas if i % 2 == 0 else 0 for i in range(options.robots)]
-    # And every third one, from the second, steps as SAFETY (never to be shed).
-    priorities: list[Priority] = [
-        Priority.SAFETY if i % 3 == 1 else Priority.NORMAL for i in range(options.robots)
-    ]
-    fleet = [
-        ClientRobot(
-            addresses,
-            _observations(options, i),
-            1.0 / options.rate_hz,
-            streaming=i % 2 == 1,
-            step_timeout_s=options.step_timeout_s,
-            wait_replicas=wait_replicas[i],
-            priority=priorities[i],
-        )
-        for i in range(options.robots)
-    ]
+    fleet = _fleet(options, addresses, wait_replicas)
     record = RunRecord(
         options.scenario,
         options.seed,
@@ -182,21 +167,7 @@ def _drive(
     watch.join(timeout=10)
     record.leaders, record.leader_polls = watch.samples, watch.polls
     log.info("leader watch: %d polls, %d samples kept", watch.polls, len(watch.samples))
-    for index, robot in enumerate(fleet):
-        for o in robot.outcomes:
-            record.steps.append(
-                StepRecord(
-                    index,
-                    o.seq,
-                    round(o.at - o.latency_s - t0, 5),
-                    round(o.at - t0, 5),
-                    o.code,
-                    MODES[o.serve_mode] if o.code == "OK" else "",
-                    o.model_version,
-                    o.exit_stage,
-                    o.state_reset,
-                )
-            )
+    record.steps.extend(_step_records(fleet, t0))
     for proxy in proxies:
         proxy.close()
     record.ends = _ends(fleet, wait_replicas, coordinators)
@@ -210,6 +181,44 @@ def _drive(
                 record.ends[index], error="hung: its thread did not end within 30 s of stop"
             )
     return record, actions
+
+
+def _fleet(
+    options: RunOptions, addresses: list[str], wait_replicas: list[int]
+) -> list[ClientRobot]:
+    """The run's robots on the client library; every other one streams, and every third one,
+    from the second, steps as SAFETY (never to be shed)."""
+    return [
+        ClientRobot(
+            addresses,
+            _observations(options, i),
+            1.0 / options.rate_hz,
+            streaming=i % 2 == 1,
+            step_timeout_s=options.step_timeout_s,
+            wait_replicas=wait_replicas[i],
+            priority=Priority.SAFETY if i % 3 == 1 else Priority.NORMAL,
+        )
+        for i in range(options.robots)
+    ]
+
+
+def _step_records(fleet: list[ClientRobot], t0: float) -> list[StepRecord]:
+    """Every attempt of every robot, its times from the run's start (t0, time.monotonic())."""
+    return [
+        StepRecord(
+            index,
+            o.seq,
+            round(o.at - o.latency_s - t0, 5),
+            round(o.at - t0, 5),
+            o.code,
+            MODES[o.serve_mode] if o.code == "OK" else "",
+            o.model_version,
+            o.exit_stage,
+            o.state_reset,
+        )
+        for index, robot in enumerate(fleet)
+        for o in robot.outcomes
+    ]
 
 
 def _inject_all(
