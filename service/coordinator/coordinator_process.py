@@ -186,12 +186,8 @@ def redis_credentials(settings: CoordinatorSettings) -> RedisCredentials:
     return RedisCredentials(password, files.ca, files.cert, files.key)
 
 
-def run(settings: CoordinatorSettings) -> None:
-    # Before any Redis client, channel or server exists: they are instrumented as made.
-    tracing.configure(
-        settings.otlp_endpoint, "actionmesh-coordinator", sample_ratio=settings.trace_sample_ratio
-    )
-    access = session_access(settings)
+def _open_store(settings: CoordinatorSettings) -> SessionStore:
+    """The session store, answering (else SystemExit); a password in the URL is warned of."""
     if urlsplit(settings.redis_url).password:
         log.warning(
             "the session store's password is in --redis-url, where `ps` shows it to every user "
@@ -205,16 +201,31 @@ def run(settings: CoordinatorSettings) -> None:
         raise SystemExit(
             f"coordinator: session store {redacted(settings.redis_url)} does not answer"
         )
+    return store
+
+
+def _check_joint_names(settings: CoordinatorSettings, joints: int) -> None:
+    """--joint-names that do not fit the model are a usage error (exit 2)."""
+    if settings.joint_names and len(settings.joint_names) != joints:
+        print(
+            f"actionmesh coordinator: --joint-names lists {len(settings.joint_names)} names; "
+            f"the model has {joints} joints",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def run(settings: CoordinatorSettings) -> None:
+    # Before any Redis client, channel or server exists: they are instrumented as made.
+    tracing.configure(
+        settings.otlp_endpoint, "actionmesh-coordinator", sample_ratio=settings.trace_sample_ratio
+    )
+    access = session_access(settings)
+    store = _open_store(settings)
     table = routing_table(settings)
     model, version = discover_model(table, settings.stage_connect_timeout_s, shard_tls(settings))
     path = build_step_path(settings, store, table, model)
-    if settings.joint_names and len(settings.joint_names) != model.joints:
-        print(
-            f"actionmesh coordinator: --joint-names lists {len(settings.joint_names)} names; "
-            f"the model has {model.joints} joints",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)  # a setting that does not fit the model: a usage error
+    _check_joint_names(settings, model.joints)
     drain = Drain(settings.drain_grace_s)
     servicer = SessionServicer(
         path.engine,
