@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,7 @@ class Imitation:
     batch_episodes: int
     learning_rate: float
     head_weights: Sequence[float] = (1.0,)  # loss weight of each head the step answers with
-    input_weights: Sequence[nn.Parameter] = ()  # of `params`: learn INPUT_LEARNING_RATE_FACTOR x
+    input_weights: Sequence[torch.Tensor] = ()  # of `params`: learn INPUT_LEARNING_RATE_FACTOR x
 
 
 def imitate_expert(run: Imitation, task: TaskConfig, settings: TrainSettings) -> None:
@@ -120,13 +121,11 @@ def imitate_expert(run: Imitation, task: TaskConfig, settings: TrainSettings) ->
     expert (perturbed commands) and by the learner itself. Used for the model's memory phase
     and for the GRU baseline: the same recipe, episodes and budget for both."""
     inputs = {id(p) for p in run.input_weights}
-    opt = torch.optim.Adam(
-        [
-            {"params": [p for p in run.params if id(p) not in inputs]},
-            {"params": run.input_weights, "lr": run.learning_rate * INPUT_LEARNING_RATE_FACTOR},
-        ],
-        lr=run.learning_rate,
-    )
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in run.params if id(p) not in inputs]},
+        {"params": run.input_weights, "lr": run.learning_rate * INPUT_LEARNING_RATE_FACTOR},
+    ]
+    opt = torch.optim.Adam(groups, lr=run.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _warmup_cosine(i, run.updates))
 
     def detached(batch: int) -> States:
