@@ -1058,7 +1058,7 @@ class TrainSettings(Settings):
     stage_boundaries: list[int] = _stage_boundaries("Stage split")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
     memory_iterations: int = Field(
-        200,
+        350,
         ge=1,
         description="Phase (0): whole-episode updates of the stages' memory path (blocks left "
         "out); the GRU baseline gets the same.",
@@ -1066,7 +1066,7 @@ class TrainSettings(Settings):
     memory_batch_episodes: int = Field(16, ge=1, description="Episodes per phase (0) update.")
     memory_learning_rate: float = Field(5e-3, gt=0, description="Phase (0) peak learning rate.")
     exit_loss_weight: float = Field(
-        0.3,
+        0.1,
         ge=0,
         description="Phase (0): weight of each exit head's imitation loss beside the last "
         "head's 1 (deep supervision: every stage learns to answer, the last one most).",

@@ -35,6 +35,7 @@ def train_baseline(cfg: ModelConfig, task: TaskConfig, settings: TrainSettings) 
         updates=settings.memory_iterations,
         batch_episodes=settings.memory_batch_episodes,
         learning_rate=settings.baseline_learning_rate,
+        input_weights=[gru.cell.weight_ih],  # what reads the observation, as in the model
     )
     imitate_expert(run, task, settings)
     return gru.eval()
