@@ -1058,7 +1058,7 @@ class TrainSettings(Settings):
     stage_boundaries: list[int] = _stage_boundaries("Stage split")
     student_hidden: int = Field(128, ge=8, description="GRU width of the distilled student.")
     memory_iterations: int = Field(
-        350,
+        450,
         ge=1,
         description="Phase (0): whole-episode updates of the stages' memory path (blocks left "
         "out); the GRU baseline gets the same.",
