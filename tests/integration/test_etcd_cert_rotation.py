@@ -10,7 +10,6 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -21,24 +20,12 @@ from state.etcd_client import EtcdConnection, EtcdUnavailable
 from state.etcd_keys import desired_version_key, desired_version_value
 from state.etcd_routing import EtcdRoutingTable
 from state.etcd_url import EtcdTls
+from tests.support.waiting import until_no
 
 pytestmark = pytest.mark.timeout(180)
 
 CLUSTER = "rotation"
 TIMEOUT_S = 1.0
-T = TypeVar("T")
-
-
-def until(call: Callable[[], T], timeout_s: float = 30.0) -> T:
-    """call() until it stops raising EtcdUnavailable (pytest.fail if it never does)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return call()
-        except EtcdUnavailable as exc:
-            if time.monotonic() > deadline:
-                pytest.fail(f"still unavailable after {timeout_s}s: {exc}")
-            time.sleep(0.2)
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
@@ -77,10 +64,12 @@ def test_connection_and_watch_follow_a_new_ca_without_restart(tmp_path: Path) ->
             with pytest.raises(EtcdUnavailable):
                 stale.get("probe")  # the old client certificate is refused now
 
-            ttl = until(lambda: etcd.keepalive(lease_id))  # the lease from before lives on
+            ttl = until_no(
+                EtcdUnavailable, lambda: etcd.keepalive(lease_id)
+            )  # the lease from before lives on
             print(f"\nconnection answered {time.monotonic() - restarted:.2f}s after the restart")
             assert ttl > 0
-            until(lambda: set_desired(etcd, "v2", lease_id))
+            until_no(EtcdUnavailable, lambda: set_desired(etcd, "v2", lease_id))
             wait_for(lambda: table.desired_version() == "v2", "the table's watch saw v2")
             assert table.connected
             print(f"routing table caught up {time.monotonic() - restarted:.2f}s after it")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -21,23 +19,11 @@ from state.redis_url import RedisCredentials
 from state.store import StoreUnavailable
 from tests.support.session_records import fresh_record, new_id
 from tests.support.tls_redis import TlsRedis
+from tests.support.waiting import until_no
 
 pytestmark = pytest.mark.timeout(120)
 
 ROLES = ("redis", "coordinator")
-T = TypeVar("T")
-
-
-def until(call: Callable[[], T], timeout_s: float = 30.0) -> T:
-    """call() until it stops raising StoreUnavailable (pytest.fail if it never does)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return call()
-        except StoreUnavailable as exc:
-            if time.monotonic() > deadline:
-                pytest.fail(f"still unavailable after {timeout_s}s: {exc}")
-            time.sleep(0.2)
 
 
 def store_presenting(server: TlsRedis, folder: Path) -> RedisSessionStore:
@@ -65,7 +51,7 @@ def test_a_store_follows_a_new_ca_without_restart(tmp_path: Path) -> None:
                 stale.load(before.session_id)  # the old client certificate is refused now
 
             after = fresh_record(new_id())
-            until(lambda: store.create(after))
+            until_no(StoreUnavailable, lambda: store.create(after))
             print(f"\nthe store answered {time.monotonic() - restarted:.2f}s after the restart")
             assert store.load(after.session_id) == after
             with pytest.raises(StoreUnavailable):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -47,6 +48,32 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def kill_9_and_collect_survivors(
+    owner: subprocess.Popen[str], ready: Callable[[str], bool], expected: tuple[str, ...]
+) -> dict[int, str]:
+    """Once a line of `owner`'s output is `ready` and its descendants include each `expected`
+    command, kill it with -9 and return the descendants still running 10 s later; those are
+    killed too, so that nothing leaks into other tests."""
+    children: dict[int, str] = {}
+    try:
+        assert owner.stdout is not None
+        assert any(ready(line) for line in owner.stdout), "it ended before it was ready"
+        children = descendants(owner.pid)
+        commands = " ".join(children.values())
+        assert all(command in commands for command in expected), children
+        owner.kill()
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in children):
+            time.sleep(0.1)
+        return {pid: cmd for pid, cmd in children.items() if alive(pid)}
+    finally:
+        owner.kill()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_kill_9_of_up_leaves_no_process_behind(tmp_path: Path) -> None:
     work_dir = tmp_path / "up"
     up = subprocess.Popen(
@@ -55,27 +82,10 @@ def test_kill_9_of_up_leaves_no_process_behind(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    children: dict[int, str] = {}
-    try:
-        assert up.stdout is not None
-        for line in up.stdout:  # ends at EOF if `up` dies before it is ready
-            if "press Ctrl-C" in line:
-                break
-        children = descendants(up.pid)
-        commands = " ".join(children.values())
-        assert "redis-server" in commands and "etcd" in commands, children
-        up.kill()
-        up.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(pid) for pid in children):
-            time.sleep(0.1)
-        left = {pid: cmd for pid, cmd in children.items() if alive(pid)}
-        assert left == {}, f"still running after `up` was killed with -9: {left}"
-    finally:
-        up.kill()
-        for pid in children:  # none left, normally: leak nothing into other tests
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    left = kill_9_and_collect_survivors(
+        up, lambda line: "press Ctrl-C" in line, ("redis-server", "etcd")
+    )
+    assert left == {}, f"still running after `up` was killed with -9: {left}"
 
 
 OWNS_AN_S3_ENDPOINT = """
@@ -97,21 +107,7 @@ def test_kill_9_of_the_owner_of_an_s3_endpoint_takes_the_moto_server_along(
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    children: dict[int, str] = {}
-    try:
-        assert owner.stdout is not None
-        assert owner.stdout.readline().strip() == "ready"
-        children = descendants(owner.pid)
-        assert "moto.server" in " ".join(children.values()), children
-        owner.kill()
-        owner.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(pid) for pid in children):
-            time.sleep(0.1)
-        left = {pid: cmd for pid, cmd in children.items() if alive(pid)}
-        assert left == {}, f"still running after its owner was killed with -9: {left}"
-    finally:
-        owner.kill()
-        for pid in children:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    left = kill_9_and_collect_survivors(
+        owner, lambda line: line.strip() == "ready", ("moto.server",)
+    )
+    assert left == {}, f"still running after its owner was killed with -9: {left}"
