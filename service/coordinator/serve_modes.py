@@ -33,6 +33,15 @@ from state.session import (
 )
 from state.store import SessionStore
 
+# With a student to fall back on, a FULL or EARLY_EXIT answer's pipeline is waited for only
+# until this long before the step's deadline: a pipeline that is late (a replica paused
+# mid-call, a batch queued behind it, a loaded machine) then costs the robot a labelled
+# FALLBACK answer in time rather than the step. The reserve is a few times the student's
+# usual answer time, at least MIN_S, at most SHARE of the time left.
+FALLBACK_RESERVE_MIN_S = 0.05
+FALLBACK_RESERVE_SHARE = 0.25
+FALLBACK_RESERVE_MULTIPLE = 3.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class StepInput:
@@ -105,6 +114,7 @@ class ServeModes:
     ) -> None:
         self.store, self.batcher, self.model, self.log_depth = store, batcher, model, log_depth
         self._passes = UsualLatency()  # per depth: one step through the pipeline, queue included
+        self._student = UsualLatency()  # key 0: one FALLBACK answer, a cold warm-up included
 
     def pass_s(self) -> float:
         """The usual time of one step through every stage (what one replayed step costs),
@@ -128,7 +138,8 @@ class ServeModes:
             depth, version = self.model.n_stages, plan.version
             states = [b""] * depth if plan.fresh else _states_on(version, work, depth)
             mode, confidence, exit_stage = ServeMode.FULL, 1.0, 0
-        ran = self._run(step, version, states, depth)
+        reserve_s = self._fallback_reserve_s(step) if student is not None else 0.0
+        ran = self._run(step, version, states, depth, reserve_s)
         if isinstance(ran, StageFailed):
             return ran
         done, advanced = ran
@@ -199,6 +210,7 @@ class ServeModes:
         ):
             return StudentFailed(detail="the student answered non-finite values")
         took_ms = (time.perf_counter() - started) * 1e3
+        self._student.observe(0, took_ms / 1e3)
         done = Batched(PipelineOutput(action, [], [took_ms], [took_ms]), 0.0, 1)
         return Computed(
             mode=ServeMode.FALLBACK,
@@ -209,22 +221,33 @@ class ServeModes:
             student=StageState(step.seq, new_state),
         )
 
+    def _fallback_reserve_s(self, step: StepInput) -> float:
+        usual = self._student.of(0) or 0.0
+        wanted = max(FALLBACK_RESERVE_MIN_S, FALLBACK_RESERVE_MULTIPLE * usual)
+        return min(wanted, FALLBACK_RESERVE_SHARE * max(0.0, step.time_left_s()))
+
     def _run(
-        self, step: StepInput, version: str, states: list[bytes], depth: int
+        self, step: StepInput, version: str, states: list[bytes], depth: int, reserve_s: float
     ) -> tuple[Batched[PipelineOutput], dict[StageIndex, StageState]] | StageFailed:
-        """The step through stages 0..depth-1; the states it advanced, tagged with its seq."""
+        """The step through stages 0..depth-1; the states it advanced, tagged with its seq.
+        Waited for until `reserve_s` before the step's deadline: later, no stage's result can
+        be used for this step (the same as stage 0 failing), and the reserve is the student's."""
+        answer_by = step.deadline - reserve_s
         item = PipelineInput(
-            step.record.session_id,
-            step.seq,
-            step.observation,
-            states,
-            step.deadline,
-            version,
-            depth,
+            step.record.session_id, step.seq, step.observation, states, answer_by, version, depth
         )
         try:
-            done = self.compute(item, step.deadline)
-        except StageUnavailable as exc:
+            done = self.compute(item, answer_by)
+        except (StageUnavailable, DeadlineExceeded) as exc:
+            if reserve_s and time.monotonic() >= answer_by:
+                return StageFailed(
+                    version=version,
+                    stage=0,
+                    detail=f"the pipeline was late, {reserve_s * 1e3:.0f} ms before the step's "
+                    f"deadline (kept for the student): {exc}",
+                )
+            if isinstance(exc, DeadlineExceeded):
+                raise
             return StageFailed(version=version, stage=exc.stage, detail=str(exc))
         bad = _first_nonfinite(done.value)
         if bad is not None:  # never answered, never committed: that stage is out for this step
