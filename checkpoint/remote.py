@@ -187,7 +187,12 @@ class Remote:
         for name, entry in sorted(manifest.files.items()):
             key = blob_key(entry.sha256)
             if not self.store.exists(key):
-                log.warning("version=%s blob %s vanished during push: re-uploading", name, key)
+                log.warning(
+                    "version=%s %s: blob %s vanished during push: re-uploading",
+                    manifest.version,
+                    name,
+                    key,
+                )
                 self.store.put_file(key, flash.path(manifest.version) / name)
 
     def _commit_manifest(self, manifest: Manifest) -> None:
