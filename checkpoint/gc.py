@@ -27,9 +27,10 @@ and let a gc delete b at tD in G4, right after its last listing of manifests at 
 - If tD < tT, the push found b absent at tT and uploaded it again, and gc deletes a key once:
   no loss. If tT < tD < the push's check (P3), P3 uploads b again: no loss.
 What is left is tL < tC < P3 < tD: the push committed its manifest and then found b present,
-both between gc listing the manifests and its delete request for b taking effect. Listing
-the manifests again right before each delete keeps that to one request's latency, against at
-least two sequential requests of the push; it cannot be shrunk to nothing without a delete
+both between gc's last listing of the manifests and its delete of b taking effect. Listing
+them again right before each delete shrinks that window to gc's one DELETE request (plus
+reading any manifest new to the listing), against at least two sequential requests of the
+push (its manifest PUT, then its HEAD of b). It cannot be shrunk to nothing without a delete
 conditional on the last-modified time (S3 has none for general-purpose buckets) or a lock.
 Without A1 (a push slower than the grace period), P3 still repairs a deletion that took effect
 before it; re-running the push repairs later ones. `--grace-s 0` gives up the argument: use it
