@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -41,8 +42,16 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def touch(self, key: str) -> bool:
+        """Set `key`'s last-modified time to now, keeping its bytes; False when it is absent.
+        What a push does to a blob it reuses, so that gc's grace period protects it."""
+
     def list(self, prefix: str) -> list[str]:
         """Every key starting with `prefix`, sorted."""
+
+    def list_modified(self, prefix: str) -> dict[str, datetime]:
+        """Every key starting with `prefix` and its last-modified time (timezone-aware, as the
+        store's clock saw it)."""
 
     def delete(self, key: str) -> None:
         """Remove `key`; absent keys are fine."""

@@ -2,7 +2,8 @@
 
 Writes go to a temp file beside the target, are fsynced and renamed into place, and the
 directory is fsynced. Conditional writes hold an flock on `<root>/.lock` across the
-read-compare-rename, so two processes cannot both win. The etag is the content's sha256."""
+read-compare-rename, so two processes cannot both win. The etag is the content's sha256.
+A key's last-modified time is its file's mtime (`touch` sets it to now)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from checkpoint.blobstore import Tagged, check_conditions, check_key
@@ -68,6 +70,13 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def touch(self, key: str) -> bool:
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
     def list(self, prefix: str) -> list[str]:
         keys = []
         for dirpath, _dirs, names in os.walk(self.root):
@@ -78,6 +87,16 @@ class LocalBlobStore:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def list_modified(self, prefix: str) -> dict[str, datetime]:
+        found = {}
+        for key in self.list(prefix):
+            try:
+                mtime = self._path(key).stat().st_mtime
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            found[key] = datetime.fromtimestamp(mtime, UTC)
+        return found
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +42,9 @@ from checkpoint.manifest import (
 log = logging.getLogger(__name__)
 
 CURRENT_KEY = "CURRENT"
+DEFAULT_GRACE_S = 3600.0
+"""gc deletes an unreferenced blob only when it was last modified longer ago than this; a
+push must commit its manifest within it (see gc.collect_remote)."""
 Progress = Callable[[str, int], None]
 """Called with (file name, bytes) after each file is transferred or skipped."""
 
@@ -83,8 +87,18 @@ def default_operator() -> str:
 
 
 class Remote:
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        *,
+        grace_s: float = DEFAULT_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`grace_s`: the gc grace period a push is warned about outliving; `clock` times
+        pushes (injected by tests)."""
         self.store = store
+        self.grace_s = grace_s
+        self._clock = clock
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -120,8 +134,12 @@ class Remote:
     # -- push ------------------------------------------------------------------------------
 
     def push(self, flash: LocalFlash, version: str, progress: Progress | None = None) -> PushResult:
-        """Upload a verified local version: blobs first (skipping those present), then the
-        manifest, the commit point. Re-running after a crash completes the push."""
+        """Upload a verified local version: blobs first, then the manifest, the commit point.
+        A blob already present is not uploaded again but touched (its last-modified time set
+        to now), so that a concurrent gc's grace period protects it until the manifest names
+        it; a push that takes longer than the grace period says so. After the commit, any
+        blob a gc deleted meanwhile is uploaded again. Re-running after a crash completes the
+        push."""
         checked = flash.verify(version)
         if not checked.ok or checked.manifest is None:
             raise VerificationFailed(
@@ -130,9 +148,10 @@ class Remote:
             )
         manifest = checked.manifest
         uploaded, skipped, sent = [], [], 0
+        started = self._clock()
         for name, entry in sorted(manifest.files.items()):
             key = blob_key(entry.sha256)
-            if self.store.exists(key):
+            if self.store.touch(key):
                 skipped.append(name)
             else:
                 self.store.put_file(key, flash.path(version) / name)
@@ -141,6 +160,17 @@ class Remote:
             if progress:
                 progress(name, entry.size)
         self._commit_manifest(manifest)
+        took = self._clock() - started
+        if took > self.grace_s:
+            log.warning(
+                "version=%s took %.0f s from its first blob to its manifest, longer than the gc "
+                "grace period (%.0f s): a `ckpt gc` running meanwhile could delete a blob it "
+                "names. Run the same push again once no gc runs (it re-uploads what is missing), "
+                "or raise --grace-s",
+                version,
+                took,
+                self.grace_s,
+            )
         self._restore_missing(flash, manifest)
         log.info(
             "version=%s pushed: %d files uploaded (%d bytes), %d already present",
@@ -152,13 +182,17 @@ class Remote:
         return PushResult(version, tuple(uploaded), tuple(skipped), sent)
 
     def _restore_missing(self, flash: LocalFlash, manifest: Manifest) -> None:
-        """A remote gc running during the push may have deleted a blob we skipped as present
-        before the manifest named it; upload any such blob again (narrows, does not close,
-        that window: see gc.collect_remote)."""
+        """A gc that listed a blob as old before this push touched it may still delete it
+        before the manifest is committed (see gc.collect_remote); upload any such blob again."""
         for name, entry in sorted(manifest.files.items()):
             key = blob_key(entry.sha256)
             if not self.store.exists(key):
-                log.warning("version=%s blob %s vanished during push: re-uploading", name, key)
+                log.warning(
+                    "version=%s %s: blob %s vanished during push: re-uploading",
+                    manifest.version,
+                    name,
+                    key,
+                )
                 self.store.put_file(key, flash.path(manifest.version) / name)
 
     def _commit_manifest(self, manifest: Manifest) -> None:

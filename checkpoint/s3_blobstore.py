@@ -5,12 +5,15 @@ above `multipart_threshold_bytes`). Conditional writes use S3's If-Match / If-No
 PutObject. Retryable failures (connection errors, timeouts, throttling, 5xx) are retried with
 tenacity (bounded attempts, exponential backoff with jitter) and counted; everything else
 (missing keys, failed preconditions, access denied) surfaces at once. Every operation gives
-up within `S3Options.deadline_s` on a store that does not answer (blobstore.attempt_timeouts)."""
+up within `S3Options.deadline_s` on a store that does not answer (blobstore.attempt_timeouts).
+`touch` copies an object onto itself (MetadataDirective=REPLACE), which S3 allows and which
+sets its LastModified to now; objects above 5 GiB, CopyObject's limit, by a multipart copy."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -47,6 +50,7 @@ from checkpoint.errors import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ _RETRYABLE_CODES = frozenset(
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 _INVALID_CODES = frozenset({"InvalidBucketName", "InvalidArgument", "InvalidRequest"})
+_MAX_SINGLE_COPY_BYTES = 5 * 1024**3  # CopyObject's limit: a multipart copy above it
 # Not the store's fault and not fixed by asking again: the settings are wrong.
 _SETTINGS_ERRORS = (
     botocore.exceptions.NoCredentialsError,
@@ -147,6 +152,10 @@ class S3BlobStore:
             multipart_threshold=options.multipart_threshold_bytes,
             multipart_chunksize=options.multipart_chunksize_bytes,
             num_download_attempts=1,  # tenacity retries, within the deadline
+        )
+        self.copy_transfer = TransferConfig(
+            multipart_threshold=_MAX_SINGLE_COPY_BYTES,
+            multipart_chunksize=_MAX_SINGLE_COPY_BYTES // 8,
         )
 
     def _key(self, key: str) -> str:
@@ -254,22 +263,47 @@ class S3BlobStore:
             return False
         return True
 
+    def touch(self, key: str) -> bool:
+        full = self._key(key)
+        source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": full}
+        try:
+            self._call(
+                "touch",
+                lambda: self.client.copy(
+                    source,
+                    self.bucket,
+                    full,
+                    ExtraArgs={"MetadataDirective": "REPLACE"},
+                    Config=self.copy_transfer,
+                ),
+            )
+        except StoreNotFound:
+            raise
+        except NotFound:  # the copy's HEAD of the source: a missing bucket looks the same
+            return False
+        return True
+
     def list(self, prefix: str) -> list[str]:
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str) -> dict[str, datetime]:
         if ".." in prefix.split("/") or prefix.startswith("/"):
             raise ValueError(f"invalid blob key prefix {prefix!r}")
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(f"{self.prefix}/") if self.prefix else 0
 
-        def collect() -> list[str]:
-            keys: list[str] = []
+        def collect() -> dict[str, datetime]:
+            found: dict[str, datetime] = {}
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full
             )
             for page in pages:
-                keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
-            return keys
+                found |= {
+                    item["Key"][strip:]: item["LastModified"] for item in page.get("Contents", [])
+                }
+            return found
 
-        return sorted(self._call("list", collect))
+        return self._call("list", collect)
 
     def delete(self, key: str) -> None:
         full = self._key(key)

@@ -58,7 +58,7 @@ def open_remote(settings: CkptSettings) -> Remote:
         raise NotFound(
             "no remote store configured: pass --remote s3://bucket/prefix or file:///path"
         )
-    return Remote(open_blobstore(settings.remote))
+    return Remote(open_blobstore(settings.remote), grace_s=settings.grace_s)
 
 
 def _progress(action: str) -> Callable[[str, int], None]:
@@ -262,7 +262,7 @@ def collect(settings: CkptSettings, version: str | None) -> dict[str, Any]:
     )
     result: dict[str, Any] = {"local": {"kept": list(local.keep), "deleted": list(local.delete)}}
     if remote is not None:
-        done = gc.collect_remote(remote, settings.keep)
+        done = gc.collect_remote(remote, settings.keep, grace_s=settings.grace_s)
         result["remote"] = {"kept": list(done.keep), "deleted": list(done.delete)}
     return result
 

@@ -847,6 +847,14 @@ class CkptSettings(TlsSettings, JsonOutputSettings, EtcdSettings):
     keep: int = Field(
         5, ge=1, description="gc: keep this many newest versions (and every one in use)."
     )
+    grace_s: float = Field(
+        3600.0,  # checkpoint.remote.DEFAULT_GRACE_S
+        ge=0,
+        allow_inf_nan=False,
+        description="gc: delete a remote blob no kept version names only when last modified "
+        "longer ago than this, so that a push in flight keeps the blobs it reuses (0: only "
+        "while no push runs). create/push: warn when a push takes longer than this.",
+    )
     key_dir: Path = Field(Path("."), description="keygen: where to write the key pair.")
     etcd: str | None = _etcd_url(
         "with promote or rollback, also set the running cluster's desired version in this "

@@ -3,11 +3,17 @@ started as a child process. No mocks of boto3."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -265,13 +271,82 @@ def test_gc_remote_keeps_pinned_and_drops_unreferenced_blobs(
         remote.push(flash, f"v{index}")
     remote.promote("v2")
     remote.promote("v3")  # v2 is now CURRENT's previous: the rollback target
-    decided = gc.collect_remote(remote, keep_newest=1, in_use=["v1"])
+    # No grace period (no push runs): v4's blobs, a moment old, go with it.
+    decided = gc.collect_remote(remote, keep_newest=1, in_use=["v1"], grace_s=0)
     assert decided.keep == ("v1", "v2", "v3", "v5") and decided.delete == ("v4",)
     assert remote.versions() == ["v1", "v2", "v3", "v5"]
     assert len(remote.store.list("blobs/")) == 4 * 3
     other = LocalFlash(tmp_path / "other", [key.public_key()])
     for version in remote.versions():
         remote.pull(other, version)
+
+
+def gc_cli(
+    endpoint: str, bucket: str, tmp_path: Path, *flags: str
+) -> tuple[dict[str, Any], list[str]]:
+    """`actionmesh ckpt gc --keep 1 FLAGS --json` against the bucket, as ops run it; its JSON
+    and the blob keys left."""
+    remote_url = f"s3://{bucket}/fleet-a?endpoint_url={endpoint}&region=us-east-1"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    argv = ["gc", "--flash-dir", str(tmp_path / "gc-flash"), "--remote", remote_url]
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "ckpt", *argv, "--keep", "1", *flags, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    blobs = remote_for(endpoint, bucket).store.list("blobs/")
+    return json.loads(result.stdout), blobs
+
+
+def test_gc_keeps_young_unreferenced_blobs_unless_grace_is_0(
+    endpoint: str, bucket: str, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    flash = LocalFlash(tmp_path / "flash", [key.public_key()])
+    remote = remote_for(endpoint, bucket)
+    for version in ("v1", "v2"):
+        snapshot(flash, fake_parts(tmp_path / f"src-{version}"), key, version)
+        remote.push(flash, version)
+    named = {blob_key(e.sha256) for e in remote.manifest("v2").files.values()}
+    collected, blobs = gc_cli(endpoint, bucket, tmp_path)  # default grace: an hour
+    assert collected["remote"] == {"kept": ["v2"], "deleted": ["v1"]}
+    assert len(blobs) == 6  # v1's blobs are unreferenced, but only seconds old
+    collected, blobs = gc_cli(endpoint, bucket, tmp_path, "--grace-s", "0")
+    assert collected["remote"] == {"kept": ["v2"], "deleted": []}
+    assert set(blobs) == named
+
+
+def test_a_push_touches_the_blobs_it_skips_on_s3(
+    endpoint: str, bucket: str, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    flash = LocalFlash(tmp_path / "flash", [key.public_key()])
+    remote = remote_for(endpoint, bucket)
+    source = fake_parts(tmp_path / "src")
+    snapshot(flash, source, key, "v1")
+    remote.push(flash, "v1")
+    snapshot(flash, source, key, "v2")  # the same parts: the same blobs
+    before = remote.store.list_modified("blobs/")
+    time.sleep(1.1)  # S3's LastModified counts whole seconds
+    pushed = remote.push(flash, "v2")
+    assert pushed.uploaded == () and len(pushed.skipped) == 3
+    after = remote.store.list_modified("blobs/")
+    assert set(after) == set(before) and all(after[k] > before[k] for k in before)
+    assert remote.store.touch(blob_key("0" * 64)) is False  # absent: not created
+    other = LocalFlash(tmp_path / "other", [key.public_key()])
+    assert other.verify(remote.pull(other, "v2").version).ok  # the copy kept the bytes
+    # gc compares S3's LastModified with its cutoff: an hour after the touch, once no
+    # manifest names them, those blobs go.
+    later = max(after.values()) + timedelta(hours=1, seconds=1)
+    remote.store.delete("versions/v2/manifest.json")
+    remote.store.delete("versions/v1/manifest.json")
+    snapshot(flash, fake_parts(tmp_path / "src-v3"), key, "v3")
+    remote.push(flash, "v3")
+    gc.collect_remote(remote, keep_newest=1, now=lambda: later)
+    assert remote.store.list("blobs/") == sorted(
+        blob_key(e.sha256) for e in remote.manifest("v3").files.values()
+    )
 
 
 def test_unreachable_endpoint_retries_are_bounded_and_counted(tmp_path: Path) -> None:

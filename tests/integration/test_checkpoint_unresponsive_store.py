@@ -89,6 +89,7 @@ def test_every_operation_gives_up_within_the_deadline(
     operations = {
         "get": lambda: short.get("CURRENT"),
         "head": lambda: short.exists("CURRENT"),
+        "touch": lambda: short.touch("blobs/x"),
         "list": lambda: short.list("versions/"),
         "download": lambda: short.get_file("blobs/x", tmp_path / "out"),
         "put": lambda: short.put_bytes("blobs/y", b"y"),

@@ -127,12 +127,21 @@ def test_every_command_end_to_end(tmp_path: Path) -> None:
     (third_dir, v3), (fourth_dir, v4) = save_weights(tmp_path, 3), save_weights(tmp_path, 4)
     ckpt(tmp_path, "create", "--weights-dir", str(third_dir))
     ckpt(tmp_path, "create", "--weights-dir", str(fourth_dir))
+    blobs = {p.name for p in (tmp_path / "remote" / "blobs").iterdir()}
+    named = {f["sha256"] for v in (v1, v2, v4) for f in ckpt(tmp_path, "show", v)["files"].values()}
+    assert named < blobs  # v3 has blobs of its own
     collected = ckpt(tmp_path, "gc", "--keep", "1")
     assert sorted(collected["remote"]["kept"]) == sorted([v1, v2, v4])
     assert collected["remote"]["deleted"] == [v3]
     assert sorted(collected["local"]["kept"]) == sorted([v1, v4])
     assert collected["local"]["deleted"] == [v3]
     assert v3 not in ckpt(tmp_path, "list")["remote"]
+    # v3's blobs are younger than the grace period (an hour): a push in flight could be
+    # about to name them. With none, --grace-s 0 removes them.
+    assert {p.name for p in (tmp_path / "remote" / "blobs").iterdir()} == blobs
+    collected = ckpt(tmp_path, "gc", "--keep", "1", "--grace-s", "0")
+    assert collected["remote"]["deleted"] == [] and collected["local"]["deleted"] == []
+    assert {p.name for p in (tmp_path / "remote" / "blobs").iterdir()} == named
 
 
 def test_shard_on_a_corrupt_current_serves_the_previous_good_version(tmp_path: Path) -> None:

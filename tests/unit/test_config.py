@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from checkpoint.remote import DEFAULT_GRACE_S
 from service.cli.main import build_parser, command_settings, main
 from service.runtime.settings import (
     BenchSettings,
@@ -499,3 +500,19 @@ def test_an_etcd_url_or_cluster_name_no_command_could_use_is_a_usage_error(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_ckpt_gc_grace_from_file_env_and_flag(tmp_path: Path) -> None:
+    assert CkptSettings().grace_s == DEFAULT_GRACE_S
+    path = write_toml(tmp_path, "[ckpt]\ngrace_s = 600\n")
+    assert (
+        load(CkptSettings, "ckpt", parse("ckpt", "gc", "--config", str(path)), NO_ENV).grace_s
+        == 600
+    )
+    environ = {"ACTIONMESH_GRACE_S": "60"}
+    assert load(CkptSettings, "ckpt", parse("ckpt", "gc"), environ).grace_s == 60
+    assert load(CkptSettings, "ckpt", parse("ckpt", "gc", "--grace-s", "0"), environ).grace_s == 0
+    for bad in ("-1", "nan", "soon"):
+        assert "--grace-s" in load_error(
+            CkptSettings, "ckpt", parse("ckpt", "gc", "--grace-s", bad), NO_ENV
+        )
