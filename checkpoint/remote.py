@@ -161,7 +161,7 @@ class Remote:
                 progress(name, entry.size)
         self._commit_manifest(manifest)
         took = self._clock() - started
-        if took > self.grace_s:
+        if 0 < self.grace_s < took:  # grace 0: the operator chose no protection
             log.warning(
                 "version=%s took %.0f s from its first blob to its manifest, longer than the gc "
                 "grace period (%.0f s): a `ckpt gc` running meanwhile could delete a blob it "
