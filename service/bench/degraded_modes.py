@@ -39,7 +39,7 @@ from service.model import weights
 from service.model.export import export
 from service.model.weights_files import onnx_stage_file
 from service.proto import session_pb2, session_pb2_grpc
-from service.runtime.settings import BenchSettings, TrainSettings
+from service.runtime.command_settings import BenchSettings, TrainSettings
 from service.shard.onnx_stage import OnnxStage
 from service.shard.stage_runtime import StageRuntime
 from service.training.evaluate import LATENCY_STEPS, evaluate, step_latency_ms

@@ -35,7 +35,7 @@ from actionmesh_client import (
 from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.model.weights_files import read_info
-from service.runtime.settings import DEMO_TRAINING_FLAGS, DemoSettings
+from service.runtime.command_settings import DEMO_TRAINING_FLAGS, DemoSettings
 from service.training.task import ReachArm, TaskConfig, derive_seed
 from state.backends import open_routing_table
 from state.session import short_id

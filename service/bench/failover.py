@@ -14,7 +14,7 @@ from chaos.fleet import SteppingRobot
 from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2, session_pb2_grpc
-from service.runtime.settings import BenchSettings
+from service.runtime.command_settings import BenchSettings
 from state.backends import open_routing_table
 from state.leadership import ReplicaInfo, RoutingTable
 

@@ -38,7 +38,7 @@ from service.bench.sizing import SIZING_EXAMPLES, fleet_size
 from service.local.embedded_redis import probe_client
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
-from service.runtime.settings import BenchSettings
+from service.runtime.command_settings import BenchSettings
 
 WARMUP_STEPS = 10
 IDLE_TTL_S = 900.0  # the idle sessions must outlive their own opening and the measurement

@@ -21,7 +21,7 @@ from service.bench.step_latency import throughput
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2_grpc
-from service.runtime.settings import BenchSettings
+from service.runtime.command_settings import BenchSettings
 
 STAGES, SESSIONS = 2, 16
 

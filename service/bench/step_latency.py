@@ -19,7 +19,7 @@ from service.bench.overhead import TIMING_METADATA, StepSample
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
-from service.runtime.settings import BenchSettings
+from service.runtime.command_settings import BenchSettings
 
 _WARMUP_STEPS = 10
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.proto import session_pb2_grpc
-from service.runtime.settings import BenchSettings
+from service.runtime.command_settings import BenchSettings
 
 ROUNDS = 4
 

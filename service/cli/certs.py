@@ -6,7 +6,7 @@ import sys
 
 from service.local.dev_certs import CLUSTER_ROLES, CertsExist, write_dev_certs
 from service.local.dev_certs import LOOPBACK_HOSTS as LOOPBACK
-from service.runtime.settings import CertsSettings
+from service.runtime.command_settings import CertsSettings
 
 
 def main(settings: CertsSettings, action: str) -> int:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from chaos.schedule import PARTITIONS, describe, scenario_names
-from service.runtime.settings import ChaosSettings
+from service.runtime.command_settings import ChaosSettings
 
 EXIT_FAILED_INVARIANT = 1
 EXIT_USAGE = 2

@@ -31,7 +31,7 @@ from checkpoint.local_flash import LocalFlash
 from checkpoint.manifest import Manifest, keygen, load_private_key, load_public_key
 from checkpoint.remote import Remote
 from service.model.weights_files import read_info
-from service.runtime.settings import CkptSettings
+from service.runtime.command_settings import CkptSettings
 from service.runtime.tls import etcd_tls
 from state.desired_version import set_desired_version
 from state.leadership import LeadershipUnavailable

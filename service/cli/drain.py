@@ -11,7 +11,7 @@ import grpc
 
 from actionmesh_client.client_tls import ClientTls, open_channel
 from service.proto import session_pb2, session_pb2_grpc
-from service.runtime.settings import DrainSettings
+from service.runtime.command_settings import DrainSettings
 from state.redis_url import read_secret
 
 

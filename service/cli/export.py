@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from service.runtime.settings import ExportSettings
+from service.runtime.command_settings import ExportSettings
 
 
 def main(settings: ExportSettings) -> int:

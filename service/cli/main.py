@@ -12,7 +12,7 @@ from typing import Any
 
 from service.local.child_process import die_with_parent
 from service.runtime import logs
-from service.runtime.settings import (
+from service.runtime.command_settings import (
     CERTS_ACTIONS,
     CHAOS_ACTIONS,
     CKPT_ACTIONS,
@@ -21,18 +21,20 @@ from service.runtime.settings import (
     CertsSettings,
     ChaosSettings,
     CkptSettings,
-    ClusterSettings,
-    CoordinatorSettings,
     DemoSettings,
     DrainSettings,
     ExportSettings,
-    InvalidSettings,
     PlanSettings,
-    Settings,
-    ShardSettings,
     StatusSettings,
     TokenSettings,
     TrainSettings,
+)
+from service.runtime.settings import (
+    ClusterSettings,
+    CoordinatorSettings,
+    InvalidSettings,
+    Settings,
+    ShardSettings,
     add_flags,
     load,
 )

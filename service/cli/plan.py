@@ -26,7 +26,7 @@ from service.placement.plan_report import (
     table,
 )
 from service.placement.planner import NoPlacement, plan_placement
-from service.runtime.settings import PlanSettings
+from service.runtime.command_settings import PlanSettings
 
 
 class BadModel(ValueError):

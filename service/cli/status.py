@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actionmesh_client.client_tls import open_channel
-from service.runtime.settings import StatusSettings
+from service.runtime.command_settings import StatusSettings
 from service.runtime.tls import channel_credentials, etcd_tls
 from state.backends import open_routing_table
 from state.leadership import LeadershipUnavailable, ReplicaInfo, StageView

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from service.runtime import secrets
+from service.runtime.command_settings import TokenSettings
 from service.runtime.identities_file import (
     IdentitiesFileError,
     append_token,
     parse_scopes,
     read_identities,
 )
-from service.runtime.settings import TokenSettings
 
 
 def main(settings: TokenSettings, action: str) -> int:

@@ -19,7 +19,7 @@ from checkpoint.manifest import load_private_key
 from service.model import weights
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
-from service.runtime.settings import BenchSettings, TrainSettings
+from service.runtime.command_settings import BenchSettings, TrainSettings
 from service.training.baseline import train_baseline
 from service.training.evaluate import JSON_FILE, PLOT_FILE, evaluate
 from service.training.task import TaskConfig

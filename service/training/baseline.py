@@ -8,7 +8,7 @@ import torch
 
 from service.model.config import ModelConfig
 from service.model.student import Student
-from service.runtime.settings import TrainSettings
+from service.runtime.command_settings import TrainSettings
 from service.training.task import TaskConfig, derive_seed
 from service.training.trainer import Imitation, States, imitate_expert
 

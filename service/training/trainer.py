@@ -33,7 +33,7 @@ from tqdm import tqdm
 from service.model.action_model import ActionModel
 from service.model.layers import ActionHead
 from service.model.student import Student
-from service.runtime.settings import TrainSettings
+from service.runtime.command_settings import TrainSettings
 from service.training.modes import FullPolicy
 from service.training.task import TaskConfig, derive_seed, make_episodes, rollout
 

@@ -21,7 +21,7 @@ from checkpoint.manifest import keygen, load_private_key, load_public_key
 from checkpoint.remote import Remote
 from service.model.config import ModelConfig
 from service.model.weights_files import MANIFEST
-from service.runtime.settings import CKPT_ACTIONS
+from service.runtime.command_settings import CKPT_ACTIONS
 from tests.integration.test_checkpoint_remote import endpoint  # noqa: F401 (the moto server)
 
 V1 = "m-bad-inputs-1"

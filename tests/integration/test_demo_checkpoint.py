@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service.bench.demo import DEMO_WEIGHTS
 from service.model.weights_files import read_info
-from service.runtime.settings import DEMO_TRAINING_FLAGS
+from service.runtime.command_settings import DEMO_TRAINING_FLAGS
 
 
 def test_retraining_with_the_shipped_flags_gives_the_shipped_version(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import yaml
 
 from service.cli import plan as plan_cli
 from service.runtime import settings as am_settings
+from service.runtime.command_settings import PlanSettings
 from service.runtime.tls import TlsFiles
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -180,7 +181,7 @@ def test_k3s_edge_places_stages_as_the_planner_says() -> None:
     """placement.yaml is the planner's current output for nodes.yaml."""
     objects = render("k3s-edge")
     nodes = DEPLOY / "overlays" / "k3s-edge" / "nodes.yaml"
-    result = plan_cli.build(am_settings.PlanSettings(nodes=nodes))
+    result = plan_cli.build(PlanSettings(nodes=nodes))
     for patch in result["patches"]:
         shard = find(objects, "StatefulSet", patch["metadata"]["name"])
         want = patch["spec"]["template"]["spec"]

@@ -27,7 +27,7 @@ from service.local.dev_certs import Authority, issue, write_dev_certs, write_rol
 from service.local.local_cluster import LocalCluster
 from service.model import weights
 from service.proto import session_pb2, session_pb2_grpc, stage_pb2, stage_pb2_grpc
-from service.runtime.settings import StatusSettings
+from service.runtime.command_settings import StatusSettings
 from service.runtime.tls import channel_credentials, etcd_tls
 from state.etcd_client import EtcdConnection, EtcdUnavailable
 from state.redis_url import read_secret

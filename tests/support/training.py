@@ -7,7 +7,7 @@ from pathlib import Path
 from service.cli.train import model_config
 from service.model import weights
 from service.model.action_model import ActionModel
-from service.runtime.settings import TrainSettings
+from service.runtime.command_settings import TrainSettings
 from service.training.baseline import train_baseline
 from service.training.task import TaskConfig
 from service.training.trainer import train

@@ -11,18 +11,20 @@ import pytest
 
 from checkpoint.remote import DEFAULT_GRACE_S
 from service.cli.main import build_parser, command_settings, main
-from service.runtime.settings import (
+from service.runtime.command_settings import (
     BenchSettings,
     CertsSettings,
     CkptSettings,
+    DemoSettings,
+    StatusSettings,
+    TrainSettings,
+)
+from service.runtime.settings import (
     ClusterSettings,
     CoordinatorSettings,
-    DemoSettings,
     InvalidSettings,
     Settings,
     ShardSettings,
-    StatusSettings,
-    TrainSettings,
     load,
 )
 

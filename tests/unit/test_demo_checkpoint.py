@@ -13,7 +13,7 @@ import torch
 
 from service.bench.demo import DEMO_WEIGHTS, settings_for_weights
 from service.model import weights
-from service.runtime.settings import DemoSettings
+from service.runtime.command_settings import DemoSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from service.model.config import ModelConfig
 from service.placement.inventory import MIB, BadInventory, Node, load_inventory
 from service.placement.layer_costs import layer_costs
 from service.placement.planner import NoPlacement, plan_placement
-from service.runtime.settings import PlanSettings
+from service.runtime.command_settings import PlanSettings
 
 # About 48 MiB per layer (d_model 1024): big enough that 1, 2 and 4 GiB nodes differ.
 BIG = ModelConfig(d_model=1024, n_heads=16, n_layers=24, tokens=32, memory_tokens=4)

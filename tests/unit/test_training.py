@@ -13,7 +13,7 @@ import torch
 from service.model.action_model import ActionModel
 from service.model.config import ModelConfig
 from service.model.student import Student
-from service.runtime.settings import QUICK_TRAINING, TrainSettings
+from service.runtime.command_settings import QUICK_TRAINING, TrainSettings
 from service.training.baseline import train_baseline
 from service.training.evaluate import JSON_FILE, PLOT_FILE, evaluate
 from tests.support.training import TASK, TINY, trained
