@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from fallback.plan import CATCH_UP_RESERVE, CatchUp, EarlyExit, Fallback, Full
@@ -22,7 +23,8 @@ from service.coordinator.routing.stage_router import StageUnavailable
 from service.coordinator.step_errors import DeadlineExceeded
 from service.model.config import ModelConfig
 from service.model.student import Student
-from service.proto import tensor_codec
+from service.proto import array_codec, tensor_codec, tensor_pb2
+from service.proto.array_codec import TensorDecodeError
 from state.session import (
     Anchor,
     SessionRecord,
@@ -297,11 +299,22 @@ class ServeModes:
 def _first_nonfinite(output: PipelineOutput) -> int | None:
     """The first stage whose new state, or whose action (the last stage run), is not finite."""
     for k, state in enumerate(output.states):
-        if not bool(torch.isfinite(tensor_codec.from_bytes(state)).all()):
+        if not _finite(state):
             return k
     if not bool(torch.isfinite(output.action).all()):
         return len(output.states) - 1
     return None
+
+
+def _finite(state: bytes) -> bool:
+    """Whether an encoded state's values are all finite, read in place (no copy) when numpy
+    has its dtype; TensorDecodeError for a malformed one, as tensor_codec.from_bytes."""
+    message = tensor_pb2.Tensor.FromString(state)
+    try:
+        values = array_codec.decode(message)
+    except TensorDecodeError:  # malformed (raised again below), or bfloat16
+        return bool(torch.isfinite(tensor_codec.decode(message)).all())
+    return bool(np.isfinite(values).all())
 
 
 def _states_on(version: str, work: StepWork, n_stages: int) -> list[bytes]:

@@ -51,6 +51,9 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
         self._versions = threading.Lock()  # stage, version and _retiring change together
         self._label = str(stage.index)
         metrics.SHARD_VERSION_REFUSALS.labels(self._label)  # exposed (as 0) before any refusal
+        # The children of this stage's per-call metrics, looked up once rather than per call.
+        self._latency = metrics.SHARD_FORWARD_LATENCY.labels(self._label)
+        self._items_total = metrics.SHARD_FORWARD_ITEMS.labels(self._label)
         metrics.publish_model_versions([model_version])
         self._lock = threading.Lock()  # one batch at a time: the runtime's threads are set
         self._calls = 0
@@ -128,8 +131,8 @@ class StageServicer(stage_pb2_grpc.StageServiceServicer):
             compute_s = time.perf_counter() - start
             self._calls += 1
             self._items += len(request.items)
-        metrics.SHARD_FORWARD_LATENCY.labels(self._label).observe(compute_s)
-        metrics.SHARD_FORWARD_ITEMS.labels(self._label).inc(len(request.items))
+        self._latency.observe(compute_s)
+        self._items_total.inc(len(request.items))
         results = [
             stage_pb2.StageResult(
                 output=array_codec.encode(out.hidden[i]),

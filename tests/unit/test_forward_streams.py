@@ -15,7 +15,7 @@ from service.coordinator.routing.forward_streams import (
 )
 from service.proto import stage_pb2
 
-WAIT_S = 2.0  # generous: the watchdog polls every few ms
+WAIT_S = 2.0  # generous: the watchdog wakes at a call's deadline
 
 
 def test_the_watchdog_cancels_an_overdue_call_and_leaves_a_timely_one() -> None:

@@ -12,6 +12,7 @@ whose reply is overdue; the caller sees it as a timeout, exactly as a unary call
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -24,8 +25,6 @@ import grpc
 from service.proto import stage_pb2
 
 MAX_STREAMS = 2  # per replica, per coordinator: one per batch in flight by default
-_POLL_S = 0.02  # the watchdog's granularity while calls are in flight
-_LINGER_S = 1.0  # keep polling this long after the last call before sleeping until the next
 
 
 @dataclass
@@ -37,12 +36,13 @@ class _Guard:
 
 @dataclass
 class _Watchdog:
-    """Cancels overdue stream calls. Polls only while calls come (no wake-up per call)."""
+    """Cancels overdue stream calls. Sleeps until the earliest deadline it has seen: a call
+    wakes it only when its deadline is earlier than that (calls' timeouts are alike, so a
+    call seldom does), and one that ended before its deadline is forgotten then."""
 
     _guards: dict[int, _Guard] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
-    _last_call: float = 0.0
-    _sleeping: bool = False
+    _wake_at: float = math.inf  # when the thread looks next (inf: once a call comes)
     _thread: threading.Thread | None = None
 
     @contextmanager
@@ -50,13 +50,12 @@ class _Watchdog:
         guard = _Guard(time.monotonic() + timeout_s, cancel)
         with self._cond:
             self._guards[id(guard)] = guard
-            self._last_call = time.monotonic()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="stream-watchdog", daemon=True
                 )
                 self._thread.start()
-            elif self._sleeping:
+            elif guard.deadline < self._wake_at:
                 self._cond.notify()
         try:
             yield guard
@@ -73,8 +72,8 @@ class _Watchdog:
                         guard.fired = True
                         guard.cancel()
                         del self._guards[key]
-                self._sleeping = not self._guards and now - self._last_call > _LINGER_S
-                self._cond.wait(None if self._sleeping else _POLL_S)
+                self._wake_at = min((g.deadline for g in self._guards.values()), default=math.inf)
+                self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
 WATCHDOG = _Watchdog()
