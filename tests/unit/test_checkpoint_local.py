@@ -49,16 +49,6 @@ def write_parts(directory: Path, seed: int, size: int = 4096) -> Path:
     return directory
 
 
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def flash(tmp_path: Path, key: Ed25519PrivateKey) -> LocalFlash:
-    return LocalFlash(tmp_path / "flash", [key.public_key()])
-
-
 def create(
     flash: LocalFlash, tmp_path: Path, key: Ed25519PrivateKey, version: str, age_s: int
 ) -> None:

@@ -24,16 +24,6 @@ FILES = ("stage-0.safetensors", "stage-1.safetensors")
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def flash(tmp_path: Path, key: Ed25519PrivateKey) -> LocalFlash:
-    return LocalFlash(tmp_path / "flash", [key.public_key()])
-
-
 def add_version(
     flash: LocalFlash, tmp_path: Path, key: Ed25519PrivateKey, version: str, content: int, day: int
 ) -> set[str]:
