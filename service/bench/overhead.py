@@ -52,11 +52,16 @@ def _p50(values: Sequence[float]) -> float:
 
 
 def breakdown(
-    samples: Sequence[StepSample], inprocess_stage_s: Sequence[Sequence[float]]
+    samples: Sequence[StepSample],
+    inprocess_stage_s: Sequence[Sequence[float]],
+    idle_stage_s: Sequence[Sequence[float]],
 ) -> dict[str, object]:
     """Each part's median in ms (medians of parts do not add up exactly to the median whole).
 
-    `inprocess_stage_s[k]` holds stage k's in-process compute times, measured in the same run.
+    `inprocess_stage_s[k]` holds stage k's in-process compute times, measured in the same run,
+    back to back; `idle_stage_s[k]` the same after idling as long as a shard waits between
+    calls. Their difference, `stage_compute_after_idle`, is the part of
+    `stage_compute_beyond_inprocess` that is the weights' trip back into the CPU caches.
     """
     n_stages = len(inprocess_stage_s)
     stage_sum = [sum(s.stage_ms) for s in samples]
@@ -78,6 +83,10 @@ def breakdown(
                 3,
             )
             for k in range(n_stages)
+        ],
+        "stage_compute_after_idle": [
+            round(_p50([t * 1e3 for t in idle]) - _p50([t * 1e3 for t in hot]), 3)
+            for idle, hot in zip(idle_stage_s, inprocess_stage_s, strict=True)
         ],
         "reply_encode": _p50([s.encode_ms for s in samples]),
         "redis_commit": _p50([s.commit_ms for s in samples]),

@@ -24,6 +24,7 @@ from service.proto import session_pb2_grpc
 from service.runtime.command_settings import BenchSettings
 
 STAGES, SESSIONS = 2, 16
+INFLIGHT = STAGES + 1  # the coordinator's max_inflight_batches for this run
 
 
 @contextmanager
@@ -61,7 +62,9 @@ def run(settings: BenchSettings) -> dict[str, object]:
     if len(cores) < STAGES:
         raise SystemExit(f"bench --pinned needs {STAGES} cores; this process may use {cores}")
     two_stages = settings.model_copy(update={"stages": STAGES, "stage_boundaries": []})
-    with LocalCluster(two_stages, pin_shards=True) as cluster:
+    with LocalCluster(
+        two_stages, pin_shards=True, coordinator_overrides={"max_inflight_batches": INFLIGHT}
+    ) as cluster:
         alone = inprocess_steps_per_s(settings, cluster)
         with grpc.insecure_channel(cluster.address) as channel:
             stub = session_pb2_grpc.SessionServiceStub(channel)
@@ -71,6 +74,7 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "sessions": SESSIONS,
         "shard_cores": cores[:STAGES],
         "torch_threads_per_shard": settings.torch_threads,
+        "max_inflight_batches": INFLIGHT,
         "inprocess_one_core_steps_per_s": round(alone, 1),
         "cluster_pinned_steps_per_s": round(split, 1),
         "pipeline_speedup": round(split / alone, 3),
@@ -80,7 +84,7 @@ def run(settings: BenchSettings) -> dict[str, object]:
 def print_table(result: dict[str, object]) -> None:
     print(
         f"{result['sessions']} sessions, {result['stages']} stages, shards pinned to cores "
-        f"{result['shard_cores']}"
+        f"{result['shard_cores']}, {result['max_inflight_batches']} batches in flight at most"
     )
     print(f"whole model, one core:   {result['inprocess_one_core_steps_per_s']} steps/s")
     print(f"pipeline, a core a stage: {result['cluster_pinned_steps_per_s']} steps/s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -26,10 +27,14 @@ _WARMUP_STEPS = 10
 
 @torch.no_grad()
 def inprocess_latencies(
-    settings: BenchSettings, cluster: LocalCluster
+    settings: BenchSettings, cluster: LocalCluster, idle_s: float = 0.0
 ) -> tuple[list[float], list[list[float]]]:
     """The same weights and thread count as one shard, all stages in this process: each step's
-    time, and each stage's (the model's step, timed stage by stage)."""
+    time, and each stage's (the model's step, timed stage by stage).
+
+    idle_s: sleep that long before each step, as a shard waits between its calls while the
+    rest of the cluster works; a stage's weights (some MiB) leave the CPU caches meanwhile, and
+    its next compute is slower than back to back."""
     torch.set_num_threads(settings.torch_threads)
     model, _ = weights.load_model(cluster.weights_dir)
     cfg = model.cfg
@@ -38,6 +43,8 @@ def inprocess_latencies(
     totals: list[float] = []
     per_stage: list[list[float]] = [[] for _ in range(cfg.n_stages)]
     for i in range(_WARMUP_STEPS + settings.steps):
+        if idle_s:
+            time.sleep(idle_s)
         x, took = arm.observation().unsqueeze(0), []
         for k in range(cfg.n_stages):
             started = time.perf_counter()
@@ -166,6 +173,12 @@ def run(settings: BenchSettings) -> dict[str, object]:
             }
             if settings.tls:
                 tls = tls_cost.measure(settings, stub)
+        # Each stage again, idle between steps as long as a step spends beyond the compute.
+        idle_s = max(
+            0.0,
+            statistics.median(s.round_trip_ms for s in samples) / 1e3 - statistics.median(inproc),
+        )
+        _, idle_stages = inprocess_latencies(settings, cluster, idle_s)
         # On the cluster's (now idle) machine: one shard of each runtime at a time.
         footprint = shard_footprint.measure(
             cluster.model, settings.torch_threads, cluster.work_dir / "footprint"
@@ -185,7 +198,7 @@ def run(settings: BenchSettings) -> dict[str, object]:
         "cluster_p99_ms": round(cl_p99, 3),
         "overhead_p50_ms": round(cl_p50 - in_p50, 3),
         "overhead_p99_ms": round(cl_p99 - in_p99, 3),
-        "overhead_breakdown_ms": overhead.breakdown(samples, inproc_stages),
+        "overhead_breakdown_ms": overhead.breakdown(samples, inproc_stages, idle_stages),
         "stream_p50_ms": round(percentile_ms(streamed, 50), 3),
         "stream_p99_ms": round(percentile_ms(streamed, 99), 3),
         "ratio_p50": round(cl_p50 / in_p50, 3) if in_p50 else None,

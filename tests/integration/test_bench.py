@@ -60,7 +60,11 @@ def test_bench_json_keys(tmp_path: Path) -> None:
     assert abs(out["overhead_p50_ms"] - (out["cluster_p50_ms"] - out["inprocess_p50_ms"])) < 0.01
     assert abs(out["overhead_p99_ms"] - (out["cluster_p99_ms"] - out["inprocess_p99_ms"])) < 0.01
     parts = out["overhead_breakdown_ms"]
-    per_stage = ("stage_transport", "stage_compute_beyond_inprocess")
+    per_stage = (
+        "stage_transport",
+        "stage_compute_beyond_inprocess",
+        "stage_compute_after_idle",
+    )
     assert all(len(parts[key]) == out["stages"] for key in per_stage)
     # Parts the coordinator times itself are positive (it reported them); none is missing.
     assert parts["redis_load"] > 0 and parts["redis_commit"] > 0 and parts["reply_encode"] > 0
@@ -135,6 +139,7 @@ def test_bench_degraded_json_keys(tmp_path: Path) -> None:
 def test_bench_pinned_json_keys(tmp_path: Path) -> None:
     out = bench(tmp_path, "--pinned", "--throughput-s", "1")
     assert out["stages"] == 2 and out["sessions"] == 16 and len(out["shard_cores"]) == 2
+    assert out["max_inflight_batches"] == 3
     assert out["inprocess_one_core_steps_per_s"] > 0 and out["cluster_pinned_steps_per_s"] > 0
     ratio = out["cluster_pinned_steps_per_s"] / out["inprocess_one_core_steps_per_s"]
     assert abs(out["pipeline_speedup"] - ratio) < 0.01
