@@ -473,10 +473,12 @@ class SessionEngine:
 
     @staticmethod
     def _failed(step: StepInput, view: StepView, failed: StageFailed, work: StepWork) -> StepView:
+        what = "the pipeline" if failed.late else f"stage {failed.stage}"
         log.warning(
-            "stage %d of model %s failed, the step degrades: %s",
-            failed.stage,
+            "%s of model %s %s, the step degrades: %s",
+            what,
             failed.version,
+            "was late" if failed.late else "failed",
             failed.detail,
             extra=logs.fields(session=step.record.session_id, seq=step.seq, stage=failed.stage),
         )

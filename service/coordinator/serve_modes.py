@@ -99,11 +99,13 @@ class StudentFailed:
 
 @dataclass(frozen=True, kw_only=True)
 class StageFailed:
-    """No replica of `stage` of `version` could serve within the step."""
+    """No replica of `stage` of `version` could serve within the step. late: the pipeline as a
+    whole missed the time before the student's reserve (the step treats it as stage 0 out)."""
 
     version: str
     stage: int
     detail: str
+    late: bool = False
 
 
 class ServeModes:
@@ -247,6 +249,7 @@ class ServeModes:
                     stage=0,
                     detail=f"the pipeline was late, {reserve_s * 1e3:.0f} ms before the step's "
                     f"deadline (kept for the student): {exc}",
+                    late=True,
                 )
             if isinstance(exc, DeadlineExceeded):
                 raise

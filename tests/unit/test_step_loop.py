@@ -195,14 +195,17 @@ def test_shed_when_only_time_is_short_and_unavailable_when_nothing_can_serve() -
 
 
 def test_a_pipeline_late_for_the_deadline_leaves_the_student_time_to_answer(
-    coordinator: InProcessCoordinator,
+    coordinator: InProcessCoordinator, caplog: pytest.LogCaptureFixture
 ) -> None:
     sid = coordinator.open()
     coordinator.fault("v1", 1, Fault.SLOW, delay_s=0.3)  # within the stage timeout: no failure
     started = time.monotonic()
-    answer = coordinator.step(sid, 1, OBS[0], timeout_s=0.2)
+    with caplog.at_level(logging.WARNING):
+        answer = coordinator.step(sid, 1, OBS[0], timeout_s=0.2)
     assert time.monotonic() - started < 0.2, "answered after the step's deadline"
     assert answer.reply.serve_mode == FALLBACK
+    said = [r.getMessage() for r in caplog.records if "degrades" in r.getMessage()]
+    assert said and said[0].startswith("the pipeline of model v1 was late"), said
     record = coordinator.store.load(SessionId(sid))
     assert record is not None and record.seq == 1
     assert not any(s.seq for s in record.stages(CFG.n_stages)), "no late stage state committed"
