@@ -30,6 +30,7 @@ from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
 from service.runtime import metrics, secrets, tls, tracing
+from service.runtime.gc_pauses import freeze_startup_objects
 from service.runtime.grpc_server import GrpcProcess, exit_now
 from service.runtime.identities_file import IdentitiesFile, IdentitiesFileError, parse_scopes
 from service.runtime.rate_limit import RateLimiter
@@ -266,6 +267,7 @@ def run(settings: CoordinatorSettings) -> None:
         settings.etcd or settings.stage_addresses,
         redacted(settings.redis_url),
     )
+    freeze_startup_objects()  # no full collection walks them while steps wait
     process.start(settings.ready_file)
     try:
         process.run_until_signal(

@@ -25,6 +25,7 @@ from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
 from service.runtime import metrics, tls, tracing
 from service.runtime.advertise import advertise_address, host_addresses
+from service.runtime.gc_pauses import freeze_startup_objects
 from service.runtime.grpc_server import GrpcProcess, exit_now
 from service.runtime.malloc_arenas import limit_malloc_arenas
 from service.runtime.settings import ShardSettings
@@ -263,6 +264,7 @@ def _serve(settings: ShardSettings) -> None:
         settings.runtime,
         settings.torch_threads,
     )
+    freeze_startup_objects()  # no full collection walks them while steps wait
     process.start(settings.ready_file)
     if settings.etcd is None:
         if reconcile:
