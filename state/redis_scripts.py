@@ -1,4 +1,4 @@
-"""The Lua scripts that make a session's writes atomic in Redis (see redis_store.py for the
+"""The Lua scripts that make a session's writes atomic in Redis (see redis_layout.py for the
 key layout). Each runs on one slot: every key it touches shares the session's hash tag."""
 
 # KEYS[1] session hash; ARGV[1] ttl in ms; ARGV[2..] field/value pairs.

@@ -1,24 +1,10 @@
 """SessionStore on Redis: one hash and one list per session, written by Lua so each is atomic.
 
-Key layout (the braces are a Redis Cluster hash tag, so every key of a session shares a slot):
-- `am:{<session_id>}:session`, a hash: `seq`, `model_version`, `ttl_s`, `client_id`, `owner`,
-  `reply`;
-  per stage k `stage:<k>` (opaque bytes) and `stage:<k>:seq`; while some stage lags,
-  `anchor_seq` and `anchor:<k>` (every stage's state at the last level step); while the
-  distilled student answers, `student` and `student_seq`; while the session moves to another
-  model version, `switch` (the new version's states so far, `SwitchProgress.encode`); once a
-  desired version moved it, `version_revision` (the etcd revision that version was seen at).
-- `am:{<session_id>}:obslog`, a list of the last observations, each 8 bytes of big-endian seq
-  followed by the observation's bytes.
-- `am:{owner:<identity>}:sessions`, a set: the ids of the sessions an identity opened (auth
-  on), for its open-session limit; ids whose session is gone are pruned when the set is full.
-
-Three URL kinds: `redis://` (one server), `redis+sentinel://h1:p1,h2:p2/<service>/<db>` (the
-primary that Sentinel names, followed across failovers) and `redis+cluster://h1:p1,h2:p2` (a
-Redis Cluster: each session lives on the primary of its hash tag's slot; every script touches
-that one slot). Sessions with `wait_replicas > 0` have each commit acknowledged by that many
-replicas (WAIT on the commit's connection, on a Cluster the connection to the session's
-primary) or get NotReplicated.
+Here are the store's calls and how they are retried (a policy per URL kind) and bounded by a
+step's deadline; the session's keys and fields are in redis_layout.py, the client each URL kind
+gets in redis_connect.py. Sessions with `wait_replicas > 0` have each commit acknowledged by
+that many replicas (WAIT on the commit's connection, on a Cluster the connection to the
+session's primary) or get NotReplicated.
 """
 
 from __future__ import annotations
@@ -26,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +23,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import (
     AskError,
@@ -47,8 +31,6 @@ from redis.exceptions import (
     RedisClusterException,
     SlotNotCoveredError,
 )
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -59,26 +41,26 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from state.redis_scripts import COMMIT_LUA, CREATE_LUA, RESERVE_LUA, TOUCH_LUA
-from state.redis_url import (
-    CLUSTER_SCHEME,
-    SENTINEL_SCHEME,
-    ClusterUrl,
-    RedisCredentials,
-    parse_cluster_url,
-    parse_sentinel_url,
-    redacted,
+from state.redis_connect import Clients, client_factory
+from state.redis_layout import (
+    SEQ_BYTES,
+    commit_args,
+    log_key,
+    owner_key,
+    parse_outcome,
+    parse_record,
+    record_fields,
+    session_key,
+    ttl_ms,
 )
+from state.redis_scripts import COMMIT_LUA, CREATE_LUA, RESERVE_LUA, TOUCH_LUA
+from state.redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, RedisCredentials, redacted
 from state.session import (
-    Anchor,
     CommitOutcome,
     CommitStatus,
     SessionId,
     SessionRecord,
-    StageIndex,
-    StageState,
     StepCommit,
-    SwitchProgress,
     short_id,
 )
 from state.store import DeadlineSpent, NotReplicated, StoreUnavailable, answer_deadline
@@ -121,7 +103,6 @@ SENTINEL_RETRY = RetryPolicy(attempts=200, budget_s=15.0)
 CLUSTER_RETRY = SENTINEL_RETRY
 RETRY_ATTEMPTS = DIRECT_RETRY.attempts
 
-_SEQ_BYTES = 8
 # Threads for the store calls of steps (see _call): each call is sub-millisecond while Redis
 # answers; while it does not, the calls that hang hold these threads (for one attempt at most)
 # and the ones queued behind them are given up at their deadline, never started.
@@ -153,13 +134,13 @@ class RedisSessionStore:
         self._socket_timeout_s = socket_timeout_s
         self._retry = retry or retry_policy_for(url)
         # a bad URL fails here
-        self._open = _client_factory(url, socket_timeout_s, credentials or RedisCredentials())
+        self._open = client_factory(url, socket_timeout_s, credentials or RedisCredentials())
         self._open_lock = threading.Lock()
         self._step_calls = ThreadPoolExecutor(STEP_CALL_THREADS, thread_name_prefix="store-step")
         # A RedisCluster client reads the slot map as it is made, so it is made on first use
         # (inside a retried call): a store that does not answer yet is not a crash at start-up.
         # The others connect on first use by themselves.
-        self._clients: _Clients | None = None
+        self._clients: Clients | None = None
         if urlsplit(url).scheme != CLUSTER_SCHEME:
             self._opened()
 
@@ -175,12 +156,12 @@ class RedisSessionStore:
     def _commit_script(self) -> Script:
         return self._opened().commit_script
 
-    def _opened(self) -> _Clients:
+    def _opened(self) -> Clients:
         if self._clients is None:
             with self._open_lock:
                 if self._clients is None:
                     client, sentinel = self._open()
-                    self._clients = _Clients(
+                    self._clients = Clients(
                         client,
                         sentinel,
                         client.register_script(CREATE_LUA),
@@ -189,17 +170,17 @@ class RedisSessionStore:
         return self._clients
 
     def create(self, record: SessionRecord) -> None:
-        key = _session_key(record.session_id)
-        args = [_ttl_ms(record.ttl_s), *_record_fields(record)]
+        key = session_key(record.session_id)
+        args = [ttl_ms(record.ttl_s), *record_fields(record)]
         # Not retried: a create that went through would come back as "already exists".
         created = self._call("create", lambda: self._create_script([key], args), retry=False)
         if not created:
             raise ValueError(f"session={short_id(record.session_id)} already exists")
 
     def load(self, session_id: SessionId) -> SessionRecord | None:
-        key = _session_key(session_id)
+        key = session_key(session_id)
         fields = self._call("load", lambda: self._client.hgetall(key))
-        return _parse_record(session_id, cast("dict[bytes, bytes]", fields)) if fields else None
+        return parse_record(session_id, cast("dict[bytes, bytes]", fields)) if fields else None
 
     def commit(self, session_id: SessionId, step: StepCommit) -> CommitOutcome:
         if step.new_seq <= step.expected_seq:  # an equal seq would make a replayed commit look new
@@ -208,8 +189,8 @@ class RedisSessionStore:
                 f"{step.expected_seq}"
             )
         self._check_wait(step.wait_replicas, step.wait_timeout_s)
-        keys = [_session_key(session_id), _log_key(session_id)]
-        args = _commit_args(step)
+        keys = [session_key(session_id), log_key(session_id)]
+        args = commit_args(step)
         with REDIS_COMMIT_SECONDS.time():
             if step.wait_replicas > 0:
                 reply, acked = self._call(
@@ -220,7 +201,7 @@ class RedisSessionStore:
                 )
             else:
                 reply, acked = self._call("commit", lambda: self._commit_script(keys, args)), 0
-        outcome = _parse_outcome(cast("list[bytes]", reply))
+        outcome = parse_outcome(cast("list[bytes]", reply))
         if outcome.status is not CommitStatus.COMMITTED:
             _log.info(
                 "session=%s commit %s: expected_seq=%d current_seq=%s",
@@ -243,7 +224,7 @@ class RedisSessionStore:
         if replicas <= 0:
             return
         self._check_wait(replicas, timeout_s)
-        keys = [_session_key(session_id)]
+        keys = [session_key(session_id)]
         _, acked = self._call(
             "confirm_replicated",
             lambda: self._script_then_wait(TOUCH_LUA, keys, [], replicas, timeout_s),
@@ -256,45 +237,45 @@ class RedisSessionStore:
     def observations(
         self, session_id: SessionId, first_seq: int, last_seq: int
     ) -> list[bytes] | None:
-        key = _log_key(session_id)
+        key = log_key(session_id)
         entries = cast(
             "list[bytes]", self._call("observations", lambda: self._client.lrange(key, 0, -1))
         )
-        by_seq = {int.from_bytes(e[:_SEQ_BYTES], "big"): e[_SEQ_BYTES:] for e in entries}
+        by_seq = {int.from_bytes(e[:SEQ_BYTES], "big"): e[SEQ_BYTES:] for e in entries}
         wanted = range(first_seq, last_seq + 1)
         if any(seq not in by_seq for seq in wanted):
             return None
         return [by_seq[seq] for seq in wanted]
 
     def log_depth(self, session_id: SessionId) -> int:
-        key = _log_key(session_id)
+        key = log_key(session_id)
         return int(self._call("log_depth", lambda: self._client.llen(key)))
 
     def ttl_left_s(self, session_id: SessionId) -> float | None:
-        key = _session_key(session_id)
+        key = session_key(session_id)
         ms = self._call("ttl_left_s", lambda: self._client.pttl(key))
         if ms == -2:  # no such key
             return None
         return math.inf if ms == -1 else ms / 1000.0  # -1: a key without expiry (set by hand)
 
     def delete(self, session_id: SessionId) -> bool:
-        keys = [_session_key(session_id), _log_key(session_id)]
+        keys = [session_key(session_id), log_key(session_id)]
         return self._call("delete", lambda: self._client.unlink(*keys), retry=False) > 0
 
     def reserve_for_owner(self, owner: str, session_id: SessionId, limit: int) -> bool:
-        key = _owner_key(owner)
+        key = owner_key(owner)
         args: list[int | str] = [limit, session_id]
         if self._call("reserve", lambda: self._client.eval(RESERVE_LUA, 1, key, *args)):
             return True
         # Full: drop the ids of sessions that closed or expired since, then try once more.
         members = cast("set[bytes]", self._call("reserve", lambda: self._client.smembers(key)))
-        gone = [m for m in members if not self._exists(_session_key(SessionId(m.decode())))]
+        gone = [m for m in members if not self._exists(session_key(SessionId(m.decode())))]
         if gone:
             self._call("reserve", lambda: self._client.srem(key, *gone))
         return bool(self._call("reserve", lambda: self._client.eval(RESERVE_LUA, 1, key, *args)))
 
     def release_for_owner(self, owner: str, session_id: SessionId) -> None:
-        key = _owner_key(owner)
+        key = owner_key(owner)
         self._call("release", lambda: self._client.srem(key, session_id))
 
     def _exists(self, key: str) -> bool:
@@ -516,92 +497,6 @@ class _StopAt(stop_base):
         return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
 
 
-@dataclass(frozen=True)
-class _Clients:
-    client: redis.Redis | RedisCluster
-    sentinel: Sentinel | None
-    create_script: Script
-    commit_script: Script
-
-
-_Connect = Callable[[], tuple[redis.Redis | RedisCluster, Sentinel | None]]
-
-
-def _client_factory(url: str, socket_timeout_s: float, credentials: RedisCredentials) -> _Connect:
-    """What makes the store's client: parses the URL now (ValueError), connects when called."""
-    if urlsplit(url).scheme == CLUSTER_SCHEME:
-        return partial(_connect_cluster, parse_cluster_url(url), socket_timeout_s, credentials)
-    return partial(_connect, url, socket_timeout_s, credentials)
-
-
-def _tls_options(url: str, credentials: RedisCredentials) -> dict[str, str]:
-    """redis-py's TLS options for a rediss:// URL (none for others): the CA, and the client
-    certificate a server started with tls-auth-clients asks for."""
-    if urlsplit(url).scheme != "rediss":
-        return {}
-    files = {
-        "ssl_ca_certs": credentials.ca,
-        "ssl_certfile": credentials.cert,
-        "ssl_keyfile": credentials.key,
-    }
-    return {name: str(path) for name, path in files.items() if path is not None}
-
-
-def _connect_cluster(
-    cluster: ClusterUrl, socket_timeout_s: float, credentials: RedisCredentials
-) -> tuple[RedisCluster, Sentinel | None]:
-    """A client of the Cluster the start-up nodes belong to; it reads the slot map now."""
-    nodes = [ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]
-    try:
-        client = RedisCluster(
-            startup_nodes=nodes,
-            username=cluster.username,
-            password=cluster.password or credentials.password,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            decode_responses=False,
-            retry=Retry(NoBackoff(), 0),  # tenacity in _call is the one retry policy
-        )
-    except RedisClusterException as exc:  # no start-up node answered: retried like one down
-        raise redis.ConnectionError(f"no Redis Cluster node answered ({exc})") from exc
-    return client, None
-
-
-def _connect(
-    url: str, socket_timeout_s: float, credentials: RedisCredentials
-) -> tuple[redis.Redis, Sentinel | None]:
-    """A client of the server the URL names, or of the primary its sentinels name."""
-    # redis-py's own retries are off: tenacity in _call is the one bounded, counted policy.
-    no_retry = Retry(NoBackoff(), 0)
-    if urlsplit(url).scheme != SENTINEL_SCHEME:
-        client = redis.Redis.from_url(
-            url,
-            password=credentials.password,  # the URL's own password, if any, wins
-            **_tls_options(url, credentials),
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            decode_responses=False,
-            retry=no_retry,
-        )
-        return client, None
-    target = parse_sentinel_url(url)
-    timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": socket_timeout_s}
-    sentinel_kwargs = {**timeouts, "retry": no_retry}  # for the sentinels themselves
-    # redis.sentinel has annotations only from redis 8.2 on, hence the ignores (unused there).
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
-    client = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
-        target.service,
-        db=target.db,
-        username=target.username,
-        password=target.password or credentials.password,
-        decode_responses=False,
-        retry=no_retry,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=socket_timeout_s,
-    )
-    return cast("redis.Redis", client), sentinel
-
-
 def _is_read_only(exc: redis.ResponseError) -> bool:
     """The server is a replica: a plain READONLY, one from inside a script, or a WAIT refused."""
     message = str(exc)
@@ -610,128 +505,3 @@ def _is_read_only(exc: redis.ResponseError) -> bool:
         or "READONLY You can't write" in message
         or "WAIT cannot be used with replica" in message
     )
-
-
-def _commit_args(step: StepCommit) -> list[int | str | bytes]:
-    """ARGV of COMMIT_LUA."""
-    entry = step.new_seq.to_bytes(_SEQ_BYTES, "big") + step.observation if step.observation else b""
-    args: list[int | str | bytes] = [
-        step.expected_seq,
-        step.new_seq,
-        _ttl_ms(step.ttl_s),
-        step.n_stages,
-        step.log_limit,
-        entry,
-        step.last_reply,
-        step.model_version,
-        step.student.data if step.student else b"",
-        step.student.seq if step.student else 0,
-        step.anchor.seq if step.anchor else 0,
-    ]
-    anchored = sorted(step.anchor.states.items()) if step.anchor else []
-    args += [len(anchored), step.switch.encode() if step.switch else b"", step.version_revision]
-    for k, data in anchored:
-        args += [k, data]
-    for k, state in sorted(step.stage_states.items()):
-        args += [k, state.data, state.seq]
-    return args
-
-
-def _session_key(session_id: SessionId) -> str:
-    return f"am:{{{session_id}}}:session"
-
-
-def _log_key(session_id: SessionId) -> str:
-    return f"am:{{{session_id}}}:obslog"
-
-
-def _owner_key(owner: str) -> str:
-    return f"am:{{owner:{owner}}}:sessions"
-
-
-def _ttl_ms(ttl_s: float) -> int:
-    if not ttl_s > 0:
-        raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
-    return max(1, round(ttl_s * 1000))
-
-
-def _stage_fields(stage_states: dict[StageIndex, StageState]) -> list[int | str | bytes]:
-    fields: list[int | str | bytes] = []
-    for k, stage in sorted(stage_states.items()):
-        fields += [f"stage:{k}", stage.data, f"stage:{k}:seq", stage.seq]
-    return fields
-
-
-def _record_fields(record: SessionRecord) -> list[int | str | bytes]:
-    fields: list[int | str | bytes] = [
-        "seq",
-        record.seq,
-        "model_version",
-        record.model_version,
-        "ttl_s",
-        str(record.ttl_s),
-        "client_id",
-        record.client_id,
-        "reply",
-        record.last_reply,
-        "wait_replicas",
-        record.wait_replicas,
-        "version_revision",
-        record.version_revision,
-        "owner",
-        record.owner,
-    ]
-    return fields + _stage_fields(record.stage_states)
-
-
-def _parse_record(session_id: SessionId, fields: dict[bytes, bytes]) -> SessionRecord:
-    data: dict[StageIndex, bytes] = {}
-    seqs: dict[StageIndex, int] = {}
-    anchored: dict[StageIndex, bytes] = {}
-    for name, value in fields.items():
-        parts = name.split(b":")
-        if parts[0] == b"stage":
-            k = StageIndex(int(parts[1]))
-            if len(parts) == 3:
-                seqs[k] = int(value)
-            else:
-                data[k] = value
-        elif parts[0] == b"anchor":
-            anchored[StageIndex(int(parts[1]))] = value
-    anchor_seq = fields.get(b"anchor_seq")
-    student = fields.get(b"student")
-    switch = fields.get(b"switch")
-    return SessionRecord(
-        session_id=session_id,
-        seq=int(fields[b"seq"]),
-        model_version=fields[b"model_version"].decode(),
-        version_revision=int(fields.get(b"version_revision", b"0")),
-        ttl_s=float(fields[b"ttl_s"]),
-        client_id=fields[b"client_id"].decode(),
-        stage_states={k: StageState(seq=seqs[k], data=data[k]) for k in sorted(data)},
-        last_reply=fields[b"reply"],
-        anchor=Anchor(int(anchor_seq), anchored) if anchor_seq is not None else None,
-        student=StageState(int(fields[b"student_seq"]), student) if student else None,
-        wait_replicas=int(fields.get(b"wait_replicas", b"0")),  # absent in older sessions
-        switch=_switch_progress(session_id, switch),
-        owner=fields.get(b"owner", b"").decode(),  # absent in sessions opened before owners
-    )
-
-
-def _parse_outcome(reply: list[bytes]) -> CommitOutcome:
-    status = CommitStatus(reply[0].decode())
-    return CommitOutcome(status=status, current_seq=int(reply[1]) if len(reply) > 1 else None)
-
-
-def _switch_progress(session_id: SessionId, blob: bytes | None) -> SwitchProgress | None:
-    """A stored switch's progress; an unreadable one is dropped (the switch starts over)."""
-    if not blob:
-        return None
-    try:
-        return SwitchProgress.decode(blob)
-    except (struct.error, UnicodeDecodeError) as exc:
-        # the log formatter shortens the session id: it is a credential
-        _log.warning(
-            "unreadable version-switch progress dropped: %s", exc, extra={"session": session_id}
-        )
-        return None

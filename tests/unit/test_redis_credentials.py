@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from state.redis_store import _connect
+from state.redis_connect import connect
 from state.redis_url import RedisCredentials, read_secret
 
 FILES = RedisCredentials(
@@ -18,7 +18,7 @@ FILES = RedisCredentials(
 
 
 def kwargs_of(url: str, credentials: RedisCredentials) -> dict[str, object]:
-    client, _ = _connect(url, 1.0, credentials)
+    client, _ = connect(url, 1.0, credentials)
     pool = client.connection_pool
     return {"class": pool.connection_class, **pool.connection_kwargs}
 
