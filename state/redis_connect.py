@@ -77,7 +77,9 @@ def _connect_cluster(
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             decode_responses=False,
-            retry=Retry(NoBackoff(), 0),  # tenacity in _call is the one retry policy
+            retry=Retry(
+                NoBackoff(), 0
+            ),  # tenacity in RedisSessionStore._call is the one retry policy
         )
     except RedisClusterException as exc:  # no start-up node answered: retried like one down
         raise redis.ConnectionError(f"no Redis Cluster node answered ({exc})") from exc
@@ -88,7 +90,8 @@ def connect(
     url: str, socket_timeout_s: float, credentials: RedisCredentials
 ) -> tuple[redis.Redis, Sentinel | None]:
     """A client of the server the URL names, or of the primary its sentinels name."""
-    # redis-py's own retries are off: tenacity in _call is the one bounded, counted policy.
+    # redis-py's own retries are off: tenacity in RedisSessionStore._call is the one bounded,
+    # counted policy.
     no_retry = Retry(NoBackoff(), 0)
     if urlsplit(url).scheme != SENTINEL_SCHEME:
         client = redis.Redis.from_url(
