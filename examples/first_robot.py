@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import time
 
 import numpy as np
@@ -83,6 +84,8 @@ def main() -> int:
             BufferConfig(when_dry=WhenDry.HOLD),  # position control: hold the last command
             on_event=on_event,
         )
+        gc.collect()
+        gc.freeze()  # set-up's objects: no full collection walks them mid-loop (tens of ms)
         try:
             played = control_loop(buffer, spec, args.seconds)
         except ActionMeshClientError as exc:  # the session cannot go on (closed, bad input)
