@@ -36,6 +36,7 @@ from service.bench.latency import percentile_ms
 from service.local.local_cluster import LocalCluster
 from service.model.weights_files import read_info
 from service.runtime.command_settings import DEMO_TRAINING_FLAGS, DemoSettings
+from service.runtime.gc_pauses import freeze_startup_objects
 from service.training.task import ReachArm, TaskConfig, derive_seed
 from state.backends import open_routing_table
 from state.session import short_id
@@ -440,6 +441,7 @@ def run(settings: DemoSettings) -> int:
         print(f"serving {_weights_origin(weights_dir)}")
         if cluster.tls_dir is not None:
             print(f"mutual TLS: the robot presents {cluster.tls_dir / 'robot-a.pem'}")
+        freeze_startup_objects()  # the robot's loop: no full collection mid-episode
         result = drive_robot(cluster.address, settings, cluster, cluster.client_tls("robot-a"))
     print("cluster stopped")
     print()
