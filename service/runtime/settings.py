@@ -456,7 +456,8 @@ class CoordinatorSettings(
     max_inflight_batches: int = Field(
         2,
         ge=1,
-        description="Batches in the pipeline at once (stage k works on one while stage k+1 works on another).",
+        description="Batches in the pipeline at once (stage k works on one while stage k+1 works on "
+        "another); stages + 1 where each stage has cores of its own.",
     )
     observation_log_depth: int = Field(
         64,
