@@ -252,6 +252,11 @@ def main(settings: BenchSettings) -> int:
 
         result = fleet_cost.run(settings)
         show = fleet_cost.print_table
+    elif settings.floors:
+        from service.bench import transport_floors
+
+        result = transport_floors.run(settings)
+        show = transport_floors.print_table
     elif settings.degraded:
         from service.bench import degraded_modes
 

@@ -158,6 +158,12 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
     failover_robots: int = Field(
         4, ge=1, description="Robots stepping at 50 Hz during a --failover run."
     )
+    floors: bool = Field(
+        False,
+        description="Measure the transport floors instead: what Python gRPC and Redis round "
+        "trips cost on this machine with nothing of ours around them, with the default model's "
+        "message sizes, and the step overhead they add up to (keys floor_*; docs/performance.md).",
+    )
     tls: bool = Field(
         False,
         description="Also measure what mutual TLS costs a step: a TLS twin of the cluster, "
@@ -167,7 +173,7 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
 
     @model_validator(mode="after")
     def _one_mode(self) -> typing.Self:
-        modes = [name for name in ("failover", "degraded", "scale") if getattr(self, name)]
+        modes = [name for name in ("failover", "degraded", "scale", "floors") if getattr(self, name)]
         if len(modes) > 1:
             raise ValueError(f"choose one of {', '.join(flag_name(m) for m in modes)}")
         if self.tls and (modes or self.pinned):

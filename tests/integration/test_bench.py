@@ -143,3 +143,27 @@ def test_bench_pinned_json_keys(tmp_path: Path) -> None:
     assert out["inprocess_one_core_steps_per_s"] > 0 and out["cluster_pinned_steps_per_s"] > 0
     ratio = out["cluster_pinned_steps_per_s"] / out["inprocess_one_core_steps_per_s"]
     assert abs(out["pipeline_speedup"] - ratio) < 0.01
+
+
+def test_bench_floors_json_keys(tmp_path: Path) -> None:
+    out = bench(tmp_path, "--floors", "--steps", "40")
+    assert out["floor_stages"] == 3 and out["floor_activation_bytes"] == 32 * 256 * 4
+    parts = (
+        "floor_unary_round_trip_ms",
+        "floor_stream_round_trip_ms",
+        "floor_stages_in_turn_ms",
+        "floor_stages_chained_ms",
+        "floor_redis_round_trip_ms",
+    )
+    for key in parts:
+        assert out[key] > 0, key
+    robot, redis = out["floor_unary_round_trip_ms"], out["floor_redis_round_trip_ms"]
+    in_turn = robot + out["floor_stages_in_turn_ms"] + redis
+    chained = robot + out["floor_stages_chained_ms"] + redis
+    assert abs(out["floor_step_overhead_ms"] - in_turn) < 0.01
+    assert abs(out["floor_step_overhead_chained_ms"] - chained) < 0.01
+    # the floor servers are stopped with the bench
+    pids = [
+        json.loads(p.read_text())["pid"] for p in (tmp_path / "bench").glob("floor-*.ready.json")
+    ]
+    assert len(pids) == 3 and not [pid for pid in pids if Path(f"/proc/{pid}").exists()]

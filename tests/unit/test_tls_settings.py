@@ -38,6 +38,7 @@ def test_tls_dir_from_flag_env_or_file(tmp_path: Path) -> None:
         (["up", "--tls-dir", "/x"], "--tls"),
         (["bench", "--tls", "--failover"], "--failover"),
         (["bench", "--tls", "--pinned"], "--pinned"),
+        (["bench", "--floors", "--scale"], "--scale"),
     ],
 )
 def test_tls_rules_are_one_line_usage_errors(
