@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from service.bench.fleet_cost import process_cpu_s
 from service.bench.floor_server import SERVICE
 from service.bench.latency import percentile_ms
 from service.local.child_process import ChildProcess
@@ -58,18 +59,19 @@ class _Stream:
         self._outbox.put(b"")  # ends the request iterator: the call finishes
 
 
-def _servers(work_dir: Path, stack: ExitStack) -> list[int]:
-    """Start STAGES floor servers chained last to first; their ports, first stage first."""
-    ports: list[int] = []
+def _servers(work_dir: Path, stack: ExitStack) -> list[ChildProcess]:
+    """Start STAGES floor servers chained last to first; first stage first."""
+    servers: list[ChildProcess] = []
     for k in reversed(range(STAGES)):
         argv = [sys.executable, "-m", "service.bench.floor_server"]
         argv += ["--die-with-parent", str(os.getpid())]
-        if ports:
-            argv += ["--next", str(ports[0])]
+        if servers:
+            argv += ["--next", str(servers[0].ports["port"])]
         child = ChildProcess(f"floor-{k}", argv, work_dir).start()
         stack.callback(child.stop)
-        ports.insert(0, child.wait_ready(30.0)["port"])
-    return ports
+        child.wait_ready(30.0)
+        servers.insert(0, child)
+    return servers
 
 
 def measure(steps: int, work_dir: Path) -> dict[str, object]:
@@ -77,11 +79,12 @@ def measure(steps: int, work_dir: Path) -> dict[str, object]:
     activation = b"\x01" * (cfg.tokens * cfg.d_model * FLOAT_BYTES)
     state = b"\x02" * (cfg.memory_tokens * cfg.d_model * FLOAT_BYTES)
     with ExitStack() as stack:
-        ports = _servers(work_dir, stack)
+        servers = _servers(work_dir, stack)
         redis = stack.enter_context(EmbeddedRedis(work_dir / "redis"))
         client = probe_client(redis.port)
         channels = [
-            stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}")) for port in ports
+            stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{server.ports['port']}"))
+            for server in servers
         ]
         streams = [_Stream(channel, "Echo") for channel in channels]
         chain_head = _Stream(channels[0], "Hop")
@@ -116,13 +119,19 @@ def measure(steps: int, work_dir: Path) -> dict[str, object]:
             "floor_stages_chained_ms": chained,
             "floor_redis_round_trip_ms": lambda: client.eval("return 1", 0, *[state] * STAGES),
         }
-        samples = _alternating(measured, max(10, steps // ROUNDS))
+        pids = [os.getpid(), redis.pid, *(server.pid for server in servers)]
+        samples, cpu_s = _alternating(measured, max(10, steps // ROUNDS), pids)
     p50 = {name: round(percentile_ms(s, 50), 3) for name, s in samples.items()}
+    cpu_us = {
+        name.removeprefix("floor_").removesuffix("_ms"): round(cpu_s[name] / len(s) * 1e6, 1)
+        for name, s in samples.items()
+    }
     robot, redis_trip = p50["floor_unary_round_trip_ms"], p50["floor_redis_round_trip_ms"]
     return {
         "floor_stages": STAGES,
         "floor_activation_bytes": len(activation),
         **p50,
+        "floor_cpu_us_per_call": cpu_us,
         "floor_step_overhead_ms": round(robot + p50["floor_stages_in_turn_ms"] + redis_trip, 3),
         "floor_step_overhead_chained_ms": round(
             robot + p50["floor_stages_chained_ms"] + redis_trip, 3
@@ -131,19 +140,24 @@ def measure(steps: int, work_dir: Path) -> dict[str, object]:
 
 
 def _alternating(
-    measured: dict[str, Callable[[], object]], per_round: int
-) -> dict[str, list[float]]:
+    measured: dict[str, Callable[[], object]], per_round: int, pids: list[int]
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each call's latency (s), and the CPU seconds all of `pids` spent on each kind of call
+    (every thread of the bench, the servers and Redis: both ends of every hop)."""
     samples: dict[str, list[float]] = {name: [] for name in measured}
+    cpu_s = dict.fromkeys(measured, 0.0)
     for fn in measured.values():  # warm every path once: connections, thread pools
         for _ in range(20):
             fn()
     for _ in range(ROUNDS):
         for name, fn in measured.items():
+            cpu_before = sum(process_cpu_s(pid) for pid in pids)
             for _ in range(per_round):
                 start = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - start)
-    return samples
+            cpu_s[name] += sum(process_cpu_s(pid) for pid in pids) - cpu_before
+    return samples, cpu_s
 
 
 def run(settings: BenchSettings) -> dict[str, object]:
@@ -169,3 +183,6 @@ def print_table(result: dict[str, object]) -> None:
         ("floor_step_overhead_chained_ms", "  with the stages chained"),
     ):
         print(f"  {label:<42} {result[key]:>8}")
+    cpu = result["floor_cpu_us_per_call"]
+    assert isinstance(cpu, dict)
+    print("CPU per call, both ends (us): " + ", ".join(f"{k} {v}" for k, v in cpu.items()))

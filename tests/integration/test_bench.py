@@ -157,6 +157,9 @@ def test_bench_floors_json_keys(tmp_path: Path) -> None:
     )
     for key in parts:
         assert out[key] > 0, key
+    cpu = out["floor_cpu_us_per_call"]
+    assert set(cpu) == {key.removeprefix("floor_").removesuffix("_ms") for key in parts}
+    assert all(us >= 0 for us in cpu.values()), cpu
     robot, redis = out["floor_unary_round_trip_ms"], out["floor_redis_round_trip_ms"]
     in_turn = robot + out["floor_stages_in_turn_ms"] + redis
     chained = robot + out["floor_stages_chained_ms"] + redis
