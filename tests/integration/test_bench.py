@@ -77,7 +77,8 @@ def test_bench_json_keys(tmp_path: Path) -> None:
         assert abs(f["rss_over_params_mib"] - (f["peak_rss_mib"] - f["params_mib"])) < 0.2, runtime
     assert out["shard_rss_over_params_mib"] == footprint["onnx"]["rss_over_params_mib"]
     assert out["shard_start_s"] == footprint["onnx"]["start_s"]
-    assert out["int8_weights_ratio"] > 1
+    # file sizes, not timings: int8 linear layers make the weights at least 3x smaller
+    assert out["int8_weights_ratio"] >= 3, footprint
 
 
 def test_bench_failover_json_keys(tmp_path: Path) -> None:
