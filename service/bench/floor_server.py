@@ -2,8 +2,10 @@
 costs a hop on this machine, the floor a stage call is measured against.
 
 Methods take and give raw bytes (no protobuf): `Echo` (a bidi stream answering each message
-with itself), `EchoUnary`, and for a chain of these processes `Hop` (pass each message to the
-next process's `Hop`, or, in the last one, to whoever listens on `Results`).
+with itself), `EchoUnary`, `EchoAfterWork` (like `Echo`, but each answer comes after some
+work over a stage's worth of weights, as a shard computes, and starts with the work's
+duration: a float64 of seconds), and for a chain of these processes `Hop` (pass each message
+to the next process's `Hop`, or, in the last one, to whoever listens on `Results`).
 
     python -m service.bench.floor_server --ready-file F [--next PORT] [--die-with-parent PID]
 """
@@ -11,9 +13,12 @@ next process's `Hop`, or, in the last one, to whoever listens on `Results`).
 from __future__ import annotations
 
 import argparse
+import os
 import queue
+import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from service.local.child_process import die_with_parent
 from service.runtime import ready_file
 
 SERVICE = "actionmesh.bench.Floor"
+WORK_SHAPE = (32, 1536, 1024)  # activations x weights: 6 MiB of float32 weights, ~1-2 ms
 
 
 def _same(data: bytes) -> bytes:
@@ -39,6 +45,19 @@ def _stream_to(port: int, method: str, outbox: queue.Queue[bytes]) -> None:
     threading.Thread(target=lambda: [None for _ in replies], daemon=True).start()
 
 
+def _stage_like_work() -> Callable[[], object]:
+    """A matrix product on one thread (a shard runs torch on one), its weights as large as a
+    stage's: what a stage's compute does to the caches and to the waiting caller."""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read when numpy loads: imported only now
+    import numpy as np
+
+    rows, inner, cols = WORK_SHAPE
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, inner), dtype=np.float32)
+    w = rng.standard_normal((inner, cols), dtype=np.float32)
+    return lambda: x @ w
+
+
 def serve(next_port: int | None) -> grpc.Server:
     results: queue.Queue[bytes] = queue.Queue()
     onward: queue.Queue[bytes] = queue.Queue()
@@ -50,6 +69,14 @@ def serve(next_port: int | None) -> grpc.Server:
 
     def echo_unary(message: bytes, _: grpc.ServicerContext) -> bytes:
         return message
+
+    work = _stage_like_work()
+
+    def echo_after_work(messages: Iterator[bytes], _: grpc.ServicerContext) -> Iterator[bytes]:
+        for message in messages:
+            start = time.perf_counter()
+            work()
+            yield struct.pack("d", time.perf_counter() - start) + message
 
     def hop(messages: Iterator[bytes], _: grpc.ServicerContext) -> Iterator[bytes]:
         for message in messages:
@@ -66,6 +93,7 @@ def serve(next_port: int | None) -> grpc.Server:
     handlers = {
         "Echo": grpc.stream_stream_rpc_method_handler(echo, _same, _same),
         "EchoUnary": grpc.unary_unary_rpc_method_handler(echo_unary, _same, _same),
+        "EchoAfterWork": grpc.stream_stream_rpc_method_handler(echo_after_work, _same, _same),
         "Hop": grpc.stream_stream_rpc_method_handler(hop, _same, _same),
         "Results": grpc.unary_stream_rpc_method_handler(listen, _same, _same),
     }

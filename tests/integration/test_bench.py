@@ -152,6 +152,7 @@ def test_bench_floors_json_keys(tmp_path: Path) -> None:
     parts = (
         "floor_unary_round_trip_ms",
         "floor_stream_round_trip_ms",
+        "floor_stream_round_trip_after_compute_ms",
         "floor_stages_in_turn_ms",
         "floor_stages_chained_ms",
         "floor_redis_round_trip_ms",
@@ -159,13 +160,17 @@ def test_bench_floors_json_keys(tmp_path: Path) -> None:
     for key in parts:
         assert out[key] > 0, key
     cpu = out["floor_cpu_us_per_call"]
-    assert set(cpu) == {key.removeprefix("floor_").removesuffix("_ms") for key in parts}
+    # the CPU of each kind of hop; not of the stage-sized work one server does
+    hops = [key for key in parts if key != "floor_stream_round_trip_after_compute_ms"]
+    assert set(cpu) == {key.removeprefix("floor_").removesuffix("_ms") for key in hops}
     assert all(us >= 0 for us in cpu.values()), cpu
     robot, redis = out["floor_unary_round_trip_ms"], out["floor_redis_round_trip_ms"]
     in_turn = robot + out["floor_stages_in_turn_ms"] + redis
     chained = robot + out["floor_stages_chained_ms"] + redis
     assert abs(out["floor_step_overhead_ms"] - in_turn) < 0.01
     assert abs(out["floor_step_overhead_chained_ms"] - chained) < 0.01
+    computing = robot + 3 * out["floor_stream_round_trip_after_compute_ms"] + redis
+    assert abs(out["floor_step_overhead_computing_ms"] - computing) < 0.01
     # the floor servers are stopped with the bench
     pids = [
         json.loads(p.read_text())["pid"] for p in (tmp_path / "bench").glob("floor-*.ready.json")
