@@ -2,7 +2,9 @@
 (whose reading, torch-free, is in weights_files.py).
 
 Never pickle. The model version is derived from the config and the tensors' bytes, so the
-same seed and config always give the same version on every node.
+same seed and config give the same version on every node whose CPU runs the same kernels
+(the random draws of initialisation are rounded by them: `ATEN_CPU_CAPABILITY=default`
+gives another version than avx2); a checkpoint's files give the same version everywhere.
 """
 
 from __future__ import annotations
