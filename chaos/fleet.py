@@ -31,6 +31,7 @@ from service.client import (
 from service.proto import session_pb2, session_pb2_grpc, tensor_codec
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+DETAIL_CHARS = 300  # of a failed step's message kept in its Outcome
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Outcome:
     state_reset: bool = False
     exit_stage: int = 0
     confidence: float = 0.0
+    detail: str = ""  # a failed step: what the server said, or that the robot's deadline passed
 
 
 class Robot(threading.Thread):
@@ -125,14 +127,14 @@ class SteppingRobot(Robot):
             try:
                 reply: session_pb2.StepReply = self.stub.Step(request, timeout=self.step_timeout_s)
             except grpc.RpcError as exc:
-                raise _StepFailed(
-                    exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
-                ) from exc
+                if not isinstance(exc, grpc.Call):
+                    raise _StepFailed("UNKNOWN", str(exc)) from exc
+                raise _StepFailed(exc.code().name, exc.details() or "") from exc
             return reply
         self._outbox.put(request)
         item = next(self._replies)
         if item.HasField("error"):
-            raise _StepFailed(grpc_code_name(item.error.code))
+            raise _StepFailed(grpc_code_name(item.error.code), item.error.message)
         return item.reply
 
     def _step(self, seq: int) -> Outcome:
@@ -145,7 +147,8 @@ class SteppingRobot(Robot):
         except _StepFailed as exc:
             if exc.code not in RETRYABLE:
                 raise
-            return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
+            now = time.monotonic()
+            return Outcome(seq, now, now - sent, exc.code, detail=exc.detail[:DETAIL_CHARS])
         now = time.monotonic()
         action = tensor_codec.decode(reply.action)
         return Outcome(
@@ -234,9 +237,13 @@ class ClientRobot(Robot):
                 observation_id=seq,
             )
         except ServiceUnavailable as exc:
-            return Outcome(seq, time.monotonic(), time.monotonic() - sent, exc.code)
-        except StepShed:
-            return Outcome(seq, time.monotonic(), time.monotonic() - sent, "RESOURCE_EXHAUSTED")
+            now = time.monotonic()
+            return Outcome(seq, now, now - sent, exc.code, detail=str(exc)[:DETAIL_CHARS])
+        except StepShed as exc:
+            now = time.monotonic()
+            return Outcome(
+                seq, now, now - sent, "RESOURCE_EXHAUSTED", detail=str(exc)[:DETAIL_CHARS]
+            )
         now = time.monotonic()
         if result.seq != seq:
             raise AssertionError(f"sent seq {seq}, acknowledged {result.seq}")
@@ -255,9 +262,9 @@ class ClientRobot(Robot):
 
 
 class _StepFailed(Exception):
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, detail: str) -> None:
         super().__init__(code)
-        self.code = code
+        self.code, self.detail = code, detail
 
 
 def grpc_code_name(code: int) -> str:

@@ -23,6 +23,9 @@ from service.model.config import ModelConfig
 from service.proto import session_pb2, session_pb2_grpc
 
 ROBOTS, PERIOD_S, MAX_STEPS = 4, 0.02, 3000
+# What failure_report quotes of the coordinators' logs: lines about refused or degraded steps.
+REPORTED_LOG_WORDS = ('"WARNING"', '"ERROR"', "DEADLINE_EXCEEDED", "UNAVAILABLE")
+REPORTED_LOG_LINES, REPORTED_LOG_LINE_CHARS = 30, 400
 
 
 class RunningCluster(Protocol):
@@ -208,3 +211,26 @@ def worst_latency_after(robots: list[Robot], t: float, window_s: float = 1.0) ->
 
 def failed(robots: list[Robot]) -> list[str]:
     return [o.code for r in robots for o in r.outcomes if o.code != "OK"]
+
+
+def failure_report(robots: list[Robot], log_dir: Path | None = None) -> str:
+    """Every failed attempt, a line each: which robot and seq, its code, how long it took and
+    what the server said (a client-side deadline says "Deadline Exceeded"). With the
+    cluster's `log_dir`, also the coordinators' last lines about refused or degraded steps,
+    so that a failure seen once in CI says whether the coordinator answered it and why."""
+    lines = [
+        f"robot {i} seq {o.seq} {o.code} after {o.latency_s:.3f} s: {o.detail}"
+        for i, r in enumerate(robots)
+        for o in r.outcomes
+        if o.code != "OK"
+    ]
+    if lines and log_dir is not None:
+        for log in sorted(log_dir.glob("coordinator*.log")):
+            told = [
+                line[:REPORTED_LOG_LINE_CHARS]
+                for line in log.read_text(errors="replace").splitlines()
+                if any(word in line for word in REPORTED_LOG_WORDS)
+            ]
+            lines += [f"{log.name}, last {REPORTED_LOG_LINES} of {len(told)} lines about steps:"]
+            lines += told[-REPORTED_LOG_LINES:]
+    return "\n".join(lines)

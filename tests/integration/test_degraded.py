@@ -15,6 +15,7 @@ from chaos.invariants import (
     PERIOD_S,
     check_nothing_lost_or_doubled,
     failed,
+    failure_report,
     progress,
     robots_stepping,
 )
@@ -97,7 +98,7 @@ def through_an_outage(cluster: LocalCluster, replica_id: str, degraded_mode: int
         wait_for(lambda: latest_mode(robots) == {FULL}, 30, "every session back to FULL")
         progress(robots, 10)
     table.stop()
-    assert failed(robots) == []
+    assert failed(robots) == [], failure_report(robots, cluster.log_dir)
     modes = {o.serve_mode for r in robots for o in r.outcomes}
     assert modes == {FULL, degraded_mode}, "every answer labelled, and only these two ways"
     return robots

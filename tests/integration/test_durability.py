@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from chaos.invariants import failed, progress, robots_stepping
+from chaos.invariants import failed, failure_report, progress, robots_stepping
 from service.local.embedded_redis import EmbeddedRedis
 from service.local.embedded_sentinel import EmbeddedSentinels
 from service.local.local_cluster import LocalCluster
@@ -41,7 +41,7 @@ def test_wait_replicas_steps_are_acknowledged_only_once_replicated(tmp_path: Pat
         robots_stepping(cluster, wait_replicas=1) as robots,
     ):
         progress(robots, 10)
-        assert failed(robots) == []
+        assert failed(robots) == [], failure_report(robots, cluster.log_dir)
         replica = cluster.redis_replicas[0]
         replica.kill()  # no replica acknowledges: steps must not be acknowledged
         wait_for(lambda: len(failed(robots)) >= 4, 15, "steps refused without a replica")

@@ -19,6 +19,7 @@ from chaos.invariants import (
     check_failures_at,
     check_nothing_lost_or_doubled,
     failed,
+    failure_report,
     progress,
     robots_stepping,
     worst_step_latency_after,
@@ -121,7 +122,7 @@ def test_graceful_leader_shutdown_fails_no_step(tmp_path: Path) -> None:
             "a standby leads stage 0 at once (the lease was revoked)",
         )
         progress(robots, 20)
-        assert failed(robots) == []
+        assert failed(robots) == [], failure_report(robots, cluster.log_dir)
 
 
 def test_etcd_member_kill_fails_no_step(tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_etcd_member_kill_fails_no_step(tmp_path: Path) -> None:
             progress(robots, 20)
             etcd.leader_member().kill()
             progress(robots, 50)
-            assert failed(robots) == []
+            assert failed(robots) == [], failure_report(robots, cluster.log_dir)
 
 
 def version_refusals(port: int, stage: int) -> float:
@@ -288,4 +289,4 @@ def test_etcd_outage_keeps_routing_on_the_last_table(tmp_path: Path) -> None:
             "a standby leads stage 1",
         )
         progress(robots, 20)
-        assert failed(robots) == []
+        assert failed(robots) == [], failure_report(robots, cluster.log_dir)

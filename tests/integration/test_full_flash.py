@@ -19,7 +19,7 @@ import pytest
 
 from chaos.faults import run_ckpt as ckpt
 from chaos.fleet import Robot
-from chaos.invariants import failed, progress, robots_stepping
+from chaos.invariants import failed, failure_report, progress, robots_stepping
 from checkpoint.local_flash import INCOMING_PREFIX, LocalFlash
 from service.local.local_checkpoints import LocalCheckpoints
 from service.local.local_cluster import LocalCluster
@@ -207,7 +207,7 @@ def test_a_full_flash_keeps_the_old_version_cleans_up_and_loads_the_new_once_fre
             assert (metric(port, "actionmesh_shard_reload_retries_total", stage=stage) or 0) >= 1
             assert metric(port, "actionmesh_shard_reloads_total", stage=stage, outcome="loaded")
             assert on_flash(flash_dirs[replica]) == ([v1, v2], v2, [])
-    assert failed(robots) == []
+    assert failed(robots) == [], failure_report(robots, cluster.log_dir)
 
 
 def test_a_shard_with_nothing_on_a_full_flash_exits_saying_no_space(tmp_path: Path) -> None:

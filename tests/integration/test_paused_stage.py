@@ -13,7 +13,13 @@ import pytest
 
 from actionmesh_client.session_client import ActionMeshClient
 from chaos.faults import stage_leader as leader_of
-from chaos.invariants import failed, progress, robots_stepping, worst_step_latency_after
+from chaos.invariants import (
+    failed,
+    failure_report,
+    progress,
+    robots_stepping,
+    worst_step_latency_after,
+)
 from service.local.local_cluster import LocalCluster
 from tests.conftest import SMALL_MODEL, cluster_settings
 
@@ -48,6 +54,8 @@ def test_a_paused_stage_leader_costs_robots_at_most_one_step_deadline(
         worst = worst_step_latency_after(robots, paused_at)
         print(f"SIGSTOP {PAUSE_S} s: slowest step {worst * 1e3:.0f} ms; failed {failed(robots)}")
         # Every attempt counts (the robots' clients make one attempt each): none may fail.
-        assert failed(robots) == [], "a step failed while a stage leader was paused"
+        assert failed(robots) == [], "a step failed while a stage leader was paused:\n" + (
+            failure_report(robots, cluster.log_dir)
+        )
         # Generous (a shared, noisy machine): twice the client's deadline.
         assert worst < 2 * CLIENT_DEADLINE_S, f"a robot waited {worst:.2f} s for an action"

@@ -21,6 +21,7 @@ from chaos.fleet import ClientRobot, Outcome, Robot
 from chaos.invariants import (
     MAX_STEPS,
     failed,
+    failure_report,
     progress,
     robots_stepping,
     step_latencies,
@@ -97,7 +98,12 @@ def test_roll_forward_and_back_under_load_without_a_failed_step(tmp_path: Path) 
                 progress(robots, 5)
         finally:
             table.stop()
-    assert failed(robots) == []
+    worst = max(lat for r in robots for _, lat in step_latencies(r))
+    modes = Counter(
+        serve_mode_name(o.serve_mode) for r in robots for o in r.outcomes if o.code == "OK"
+    )
+    print(f"slowest step {worst * 1e3:.0f} ms; answers by mode {dict(modes)}")
+    assert failed(robots) == [], failure_report(robots, cluster.log_dir)
     for robot in robots:
         versions = [o.model_version for o in robot.outcomes if o.code == "OK"]
         phases = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
@@ -237,7 +243,10 @@ def failures(robots: list[Robot], operations: dict[str, Switched]) -> list[str]:
                 when = ", ".join(
                     f"{sent - t.began:+.2f} s after {op}" for op, t in operations.items()
                 )
-                out.append(f"robot {i} seq {o.seq} {o.code} after {o.latency_s:.2f} s, sent {when}")
+                out.append(
+                    f"robot {i} seq {o.seq} {o.code} after {o.latency_s:.2f} s, sent {when}: "
+                    f"{o.detail}"
+                )
     return out
 
 
