@@ -29,7 +29,7 @@ from service.coordinator.session_cache import SessionCache
 from service.coordinator.session_servicer import SessionServicer
 from service.model.config import ModelConfig
 from service.proto import session_pb2
-from service.runtime import metrics, secrets, tls, tracing
+from service.runtime import logs, metrics, secrets, tls, tracing
 from service.runtime.gc_pauses import freeze_startup_objects
 from service.runtime.grpc_server import GrpcProcess, exit_now
 from service.runtime.identities_file import IdentitiesFile, IdentitiesFileError, parse_scopes
@@ -217,6 +217,7 @@ def _check_joint_names(settings: CoordinatorSettings, joints: int) -> None:
 
 
 def run(settings: CoordinatorSettings) -> None:
+    logs.write_in_background(metrics.LOG_LINES_DROPPED.inc)  # a stalled sink holds no step
     # Before any Redis client, channel or server exists: they are instrumented as made.
     tracing.configure(
         settings.otlp_endpoint, "actionmesh-coordinator", sample_ratio=settings.trace_sample_ratio

@@ -380,6 +380,14 @@ class LocalCluster:
     def start_coordinator(self, name: str, port: int, *extra: str) -> ChildProcess:
         """Start (and wait for) a coordinator on this cluster's shards and Redis; `extra` flags
         come last (they win over the cluster's coordinator_overrides)."""
+        child = ChildProcess(name, self.coordinator_command(name, port, *extra), self.log_dir)
+        self._coordinators.append(child.start())
+        child.wait_ready(self.settings.start_timeout_s)
+        return child
+
+    def coordinator_command(self, name: str, port: int, *extra: str) -> list[str]:
+        """The command line of a coordinator on this cluster's shards and Redis, for a test
+        that runs it itself (see start_coordinator)."""
         assert self.checkpoints is not None, "cluster not started"
         prefix, host = self.placement(name)
         args = ChildProcess.actionmesh(
@@ -411,10 +419,7 @@ class LocalCluster:
             *self._coordinator_flags,
             *extra,
         )
-        child = ChildProcess(name, [*prefix, *args], self.log_dir).start()
-        self._coordinators.append(child)
-        child.wait_ready(self.settings.start_timeout_s)
-        return child
+        return [*prefix, *args]
 
     def restart_coordinator(self, child: ChildProcess) -> ChildProcess:
         """Start a dead (or stop a live) coordinator again under its name and port; wait until

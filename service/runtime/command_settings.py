@@ -173,7 +173,9 @@ class BenchSettings(JsonOutputSettings, ClusterSettings):
 
     @model_validator(mode="after")
     def _one_mode(self) -> typing.Self:
-        modes = [name for name in ("failover", "degraded", "scale", "floors") if getattr(self, name)]
+        modes = [
+            name for name in ("failover", "degraded", "scale", "floors") if getattr(self, name)
+        ]
         if len(modes) > 1:
             raise ValueError(f"choose one of {', '.join(flag_name(m) for m in modes)}")
         if self.tls and (modes or self.pinned):

@@ -26,6 +26,7 @@ SHARED = frozenset(
         "actionmesh_etcd_connected",
         "actionmesh_etcd_watch_restarts",
         "actionmesh_checkpoint_retries",
+        "actionmesh_log_lines_dropped",
     }
 )
 BY_ROLE: dict[Role, frozenset[str]] = {

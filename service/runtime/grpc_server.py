@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from service.runtime import exposition, ready_file, sd_notify, tls, tracing
+from service.runtime import exposition, logs, ready_file, sd_notify, tls, tracing
 from service.runtime.exposition import Role
 from service.runtime.ops_http import OpsServer
 from service.runtime.readiness import Readiness
@@ -38,6 +38,7 @@ def exit_now(code: int) -> NoReturn:
     """Flush what is logged and printed, then end the process without the interpreter's
     teardown: its final garbage collection of a model's heap takes seconds, and exit joins
     every gRPC worker thread without a timeout."""
+    logs.drain()
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

@@ -9,9 +9,13 @@ first characters are ever written (`state.session.short_id`).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -22,6 +26,11 @@ from state.session import short_id
 EVENT_FIELDS = ("session", "seq", "stage", "replica", "mode", "latency_ms", "trace_id", "span_id")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Lines a serving process holds while its log sink is slow (write_in_background); more are
+# dropped and counted. About 3 MB of lines: minutes of a stalled sink at the usual rate.
+QUEUED_LINES = 10_000
+# How long an exiting process waits for its queued lines to be written.
+DRAIN_S = 2.0
 
 
 def no_trace() -> tuple[str, str] | None:
@@ -102,3 +111,72 @@ def configure(level: str, log_format: str, stream: TextIO | None = None) -> None
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Formats in the logging thread (the trace ids are that thread's) and never waits: a
+    line the queue has no room for is dropped and counted."""
+
+    def __init__(self, lines: queue.Queue[logging.LogRecord | None], dropped: Callable[[], None]):
+        super().__init__(lines)
+        self._dropped = dropped
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self._dropped()
+
+
+class BackgroundWrites:
+    """`logger`'s one handler, moved behind a bounded queue and written by a thread of its
+    own, so that a slow or stalled sink (a busy disk, a log pipe nobody reads) never holds
+    the thread that logs. A line beyond `capacity` is dropped and `dropped` is called."""
+
+    def __init__(
+        self, logger: logging.Logger, dropped: Callable[[], None], capacity: int = QUEUED_LINES
+    ) -> None:
+        (out,) = logger.handlers
+        self._lines: queue.Queue[logging.LogRecord | None] = queue.Queue(capacity)
+        front = _DroppingQueueHandler(self._lines, dropped)
+        front.setFormatter(out.formatter)
+        out.setFormatter(logging.Formatter("%(message)s"))  # the line comes formatted
+        self._out = out
+        # A daemon: a stalled sink must not hold the process's exit.
+        self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._writer.start()
+        logger.removeHandler(out)
+        logger.addHandler(front)
+
+    def _write(self) -> None:
+        while (record := self._lines.get()) is not None:
+            self._out.handle(record)
+
+    def drain(self, timeout_s: float = DRAIN_S) -> None:
+        """Writes what is queued and ends the writer, waiting at most timeout_s."""
+        if not self._writer.is_alive():
+            return
+        try:
+            self._lines.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
+        self._writer.join(timeout_s)
+
+
+_background: BackgroundWrites | None = None
+
+
+def write_in_background(dropped: Callable[[], None]) -> None:
+    """For a serving process: the root logger's lines are written in the background (see
+    BackgroundWrites); what is still queued is written at exit (`drain`), lost only to a
+    kill."""
+    global _background
+    if _background is None:
+        _background = BackgroundWrites(logging.getLogger(), dropped)
+        atexit.register(drain)
+
+
+def drain() -> None:
+    """Writes the lines write_in_background still holds, for at most DRAIN_S."""
+    if _background is not None:
+        _background.drain()

@@ -146,6 +146,11 @@ MODEL_VERSION = Gauge(
     "coordinator: every version all stages offer); a version no longer served disappears.",
     ["version"],
 )
+LOG_LINES_DROPPED = Counter(
+    "actionmesh_log_lines_dropped_total",
+    "Log lines dropped because the log sink (stderr: a file, a pipe to the log collector) "
+    "stopped taking them and the lines held meanwhile filled up: steps are not held for logs.",
+)
 READY = Gauge(
     "actionmesh_ready",
     "1 while this process reports SERVING (gRPC health, /ready), 0 while not ready or draining.",

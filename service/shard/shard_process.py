@@ -23,7 +23,7 @@ import grpc
 
 from service.model.weights_files import read_info
 from service.proto import stage_pb2, stage_pb2_grpc
-from service.runtime import metrics, tls, tracing
+from service.runtime import logs, metrics, tls, tracing
 from service.runtime.advertise import advertise_address, host_addresses
 from service.runtime.gc_pauses import freeze_startup_objects
 from service.runtime.grpc_server import GrpcProcess, exit_now
@@ -202,6 +202,7 @@ def pin(cpus: list[int]) -> None:
 
 
 def run(settings: ShardSettings) -> None:
+    logs.write_in_background(metrics.LOG_LINES_DROPPED.inc)  # a stalled sink holds no call
     advertised(settings, settings.port)  # refuse before loading weights, not after
     pin(settings.cpus)
     tracing.configure(
