@@ -37,12 +37,13 @@ STOP_OVERRAN_EXIT_CODE = 70
 def exit_now(code: int) -> NoReturn:
     """Flush what is logged and printed, then end the process without the interpreter's
     teardown: its final garbage collection of a model's heap takes seconds, and exit joins
-    every gRPC worker thread without a timeout."""
-    logs.drain()
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    every gRPC worker thread without a timeout. A stalled log sink is not flushed: that would
+    wait for it."""
+    if logs.drain():
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)
 
 

@@ -16,6 +16,7 @@ import logging.handlers
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -137,30 +138,49 @@ class BackgroundWrites:
         self, logger: logging.Logger, dropped: Callable[[], None], capacity: int = QUEUED_LINES
     ) -> None:
         (out,) = logger.handlers
+        self._logger, self._out = logger, out
         self._lines: queue.Queue[logging.LogRecord | None] = queue.Queue(capacity)
-        front = _DroppingQueueHandler(self._lines, dropped)
-        front.setFormatter(out.formatter)
+        self._front = _DroppingQueueHandler(self._lines, dropped)
+        self._front.setFormatter(out.formatter)
+        self._own_format = out.formatter
         out.setFormatter(logging.Formatter("%(message)s"))  # the line comes formatted
-        self._out = out
-        # A daemon: a stalled sink must not hold the process's exit.
+        # A daemon: a writer stuck on a stalled sink does not by itself keep the process.
         self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self._writer.start()
         logger.removeHandler(out)
-        logger.addHandler(front)
+        logger.addHandler(self._front)
 
     def _write(self) -> None:
         while (record := self._lines.get()) is not None:
             self._out.handle(record)
 
-    def drain(self, timeout_s: float = DRAIN_S) -> None:
-        """Writes what is queued and ends the writer, waiting at most timeout_s."""
+    def drain(self, timeout_s: float = DRAIN_S) -> bool:
+        """Writes what is queued within timeout_s; True once written, and later lines are
+        then written directly again. False: the sink is stalled, and it must not be flushed
+        (that would wait for the stuck write)."""
         if not self._writer.is_alive():
-            return
+            return True
+        deadline = time.monotonic() + timeout_s
         try:
             self._lines.put(None, timeout=timeout_s)
         except queue.Full:
-            return
-        self._writer.join(timeout_s)
+            return False
+        self._writer.join(max(0.0, deadline - time.monotonic()))
+        if self._writer.is_alive():
+            return False
+        # Later lines go to the sink directly again. Under its lock (other threads' lines wait
+        # for the restored format): the lines queued between the end mark and the swap first.
+        self._out.acquire()
+        try:
+            self._logger.removeHandler(self._front)
+            self._logger.addHandler(self._out)
+            while not self._lines.empty():
+                if (record := self._lines.get_nowait()) is not None:
+                    self._out.handle(record)
+            self._out.setFormatter(self._own_format)
+        finally:
+            self._out.release()
+        return True
 
 
 _background: BackgroundWrites | None = None
@@ -169,14 +189,14 @@ _background: BackgroundWrites | None = None
 def write_in_background(dropped: Callable[[], None]) -> None:
     """For a serving process: the root logger's lines are written in the background (see
     BackgroundWrites); what is still queued is written at exit (`drain`), lost only to a
-    kill."""
+    kill or to a sink still stalled then."""
     global _background
     if _background is None:
         _background = BackgroundWrites(logging.getLogger(), dropped)
         atexit.register(drain)
 
 
-def drain() -> None:
-    """Writes the lines write_in_background still holds, for at most DRAIN_S."""
-    if _background is not None:
-        _background.drain()
+def drain() -> bool:
+    """Writes the lines write_in_background still holds, for at most DRAIN_S; False if the
+    sink is stalled (see BackgroundWrites.drain)."""
+    return _background is None or _background.drain()

@@ -27,6 +27,7 @@ from service.model import weights
 from service.model.action_model import ActionModel
 from tests.conftest import SMALL_MODEL
 from tests.support.flash_shard import served_version, start_flash_shard
+from tests.support.waiting import wait_for
 
 SLACK_S = 2.0  # scheduling on 2 busy cores, process start-up aside
 
@@ -170,9 +171,11 @@ def test_a_shard_serves_its_verified_flash_at_once_while_the_remote_does_not_ans
     try:
         child.wait_ready(30)
         assert served_version(child) == v1
-        log = child.log_tail(80)
-        assert "serving it at once; reconciling with the remote" in log, log
-        assert "could not reconcile" not in log  # still waiting on the remote: not before it
+        said = "serving it at once; reconciling with the remote"
+        wait_for(lambda: said in child.log_tail(80), 10, f"the log says {said!r}")
+        assert "could not reconcile" not in child.log_tail(
+            80
+        )  # still waiting on the remote: not before it
     finally:
         child.stop()
 
@@ -196,7 +199,8 @@ def test_a_shard_moves_to_the_remote_current_once_reconciled(tmp_path: Path) -> 
         while served_version(child) != v2:
             assert time.monotonic() < deadline, child.log_tail(40)
             time.sleep(0.1)
-        assert f"now serves {v2}, the remote CURRENT (was {v1})" in child.log_tail(40)
+        said = f"now serves {v2}, the remote CURRENT (was {v1})"
+        wait_for(lambda: said in child.log_tail(40), 10, f"the log says {said!r}")
         assert flash.current() == v2
     finally:
         child.stop()

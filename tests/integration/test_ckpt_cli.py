@@ -18,6 +18,7 @@ from service.model.action_model import ActionModel
 from service.proto import stage_pb2, stage_pb2_grpc
 from tests.conftest import SMALL_MODEL
 from tests.support.flash_shard import served_version, start_flash_shard
+from tests.support.waiting import wait_for
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -172,7 +173,7 @@ def test_shard_on_a_corrupt_current_serves_the_previous_good_version(tmp_path: P
         with grpc.insecure_channel(f"127.0.0.1:{shard.ports['grpc_port']}") as channel:
             info = stage_pb2_grpc.StageServiceStub(channel).Info(stage_pb2.InfoRequest(), timeout=5)
         assert info.model_version == v1
-        assert "quarantined" in shard.log_tail(60)
+        wait_for(lambda: "quarantined" in shard.log_tail(60), 10, "the shard says quarantined")
     finally:
         shard.stop()
 
@@ -246,6 +247,7 @@ def test_a_malformed_remote_current_is_one_line_and_a_shard_serves_its_flash(
     try:
         shard.wait_ready(60)
         assert served_version(shard) == v1
-        assert "remote CURRENT is malformed" in shard.log_tail(60)
+        said = "remote CURRENT is malformed"
+        wait_for(lambda: said in shard.log_tail(60), 10, f"the shard says {said!r}")
     finally:
         shard.stop()

@@ -122,8 +122,13 @@ def says_no_space(cluster: LocalCluster, replica: str, flash_dir: Path, version:
         60,
         f"{replica} counts a failed reload",
     )
-    said = [ln for ln in shard.log_path.read_text().splitlines() if "no space" in ln.lower()]
-    assert any(str(flash_dir) in ln and version in ln for ln in said), said
+
+    # The count goes up just before the line is logged (and written, by the log thread).
+    def says_why() -> bool:
+        said = [ln for ln in shard.log_path.read_text().splitlines() if "no space" in ln.lower()]
+        return any(str(flash_dir) in ln and version in ln for ln in said)
+
+    wait_for(says_why, 10, f"{replica} logs no space on {flash_dir} for {version}")
 
 
 def test_a_full_flash_keeps_the_old_version_cleans_up_and_loads_the_new_once_freed(
@@ -188,7 +193,8 @@ def test_a_full_flash_keeps_the_old_version_cleans_up_and_loads_the_new_once_fre
         # 4. The leader restarts on its full flash: it serves v1 at once (the standby leads
         # meanwhile), and, a standby now, fails to fit v2 like the other.
         cluster.restart_replica(leader)
-        assert "serving it at once" in cluster.replica_process(leader).log_path.read_text()
+        log_path = cluster.replica_process(leader).log_path
+        wait_for(lambda: "serving it at once" in log_path.read_text(), 10, "serving it at once")
         wait_for(lambda: replica_version(table, leader) == v1, 60, "restarted shard on v1")
         says_no_space(cluster, leader, flash_dirs[leader], v2)
         progress(robots, 5)

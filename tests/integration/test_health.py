@@ -72,13 +72,15 @@ def test_a_coordinator_without_redis_is_not_serving_until_redis_is_back(
         wait_for(lambda: health_of(grpc_port, SESSION_SERVICE) == NOT_SERVING, 10, "NOT_SERVING")
         assert health_of(grpc_port) == NOT_SERVING
         assert ready_status(metrics_port) == 503
-        # Its log (not a terminal: JSON lines) says so.
-        events = [
-            json.loads(line)
-            for line in cluster.coordinator.log_path.read_text().splitlines()
-            if line.startswith("{")
-        ]
-        assert any(e["msg"] == "coordinator is not ready (NOT_SERVING)" for e in events)
+        # Its log (not a terminal: JSON lines) says so, once its writer thread gets to it.
+        log_path = cluster.coordinator.log_path
+
+        def says_not_ready() -> bool:
+            lines = log_path.read_text().splitlines()
+            events = [json.loads(line) for line in lines if line.startswith("{")]
+            return any(e["msg"] == "coordinator is not ready (NOT_SERVING)" for e in events)
+
+        wait_for(says_not_ready, 10, "the coordinator's log says NOT_SERVING")
     finally:
         cluster.redis.restart()
     wait_for(lambda: health_of(grpc_port, SESSION_SERVICE) == SERVING, 10, "SERVING again")

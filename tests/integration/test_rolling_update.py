@@ -98,7 +98,7 @@ def test_roll_forward_and_back_under_load_without_a_failed_step(tmp_path: Path) 
                 progress(robots, 5)
         finally:
             table.stop()
-    worst = max(lat for r in robots for _, lat in step_latencies(r))
+    worst = max((lat for r in robots for _, lat in step_latencies(r)), default=0.0)
     modes = Counter(
         serve_mode_name(o.serve_mode) for r in robots for o in r.outcomes if o.code == "OK"
     )

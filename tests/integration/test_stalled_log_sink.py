@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import subprocess
 import termios
 import threading
@@ -26,33 +25,26 @@ from tests.support.waiting import wait_for
 
 F_GETPIPE_SZ = 1032  # fcntl: the pipe's capacity in bytes (Linux)
 PAGE_BYTES = 4096  # a pipe fills a page at a time
-STEPS_WHILE_STALLED = 600  # "step answered" lines: several times a 64 KiB pipe
-STEP_TIMEOUT_S = 0.5
+STEPS_WHILE_STALLED = 800  # "step answered" lines (about 200 B each): over twice a 64 KiB pipe
+STEP_TIMEOUT_S = 5.0  # generous (a shared machine); a step held by the pipe waits for good
 
 
 class PipeReader:
     """The read end of the pipe a process logs into: read into `taken` while `reading` is
-    set; a stopped reader leaves the process's lines in the pipe until it is full."""
+    set, until the writer is gone; a stopped reader leaves the process's lines in the pipe
+    until it is full."""
 
     def __init__(self) -> None:
         self.fd, self.write_fd = os.pipe()
-        os.set_blocking(self.fd, False)
         self.taken = bytearray()
-        self.reading, self._closing = threading.Event(), threading.Event()
+        self.reading = threading.Event()
         self.reading.set()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        while not self._closing.is_set():
-            if not self.reading.wait(0.05):
-                continue
-            ready, _, _ = select.select([self.fd], [], [], 0.05)
-            if ready:
-                try:
-                    self.taken += os.read(self.fd, 1 << 16)
-                except BlockingIOError:
-                    continue
+        while self.reading.wait() and (chunk := os.read(self.fd, 1 << 16)):
+            self.taken += chunk
 
     def waiting_bytes(self) -> int:
         """What the writer put in the pipe that nobody has read."""
@@ -63,9 +55,10 @@ class PipeReader:
     def capacity(self) -> int:
         return fcntl.fcntl(self.fd, F_GETPIPE_SZ)
 
-    def close(self) -> None:
-        self._closing.set()
-        self._thread.join(5)
+    def read_to_the_end(self) -> None:
+        """Once the writer is gone (its end closed): everything it wrote is in `taken`."""
+        self.reading.set()
+        self._thread.join(10)
         os.close(self.fd)
 
 
@@ -78,13 +71,15 @@ def coordinator_logging_into_a_pipe(
     reader = PipeReader()
     ready_path = work_dir / "coordinator-piped.ready.json"
     command = cluster.coordinator_command("coordinator-piped", 0, "--log-level", "DEBUG")
-    child = subprocess.Popen(
-        [*command, "--ready-file", str(ready_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=reader.write_fd,
-        stderr=subprocess.STDOUT,
-    )
-    os.close(reader.write_fd)
+    try:
+        child = subprocess.Popen(
+            [*command, "--ready-file", str(ready_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=reader.write_fd,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        os.close(reader.write_fd)  # the child's copy is the only writer
     try:
         wait_for(lambda: ready_file.read(ready_path) is not None, 60, "the coordinator ready")
         ports = ready_file.read(ready_path)
@@ -95,9 +90,10 @@ def coordinator_logging_into_a_pipe(
         child.terminate()
         try:
             child.wait(15)
-        finally:
+        except subprocess.TimeoutExpired:
             child.kill()
-            reader.close()
+            child.wait()
+        reader.read_to_the_end()
     assert child.returncode == 0, reader.taken[-2000:].decode(errors="replace")
 
 
