@@ -1,6 +1,6 @@
 """A coordinator whose log sink stops taking lines (a log pipe the collector stopped reading, a
 stalled disk) keeps answering robots: a real coordinator at DEBUG (a line per step) logs into
-a named pipe this test stops reading, until the pipe is full and beyond."""
+a pipe this test stops reading, until the pipe is full and beyond."""
 
 from __future__ import annotations
 
@@ -81,9 +81,13 @@ def coordinator_logging_into_a_pipe(
     finally:
         os.close(reader.write_fd)  # the child's copy is the only writer
     try:
-        wait_for(lambda: ready_file.read(ready_path) is not None, 60, "the coordinator ready")
+        wait_for(
+            lambda: ready_file.read(ready_path) is not None or child.poll() is not None,
+            60,
+            "the coordinator ready (or gone)",
+        )
         ports = ready_file.read(ready_path)
-        assert ports is not None
+        assert ports is not None, f"the coordinator exited with {child.returncode}"
         yield ports, reader
     finally:
         reader.reading.set()  # what the coordinator queued is written as it exits
@@ -120,9 +124,9 @@ def test_a_coordinator_whose_log_pipe_is_full_keeps_answering(tmp_path: Path) ->
                 except grpc.RpcError as exc:
                     failed.append((seq, exc.code().name))
                     break
+            assert failed == [], f"steps failed while the log pipe was not read: {failed}"
             # The sink really stalled: the pipe is full, bar less than a page that no line fits.
             assert pipe.waiting_bytes() > pipe.capacity() - PAGE_BYTES
-            assert failed == [], f"steps failed once the log pipe was full: {failed}"
             dropped = metric(ports["metrics_port"], "actionmesh_log_lines_dropped_total")
             assert dropped == 0
     # Once read again, the coordinator's queued lines came through: the last step's included.
